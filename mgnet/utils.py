@@ -1,0 +1,54 @@
+"""Small shared helpers: device choice, seeding, provenance."""
+from __future__ import annotations
+
+import os
+import platform
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def pick_device(requested: str | None = None) -> torch.device:
+    """CUDA when present, else CPU; an explicit request is honoured or refused with a message."""
+    if requested in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(requested)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda was asked for but no CUDA GPU is available; use --device cpu.")
+    return dev
+
+
+def device_label(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"GPU ({torch.cuda.get_device_name(device)})"
+    return f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+
+
+def seed_everything(seed: int):
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def hardware() -> str:
+    cpu = platform.processor() or platform.machine()
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{cpu}, {os.cpu_count()} CPU cores, {gpu}; torch {torch.__version__}"
+
+
+def command_line() -> str:
+    return " ".join([Path(sys.executable).name, "-m", Path(sys.argv[0]).stem if sys.argv[0].endswith(".py")
+                     else sys.argv[0]] + sys.argv[1:])
