@@ -5,6 +5,8 @@ import os
 import platform
 import random
 import subprocess
+import threading
+import weakref
 import sys
 from pathlib import Path
 
@@ -52,3 +54,34 @@ def hardware() -> str:
 def command_line() -> str:
     return " ".join([Path(sys.executable).name, "-m", Path(sys.argv[0]).stem if sys.argv[0].endswith(".py")
                      else sys.argv[0]] + sys.argv[1:])
+
+
+_LOCKS_GUARD = threading.Lock()
+_LOCKS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def model_lock(model) -> threading.RLock:
+    """One re-entrant lock per model object.
+
+    Models are shared between app sessions; anything that registers hooks, switches train/eval or
+    computes gradients on a shared model (explanations, attacks, analyses) holds this lock.
+    """
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(model)
+        if lock is None:
+            lock = _LOCKS[model] = threading.RLock()
+        return lock
+
+
+def model_state_fingerprint(model) -> dict:
+    """What must be unchanged after any operation on a shared model: hooks, grads, flags, mode."""
+    hooks = 0
+    for m in model.modules():
+        hooks += len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+        hooks += len(getattr(m, "_backward_pre_hooks", {}))
+    return {
+        "training": model.training,
+        "hooks": hooks,
+        "requires_grad": tuple(p.requires_grad for p in model.parameters()),
+        "grads": sum(p.grad is not None for p in model.parameters()),
+    }

@@ -1,0 +1,106 @@
+"""Run MGNet on a photo and return plain results the app and the figure CLI draw."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+import torch
+
+from . import geometry
+from .data import image_hash, to_model_input
+from .flops import gflops
+from .utils import model_lock
+
+
+@dataclass
+class GlimpseAnalysis:
+    """What MGNet did on one photo. Boxes are in edge coordinates of the original photo."""
+
+    classes: list
+    probs: np.ndarray          # [T, C] softmax after each glimpse
+    params: np.ndarray         # [T, 3] (scale, tx, ty)
+    boxes: np.ndarray          # [T, 4] in the original photo
+    boxes_model: np.ndarray    # [T, 4] in the model input
+    seen: np.ndarray           # [T, h, h, 3] uint8: the glimpses at the resolution the network saw
+    width: int
+    height: int
+    image_size: int
+    glimpse_size: int
+    gflops: list               # cumulative, after each glimpse
+    baseline_gflops: float     # one full-resolution pass of the same backbone
+    seconds: float
+    image_hash: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def n_glimpses(self) -> int:
+        return len(self.probs)
+
+    def top(self, t: int, k: int = 5) -> list[tuple[str, float]]:
+        order = np.argsort(-self.probs[t])[:k]
+        return [(self.classes[i], float(self.probs[t, i])) for i in order]
+
+    def predicted(self, t: int = -1) -> int:
+        return int(np.argmax(self.probs[t]))
+
+
+def model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def analyze(model, image: np.ndarray, n_glimpses: int | None = None, s_grad=None) -> GlimpseAnalysis:
+    """Forward one RGB uint8 photo through ``model`` (eval mode, no gradients)."""
+    start = time.perf_counter()
+    x = to_model_input(image, model.image_size).to(model_device(model))
+    with model_lock(model), torch.no_grad():
+        out = model(x, n_glimpses=n_glimpses, return_crops=True)
+    probs = out.logits[:, 0].float().softmax(-1).cpu().numpy()
+    params = out.glimpses[:, 0].float().cpu().numpy()
+    seen = (out.crops[:, 0].float().clamp(0, 1) * 255 + 0.5).byte().permute(0, 2, 3, 1).cpu().numpy()
+    h = seen.shape[1]
+    boxes_model = geometry.glimpse_boxes(params, model.image_size, h)
+    height, width = image.shape[:2]
+    cumulative, base = gflops(model)
+    return GlimpseAnalysis(
+        classes=list(model.classes), probs=probs, params=params,
+        boxes=geometry.to_original(boxes_model, model.image_size, width, height), boxes_model=boxes_model,
+        seen=seen, width=width, height=height, image_size=model.image_size, glimpse_size=h,
+        gflops=cumulative[:len(probs)], baseline_gflops=base, seconds=time.perf_counter() - start,
+        image_hash=image_hash(image))
+
+
+def display_crop(image: np.ndarray, box, size: int = 256) -> np.ndarray:
+    """The glimpse region of the full-resolution photo, resampled to size x size for display."""
+    x0, y0, x1, y1 = box
+    interp = cv2.INTER_AREA if (x1 - x0) > size else cv2.INTER_LINEAR
+    if interp == cv2.INTER_AREA:  # downscale: cut the region first, then area-average
+        ix0, iy0 = max(int(np.floor(x0)), 0), max(int(np.floor(y0)), 0)
+        ix1, iy1 = min(int(np.ceil(x1)), image.shape[1]), min(int(np.ceil(y1)), image.shape[0])
+        region = image[iy0:iy1, ix0:ix1]
+        if region.size:
+            return cv2.resize(region, (size, size), interpolation=cv2.INTER_AREA)
+    return geometry.crop(image, box, size)
+
+
+def focus_map(boxes, width: int, height: int, skip_first: bool = True, blur: float = 0.02) -> np.ndarray:
+    """Where MGNet looked, as a map in [0, 1] comparable to a saliency map.
+
+    Each glimpse spreads one unit of mass evenly over its box, so small (zoomed) glimpses are
+    concentrated and large ones diffuse; the maps are summed and scaled to a maximum of 1. The first
+    glimpse (the whole image) carries no location and is skipped by default. A light Gaussian blur
+    (sigma = ``blur`` x the longer side) softens box edges.
+    """
+    boxes = np.asarray(boxes)[1 if skip_first and len(boxes) > 1 else 0:]
+    out = np.zeros((height, width), np.float32)
+    for box in boxes:
+        m = geometry.box_mask(box, width, height)
+        total = m.sum()
+        if total > 0:
+            out += m / total
+    if blur > 0:
+        sigma = blur * max(width, height)
+        out = cv2.GaussianBlur(out, (0, 0), sigmaX=sigma, sigmaY=sigma)
+    peak = out.max()
+    return out / peak if peak > 0 else out
