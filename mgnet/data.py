@@ -108,7 +108,7 @@ def image_hash(image: np.ndarray) -> str:
 
 def resize_rgb(image: np.ndarray, size: int) -> np.ndarray:
     """Resize an RGB uint8 image to size x size (aspect not kept), antialiased."""
-    return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR, reducing_gap=None))
+    return np.array(Image.fromarray(image).resize((size, size), Image.BILINEAR, reducing_gap=None))
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
