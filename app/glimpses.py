@@ -1,0 +1,114 @@
+"""The glimpse view: step through what MGNet looked at, and what it believed after each look."""
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+
+from mgnet import plots
+from mgnet.analysis import display_crop, focus_map
+
+from . import ui
+
+STEP_KEY = "step"
+
+
+def _clamp_step(n: int):
+    cur = st.session_state.get(STEP_KEY, n)
+    st.session_state[STEP_KEY] = int(min(max(int(cur), 1), n))
+
+
+def _move(delta: int, n: int):
+    st.session_state[STEP_KEY] = int(min(max(st.session_state.get(STEP_KEY, 1) + delta, 1), n))
+
+
+def display_focus_map(a, max_side: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Focus map at a display resolution (fast for any photo size); returns (map, its photo thumbnail scale)."""
+    f = min(1.0, max_side / max(a.width, a.height))
+    w, h = max(1, round(a.width * f)), max(1, round(a.height * f))
+    return focus_map(np.asarray(a.boxes) * f, w, h), np.array([w, h])
+
+
+def frame_titles(a) -> list[str]:
+    out = []
+    for t in range(a.n_glimpses):
+        name, p = a.top(t, 1)[0]
+        out.append(f"glimpse {t + 1} of {a.n_glimpses}: {name} ({p:.0%})")
+    return out
+
+
+def render(photo, entry, a):
+    """``a`` is the GlimpseAnalysis of ``photo`` by ``entry`` (cached: nothing here runs the model)."""
+    n = a.n_glimpses
+    _clamp_step(n)
+    if n > 1:
+        c_prev, c_slider, c_next = st.columns([1, 10, 1], vertical_alignment="bottom")
+        c_prev.button("◀", key="glimpse_prev", on_click=_move, args=(-1, n), disabled=st.session_state[STEP_KEY] <= 1,
+                      help="previous glimpse", width="stretch")
+        c_slider.slider("Glimpse", 1, n, key=STEP_KEY, bind="query-params", persist_state="session",
+                        help="Step through the glimpses. Nothing is recomputed: the run is cached.")
+        c_next.button("▶", key="glimpse_next", on_click=_move, args=(1, n), disabled=st.session_state[STEP_KEY] >= n,
+                      help="next glimpse", width="stretch")
+    else:
+        st.info(f"{entry.short} is a baseline: it takes one full-resolution look, so there is one step.")
+    t = st.session_state[STEP_KEY] - 1
+    box = a.boxes[t]
+    top = a.top(t, 5)
+
+    left, right = st.columns([3, 2], gap="medium")
+    with left:
+        fig = plots.glimpse_figure(photo.image, a.boxes, t, animate=n > 1, frame_titles=frame_titles(a), height=520)
+        ui.figure(fig, "glimpses on the photo", key="fig-glimpses")
+        st.caption("Boxes are where each glimpse looked, numbered in order; the current one is bold, earlier ones "
+                   "dotted. ▶ play animates all glimpses in your browser. Glimpse 1 is always the whole image.")
+    with right:
+        c1, c2 = st.columns(2)
+        with c1:
+            ui.image(display_crop(photo.image, box, 256), f"glimpse {t + 1} zoomed",
+                     caption=f"Glimpse {t + 1}, zoomed (display resolution)")
+        with c2:
+            ui.image(plots.nearest_upscale(a.seen[t], 256), f"glimpse {t + 1} as seen",
+                     caption=f"What the network saw: {a.glimpse_size}×{a.glimpse_size} px")
+        s, tx, ty = (float(v) for v in a.params[t])
+        x0, y0, x1, y1 = (float(v) for v in box)
+        area = max(0.0, min(x1, a.width) - max(x0, 0)) * max(0.0, min(y1, a.height) - max(y0, 0))
+        st.markdown(
+            f"**Glimpse {t + 1} of {n}** · scale s = `{s:.3f}`, tx = `{tx:+.3f}`, ty = `{ty:+.3f}`  \n"
+            f"Box in the photo: x `{x0:.0f}–{x1:.0f}`, y `{y0:.0f}–{y1:.0f}` px "
+            f"({x1 - x0:.0f}×{y1 - y0:.0f} px, {area / (a.width * a.height):.0%} of the photo)")
+        spent = float(a.gflops[t])
+        st.metric("Compute so far", f"{spent:.2f} GFLOPs",
+                  f"{spent / a.baseline_gflops:.0%} of one baseline pass ({a.baseline_gflops:.2f} GFLOPs)",
+                  delta_color="off")
+        name, p = top[0]
+        st.metric(f"Prediction after glimpse {t + 1}", name, f"{p:.1%} confidence", delta_color="off")
+
+    c1, c2, c3 = st.columns(3, gap="medium")
+    with c1:
+        ui.figure(plots.topk_figure(top, f"Top-5 after glimpse {t + 1}", highlight=top[0][0]), "top-5",
+                  key="fig-top5")
+    with c2:
+        ui.figure(plots.belief_figure(a.probs, a.classes, step=t), "belief across glimpses", key="fig-belief")
+    with c3:
+        ui.figure(plots.compute_figure(a.gflops, a.baseline_gflops, step=t), "compute", key="fig-compute")
+
+    c1, c2 = st.columns([1, 1], gap="medium")
+    with c1:
+        fmap, _ = display_focus_map(a)
+        ui.figure(plots.heatmap_figure(photo.image, fmap, "Focus map: where MGNet looked", boxes=a.boxes, height=420),
+                  "focus map", key="fig-focus")
+    with c2:
+        ui.explain(
+            "- **Glimpses.** MGNet first looks at the whole photo at low resolution, then chooses where to look "
+            "next: each later glimpse is a square crop, again downsampled to the same small size, so zooming "
+            "in buys detail. The zoomed crop shows that region at display resolution; *what the network saw* "
+            "shows its true pixels (nearest-neighbour enlargement, no smoothing).\n"
+            "- **(s, tx, ty).** s is the crop's side as a fraction of the image side; tx, ty its centre in "
+            "[-1, 1] coordinates (0 = image centre).\n"
+            "- **Top-5 and belief.** MGNet predicts after every glimpse; the belief chart follows the classes "
+            "it ever believed most. It is an *anytime* classifier: you can stop after any glimpse.\n"
+            "- **Compute.** Multiply-accumulates of the backbone and heads, cumulative, against one pass of "
+            "the same ResNet on the full-resolution image (the baseline).\n"
+            "- **Focus map.** Each later glimpse spreads one unit of weight over its box (small boxes are "
+            "concentrated), summed and scaled to a maximum of 1, on the same colour scale as the saliency "
+            "maps of the Compare tab. The first, whole-image glimpse carries no location and is left out.",
+            expanded=False)

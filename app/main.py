@@ -1,0 +1,172 @@
+"""MGNet Explorer: watch a Multi-Glimpse Network look at a photo.
+
+Run from the repository root:  streamlit run app/main.py
+Checkpoints are listed from $MGNET_CHECKPOINTS (default: checkpoints/); MGNET_DEVICE=cpu|cuda forces a device.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import streamlit as st  # noqa: E402
+
+st.set_page_config(page_title="MGNet Explorer", page_icon="👁", layout="wide")
+
+from app import compare, glimpses, robustness, services, ui  # noqa: E402
+from app.export import build_bundle  # noqa: E402
+from mgnet import plots  # noqa: E402
+
+VIEWS = ["Glimpses", "Compare", "Robustness"]
+SOURCES = ["Example", "Upload", "Camera"]
+UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif"]
+QP = dict(bind="query-params", persist_state="session")
+
+
+def sidebar_photo():
+    """The photo to analyse, and an error message when the chosen input could not be used."""
+    sb = st.sidebar
+    sb.header("Photo")
+    source = sb.radio("Photo from", SOURCES, key="source", horizontal=True, **QP)
+    examples = services.examples()
+    names = [p.stem for p in examples]
+    error = None
+    data = name = None
+    if source == "Upload":
+        up = sb.file_uploader("Upload a photo", type=UPLOAD_TYPES, key="upload",
+                              help="JPEG, PNG, WebP, BMP, TIFF or GIF (first frame). Any size: it is downscaled for "
+                                   "the model and shown at full resolution.")
+        if up is not None:
+            data, name = up.getvalue(), up.name
+        else:
+            sb.caption("No file yet: showing the selected example.")
+    elif source == "Camera":
+        shot = sb.camera_input("Take a photo", key="camera")
+        if shot is not None:
+            data, name = shot.getvalue(), "camera.jpg"
+        else:
+            sb.caption("No photo yet: showing the selected example.")
+    chosen = sb.selectbox("Example", names, index=0, key="photo", format_func=lambda s: services.example_label(
+        services.EXAMPLES / f"{s}.jpg"), disabled=source != "Example", **QP) if names else None
+    if data is not None:
+        try:
+            return services.decode(data, name, source.lower()), None
+        except ValueError as exc:
+            error = f"**{name}** could not be used: {exc}"
+    if chosen is None:
+        return None, error or "No example photos found in app/examples."
+    path = examples[names.index(chosen)]
+    return services.decode(path.read_bytes(), path.name, "example"), error
+
+
+def sidebar_models(cat):
+    sb = st.sidebar
+    sb.header("Model")
+    if cat.errors:
+        with sb.expander(f"⚠ {len(cat.errors)} checkpoint file(s) could not be loaded", expanded=not cat.models):
+            for fname, msg in cat.errors:
+                st.error(f"{fname}: {msg}")
+    if not cat.models:
+        return None
+    names = [m.name for m in cat.models]
+    picked = sb.selectbox("MGNet model", names, index=0, key="model",
+                          format_func=lambda n: cat.by_name(n).label,
+                          help=f"Every .pt/.ckpt file in {cat.folder}: this project's checkpoints, the authors' "
+                               f"ImageNet-100 Lightning files, and baselines.", **QP)
+    entry = cat.by_name(picked) or cat.models[0]
+    if entry.is_baseline:
+        sb.caption("A baseline takes one full-resolution look; pick an MGNet to see glimpses.")
+        n = None
+    else:
+        n = sb.slider("Glimpses", 1, 8, value=entry.model.n_glimpses, key="glimpses",
+                      help="MGNet can run any number of glimpses (its weights do not depend on it); it was "
+                           "trained with " + str(entry.model.n_glimpses) + ".", **QP)
+    sb.caption(f"Device: **{services.device_text()}**  \nCheckpoints: `{cat.folder}`")
+    return entry, n
+
+
+def view_settings(photo, entry, n, view) -> dict:
+    s = {"view": view,
+         "photo": {"source": photo.source, "name": photo.name, "file_sha256": photo.file_sha256,
+                   "image_hash": photo.key, "width": photo.width, "height": photo.height},
+         "model": {"file": entry.name, "sha256": entry.sha256, "kind": entry.kind,
+                   "config": entry.model.config(), "n_glimpses": n},
+         "glimpse_step": st.session_state.get(glimpses.STEP_KEY),
+         "url_query": st.query_params.to_dict()}
+    for key in ("cmp_request", "atk_request", "sweep_request"):
+        if st.session_state.get(key):
+            s[key.replace("_request", "")] = {k: v for k, v in st.session_state[key].items()
+                                              if k not in ("photo", "model")}
+    return s
+
+
+def sidebar_export(photo, entry, n, view):
+    reg = ui.registry()
+    reg.settings.update(view_settings(photo, entry, n, view))
+    figures, images, settings = dict(reg.figures), dict(reg.images), dict(reg.settings)
+    images.setdefault("photo", plots.downscale(photo.image, 2048))
+    sb = st.sidebar
+    sb.header("Export")
+    sb.download_button("⬇ Download this view (zip)",
+                       lambda: build_bundle(figures, images, settings, static=ui.export_available()),
+                       file_name=f"mgnet-{view.lower()}-{photo.key[:8]}.zip", mime="application/zip",
+                       key="bundle", on_click="ignore", width="stretch",
+                       help="Every figure (PNG + SVG) and image of this view, and a settings.json with the "
+                            "checkpoint hash, methods and seeds that reproduce it.")
+    if not ui.export_available():
+        sb.caption(f"PNG/SVG/PDF export is unavailable: {ui.export_problem()} The bundle holds HTML figures.")
+    sb.caption("The page address (URL) keeps this view's settings: copy it to share or bookmark the view. "
+               "Uploaded photos are not in the URL.")
+
+
+def main():
+    ui.new_registry()
+    st.title("MGNet Explorer")
+    st.caption("Watch a Multi-Glimpse Network (Tan, Dong & Ma, BMVC 2021) look at a photo: where it looks, what it "
+               "believes after each look, how it compares with saliency maps of ordinary CNNs, and how it holds up "
+               "under corruptions and attacks.")
+    photo, error = sidebar_photo()
+    if error:
+        st.error(error + " Showing the selected example instead.")
+    cat = services.catalog()
+    picked = sidebar_models(cat)
+    if picked is None:
+        st.error(f"No usable checkpoint in `{cat.folder}`. Put MGNet/baseline .pt files or the authors' .ckpt "
+                 "files there (or set MGNET_CHECKPOINTS), then reload the page.")
+        st.stop()
+    entry, n = picked
+    if photo is None:
+        st.stop()
+    a = None
+    with ui.panel("Analysis"):
+        with st.spinner("MGNet is looking at the photo…"):
+            a = services.analyze(entry, photo, n)
+    if a is None:
+        st.stop()
+    name, p = a.top(-1, 1)[0]
+    st.markdown(f"**{photo.name}** · {photo.width}×{photo.height} px · {entry.short}: **{name}** ({p:.0%}) after "
+                f"{a.n_glimpses} glimpse{'s' if a.n_glimpses > 1 else ''} · {a.seconds * 1000:.0f} ms on "
+                f"{services.device().type.upper()}")
+    tabs = st.tabs(VIEWS, key="view", on_change="rerun", bind="query-params")
+    view = next((v for v, t in zip(VIEWS, tabs) if t.open), VIEWS[0])
+    settings = {"n_glimpses": n}
+    with tabs[0]:
+        if tabs[0].open:
+            with ui.panel("Glimpses"):
+                glimpses.render(photo, entry, a)
+    with tabs[1]:
+        if tabs[1].open:
+            with ui.panel("Compare"):
+                compare.render(photo, entry, a, cat, settings)
+    with tabs[2]:
+        if tabs[2].open:
+            with ui.panel("Robustness"):
+                robustness.render(photo, entry, a, cat, settings)
+    with ui.panel("Export"):
+        sidebar_export(photo, entry, n, view)
+
+
+main()

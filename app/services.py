@@ -1,0 +1,241 @@
+"""Caching and wiring between Streamlit and the ``mgnet`` library. No model maths here.
+
+* Models: loaded once per process with ``st.cache_resource`` (keyed by path, modification time and
+  size, so a replaced file is reloaded) and shared by every session. Every operation on a model goes
+  through an ``mgnet`` function that holds ``mgnet.utils.model_lock(model)``.
+* Results: ``memo(kind, key, compute)`` stores plain results in ``st.cache_data`` (``max_entries`` and
+  ``ttl`` bound the memory), keyed by the image hash and every setting. ``compute`` runs *outside*
+  the cached function, so it may drive progress bars (Streamlit would otherwise try to replay those
+  UI updates on a cache hit).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import streamlit as st
+import torch
+
+import mgnet
+from mgnet import analysis as mg_analysis
+from mgnet.checkpoints import CheckpointError
+from mgnet.data import image_hash, load_image, to_model_input
+from mgnet.utils import device_label, model_lock, pick_device
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = Path(__file__).resolve().parent / "examples"
+CHECKPOINT_SUFFIXES = (".pt", ".ckpt", ".pth")
+RESULT_TTL = 3600          # seconds a cached result lives
+RESULT_ENTRIES = 256       # cached results (analyses, maps, attacks) per process
+IMAGE_ENTRIES = 16         # decoded photos per process (a 12 MP photo is 36 MB)
+
+
+# -- device and checkpoints ------------------------------------------------------------------------------
+@st.cache_resource(show_spinner=False)
+def device() -> torch.device:
+    """CUDA when present, else CPU; MGNET_DEVICE=cpu|cuda forces one."""
+    return pick_device(os.environ.get("MGNET_DEVICE") or None)
+
+
+def device_text() -> str:
+    return device_label(device())
+
+
+def checkpoint_dir() -> Path:
+    """The folder the model picker lists: $MGNET_CHECKPOINTS, else checkpoints/ in the repository."""
+    folder = os.environ.get("MGNET_CHECKPOINTS")
+    return Path(folder).expanduser() if folder else ROOT / "checkpoints"
+
+
+@dataclass
+class ModelEntry:
+    """One usable checkpoint: its model (shared, read-only) and what the page says about it."""
+
+    path: Path
+    model: Any
+    key: str                           # path|mtime|size: names this file's contents in result caches
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def is_baseline(self) -> bool:
+        return bool(self.model.is_baseline)
+
+    @property
+    def kind(self) -> str:
+        return "baseline" if self.is_baseline else "MGNet"
+
+    @property
+    def sha256(self) -> str:
+        return getattr(self.model, "checkpoint_info", {}).get("sha256", "")
+
+    @property
+    def label(self) -> str:
+        m = self.model
+        if self.is_baseline:
+            detail = f"baseline, {m.backbone_name}, {m.image_size}px"
+        else:
+            detail = f"MGNet, {m.backbone_name}, {m.n_glimpses} glimpses of {m.glimpse_size()}px"
+        return f"{self.path.stem} ({detail})"
+
+    @property
+    def short(self) -> str:
+        return self.path.stem
+
+
+@dataclass
+class Catalog:
+    models: list[ModelEntry] = field(default_factory=list)
+    errors: list[tuple[str, str]] = field(default_factory=list)   # (file name, message)
+    folder: Path | None = None
+
+    def by_name(self, name: str | None) -> ModelEntry | None:
+        return next((m for m in self.models if m.name == name), None)
+
+    @property
+    def mgnets(self) -> list[ModelEntry]:
+        return [m for m in self.models if not m.is_baseline]
+
+    @property
+    def baselines(self) -> list[ModelEntry]:
+        return [m for m in self.models if m.is_baseline]
+
+
+@dataclass
+class _Loaded:
+    model: Any = None
+    error: str | None = None
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _load(path: str, mtime_ns: int, size: int, device_str: str) -> _Loaded:
+    """Load once per process (per file version); a bad file's message is cached too."""
+    try:
+        model = mgnet.load_checkpoint(path, device=device_str)
+    except CheckpointError as exc:
+        return _Loaded(error=str(exc))
+    except Exception as exc:  # anything else a hostile file can provoke stays a message
+        return _Loaded(error=f"{Path(path).name} could not be loaded ({type(exc).__name__}: {exc}).")
+    for p in model.parameters():  # shared, read-only: no session may train it
+        p.requires_grad_(False)
+    return _Loaded(model=model)
+
+
+def catalog(folder: Path | None = None) -> Catalog:
+    folder = folder or checkpoint_dir()
+    cat = Catalog(folder=folder)
+    if not folder.is_dir():
+        cat.errors.append((str(folder), "The checkpoint folder does not exist. Put .pt/.ckpt files there, or "
+                                        "point MGNET_CHECKPOINTS at a folder that has them."))
+        return cat
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in CHECKPOINT_SUFFIXES)
+    dev = str(device())
+    for path in files:
+        stat = path.stat()
+        loaded = _load(str(path), stat.st_mtime_ns, stat.st_size, dev)
+        if loaded.error:
+            cat.errors.append((path.name, loaded.error))
+        else:
+            cat.models.append(ModelEntry(path, loaded.model, f"{path.resolve()}|{stat.st_mtime_ns}|{stat.st_size}"))
+    # MGNets first, then baselines; the project's defaults first within each.
+    cat.models.sort(key=lambda m: (m.is_baseline, "imagenette" not in m.name, m.name))
+    return cat
+
+
+def compatible(a: ModelEntry, b: ModelEntry) -> bool:
+    """Same classes and input size: their predictions, maps and attacks can be compared directly."""
+    return list(a.model.classes) == list(b.model.classes) and a.model.image_size == b.model.image_size
+
+
+# -- results cache ---------------------------------------------------------------------------------------
+class _Miss(Exception):
+    pass
+
+
+_MISSING = object()
+
+
+@st.cache_data(show_spinner=False, max_entries=RESULT_ENTRIES, ttl=RESULT_TTL)
+def _slot(kind: str, key: tuple, _value=_MISSING):
+    if _value is _MISSING:
+        raise _Miss  # exceptions are not cached: the next call with a value fills this slot
+    return _value
+
+
+def memo(kind: str, key: tuple, compute: Callable[[], Any]):
+    """Cached result of ``compute()`` under (kind, key); computed outside the cache (see module doc)."""
+    try:
+        return _slot(kind, key)
+    except _Miss:
+        pass
+    return _slot(kind, key, _value=compute())
+
+
+# -- photos ----------------------------------------------------------------------------------------------
+@dataclass
+class Photo:
+    image: np.ndarray            # RGB uint8, full resolution
+    key: str                     # content hash of the decoded pixels (mgnet.data.image_hash)
+    name: str
+    source: str                  # "example", "upload" or "camera"
+    file_sha256: str
+
+    @property
+    def width(self) -> int:
+        return int(self.image.shape[1])
+
+    @property
+    def height(self) -> int:
+        return int(self.image.shape[0])
+
+
+@st.cache_data(show_spinner=False, max_entries=IMAGE_ENTRIES, ttl=RESULT_TTL)
+def _decode(file_sha: str, _data: bytes) -> tuple[np.ndarray, str]:
+    image = load_image(_data)    # ValueError with a readable message on anything hostile
+    return image, image_hash(image)
+
+
+def decode(data: bytes, name: str, source: str) -> Photo:
+    """Decode uploaded/example bytes once per content; raises ValueError with load_image's message."""
+    sha = hashlib.sha256(data).hexdigest()
+    image, key = _decode(sha, data)
+    return Photo(image, key, name, source, sha)
+
+
+def examples() -> list[Path]:
+    return sorted(p for p in EXAMPLES.glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp"))
+
+
+def example_label(path: Path) -> str:
+    stem = path.stem
+    base, _, num = stem.rpartition("_")
+    return f"{base.replace('_', ' ')} #{num}" if num.isdigit() else stem.replace("_", " ")
+
+
+# -- library calls ---------------------------------------------------------------------------------------
+def model_input(entry: ModelEntry, photo: Photo) -> torch.Tensor:
+    """The model's view of the photo, on the model's device: [1, 3, S, S] in [0, 1]."""
+    return to_model_input(photo.image, entry.model.image_size).to(mg_analysis.model_device(entry.model))
+
+
+def analyze(entry: ModelEntry, photo: Photo, n_glimpses: int | None = None) -> mg_analysis.GlimpseAnalysis:
+    n = None if entry.is_baseline else n_glimpses
+    return memo("analyze", (entry.key, photo.key, n),
+                lambda: mg_analysis.analyze(entry.model, photo.image, n_glimpses=n))
+
+
+def analyze_image(entry: ModelEntry, image: np.ndarray, image_key: str, n_glimpses: int | None = None):
+    n = None if entry.is_baseline else n_glimpses
+    return memo("analyze", (entry.key, image_key, n),
+                lambda: mg_analysis.analyze(entry.model, image, n_glimpses=n))
+
+
+def locked(entry: ModelEntry):
+    """The model's lock, for library calls that do not take it themselves (re-entrant)."""
+    return model_lock(entry.model)

@@ -1,0 +1,459 @@
+"""Plotly figure builders: plain results in, ``go.Figure`` out.
+
+Pure functions with no Streamlit import: the app draws these figures and the figure CLI writes them
+to files. Conventions shared by every builder:
+
+* Photos are RGB uint8 arrays [H, W, 3] at full resolution. They are downscaled for the figure
+  (``max_side``) but the axes stay in *edge coordinates of the original photo* (0 = left edge,
+  W = right edge), the same coordinates as ``GlimpseAnalysis.boxes``; so a box is drawn as given.
+* Maps (focus maps, attributions) are float arrays in [0, 1] of any resolution; they are stretched
+  over the whole photo, which is how the model input relates to the photo (a plain resize).
+* Every heat overlay uses :data:`HEAT_COLORSCALE` on the fixed range [0, 1], so maps from different
+  models and methods are comparable by colour.
+* Glimpse t (1-based in titles, 0-based in arguments) always has colour ``glimpse_color(t)``.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import os
+import threading
+from typing import Mapping, Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+from PIL import Image
+from plotly.subplots import make_subplots
+
+GLIMPSE_COLORS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45")
+SERIES_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
+# Inferno-like, transparent at 0 so the photo shows through where a map is empty.
+HEAT_COLORSCALE = [
+    [0.0, "rgba(0,0,4,0)"], [0.1, "rgba(40,11,84,0.25)"], [0.3, "rgba(101,21,110,0.5)"],
+    [0.5, "rgba(159,42,99,0.65)"], [0.7, "rgba(212,72,66,0.75)"], [0.85, "rgba(245,125,21,0.82)"],
+    [1.0, "rgba(252,255,164,0.9)"],
+]
+FONT = dict(family="Inter, Helvetica, Arial, sans-serif", size=13)
+MAX_SIDE = 640
+HEAT_CELLS = 112  # heat maps are area-averaged to at most this many cells per side for the page
+
+
+def glimpse_color(t: int) -> str:
+    return GLIMPSE_COLORS[t % len(GLIMPSE_COLORS)]
+
+
+# -- images --------------------------------------------------------------------------------------------
+def downscale(image: np.ndarray, max_side: int | None = MAX_SIDE) -> np.ndarray:
+    """The photo with its longer side at most ``max_side`` (area-averaged), unchanged if already small."""
+    h, w = image.shape[:2]
+    if not max_side or max(h, w) <= max_side:
+        return image
+    f = max_side / max(h, w)
+    size = (max(1, round(w * f)), max(1, round(h * f)))
+    return np.asarray(Image.fromarray(image).resize(size, Image.BOX))
+
+
+def nearest_upscale(image: np.ndarray, side: int = 256) -> np.ndarray:
+    """Blow a small image up by an integer factor with nearest neighbour, so its true pixels stay visible."""
+    h, w = image.shape[:2]
+    k = max(1, side // max(h, w))
+    return np.repeat(np.repeat(image, k, axis=0), k, axis=1)
+
+
+def data_uri(image: np.ndarray, fmt: str = "png", quality: int = 90) -> str:
+    buf = io.BytesIO()
+    pil = Image.fromarray(np.ascontiguousarray(image))
+    if fmt == "jpeg":
+        pil.convert("RGB").save(buf, format="JPEG", quality=quality)
+    else:
+        pil.save(buf, format="PNG")
+    return f"data:image/{fmt};base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _image_trace(image: np.ndarray, max_side: int | None, name: str = "photo", fmt: str = "jpeg") -> go.Image:
+    """The photo as an image trace whose axes are in edge coordinates of the full-resolution photo."""
+    h, w = image.shape[:2]
+    small = downscale(image, max_side)
+    sh, sw = small.shape[:2]
+    dx, dy = w / sw, h / sh
+    return go.Image(source=data_uri(small, fmt), x0=dx / 2, y0=dy / 2, dx=dx, dy=dy, name=name,
+                    hoverinfo="skip")
+
+
+def _photo_axes(fig: go.Figure, width: int, height: int, row=None, col=None):
+    kw = {} if row is None else dict(row=row, col=col)
+    fig.update_xaxes(range=[0, width], visible=False, constrain="domain", **kw)
+    fig.update_yaxes(range=[height, 0], visible=False, scaleanchor="x" if row is None else None,
+                     constrain="domain", **kw)
+
+
+def _layout(fig: go.Figure, title: str | None, height: int | None = None, **kw) -> go.Figure:
+    fig.update_layout(title=dict(text=title, x=0.01, xanchor="left", font=dict(size=15)) if title else None,
+                      font=FONT, margin=dict(l=10, r=10, t=40 if title else 10, b=10),
+                      paper_bgcolor="white", plot_bgcolor="white", **kw)
+    if height:
+        fig.update_layout(height=height)
+    return fig
+
+
+def image_figure(image: np.ndarray, title: str | None = None, max_side: int | None = MAX_SIDE,
+                 height: int | None = None, lossless: bool = False) -> go.Figure:
+    """One image. ``lossless`` keeps PNG pixels (for the low-resolution crops and perturbations)."""
+    h, w = image.shape[:2]
+    fig = go.Figure(_image_trace(image, max_side, fmt="png" if lossless else "jpeg"))
+    _photo_axes(fig, w, h)
+    return _layout(fig, title, height)
+
+
+# -- glimpses -------------------------------------------------------------------------------------------
+def _box_trace(box, t: int, current: int, show: bool) -> go.Scatter:
+    x0, y0, x1, y1 = [float(v) for v in box]
+    is_current = t == current
+    if not show:
+        return go.Scatter(x=[None], y=[None], mode="lines", showlegend=False, hoverinfo="skip",
+                          name=f"glimpse {t + 1}")
+    return go.Scatter(
+        x=[x0, x1, x1, x0, x0], y=[y0, y0, y1, y1, y0], mode="lines+text",
+        text=[f"<b>{t + 1}</b>", "", "", "", ""], textposition="bottom right",
+        textfont=dict(color=glimpse_color(t), size=16 if is_current else 12),
+        line=dict(color=glimpse_color(t), width=4 if is_current else 2, dash=None if is_current else "dot"),
+        opacity=1.0 if is_current else 0.45, showlegend=False, name=f"glimpse {t + 1}",
+        hovertemplate=f"glimpse {t + 1}<br>x {x0:.0f}–{x1:.0f} px<br>y {y0:.0f}–{y1:.0f} px<extra></extra>")
+
+
+def glimpse_figure(image: np.ndarray, boxes, step: int, title: str | None = None, max_side: int | None = MAX_SIDE,
+                   animate: bool = False, frame_titles: Sequence[str] | None = None,
+                   height: int | None = None) -> go.Figure:
+    """The photo with glimpse boxes 1..step+1: the current one bold, earlier ones dotted and fainter.
+
+    With ``animate=True`` the figure carries one frame per glimpse and a play button and slider that
+    step through them in the browser (no server round-trip); ``frame_titles`` label the frames.
+    """
+    boxes = np.asarray(boxes, dtype=np.float64)
+    h, w = image.shape[:2]
+    n = len(boxes)
+    step = int(np.clip(step, 0, n - 1))
+
+    def traces(upto: int):
+        return [_box_trace(boxes[i], i, upto, i <= upto) for i in range(n)]
+
+    fig = go.Figure([_image_trace(image, max_side)] + traces(step))
+    _photo_axes(fig, w, h)
+    _layout(fig, title, height)
+    if animate and n > 1:
+        labels = list(frame_titles or [f"glimpse {i + 1}" for i in range(n)])
+        fig.frames = [go.Frame(data=traces(i), traces=list(range(1, n + 1)), name=str(i),
+                               layout=dict(title=dict(text=labels[i]))) for i in range(n)]
+        play = dict(label="▶ play", method="animate",
+                    args=[None, dict(frame=dict(duration=900, redraw=True), fromcurrent=False,
+                                     transition=dict(duration=0), mode="immediate")])
+        pause = dict(label="❚❚", method="animate",
+                     args=[[None], dict(frame=dict(duration=0, redraw=False), mode="immediate")])
+        fig.update_layout(
+            updatemenus=[dict(type="buttons", direction="left", x=0, y=-0.02, xanchor="left", yanchor="top",
+                              showactive=False, buttons=[play, pause], pad=dict(t=4, r=4))],
+            sliders=[dict(active=step, x=0.22, y=-0.02, len=0.78, yanchor="top", pad=dict(t=4),
+                          currentvalue=dict(visible=False),
+                          steps=[dict(label=str(i + 1), method="animate",
+                                      args=[[str(i)], dict(frame=dict(duration=0, redraw=True), mode="immediate",
+                                                           transition=dict(duration=0))]) for i in range(n)])],
+            margin=dict(b=60))
+        fig.layout.title.text = labels[step] if title is None else title
+    return fig
+
+
+def topk_figure(top: Sequence[tuple[str, float]], title: str | None = "Top-5 classes",
+                highlight: str | None = None, height: int | None = 260) -> go.Figure:
+    """Horizontal bars of (class, probability), highest on top; ``highlight`` marks one class."""
+    names = [str(n) for n, _ in top][::-1]
+    probs = [float(p) for _, p in top][::-1]
+    colors = ["#d62728" if n == highlight else "#1f77b4" for n in names]
+    fig = go.Figure(go.Bar(x=probs, y=names, orientation="h", marker_color=colors,
+                           text=[f"{p:.1%}" for p in probs], textposition="auto",
+                           hovertemplate="%{y}: %{x:.2%}<extra></extra>"))
+    fig.update_xaxes(range=[0, 1], tickformat=".0%", gridcolor="#eee")
+    fig.update_yaxes(automargin=True)
+    return _layout(fig, title, height)
+
+
+def belief_figure(probs, classes: Sequence[str], step: int | None = None, k: int = 5,
+                  title: str | None = "Belief across glimpses", height: int | None = 300) -> go.Figure:
+    """Confidence of the ``k`` classes that were ever most believed, after each glimpse."""
+    probs = np.asarray(probs, dtype=np.float64)
+    n = probs.shape[0]
+    order = list(np.argsort(-probs.max(axis=0))[:k])
+    final = int(np.argmax(probs[-1]))
+    if final not in order:
+        order[-1] = final
+    xs = list(range(1, n + 1))
+    fig = go.Figure()
+    for j, c in enumerate(order):
+        fig.add_trace(go.Scatter(x=xs, y=probs[:, c], mode="lines+markers", name=str(classes[c]),
+                                 line=dict(color=SERIES_COLORS[j % len(SERIES_COLORS)], width=3 if c == final else 2),
+                                 hovertemplate=f"{classes[c]}<br>glimpse %{{x}}: %{{y:.1%}}<extra></extra>"))
+    if step is not None:
+        fig.add_vline(x=step + 1, line=dict(color="#888", dash="dash", width=1))
+    fig.update_xaxes(title="glimpse", tickvals=xs, range=[0.8, n + 0.2], gridcolor="#eee")
+    fig.update_yaxes(title="probability", range=[0, 1.02], tickformat=".0%", gridcolor="#eee")
+    return _layout(fig, title, height, legend=dict(orientation="h", y=-0.3, x=0))
+
+
+def compute_figure(cumulative_gflops: Sequence[float], baseline_gflops: float, step: int | None = None,
+                   title: str | None = "Compute spent so far", height: int | None = 260) -> go.Figure:
+    """Cumulative GFLOPs after each glimpse, against one full-resolution baseline pass."""
+    ys = [float(v) for v in cumulative_gflops]
+    xs = [f"after {i + 1}" for i in range(len(ys))]
+    colors = [glimpse_color(i) if step is None or i <= step else "#ccc" for i in range(len(ys))]
+    fig = go.Figure(go.Bar(x=xs, y=ys, marker_color=colors,
+                           text=[f"{v:.2f}<br>({v / baseline_gflops:.0%})" for v in ys], textposition="outside",
+                           hovertemplate="%{x}: %{y:.3f} GFLOPs<extra></extra>", cliponaxis=False))
+    fig.add_hline(y=baseline_gflops, line=dict(color="#d62728", dash="dash"),
+                  annotation_text=f"one baseline pass: {baseline_gflops:.2f} GFLOPs",
+                  annotation_position="top left")
+    fig.update_yaxes(title="GFLOPs (MACs)", range=[0, max(max(ys), baseline_gflops) * 1.3], gridcolor="#eee")
+    return _layout(fig, title, height)
+
+
+# -- heat maps ------------------------------------------------------------------------------------------
+def _cells(heat: np.ndarray) -> np.ndarray:
+    heat = np.asarray(heat, dtype=np.float32)
+    if heat.ndim != 2:
+        raise ValueError(f"a heat map must be 2-D, got shape {heat.shape}")
+    h, w = heat.shape
+    if max(h, w) > HEAT_CELLS:
+        f = HEAT_CELLS / max(h, w)
+        heat = np.asarray(Image.fromarray(heat, mode="F").resize((max(1, round(w * f)), max(1, round(h * f))),
+                                                                 Image.BOX))
+    return np.nan_to_num(heat)
+
+
+def _heat_trace(heat: np.ndarray, width: int, height: int, showscale: bool, colorbar_title: str = "") -> go.Heatmap:
+    cells = _cells(heat)
+    ch, cw = cells.shape
+    dx, dy = width / cw, height / ch
+    return go.Heatmap(z=cells, x0=dx / 2, dx=dx, y0=dy / 2, dy=dy, zmin=0, zmax=1, colorscale=HEAT_COLORSCALE,
+                      showscale=showscale, hovertemplate="%{z:.2f}<extra></extra>",
+                      colorbar=dict(title=colorbar_title, thickness=12, len=0.8, tickvals=[0, 0.5, 1]))
+
+
+def heatmap_figure(image: np.ndarray, heat: np.ndarray, title: str | None = None, boxes=None,
+                   max_side: int | None = MAX_SIDE, showscale: bool = True, height: int | None = None) -> go.Figure:
+    """A map in [0, 1] over the photo, on the shared colour scale; optional glimpse boxes on top."""
+    h, w = image.shape[:2]
+    fig = go.Figure([_image_trace(image, max_side), _heat_trace(heat, w, h, showscale)])
+    if boxes is not None:
+        boxes = np.asarray(boxes)
+        for i, box in enumerate(boxes):
+            fig.add_trace(_box_trace(box, i, len(boxes) - 1, True))
+    _photo_axes(fig, w, h)
+    return _layout(fig, title, height)
+
+
+def attribution_grid(image: np.ndarray, maps: Mapping[str, Mapping[str, np.ndarray | None]],
+                     captions: Mapping[tuple[str, str], str] | None = None, title: str | None = None,
+                     max_side: int = 256, cell_height: int = 230, boxes=None) -> go.Figure:
+    """Grid of heat maps: one row per model, one column per method, on one shared colour scale.
+
+    ``maps[row][col]`` is a map in [0, 1] (or None for a cell that failed or was not asked for);
+    ``captions[(row, col)]`` is printed under a cell (e.g. agreement numbers). ``boxes`` (MGNet's
+    glimpses) are drawn thinly on every cell so maps can be compared with where MGNet looked.
+    """
+    rows = list(maps)
+    cols = list(dict.fromkeys(c for r in rows for c in maps[r]))
+    captions = captions or {}
+    h, w = image.shape[:2]
+    titles = [f"{r}<br><sup>{c}</sup>" for r in rows for c in cols]
+    fig = make_subplots(rows=len(rows), cols=len(cols), subplot_titles=titles,
+                        horizontal_spacing=0.02, vertical_spacing=min(0.08, 0.3 / len(rows)))
+    photo = _image_trace(image, max_side)
+    first = True
+    for i, r in enumerate(rows, 1):
+        for j, c in enumerate(cols, 1):
+            fig.add_trace(photo, row=i, col=j)
+            m = maps[r].get(c)
+            if m is not None:
+                fig.add_trace(_heat_trace(m, w, h, showscale=first), row=i, col=j)
+                first = False
+            if boxes is not None:
+                for b in np.asarray(boxes)[1:]:
+                    x0, y0, x1, y1 = [float(v) for v in b]
+                    fig.add_trace(go.Scatter(x=[x0, x1, x1, x0, x0], y=[y0, y0, y1, y1, y0], mode="lines",
+                                             line=dict(color="white", width=1), opacity=0.7, showlegend=False,
+                                             hoverinfo="skip"), row=i, col=j)
+            note = captions.get((r, c)) or ("" if m is not None else "not available")
+            if note:
+                fig.add_annotation(text=note, x=w / 2, y=h, yshift=-2, showarrow=False, yanchor="top",
+                                   font=dict(size=11), row=i, col=j)
+            _photo_axes(fig, w, h, row=i, col=j)
+    for k in range(1, len(rows) * len(cols) + 1):
+        suffix = "" if k == 1 else str(k)
+        fig.layout[f"yaxis{suffix}"].scaleanchor = f"x{suffix}"
+    fig.update_annotations(font_size=12)
+    _layout(fig, title, cell_height * len(rows) + 60)
+    return fig
+
+
+# -- robustness -----------------------------------------------------------------------------------------
+def perturbation_image(clean: np.ndarray, adversarial: np.ndarray, amplify: float | None = None) -> tuple[np.ndarray, float]:
+    """The difference adversarial - clean (both uint8 or float in [0, 1]) as a mid-grey image, amplified.
+
+    Returns (uint8 image, amplification used). By default the largest change is stretched to half the
+    range, so any perturbation is visible; the factor is reported so it is never mistaken for the real size.
+    """
+    a = np.asarray(adversarial, dtype=np.float32)
+    c = np.asarray(clean, dtype=np.float32)
+    if a.max() > 1.5 or c.max() > 1.5:
+        a, c = a / 255.0, c / 255.0
+    delta = a - c
+    peak = float(np.abs(delta).max())
+    if amplify is None:
+        amplify = 0.5 / peak if peak > 0 else 1.0
+    img = np.clip(0.5 + delta * amplify, 0, 1)
+    return (img * 255 + 0.5).astype(np.uint8), float(amplify)
+
+
+def movement_figure(image: np.ndarray, boxes_a, boxes_b, labels=("clean", "changed"), title: str | None = None,
+                    max_side: int | None = MAX_SIDE, height: int | None = None) -> go.Figure:
+    """How the glimpses moved: boxes of two runs on one photo, solid (a) vs dashed (b), with arrows."""
+    h, w = image.shape[:2]
+    fig = go.Figure(_image_trace(image, max_side))
+    for name, boxes, dash in ((labels[0], boxes_a, None), (labels[1], boxes_b, "dash")):
+        boxes = np.asarray(boxes, dtype=np.float64)
+        for i, b in enumerate(boxes[1:], 1):
+            x0, y0, x1, y1 = b
+            fig.add_trace(go.Scatter(x=[x0, x1, x1, x0, x0], y=[y0, y0, y1, y1, y0], mode="lines+text",
+                                     text=[f"{i + 1}", "", "", "", ""], textposition="bottom right",
+                                     textfont=dict(color=glimpse_color(i)),
+                                     line=dict(color=glimpse_color(i), width=3, dash=dash),
+                                     name=f"{name}: glimpse {i + 1}", legendgroup=name,
+                                     showlegend=i == 1, hoverinfo="name"))
+    a, b = np.asarray(boxes_a, dtype=np.float64), np.asarray(boxes_b, dtype=np.float64)
+    for i in range(1, min(len(a), len(b))):
+        ca = ((a[i, 0] + a[i, 2]) / 2, (a[i, 1] + a[i, 3]) / 2)
+        cb = ((b[i, 0] + b[i, 2]) / 2, (b[i, 1] + b[i, 3]) / 2)
+        if np.hypot(cb[0] - ca[0], cb[1] - ca[1]) > 1e-3 * max(w, h):
+            fig.add_annotation(x=cb[0], y=cb[1], ax=ca[0], ay=ca[1], xref="x", yref="y", axref="x", ayref="y",
+                               showarrow=True, arrowhead=2, arrowwidth=2, arrowcolor=glimpse_color(i), text="")
+    _photo_axes(fig, w, h)
+    return _layout(fig, title, height, legend=dict(orientation="h", y=-0.02, x=0, yanchor="top"))
+
+
+def prediction_compare_figure(rows: Sequence[Mapping], title: str | None = "Predictions before and after",
+                              height: int | None = None) -> go.Figure:
+    """Grouped bars: for each model, confidence in the class it predicted on the clean photo, before and after.
+
+    ``rows``: dicts with ``model``, ``before`` (prob), ``after`` (prob of the same class), and optionally
+    ``before_label`` / ``after_label`` (the predicted class names) shown as hover text.
+    """
+    models = [str(r["model"]) for r in rows]
+    fig = go.Figure([
+        go.Bar(name="clean", x=models, y=[float(r["before"]) for r in rows], marker_color="#1f77b4",
+               text=[r.get("before_label", "") for r in rows], textposition="inside",
+               hovertemplate="%{x}<br>clean: %{y:.1%} (%{text})<extra></extra>"),
+        go.Bar(name="perturbed", x=models, y=[float(r["after"]) for r in rows], marker_color="#d62728",
+               text=[r.get("after_label", "") for r in rows], textposition="inside",
+               hovertemplate="%{x}<br>perturbed: %{y:.1%}; now predicts %{text}<extra></extra>"),
+    ])
+    fig.update_layout(barmode="group")
+    fig.update_yaxes(title="confidence in the clean prediction", range=[0, 1], tickformat=".0%", gridcolor="#eee")
+    return _layout(fig, title, height or 320, legend=dict(orientation="h", y=1.02, x=1, xanchor="right", yanchor="bottom"))
+
+
+def sweep_figure(xs: Sequence[float], series: Mapping[str, Sequence[float]], xlabel: str,
+                 ylabel: str = "confidence in the clean prediction", title: str | None = None,
+                 correct: Mapping[str, Sequence[bool]] | None = None, height: int | None = 340) -> go.Figure:
+    """Lines of a quantity (usually confidence) against eps or severity, one per model.
+
+    ``correct[name][i]`` marks points where the model still predicts its clean class (filled marker)
+    or not (open marker).
+    """
+    fig = go.Figure()
+    for j, (name, ys) in enumerate(series.items()):
+        color = SERIES_COLORS[j % len(SERIES_COLORS)]
+        ok = list(correct[name]) if correct and name in correct else None
+        symbols = ["circle" if (ok is None or o) else "circle-open" for o in (ok or [None] * len(ys))]
+        fig.add_trace(go.Scatter(x=list(xs), y=[float(v) for v in ys], mode="lines+markers", name=name,
+                                 line=dict(color=color, width=2), marker=dict(symbol=symbols, size=9, color=color),
+                                 hovertemplate=f"{name}<br>{xlabel} %{{x}}: %{{y:.1%}}<extra></extra>"))
+    fig.update_xaxes(title=xlabel, gridcolor="#eee")
+    fig.update_yaxes(title=ylabel, range=[0, 1.02], tickformat=".0%", gridcolor="#eee")
+    return _layout(fig, title, height, legend=dict(orientation="h", y=1.02, x=1, xanchor="right", yanchor="bottom"))
+
+
+# -- static export --------------------------------------------------------------------------------------
+EXPORT_FORMATS = {"png": "image/png", "svg": "image/svg+xml", "pdf": "application/pdf"}
+
+
+class ExportError(RuntimeError):
+    """Static export (kaleido + a Chrome) is not possible here; the message says why."""
+
+
+_EXPORT_LOCK = threading.Lock()
+_SERVER = {"started": False}
+
+
+def _ensure_browser_path():
+    if not os.environ.get("BROWSER_PATH"):
+        for candidate in ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome"):
+            if os.path.exists(candidate):
+                os.environ["BROWSER_PATH"] = candidate
+                break
+
+
+def export_problem() -> str | None:
+    """Why static export cannot work here (no kaleido, no Chrome found), or None. Starts nothing."""
+    _ensure_browser_path()
+    try:
+        import kaleido  # noqa: F401
+        from choreographer.browsers.chromium import Chromium
+    except ImportError as exc:
+        return f"the kaleido package is missing ({exc})."
+    path = os.environ.get("BROWSER_PATH")
+    if path and not os.path.exists(path):
+        return f"BROWSER_PATH={path!r} does not exist."
+    try:
+        found = Chromium.find_browser(skip_local=False)
+    except Exception:  # noqa: BLE001 - an unexpected choreographer version: let the export itself decide
+        return None
+    return None if found else "no Chrome or Chromium was found (install chromium, or set BROWSER_PATH)."
+
+
+def figure_bytes(fig: go.Figure, fmt: str = "png", width: int | None = None, height: int | None = None,
+                 scale: float = 2.0) -> bytes:
+    """Render a figure to PNG, SVG or PDF bytes with kaleido (which drives a headless Chrome).
+
+    A Chrome is looked up through ``BROWSER_PATH`` (set to /usr/bin/chromium when that exists and the
+    variable is unset). One kaleido browser is started on first use and kept for later exports.
+    Raises :class:`ExportError` with a readable message when no export is possible.
+    """
+    fmt = fmt.lower()
+    if fmt not in EXPORT_FORMATS:
+        raise ExportError(f"unknown export format {fmt!r}; choose one of {sorted(EXPORT_FORMATS)}")
+    _ensure_browser_path()
+    try:
+        import kaleido
+    except ImportError as exc:  # pragma: no cover - kaleido is a requirement
+        raise ExportError(f"static export needs the kaleido package ({exc}).") from None
+    width = width or fig.layout.width or 900
+    height = height or fig.layout.height or 600
+    try:
+        with _EXPORT_LOCK:
+            if not _SERVER["started"]:
+                kaleido.start_sync_server(silence_warnings=True)
+                _SERVER["started"] = True
+        return fig.to_image(format=fmt, width=width, height=height, scale=scale if fmt == "png" else 1)
+    except Exception as exc:  # kaleido raises many types (no Chrome, timeouts, crashed browser)
+        raise ExportError(f"static export failed: {type(exc).__name__}: {exc}. Set BROWSER_PATH to a "
+                          f"Chrome/Chromium binary, or use the camera icon of the figure's toolbar "
+                          f"(PNG) or the HTML download.") from None
+
+
+def figure_html(fig: go.Figure) -> bytes:
+    """A self-contained interactive HTML file (needs no kaleido; loads plotly.js from its CDN)."""
+    return fig.to_html(include_plotlyjs="cdn", full_html=True).encode()
