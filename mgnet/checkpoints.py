@@ -10,7 +10,7 @@ import datetime as _dt
 import hashlib
 import os
 import pickle
-import zipfile
+import re
 from pathlib import Path
 
 import torch
@@ -45,14 +45,20 @@ def read_checkpoint_file(path) -> dict:
         with torch.serialization.safe_globals([argparse.Namespace]):
             blob = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0][:300]
-        raise CheckpointError(
-            f"{path.name} was refused: it holds Python objects other than weights and plain settings, which "
-            f"could run code when loaded, so it was not unpickled ({first}).") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, UnicodeDecodeError, KeyError) as exc:
-        raise CheckpointError(
-            f"{path.name} is not a readable PyTorch checkpoint (truncated, damaged or another kind of file): "
-            f"{str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__}.") from None
+        text = str(exc)
+        found = re.search(r"(?:unsupported|Unsupported global:) GLOBAL ([\w.]+)", text)
+        if found:
+            raise CheckpointError(
+                f"{path.name} was refused: it holds a Python object ({found.group(1)}) besides weights and plain "
+                "settings. Such files can run code when loaded, so it was not unpickled.") from None
+        raise CheckpointError(f"{path.name} is not a readable PyTorch checkpoint (damaged or another kind of "
+                              "file).") from None
+    except MemoryError:
+        raise CheckpointError(f"{path.name} is too large to load in memory.") from None
+    except Exception as exc:  # torch.load fails in many ways on damaged input; none of them is ours to leak
+        detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path.name} is not a readable PyTorch checkpoint (truncated, damaged or another "
+                              f"kind of file): {detail}.") from None
     if not isinstance(blob, dict):
         raise CheckpointError(f"{path.name} holds a {type(blob).__name__}, not a checkpoint dictionary.")
     return blob

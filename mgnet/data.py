@@ -15,6 +15,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 MAX_PIXELS = 120_000_000
 MAX_SIDE = 20_000
 MAX_BYTES = 200 * 1024 * 1024
+# PIL's own bomb check (warning above the limit, error above twice it) uses the same bound as ours.
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 
 

@@ -1,0 +1,109 @@
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mgnet.data import image_hash, load_image, to_model_input
+
+
+def encode(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def gradient_rgb(w=40, h=30):
+    x = np.linspace(0, 255, w, dtype=np.uint8)[None, :, None].repeat(h, 0)
+    y = np.linspace(0, 255, h, dtype=np.uint8)[:, None, None].repeat(w, 1)
+    return np.concatenate([x, y, np.full_like(x, 128)], axis=2)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF"])
+def test_common_formats_decode_to_rgb_uint8(fmt):
+    arr = load_image(encode(Image.fromarray(gradient_rgb()), fmt))
+    assert arr.shape == (30, 40, 3) and arr.dtype == np.uint8
+    assert abs(int(arr[15, 39, 0]) - 255) < 40 and abs(int(arr[15, 0, 0])) < 40  # orientation kept
+
+
+def test_exif_rotation_is_applied():
+    img = Image.fromarray(gradient_rgb(40, 30))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise for display
+    arr = load_image(encode(img, "JPEG", exif=exif))
+    assert arr.shape == (40, 30, 3)
+
+
+def test_grayscale_16bit_cmyk_palette_alpha_animated():
+    gray = load_image(encode(Image.fromarray(np.full((5, 6), 77, np.uint8)), "PNG"))
+    assert gray.shape == (5, 6, 3) and (gray == 77).all()
+    sixteen = Image.fromarray(np.full((4, 4), 65535, np.uint16))
+    arr16 = load_image(encode(sixteen, "PNG"))
+    assert arr16.shape == (4, 4, 3) and (arr16 == 255).all()
+    cmyk = load_image(encode(Image.new("CMYK", (8, 8), (0, 255, 255, 0)), "JPEG"))
+    assert cmyk.shape == (8, 8, 3) and cmyk[..., 0].mean() > 200 and cmyk[..., 1].mean() < 60
+    pal = Image.new("P", (6, 6))
+    pal.putpalette([255, 0, 0] * 256)
+    assert (load_image(encode(pal, "PNG"))[..., 0] == 255).all()
+    rgba = Image.new("RGBA", (6, 6), (0, 0, 0, 0))  # fully transparent -> white background
+    assert (load_image(encode(rgba, "PNG")) == 255).all()
+    frames = [Image.new("RGB", (10, 10), c) for c in [(255, 0, 0), (0, 0, 255)]]
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:])
+    first = load_image(buf.getvalue())
+    assert first[..., 0].mean() > 200 and first[..., 2].mean() < 50
+
+
+def test_one_by_one_and_path_and_file_object(tmp_path):
+    data = encode(Image.new("RGB", (1, 1), (1, 2, 3)), "PNG")
+    (tmp_path / "a.png").write_bytes(data)
+    assert load_image(tmp_path / "a.png").tolist() == [[[1, 2, 3]]]
+    assert load_image(io.BytesIO(data)).shape == (1, 1, 3)
+    assert to_model_input(load_image(data), 32).shape == (1, 3, 32, 32)
+
+
+def png_header_only(width, height):
+    """A PNG that declares a huge size but carries almost no data (a decompression bomb)."""
+    def chunk(kind, payload):
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 100)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("data,match", [
+    (b"", "empty"),
+    (b"hello, I am a text file\n" * 10, "not an image format"),
+    (bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8)), "not an image format"),
+    (b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg"></svg>', "SVG or HTML"),
+    (b"<!DOCTYPE html><html><body>hi</body></html>", "SVG or HTML"),
+    (png_header_only(50_000, 50_000), "more than this app accepts|decompression bomb"),
+    (png_header_only(200_000, 10), "more than this app accepts"),
+])
+def test_hostile_inputs_raise_readable_value_errors(data, match):
+    with pytest.raises(ValueError, match=match):
+        load_image(data)
+
+
+def test_truncated_and_mislabelled_files(tmp_path):
+    jpeg = encode(Image.fromarray(gradient_rgb(64, 64)), "JPEG")
+    with pytest.raises(ValueError, match="damaged or truncated"):
+        load_image(jpeg[: len(jpeg) // 3])
+    png_named_jpg = tmp_path / "photo.jpg"
+    png_named_jpg.write_bytes(encode(Image.fromarray(gradient_rgb()), "PNG"))
+    assert load_image(png_named_jpg).shape == (30, 40, 3)  # content decides, not the name
+
+
+def test_large_but_honest_image_is_accepted():
+    big = Image.new("L", (10000, 10000), 200)
+    arr = load_image(encode(big, "PNG", compress_level=1))
+    assert arr.shape == (10000, 10000, 3)
+
+
+def test_image_hash_depends_on_pixels_and_shape():
+    a = np.zeros((4, 6, 3), np.uint8)
+    b = a.copy()
+    b[0, 0, 0] = 1
+    assert image_hash(a) != image_hash(b) and image_hash(a) != image_hash(a.reshape(6, 4, 3))
+    assert image_hash(a) == image_hash(a.copy())
