@@ -52,8 +52,10 @@ def hardware() -> str:
 
 
 def command_line() -> str:
-    return " ".join([Path(sys.executable).name, "-m", Path(sys.argv[0]).stem if sys.argv[0].endswith(".py")
-                     else sys.argv[0]] + sys.argv[1:])
+    """The command that started this process, as a person would type it (``python -m mgnet.train ...``)."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    program = ["python", "-m", spec.name] if spec is not None else ["python", sys.argv[0]]
+    return " ".join(program + sys.argv[1:])
 
 
 _LOCKS_GUARD = threading.Lock()

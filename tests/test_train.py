@@ -1,0 +1,101 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mgnet import load_checkpoint
+from mgnet.checkpoints import read_checkpoint_file
+from conftest import ROOT, make_image_folder
+
+TRAIN = [sys.executable, "-m", "mgnet.train"]
+
+
+def train_args(data, out, export, **extra):
+    args = ["--data", str(data), "--val", str(data), "--image-size", "64", "--epochs", "2", "--batch-size", "6",
+            "--glimpses", "3", "--scale", "2.0", "--threads", "1", "--out", str(out), "--export", str(export),
+            "--save-every", "1", "--amp", "off"]
+    for k, v in extra.items():
+        args += [f"--{k.replace('_', '-')}", str(v)]
+    return args
+
+
+def run(args, **kw):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, **kw)
+
+
+@pytest.fixture
+def folder(tmp_path):
+    return make_image_folder(tmp_path / "data", per_class=8, size=48)
+
+
+def test_training_exports_a_loadable_checkpoint_with_provenance(folder, tmp_path):
+    res = run(TRAIN + train_args(folder, tmp_path / "run", tmp_path / "m.pt", kind="baseline", epochs=1))
+    assert res.returncode == 0, res.stderr[-2000:]
+    model = load_checkpoint(tmp_path / "m.pt", device="cpu")
+    assert model.is_baseline and model.image_size == 64
+    assert model.classes == ["tench", "English springer", "cassette player"]
+    prov = model.checkpoint_info["provenance"]
+    assert prov["epochs"] == 1 and "mgnet.train" in prov["command"] and prov["git_commit"]
+    assert len(prov["metrics"]["val_accuracy_per_glimpse"]) == 1
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert history[0]["epoch"] == 1
+
+
+def test_killed_mid_epoch_training_resumes_to_the_same_weights(folder, tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    straight = run(TRAIN + train_args(folder, tmp_path / "a", tmp_path / "a.pt"))
+    assert straight.returncode == 0, straight.stderr[-2000:]
+
+    args = TRAIN + train_args(folder, tmp_path / "b", tmp_path / "b.pt")
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state_file = tmp_path / "b" / "last.pt"
+    deadline = time.time() + 300
+    killed_at = None
+    while time.time() < deadline and proc.poll() is None:
+        if state_file.exists():
+            try:
+                state = read_checkpoint_file(state_file)["state"]
+            except ValueError:
+                state = None
+            if state and state["step_in_epoch"] >= 1:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                killed_at = state
+                break
+        time.sleep(0.02)
+    assert killed_at is not None, "training finished before it could be killed"
+    saved = read_checkpoint_file(state_file)["state"]
+    assert saved["step_in_epoch"] >= 1 and saved["global_step"] < 8  # really interrupted mid-run
+    assert not (tmp_path / "b.pt").exists()
+
+    resumed = run(args)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming from" in resumed.stdout
+    a = torch.load(tmp_path / "a.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "b.pt", weights_only=True)["state_dict"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=0, rtol=0, msg=key)
+
+
+def test_ddp_with_two_cpu_processes(folder, tmp_path):
+    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc_per_node", "2",
+            "-m", "mgnet.train"] + train_args(folder, tmp_path / "ddp", tmp_path / "ddp.pt", epochs=1)
+    res = run(args)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "2 process(es)" in res.stdout
+    model = load_checkpoint(tmp_path / "ddp.pt", device="cpu")
+    assert model.checkpoint_info["provenance"]["processes"] == 2
+    # Two ranks share the epoch: 24 images / (6 per process x 2 processes) = 2 steps.
+    assert read_checkpoint_file(tmp_path / "ddp" / "last.pt")["state"]["global_step"] == 2
+
+
+def test_bad_data_folder_exits_with_a_message(tmp_path):
+    res = run(TRAIN + ["--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o")])
+    assert res.returncode != 0 and "does not exist" in res.stderr
