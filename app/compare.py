@@ -142,7 +142,8 @@ def render(photo, entry, a, cat, settings: dict):
                 continue
             maps[label][col] = att.map
             inside, iou = agreement(att.map, a, fmap_model)
-            captions[(label, col)] = (f"in boxes {inside:.0%} · " if inside is not None else "") + f"IoU {iou:.2f}"
+            captions[(label, col)] = ("map is zero everywhere" if att.empty else
+                                      (f"in boxes {inside:.0%} · " if inside is not None else "") + f"IoU {iou:.2f}")
             records.append({"model": label, "method": col, "class explained": e.model.classes[att.target],
                             "mass inside glimpse boxes": inside, "top-20% IoU with focus map": iou,
                             "seconds": att.seconds})

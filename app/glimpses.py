@@ -78,9 +78,9 @@ def render(photo, entry, a):
         spent = float(a.gflops[t])
         st.metric("Compute so far", f"{spent:.2f} GFLOPs",
                   f"{spent / a.baseline_gflops:.0%} of one baseline pass ({a.baseline_gflops:.2f} GFLOPs)",
-                  delta_color="off")
+                  delta_color="off", delta_arrow="off")
         name, p = top[0]
-        st.metric(f"Prediction after glimpse {t + 1}", name, f"{p:.1%} confidence", delta_color="off")
+        st.metric(f"Prediction after glimpse {t + 1}", name, f"{p:.1%} confidence", delta_color="off", delta_arrow="off")
 
     c1, c2, c3 = st.columns(3, gap="medium")
     with c1:

@@ -73,10 +73,11 @@ def sidebar_models(cat):
         return None
     names = [m.name for m in cat.models]
     picked = sb.selectbox("MGNet model", names, index=0, key="model",
-                          format_func=lambda n: cat.by_name(n).label,
+                          format_func=lambda n: cat.by_name(n).short,
                           help=f"Every .pt/.ckpt file in {cat.folder}: this project's checkpoints, the authors' "
                                f"ImageNet-100 Lightning files, and baselines.", **QP)
     entry = cat.by_name(picked) or cat.models[0]
+    sb.caption(entry.label.split("(", 1)[1].rstrip(")") + f" · {len(entry.model.classes)} classes")
     if entry.is_baseline:
         sb.caption("A baseline takes one full-resolution look; pick an MGNet to see glimpses.")
         n = None
@@ -96,10 +97,9 @@ def view_settings(photo, entry, n, view) -> dict:
                    "config": entry.model.config(), "n_glimpses": n},
          "glimpse_step": st.session_state.get(glimpses.STEP_KEY),
          "url_query": st.query_params.to_dict()}
-    for key in ("cmp_request", "atk_request", "sweep_request"):
-        if st.session_state.get(key):
-            s[key.replace("_request", "")] = {k: v for k, v in st.session_state[key].items()
-                                              if k not in ("photo", "model")}
+    s["requests"] = {key.replace("_request", ""): {k: v for k, v in st.session_state[key].items()
+                                                   if k not in ("photo", "model")}
+                     for key in ("cmp_request", "atk_request", "sweep_request") if st.session_state.get(key)}
     return s
 
 

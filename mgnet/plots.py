@@ -18,6 +18,7 @@ import base64
 import io
 import os
 import threading
+import warnings
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -93,10 +94,11 @@ def _photo_axes(fig: go.Figure, width: int, height: int, row=None, col=None):
                      constrain="domain", **kw)
 
 
-def _layout(fig: go.Figure, title: str | None, height: int | None = None, **kw) -> go.Figure:
+def _layout(fig: go.Figure, title: str | None, height: int | None = None, chart: bool = False, **kw) -> go.Figure:
+    """Shared look. ``chart=True`` leaves room for axis titles and tick labels."""
+    margin = dict(l=60, r=20, t=45 if title else 15, b=55) if chart else dict(l=10, r=10, t=40 if title else 10, b=10)
     fig.update_layout(title=dict(text=title, x=0.01, xanchor="left", font=dict(size=15)) if title else None,
-                      font=FONT, margin=dict(l=10, r=10, t=40 if title else 10, b=10),
-                      paper_bgcolor="white", plot_bgcolor="white", **kw)
+                      font=FONT, margin=kw.pop("margin", margin), paper_bgcolor="white", plot_bgcolor="white", **kw)
     if height:
         fig.update_layout(height=height)
     return fig
@@ -164,7 +166,9 @@ def glimpse_figure(image: np.ndarray, boxes, step: int, title: str | None = None
                                       args=[[str(i)], dict(frame=dict(duration=0, redraw=True), mode="immediate",
                                                            transition=dict(duration=0))]) for i in range(n)])],
             margin=dict(b=60))
-        fig.layout.title.text = labels[step] if title is None else title
+        if title is None:
+            fig.update_layout(title=dict(text=labels[step], x=0.01, xanchor="left", font=dict(size=15)),
+                              margin=dict(t=40))
     return fig
 
 
@@ -179,7 +183,7 @@ def topk_figure(top: Sequence[tuple[str, float]], title: str | None = "Top-5 cla
                            hovertemplate="%{y}: %{x:.2%}<extra></extra>"))
     fig.update_xaxes(range=[0, 1], tickformat=".0%", gridcolor="#eee")
     fig.update_yaxes(automargin=True)
-    return _layout(fig, title, height)
+    return _layout(fig, title, height, chart=True, margin=dict(l=10, r=20, t=45 if title else 15, b=40))
 
 
 def belief_figure(probs, classes: Sequence[str], step: int | None = None, k: int = 5,
@@ -201,23 +205,25 @@ def belief_figure(probs, classes: Sequence[str], step: int | None = None, k: int
         fig.add_vline(x=step + 1, line=dict(color="#888", dash="dash", width=1))
     fig.update_xaxes(title="glimpse", tickvals=xs, range=[0.8, n + 0.2], gridcolor="#eee")
     fig.update_yaxes(title="probability", range=[0, 1.02], tickformat=".0%", gridcolor="#eee")
-    return _layout(fig, title, height, legend=dict(orientation="h", y=-0.3, x=0))
+    return _layout(fig, title, height, chart=True, legend=dict(orientation="h", y=-0.22, x=0, yanchor="top"),
+                   margin=dict(l=60, r=20, t=45 if title else 15, b=100))
 
 
 def compute_figure(cumulative_gflops: Sequence[float], baseline_gflops: float, step: int | None = None,
                    title: str | None = "Compute spent so far", height: int | None = 260) -> go.Figure:
     """Cumulative GFLOPs after each glimpse, against one full-resolution baseline pass."""
     ys = [float(v) for v in cumulative_gflops]
-    xs = [f"after {i + 1}" for i in range(len(ys))]
+    xs = [str(i + 1) for i in range(len(ys))]
     colors = [glimpse_color(i) if step is None or i <= step else "#ccc" for i in range(len(ys))]
     fig = go.Figure(go.Bar(x=xs, y=ys, marker_color=colors,
-                           text=[f"{v:.2f}<br>({v / baseline_gflops:.0%})" for v in ys], textposition="outside",
-                           hovertemplate="%{x}: %{y:.3f} GFLOPs<extra></extra>", cliponaxis=False))
+                           text=[f"{v / baseline_gflops:.0%}" for v in ys], textposition="outside",
+                           hovertemplate="after glimpse %{x}: %{y:.3f} GFLOPs<extra></extra>", cliponaxis=False))
+    fig.update_xaxes(title="after glimpse", type="category")
     fig.add_hline(y=baseline_gflops, line=dict(color="#d62728", dash="dash"),
                   annotation_text=f"one baseline pass: {baseline_gflops:.2f} GFLOPs",
                   annotation_position="top left")
-    fig.update_yaxes(title="GFLOPs (MACs)", range=[0, max(max(ys), baseline_gflops) * 1.3], gridcolor="#eee")
-    return _layout(fig, title, height)
+    fig.update_yaxes(title="GFLOPs", range=[0, max(max(ys), baseline_gflops) * 1.3], gridcolor="#eee")
+    return _layout(fig, title, height, chart=True)
 
 
 # -- heat maps ------------------------------------------------------------------------------------------
@@ -257,20 +263,20 @@ def heatmap_figure(image: np.ndarray, heat: np.ndarray, title: str | None = None
 
 def attribution_grid(image: np.ndarray, maps: Mapping[str, Mapping[str, np.ndarray | None]],
                      captions: Mapping[tuple[str, str], str] | None = None, title: str | None = None,
-                     max_side: int = 256, cell_height: int = 230, boxes=None) -> go.Figure:
+                     max_side: int = 256, cell_height: int = 270, boxes=None) -> go.Figure:
     """Grid of heat maps: one row per model, one column per method, on one shared colour scale.
 
     ``maps[row][col]`` is a map in [0, 1] (or None for a cell that failed or was not asked for);
     ``captions[(row, col)]`` is printed under a cell (e.g. agreement numbers). ``boxes`` (MGNet's
-    glimpses) are drawn thinly on every cell so maps can be compared with where MGNet looked.
+    glimpses, photo coordinates) are outlined in white on every cell, the first (whole-image) one left out.
     """
     rows = list(maps)
     cols = list(dict.fromkeys(c for r in rows for c in maps[r]))
     captions = captions or {}
     h, w = image.shape[:2]
-    titles = [f"{r}<br><sup>{c}</sup>" for r in rows for c in cols]
-    fig = make_subplots(rows=len(rows), cols=len(cols), subplot_titles=titles,
-                        horizontal_spacing=0.02, vertical_spacing=min(0.08, 0.3 / len(rows)))
+    n_rows, n_cols = len(rows), len(cols)
+    fig = make_subplots(rows=n_rows, cols=n_cols, column_titles=cols, row_titles=rows,
+                        horizontal_spacing=0.03, vertical_spacing=min(0.12, 0.45 / n_rows))
     photo = _image_trace(image, max_side)
     first = True
     for i, r in enumerate(rows, 1):
@@ -278,7 +284,10 @@ def attribution_grid(image: np.ndarray, maps: Mapping[str, Mapping[str, np.ndarr
             fig.add_trace(photo, row=i, col=j)
             m = maps[r].get(c)
             if m is not None:
-                fig.add_trace(_heat_trace(m, w, h, showscale=first), row=i, col=j)
+                trace = _heat_trace(m, w, h, showscale=first)
+                trace.colorbar.update(orientation="h", y=-0.02, yanchor="top", x=0.5, xanchor="center",
+                                      len=0.5, thickness=10, title=dict(text="attribution (0–1)", side="top"))
+                fig.add_trace(trace, row=i, col=j)
                 first = False
             if boxes is not None:
                 for b in np.asarray(boxes)[1:]:
@@ -288,14 +297,13 @@ def attribution_grid(image: np.ndarray, maps: Mapping[str, Mapping[str, np.ndarr
                                              hoverinfo="skip"), row=i, col=j)
             note = captions.get((r, c)) or ("" if m is not None else "not available")
             if note:
-                fig.add_annotation(text=note, x=w / 2, y=h, yshift=-2, showarrow=False, yanchor="top",
-                                   font=dict(size=11), row=i, col=j)
+                fig.add_annotation(text=note, x=w / 2, y=h, yshift=-3, showarrow=False, yanchor="top",
+                                   font=dict(size=12), row=i, col=j)
             _photo_axes(fig, w, h, row=i, col=j)
-    for k in range(1, len(rows) * len(cols) + 1):
+    for k in range(1, n_rows * n_cols + 1):
         suffix = "" if k == 1 else str(k)
         fig.layout[f"yaxis{suffix}"].scaleanchor = f"x{suffix}"
-    fig.update_annotations(font_size=12)
-    _layout(fig, title, cell_height * len(rows) + 60)
+    _layout(fig, title, cell_height * n_rows + 110, margin=dict(l=10, r=40, t=60 if title else 35, b=70))
     return fig
 
 
@@ -331,7 +339,7 @@ def movement_figure(image: np.ndarray, boxes_a, boxes_b, labels=("clean", "chang
                                      text=[f"{i + 1}", "", "", "", ""], textposition="bottom right",
                                      textfont=dict(color=glimpse_color(i)),
                                      line=dict(color=glimpse_color(i), width=3, dash=dash),
-                                     name=f"{name}: glimpse {i + 1}", legendgroup=name,
+                                     name=f"{name} ({'solid' if dash is None else 'dashed'})", legendgroup=name,
                                      showlegend=i == 1, hoverinfo="name"))
     a, b = np.asarray(boxes_a, dtype=np.float64), np.asarray(boxes_b, dtype=np.float64)
     for i in range(1, min(len(a), len(b))):
@@ -361,8 +369,8 @@ def prediction_compare_figure(rows: Sequence[Mapping], title: str | None = "Pred
                hovertemplate="%{x}<br>perturbed: %{y:.1%}; now predicts %{text}<extra></extra>"),
     ])
     fig.update_layout(barmode="group")
-    fig.update_yaxes(title="confidence in the clean prediction", range=[0, 1], tickformat=".0%", gridcolor="#eee")
-    return _layout(fig, title, height or 320, legend=dict(orientation="h", y=1.02, x=1, xanchor="right", yanchor="bottom"))
+    fig.update_yaxes(title="confidence in clean class", range=[0, 1], tickformat=".0%", gridcolor="#eee")
+    return _layout(fig, title, height or 320, chart=True, legend=dict(orientation="h", y=1.02, x=1, xanchor="right", yanchor="bottom"))
 
 
 def sweep_figure(xs: Sequence[float], series: Mapping[str, Sequence[float]], xlabel: str,
@@ -383,7 +391,7 @@ def sweep_figure(xs: Sequence[float], series: Mapping[str, Sequence[float]], xla
                                  hovertemplate=f"{name}<br>{xlabel} %{{x}}: %{{y:.1%}}<extra></extra>"))
     fig.update_xaxes(title=xlabel, gridcolor="#eee")
     fig.update_yaxes(title=ylabel, range=[0, 1.02], tickformat=".0%", gridcolor="#eee")
-    return _layout(fig, title, height, legend=dict(orientation="h", y=1.02, x=1, xanchor="right", yanchor="bottom"))
+    return _layout(fig, title, height, chart=True, legend=dict(orientation="h", y=1.02, x=1, xanchor="right", yanchor="bottom"))
 
 
 # -- static export --------------------------------------------------------------------------------------
@@ -447,7 +455,9 @@ def figure_bytes(fig: go.Figure, fmt: str = "png", width: int | None = None, hei
             if not _SERVER["started"]:
                 kaleido.start_sync_server(silence_warnings=True)
                 _SERVER["started"] = True
-        return fig.to_image(format=fmt, width=width, height=height, scale=scale if fmt == "png" else 1)
+        with warnings.catch_warnings():  # plotly warns that kaleido's server ignores its per-call options
+            warnings.simplefilter("ignore", UserWarning)
+            return fig.to_image(format=fmt, width=width, height=height, scale=scale if fmt == "png" else 1)
     except Exception as exc:  # kaleido raises many types (no Chrome, timeouts, crashed browser)
         raise ExportError(f"static export failed: {type(exc).__name__}: {exc}. Set BROWSER_PATH to a "
                           f"Chrome/Chromium binary, or use the camera icon of the figure's toolbar "

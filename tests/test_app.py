@@ -1,0 +1,343 @@
+"""AppTest flows for the Streamlit app (app/main.py), against tiny random-weight checkpoints.
+
+The checkpoint folder is a temporary one (MGNET_CHECKPOINTS) holding a 32-pixel MGNet, a 32-pixel baseline
+and one broken file, so every flow runs in seconds on a CPU. Uploads go through
+``file_uploader.set_value`` and photos through ``camera_input.set_value``.
+"""
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+pytest.importorskip("streamlit")
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+torch.set_num_threads(1)
+ROOT = Path(__file__).resolve().parent.parent
+APP = str(ROOT / "app" / "main.py")
+EXAMPLE = ROOT / "app" / "examples" / "tench_1.jpg"
+CLASSES = ["tench", "English springer", "cassette player", "chain saw", "church", "French horn",
+           "garbage truck", "gas pump", "golf ball", "parachute"]
+TIMEOUT = 180
+
+
+@pytest.fixture(scope="module")
+def ckpt_dir(tmp_path_factory):
+    from mgnet import build_model, save_checkpoint
+
+    folder = tmp_path_factory.mktemp("checkpoints")
+    torch.manual_seed(0)
+    save_checkpoint(build_model("mgnet", num_classes=10, image_size=32), folder / "mgnet-tiny.pt", classes=CLASSES)
+    save_checkpoint(build_model("baseline", num_classes=10, image_size=32), folder / "baseline-tiny.pt",
+                    classes=CLASSES)
+    (folder / "broken.pt").write_bytes(b"this is not a checkpoint")
+    return folder
+
+
+@pytest.fixture
+def app(ckpt_dir, monkeypatch):
+    monkeypatch.setenv("MGNET_CHECKPOINTS", str(ckpt_dir))
+    monkeypatch.setenv("MGNET_DEVICE", "cpu")
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def errors(at) -> list[str]:
+    """Error messages in the page, except the broken checkpoint the fixture put there on purpose."""
+    return [e.value for e in at.error if "broken.pt" not in e.value]
+
+
+def text(at) -> str:
+    return "\n".join(m.value for m in at.markdown)
+
+
+def encoded(fmt: str, **save) -> bytes:
+    buf = io.BytesIO()
+    img = Image.open(EXAMPLE).convert("RGB").resize((90, 60))
+    if fmt == "GIF":
+        img = img.convert("P")
+    img.save(buf, format=fmt, **save)
+    return buf.getvalue()
+
+
+def switch(at, view: str, sub: str | None = None):
+    at.session_state["view"] = view
+    if sub:
+        at.session_state["rob_view"] = sub
+    at.run()
+    assert not at.exception, at.exception
+
+
+def submit(at, label: str):
+    next(b for b in at.button if b.label == label).click()
+    at.run()
+    assert not at.exception, at.exception
+
+
+# -- opening, models ------------------------------------------------------------------------------------
+def test_opens_with_an_example_analysed(app):
+    assert "after 4 glimpses" in text(app)
+    assert app.slider(key="step").value == 4
+    assert not errors(app)
+    assert any(m.label == "Compute so far" for m in app.metric)
+    assert app.selectbox(key="photo").value == "cassette_player_1"
+
+
+def test_bad_checkpoint_is_listed_with_its_message(app):
+    msgs = [e.value for e in app.error if "broken.pt" in e.value]
+    assert msgs and "broken.pt" in msgs[0]
+    assert app.selectbox(key="model").options == ["mgnet-tiny", "baseline-tiny"]
+    assert "CPU" in "\n".join(c.value for c in app.caption)
+
+
+def test_baseline_as_main_model(app):
+    app.selectbox(key="model").set_value("baseline-tiny.pt").run()
+    assert not app.exception
+    assert "after 1 glimpse " in text(app)
+    assert not errors(app)
+
+
+def test_empty_checkpoint_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("MGNET_CHECKPOINTS", str(tmp_path))
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    assert not at.exception
+    assert any("No usable checkpoint" in e.value for e in at.error)
+
+
+# -- input ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("fmt,mime,ext", [("JPEG", "image/jpeg", "jpg"), ("PNG", "image/png", "png"),
+                                          ("WEBP", "image/webp", "webp"), ("BMP", "image/bmp", "bmp"),
+                                          ("TIFF", "image/tiff", "tif"), ("GIF", "image/gif", "gif")])
+def test_upload_each_format(app, fmt, mime, ext):
+    app.radio(key="source").set_value("Upload").run()
+    app.file_uploader(key="upload").set_value((f"mine.{ext}", encoded(fmt), mime)).run()
+    assert not app.exception
+    assert f"**mine.{ext}** · 90×60 px" in text(app)
+    assert not errors(app)
+
+
+@pytest.mark.parametrize("name,data,expect", [
+    ("notes.jpg", b"hello, I am text pretending to be a JPEG", "not an image format"),
+    ("empty.png", b"", "empty"),
+    ("drawing.png", b"<svg xmlns='http://www.w3.org/2000/svg'></svg>", "SVG"),
+    ("cut.png", None, "damaged or truncated"),
+])
+def test_bad_upload_shows_message_and_app_keeps_working(app, name, data, expect):
+    if data is None:
+        data = encoded("PNG")[:200]
+    app.radio(key="source").set_value("Upload").run()
+    app.file_uploader(key="upload").set_value((name, data, "image/png")).run()
+    assert not app.exception
+    msgs = errors(app)
+    assert len(msgs) == 1 and name in msgs[0] and expect in msgs[0], msgs
+    assert "cassette_player_1.jpg" in text(app)  # the example is analysed instead
+    # ...and the next, good upload works.
+    app.file_uploader(key="upload").set_value(("good.png", encoded("PNG"), "image/png")).run()
+    assert not errors(app) and "**good.png**" in text(app)
+
+
+def test_camera_photo(app):
+    app.radio(key="source").set_value("Camera").run()
+    app.camera_input(key="camera").set_value(("shot.jpg", encoded("JPEG"), "image/jpeg")).run()
+    assert not app.exception
+    assert "**camera.jpg** · 90×60 px" in text(app)
+
+
+def test_gallery_choice(app):
+    app.selectbox(key="photo").set_value("golf_ball_2").run()
+    assert "**golf_ball_2.jpg**" in text(app)
+
+
+# -- glimpses -------------------------------------------------------------------------------------------
+def test_glimpse_stepping_never_recomputes(app, monkeypatch):
+    import mgnet.analysis
+
+    calls = []
+    real = mgnet.analysis.analyze
+    monkeypatch.setattr(mgnet.analysis, "analyze", lambda *a, **k: calls.append(1) or real(*a, **k))
+    app.run()
+    before = len(calls)
+    next(b for b in app.button if b.key == "glimpse_prev").click().run()
+    assert app.slider(key="step").value == 3
+    assert "**Glimpse 3 of 4**" in text(app)
+    app.slider(key="step").set_value(1).run()
+    assert "**Glimpse 1 of 4**" in text(app)
+    next(b for b in app.button if b.key == "glimpse_next").click().run()
+    assert app.slider(key="step").value == 2
+    assert len(calls) == before, "stepping through glimpses re-ran the model"
+    assert not app.exception and not errors(app)
+
+
+def test_fewer_glimpses_clamps_the_step(app):
+    app.slider(key="glimpses").set_value(2).run()
+    assert not app.exception
+    assert app.slider(key="step").value == 2
+    assert "after 2 glimpses" in text(app)
+
+
+def test_query_params_restore_a_view(ckpt_dir, monkeypatch):
+    monkeypatch.setenv("MGNET_CHECKPOINTS", str(ckpt_dir))
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.query_params["photo"] = "golf ball #2"
+    at.query_params["step"] = "2"
+    at.query_params["glimpses"] = "3"
+    at.run()
+    assert not at.exception
+    assert "**golf_ball_2.jpg**" in text(at) and "after 3 glimpses" in text(at)
+    assert at.slider(key="step").value == 2
+
+
+# -- compare --------------------------------------------------------------------------------------------
+def test_compare_methods_grid(app):
+    switch(app, "Compare")
+    app.multiselect(key="methods").set_value(["saliency", "occlusion", "gradcam"])
+    app.selectbox(key="target").set_value("golf ball")
+    submit(app, "Compute maps")
+    assert not errors(app)
+    table = app.dataframe[0].value
+    assert len(table) == 6  # (MGNet, baseline) x 3 methods
+    assert set(table["class explained"]) == {"golf ball"}
+    assert table["top-20% IoU with focus map"].between(0, 1).all()
+    assert app.get("progress")  # progress bar shown
+    assert "saliency-grid" in app.session_state["_registry"].figures
+
+
+def test_compare_cell_failure_stays_in_its_cell(app, monkeypatch):
+    import mgnet.explain
+
+    real = mgnet.explain.explain
+
+    def flaky(model, x, method, *a, **k):
+        if method == "gradcam":
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return real(model, x, method, *a, **k)
+    monkeypatch.setattr(mgnet.explain, "explain", flaky)
+    switch(app, "Compare")
+    app.multiselect(key="methods").set_value(["saliency", "gradcam"])
+    app.checkbox(key="self").set_value(False)
+    submit(app, "Compute maps")
+    msgs = errors(app)
+    assert len(msgs) == 1 and "Grad-CAM failed" in msgs[0] and "CUDA error" in msgs[0]
+    assert len(app.dataframe[0].value) == 1  # the saliency cell still worked
+
+
+def test_panel_failure_leaves_the_page_working(app, monkeypatch):
+    from mgnet import plots
+
+    def boom(*a, **k):
+        raise MemoryError("simulated out of memory")
+    monkeypatch.setattr(plots, "belief_figure", boom)
+    app.run()
+    assert not app.exception
+    assert any("Glimpses" in e for e in errors(app))
+    assert any(b.key == "bundle" for b in app.get("download_button"))  # the sidebar still renders
+
+
+# -- robustness -----------------------------------------------------------------------------------------
+def test_corruption(app):
+    switch(app, "Robustness")
+    app.selectbox(key="cor_name").set_value("fog")
+    app.slider(key="cor_sev").set_value(2).run()
+    assert not app.exception and not errors(app)
+    table = app.dataframe[0].value
+    assert list(table["model"]) == ["mgnet-tiny", "baseline-tiny"]
+    assert app.session_state["_registry"].settings["corruption"] == {"name": "fog", "severity": 2, "seed": 0,
+                                                                     "working_side": 224}
+
+
+@pytest.mark.parametrize("method,source,true_grad", [("fgsm", "mgnet-tiny.pt", False), ("pgd", "mgnet-tiny.pt", True),
+                                                     ("pgd", "baseline-tiny.pt", False),
+                                                     ("paper_pgd", "mgnet-tiny.pt", False)])
+def test_attack(app, method, source, true_grad):
+    from mgnet.utils import model_state_fingerprint
+
+    switch(app, "Robustness", "Attack")
+    app.selectbox(key="atk_method").set_value(method)
+    app.number_input(key="atk_steps").set_value(3)
+    app.number_input(key="atk_eps").set_value(8.0)
+    app.selectbox(key="atk_source").set_value(source)
+    app.checkbox(key="atk_truegrad").set_value(true_grad)
+    submit(app, "Run attack")
+    assert not errors(app)
+    table = app.dataframe[0].value
+    roles = dict(zip(table["model"], table["attack"]))
+    white = source.removesuffix(".pt")
+    assert roles[white] == "white-box"
+    assert all(r.startswith("transfer from") for m, r in roles.items() if m != white)
+    settings = app.session_state["_registry"].settings["attack"]
+    assert settings["method"] == method and settings["true_grad"] == true_grad and settings["source_sha256"]
+    # The shared models are left exactly as they were: eval mode, no hooks, no gradients.
+    from app import services
+    for entry in services.catalog(Path(services.checkpoint_dir())).models:
+        fp = model_state_fingerprint(entry.model)
+        assert fp["training"] is False and fp["hooks"] == 0 and fp["grads"] == 0
+
+
+def test_targeted_attack(app):
+    switch(app, "Robustness", "Attack")
+    app.checkbox(key="atk_targeted").set_value(True)
+    app.selectbox(key="atk_target").set_value("parachute")
+    app.number_input(key="atk_steps").set_value(2)
+    submit(app, "Run attack")
+    assert not errors(app)
+    assert app.session_state["_registry"].settings["attack"]["label"] == CLASSES.index("parachute")
+
+
+@pytest.mark.parametrize("kind", ["eps", "severity"])
+def test_sweep(app, kind):
+    switch(app, "Robustness", "Sweep")
+    app.radio(key="sweep_kind").set_value(kind)
+    app.select_slider(key="sweep_max_eps").set_value(1.0)
+    app.session_state["atk_method"] = "fgsm"
+    next(b for b in app.button if b.key == "sweep_run").click().run()
+    assert not app.exception and not errors(app)
+    sweep = app.session_state["_registry"].settings["sweep"]
+    assert sweep["kind"] == kind
+    assert set(sweep["series"]) == {"mgnet-tiny", "baseline-tiny"}
+    assert sweep["x"] == ([0.0, 0.5, 1.0] if kind == "eps" else [0, 1, 2, 3, 4, 5])
+    for ys in sweep["series"].values():
+        assert len(ys) == len(sweep["x"]) and all(0 <= y <= 1 for y in ys)
+
+
+# -- export ---------------------------------------------------------------------------------------------
+def test_every_figure_has_downloads_and_the_view_a_bundle(app):
+    keys = {b.key for b in app.get("download_button")}
+    figures = app.session_state["_registry"].figures
+    assert "bundle" in keys
+    for name in figures:
+        assert f"dl-{name}-html" in keys
+    settings = app.session_state["_registry"].settings
+    assert settings["model"]["sha256"] and len(settings["model"]["sha256"]) == 64
+    assert settings["photo"]["name"] == "cassette_player_1.jpg" and settings["glimpse_step"] == 4
+
+
+@pytest.mark.parametrize("static", [False, True])
+def test_bundle_contents(app, static):
+    from app.export import build_bundle
+    from mgnet import plots
+
+    reg = app.session_state["_registry"]
+    if static and plots.export_problem():
+        pytest.skip(f"no static export here: {plots.export_problem()}")
+    figures = {k: reg.figures[k] for k in list(reg.figures)[:2]}
+    data = build_bundle(figures, dict(reg.images), dict(reg.settings), static=static)
+    zf = zipfile.ZipFile(io.BytesIO(data))
+    names = set(zf.namelist())
+    settings = json.loads(zf.read("settings.json"))
+    assert settings["model"]["sha256"] == reg.settings["model"]["sha256"]
+    assert settings["mgnet_commit"] and settings["versions"]["torch"]
+    for k in figures:
+        assert ({f"figures/{k}.png", f"figures/{k}.svg"} if static else {f"figures/{k}.html"}) <= names
+    for k in reg.images:
+        assert f"images/{k}.png" in names
+    if static:
+        assert zf.read(f"figures/{next(iter(figures))}.png")[:8] == b"\x89PNG\r\n\x1a\n"
