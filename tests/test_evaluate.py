@@ -1,0 +1,86 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from mgnet import build_model, save_checkpoint
+from mgnet.evaluate import evaluate, main, spread_indices
+from mgnet import load_checkpoint
+from conftest import ROOT
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    model = build_model("mgnet", num_classes=3, image_size=48, n_glimpses=3, scale=2.0)
+    ids = ["n01440764", "n02102040", "n02979186"]
+    return save_checkpoint(model, tmp_path / "tiny.pt", classes=["tench", "springer", "cassette"], class_ids=ids)
+
+
+def test_cli_writes_table_and_json(tiny_folder, tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "res.json"
+    assert main(["--checkpoint", str(tiny_checkpoint), "--data", str(tiny_folder), "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "glimpse" in printed and "% of baseline" in printed
+    res = json.loads(out.read_text())
+    assert res["images"] == 18 and len(res["accuracy_per_glimpse"]) == 3
+    assert res["accuracy"] == res["accuracy_per_glimpse"][-1]
+    g = res["gflops_per_glimpse"]
+    assert g[0] < g[1] < g[2] == res["gflops_per_image"] and g[2] < res["baseline_gflops"]
+
+
+def test_accuracy_matches_a_direct_computation(tiny_folder, tiny_checkpoint):
+    from mgnet.data import list_image_folder, load_image, to_model_input
+
+    model = load_checkpoint(tiny_checkpoint, device="cpu")
+    res = evaluate(model, tiny_folder, progress=False)
+    _, samples = list_image_folder(tiny_folder)
+    hits = torch.zeros(3)
+    with torch.no_grad():
+        for path, label in samples:
+            logits = model(to_model_input(load_image(path), 48)).logits[:, 0]
+            hits += (logits.argmax(-1) == label).float()
+    assert res["accuracy_per_glimpse"] == [round(float(h) / len(samples), 4) for h in hits]
+
+
+def test_limit_spreads_over_classes():
+    idx = spread_indices(100, 10)
+    assert len(idx) == 10 and idx[0] == 0 and idx[-1] == 99
+    assert len(spread_indices(5, 0)) == 5
+
+
+def test_attack_and_corruption_options(tiny_folder, tiny_checkpoint):
+    model = load_checkpoint(tiny_checkpoint, device="cpu")
+    clean = evaluate(model, tiny_folder, limit=6, progress=False)
+    attacked = evaluate(model, tiny_folder, limit=6, attack={"method": "pgd", "eps": 8, "steps": 3},
+                        progress=False)
+    assert attacked["images"] == 6 and attacked["attack"]["eps"] == 8
+    assert attacked["accuracy"] <= clean["accuracy"]
+    corrupted = evaluate(model, tiny_folder, limit=6, corruption="gaussian_noise", severity=5, progress=False)
+    assert corrupted["corruption"] == {"name": "gaussian_noise", "severity": 5}
+    transfer = evaluate(model, tiny_folder, limit=6, attack={"method": "fgsm", "eps": 4}, transfer_from=model,
+                        progress=False)
+    assert transfer["transfer_from"] == str(tiny_checkpoint)
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--corruption", "rain"], "unknown corruption"),
+    (["--corruption", "fog", "--severity", "9"], "between 1 and 5"),
+    (["--attack", "pgd", "--eps", "-1"], "non-negative"),
+])
+def test_bad_arguments_exit_nonzero_without_output(tiny_folder, tiny_checkpoint, tmp_path, extra, message):
+    out = tmp_path / "res.json"
+    res = subprocess.run([sys.executable, "-m", "mgnet.evaluate", "--checkpoint", str(tiny_checkpoint), "--data",
+                          str(tiny_folder), "--json", str(out)] + extra, cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 2 and message in res.stderr
+    assert not out.exists() and not list(tmp_path.glob("*.tmp"))
+
+
+def test_missing_data_and_bad_checkpoint(tiny_checkpoint, tmp_path, capsys):
+    assert main(["--checkpoint", str(tiny_checkpoint), "--data", str(tmp_path / "nope")]) == 2
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    assert main(["--checkpoint", str(bad), "--data", str(tmp_path)]) == 2
+    assert "not a readable PyTorch checkpoint" in capsys.readouterr().err
