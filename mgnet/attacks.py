@@ -38,7 +38,7 @@ to [0, 1]); the tests check that our PGD matches ``captum.robust.PGD`` with ``ze
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Callable
 
 import torch
@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mgnet.model import IMAGENET_MEAN, IMAGENET_STD
+from mgnet.utils import model_lock
 
 METHODS = ("fgsm", "pgd")
 NORMS = ("linf", "l2")
@@ -56,7 +57,16 @@ Progress = Callable[[int, int], None]
 # -- helpers --------------------------------------------------------------------------------------
 @contextmanager
 def _eval_mode(*models: nn.Module):
-    """Put models in eval mode; restore every module's own training flag afterwards."""
+    """Hold each model's shared lock, put it in eval mode, restore every module's training flag afterwards."""
+    with ExitStack() as stack:
+        for model in sorted(set(models), key=id):  # a fixed order, so two threads cannot deadlock
+            stack.enter_context(model_lock(model))
+        with _eval_mode_unlocked(*models):
+            yield
+
+
+@contextmanager
+def _eval_mode_unlocked(*models: nn.Module):
     saved = [(m, m.training) for model in models for m in model.modules()]
     try:
         for model in models:
