@@ -203,9 +203,10 @@ def belief_figure(probs, classes: Sequence[str], step: int | None = None, k: int
                                  hovertemplate=f"{classes[c]}<br>glimpse %{{x}}: %{{y:.1%}}<extra></extra>"))
     if step is not None:
         fig.add_vline(x=step + 1, line=dict(color="#888", dash="dash", width=1))
-    fig.update_xaxes(title="glimpse", tickvals=xs, range=[0.8, n + 0.2], gridcolor="#eee")
+    fig.update_xaxes(tickvals=xs, ticktext=[f"glimpse {x}" if n <= 4 else str(x) for x in xs], range=[0.8, n + 0.2],
+                     gridcolor="#eee")
     fig.update_yaxes(title="probability", range=[0, 1.02], tickformat=".0%", gridcolor="#eee")
-    return _layout(fig, title, height, chart=True, legend=dict(orientation="h", y=-0.22, x=0, yanchor="top"),
+    return _layout(fig, title, height, chart=True, legend=dict(orientation="h", y=-0.15, x=0, yanchor="top"),
                    margin=dict(l=60, r=20, t=45 if title else 15, b=100))
 
 
@@ -216,7 +217,7 @@ def compute_figure(cumulative_gflops: Sequence[float], baseline_gflops: float, s
     xs = [str(i + 1) for i in range(len(ys))]
     colors = [glimpse_color(i) if step is None or i <= step else "#ccc" for i in range(len(ys))]
     fig = go.Figure(go.Bar(x=xs, y=ys, marker_color=colors,
-                           text=[f"{v / baseline_gflops:.0%}" for v in ys], textposition="outside",
+                           text=[f"{v / baseline_gflops:.0%}" for v in ys], textposition="inside",
                            hovertemplate="after glimpse %{x}: %{y:.3f} GFLOPs<extra></extra>", cliponaxis=False))
     fig.update_xaxes(title="after glimpse", type="category")
     fig.add_hline(y=baseline_gflops, line=dict(color="#d62728", dash="dash"),
@@ -467,3 +468,281 @@ def figure_bytes(fig: go.Figure, fmt: str = "png", width: int | None = None, hei
 def figure_html(fig: go.Figure) -> bytes:
     """A self-contained interactive HTML file (needs no kaleido; loads plotly.js from its CDN)."""
     return fig.to_html(include_plotlyjs="cdn", full_html=True).encode()
+
+
+# -- paper figures (figure CLI; usable by the app too) -------------------------------------------------
+# Physical sizing: a figure is laid out in CSS pixels at 96 per inch, which is how Chrome (and so kaleido)
+# sizes SVG and PDF pages; PNG is rendered at ``scale = dpi / 96``. Font sizes are given in points.
+PX_PER_INCH = 96.0
+
+
+def pt_to_px(points: float) -> float:
+    """Typographic points (1/72 in) to CSS pixels (1/96 in)."""
+    return float(points) * PX_PER_INCH / 72.0
+
+
+def _axis_name(k: int) -> str:
+    return "" if k == 1 else str(k)
+
+
+def _wrap_caption(text: str, max_chars: int) -> list[str]:
+    """Lines of ``text`` (explicit breaks: newline or <br>), each wrapped at spaces to ``max_chars``."""
+    lines = []
+    for part in str(text).replace("<br>", "\n").split("\n"):
+        words, line = part.split(" "), ""
+        for word in words:
+            if line and len(line) + 1 + len(word) > max_chars:
+                lines.append(line)
+                line = word
+            else:
+                line = f"{line} {word}" if line else word
+        lines.append(line)
+    return lines
+
+
+def panel_grid_figure(rows: Sequence[Sequence[Mapping | None]], *, column_titles: Sequence[str] | None = None,
+                      row_labels: Sequence[str] | None = None, title: str | None = None, width: float = 672,
+                      font_size: float = 8.0, gap: float | None = None, colorbar: bool = False,
+                      colorbar_title: str = "") -> go.Figure:
+    """A grid of image panels laid out for print: exact cell sizes, aspect kept, captions under cells.
+
+    ``rows[i][j]`` is None (empty cell) or a mapping with:
+      ``image``  RGB uint8 [H, W, 3]: the panel (axes in its own edge coordinates, as everywhere here);
+      ``heat``   optional map in [0, 1] stretched over the image on :data:`HEAT_COLORSCALE`;
+      ``boxes``  optional [N, 4] boxes in the image's edge coordinates, numbered from ``first_number``
+                 (default 1) in :func:`glimpse_color` chips; ``box_color`` draws them all in one colour
+                 without numbers;
+      ``border`` optional colour of a frame around the panel; ``caption`` text under it (wrapped to the
+                 cell; ``\\n`` or ``<br>`` break lines); ``lossless`` keep PNG pixels (small crops).
+    Column ``j`` gets the width share of the aspect ratio of its first non-empty cell; each row is as
+    tall as that share allows, and a cell whose image has another aspect is centred inside its box.
+    ``width`` is in CSS pixels (96 per inch) and ``font_size`` in points; the figure's height follows.
+    """
+    rows = [list(r) for r in rows]
+    n_rows = len(rows)
+    n_cols = max((len(r) for r in rows), default=0)
+    if n_rows == 0 or n_cols == 0:
+        raise ValueError("panel_grid_figure needs at least one cell")
+    for r in rows:
+        r.extend([None] * (n_cols - len(r)))
+    fpx = pt_to_px(font_size)
+    gap = fpx * 0.35 if gap is None else float(gap)
+    line_h = fpx * 1.22
+    aspect = []
+    for j in range(n_cols):
+        cell = next((r[j] for r in rows if r[j] is not None), None)
+        h, w = (cell["image"].shape[:2] if cell is not None else (1, 1))
+        aspect.append(w / h)
+    left = (2 * line_h + 2) if row_labels else 2.0
+    right = (fpx * 4.2) if colorbar else 2.0
+    head_lines = max((len(_wrap_caption(t, 10**6)) for t in (column_titles or []) if t), default=0)
+    header = head_lines * line_h + 3 if head_lines else 0.0
+    top = header + ((fpx * 1.3 * 1.25 + 4) if title else 0.0) + 2
+    bottom = 2.0
+    avail = width - left - right - gap * (n_cols - 1)
+    if avail <= 0:
+        raise ValueError("the figure is too narrow for this many columns")
+    unit = avail / sum(aspect)  # px height of every row's panels
+    col_w = [a * unit for a in aspect]
+    col_x = [left + sum(col_w[:j]) + gap * j for j in range(n_cols)]
+    captions = []
+    for r in rows:
+        lines = []
+        for j, cell in enumerate(r):
+            text = (cell or {}).get("caption") or ""
+            chars = max(4, int(col_w[j] / (fpx * 0.52)))
+            lines.append(_wrap_caption(text, chars) if text else [])
+        captions.append(lines)
+    row_h = [unit + (max(len(c) for c in caps) * line_h + 2 if any(caps) else 0) + gap for caps in captions]
+    height = top + sum(row_h) + bottom
+    plot_w, plot_h = width - left - right, height - top - bottom
+
+    def fx(px):  # figure px (from the left edge) -> paper fraction of the plot area
+        return (px - left) / plot_w
+
+    def fy(px):  # figure px (from the top edge) -> paper fraction (0 = bottom of the plot area)
+        return 1 - (px - top) / plot_h
+
+    fig = go.Figure()
+    font = dict(FONT, size=fpx)
+    annotations, shapes = [], []
+    k = 0
+    y = top
+    shown_scale = False
+    for i, r in enumerate(rows):
+        for j, cell in enumerate(r):
+            if cell is None:
+                continue
+            k += 1
+            ax = _axis_name(k)
+            img = np.asarray(cell["image"])
+            h, w = img.shape[:2]
+            cw, ch = col_w[j], unit
+            # keep the image's aspect inside the cell: widen the shorter range symmetrically
+            if cw / ch > w / h:
+                xr = h * cw / ch
+                xrange, yrange = [-(xr - w) / 2, w + (xr - w) / 2], [h, 0]
+            else:
+                yr = w * ch / cw
+                xrange, yrange = [0, w], [h + (yr - h) / 2, -(yr - h) / 2]
+            fig.layout[f"xaxis{ax}"] = dict(domain=[fx(col_x[j]), fx(col_x[j] + cw)], range=xrange, visible=False,
+                                            anchor=f"y{ax}", fixedrange=True)
+            fig.layout[f"yaxis{ax}"] = dict(domain=[fy(y + ch), fy(y)], range=yrange, visible=False,
+                                            anchor=f"x{ax}", fixedrange=True)
+            side = max(16, int(round(max(cw, ch) * 4)))  # enough pixels for 4x (384 dpi) output
+            trace = _image_trace(img, side, fmt="png" if cell.get("lossless") else "jpeg")
+            trace.update(xaxis=f"x{ax}", yaxis=f"y{ax}", zsmooth=False if cell.get("lossless") else "fast")
+            fig.add_trace(trace)
+            if cell.get("heat") is not None:
+                show = colorbar and not shown_scale
+                heat = _heat_trace(cell["heat"], w, h, show, colorbar_title)
+                heat.update(xaxis=f"x{ax}", yaxis=f"y{ax}", hoverinfo="skip", hovertemplate=None)
+                if show:
+                    heat.colorbar = dict(title=dict(text=colorbar_title, side="right", font=font),
+                                         thickness=fpx * 0.8, len=min(1.0, 3 * unit / plot_h),
+                                         lenmode="fraction", x=1 + 0.6 * fpx / plot_w, xanchor="left",
+                                         y=fy(top), yanchor="top", tickvals=[0, 0.5, 1], tickfont=font,
+                                         outlinewidth=0)
+                    shown_scale = True
+                fig.add_trace(heat)
+            boxes = cell.get("boxes")
+            if boxes is not None:
+                first = int(cell.get("first_number", 1))
+                one_color = cell.get("box_color")
+                lw = max(1.0, fpx * 0.14)
+                # a box reaching past the photo (the whole-image glimpse does, by half a sample) is drawn
+                # just inside its edge so that the line is not clipped away
+                ix = lw / 2 * (xrange[1] - xrange[0]) / cw
+                iy = lw / 2 * abs(yrange[0] - yrange[1]) / ch
+                for t, b in enumerate(np.asarray(boxes, dtype=np.float64).reshape(-1, 4)):
+                    color = one_color or glimpse_color(t + first - 1)
+                    x0, y0, x1, y1 = [float(v) for v in b]
+                    x0, y0, x1, y1 = max(x0, ix), max(y0, iy), min(x1, w - ix), min(y1, h - iy)
+                    shapes.append(dict(type="rect", xref=f"x{ax}", yref=f"y{ax}", x0=x0, y0=y0, x1=x1, y1=y1,
+                                       line=dict(color=color, width=lw)))
+                    if not one_color:
+                        annotations.append(dict(text=f"<b>{t + first}</b>", x=x0, y=y0, xref=f"x{ax}",
+                                                yref=f"y{ax}", xanchor="left", yanchor="top", showarrow=False,
+                                                bgcolor=color, borderpad=0.5,
+                                                font=dict(FONT, size=fpx * 0.85, color="white")))
+            if cell.get("border"):
+                shapes.append(dict(type="rect", xref=f"x{ax}", yref=f"y{ax}", x0=0, y0=0, x1=w, y1=h,
+                                   line=dict(color=cell["border"], width=max(1.5, fpx * 0.22))))
+            lines = captions[i][j]
+            if lines:
+                annotations.append(dict(text="<br>".join(lines), x=fx(col_x[j] + cw / 2), y=fy(y + ch + 1),
+                                        xref="paper", yref="paper", xanchor="center", yanchor="top",
+                                        showarrow=False, align="center", font=font))
+        if row_labels and i < len(row_labels) and row_labels[i]:
+            annotations.append(dict(text="<br>".join(_wrap_caption(row_labels[i], 10**6)), x=fx(line_h),
+                                    y=fy(y + unit / 2), xref="paper", yref="paper", xanchor="center",
+                                    yanchor="middle", textangle=-90, showarrow=False, font=font))
+        y += row_h[i]
+    for j, text in enumerate(column_titles or []):
+        if j < n_cols and text:
+            annotations.append(dict(text=text, x=fx(col_x[j] + col_w[j] / 2), y=fy(top - 1), xref="paper",
+                                    yref="paper", xanchor="center", yanchor="bottom", showarrow=False,
+                                    font=font))
+    fig.update_layout(
+        width=width, height=height, margin=dict(l=left, r=right, t=top, b=bottom, autoexpand=False),
+        font=font, paper_bgcolor="white", plot_bgcolor="white", showlegend=False,
+        annotations=annotations, shapes=shapes,
+        title=dict(text=title, x=0, xref="paper", xanchor="left", y=1 - 2 / height, yanchor="top",
+                   font=dict(FONT, size=fpx * 1.25)) if title else None)
+    return fig
+
+
+def glimpse_strip_figure(image: np.ndarray, boxes, crops: Sequence[np.ndarray], captions: Sequence[str], *,
+                         title: str | None = None, photo_caption: str = "", width: float = 336,
+                         font_size: float = 8.0) -> go.Figure:
+    """One photo with its numbered glimpse boxes, then the crops the network saw, one caption each.
+
+    ``boxes`` are in edge coordinates of ``image``; ``crops[t]`` is glimpse t as the network saw it
+    (``GlimpseAnalysis.seen``); ``captions[t]`` is usually the top-1 class and confidence after glimpse t.
+    """
+    row = [dict(image=image, boxes=boxes, caption=photo_caption)]
+    for t, crop in enumerate(crops):
+        row.append(dict(image=crop, border=glimpse_color(t), lossless=True,
+                        caption=captions[t] if t < len(captions) else ""))
+    titles = ["photo"] + [f"glimpse {t + 1}" for t in range(len(crops))]
+    return panel_grid_figure([row], column_titles=titles, title=title, width=width, font_size=font_size)
+
+
+def comparison_grid_figure(rows: Sequence[Mapping], columns: Sequence[str], *, column_titles: Sequence[str] | None = None,
+                           photo_column: bool = True, width: float = 672, font_size: float = 8.0,
+                           title: str | None = None) -> go.Figure:
+    """Rows are images, columns are maps (MGNet's focus map, then each model x method), one colour scale.
+
+    ``rows[i]``: ``image`` (photo), ``label`` (row label), ``maps`` {column: map in [0, 1] or None},
+    optional ``boxes`` (MGNet's glimpses in photo coordinates, drawn thinly in white on every map,
+    the whole-image first glimpse left out), ``captions`` {column: text}, ``photo_caption``.
+    A missing map leaves its cell showing the photo captioned "n/a".
+    """
+    grid, labels = [], []
+    for r in rows:
+        cells = []
+        if photo_column:
+            cells.append(dict(image=r["image"], caption=r.get("photo_caption", "")))
+        boxes = r.get("boxes")
+        thin = None if boxes is None else np.asarray(boxes, dtype=np.float64).reshape(-1, 4)[1:]
+        for c in columns:
+            m = (r.get("maps") or {}).get(c)
+            cap = (r.get("captions") or {}).get(c, "")
+            cells.append(dict(image=r["image"], heat=m, boxes=thin, box_color="rgba(255,255,255,0.85)",
+                              caption=cap if m is not None else "n/a"))
+        grid.append(cells)
+        labels.append(r.get("label", ""))
+    titles = list(column_titles or columns)
+    if photo_column:
+        titles = ["photo"] + titles
+    return panel_grid_figure(grid, column_titles=titles, row_labels=labels if any(labels) else None, title=title,
+                             width=width, font_size=font_size, colorbar=True)
+
+
+def robustness_grid_figure(rows: Sequence[Mapping], *, width: float = 672, font_size: float = 8.0,
+                           title: str | None = None, baseline_title: str = "baseline") -> go.Figure:
+    """Rows are conditions (clean, corrupted, attacked); each shows MGNet's glimpses and predictions and
+    the baseline's input and prediction.
+
+    ``rows[i]``: ``label`` (condition), ``image`` (what MGNet was given, in any display size), ``boxes``
+    (MGNet's glimpses in that image's edge coordinates), ``crops`` (glimpses as seen), ``captions``
+    (per glimpse, e.g. top-1 class and confidence after it), optional ``baseline_image`` and
+    ``baseline_caption`` (the baseline's single full-image look).
+    """
+    n = max(len(r["crops"]) for r in rows)
+    has_base = any(r.get("baseline_image") is not None for r in rows)
+    grid = []
+    for r in rows:
+        cells = [dict(image=r["image"], boxes=r.get("boxes"))]
+        for t in range(n):
+            if t < len(r["crops"]):
+                cells.append(dict(image=r["crops"][t], border=glimpse_color(t), lossless=True,
+                                  caption=r["captions"][t] if t < len(r["captions"]) else ""))
+            else:
+                cells.append(None)
+        if has_base:
+            b = r.get("baseline_image")
+            cells.append(None if b is None else dict(image=b, caption=r.get("baseline_caption", ""),
+                                                     border="#555555"))
+        grid.append(cells)
+    titles = ["MGNet's glimpses"] + [f"glimpse {t + 1}" for t in range(n)] + ([baseline_title] if has_base else [])
+    return panel_grid_figure(grid, column_titles=titles, row_labels=[r.get("label", "") for r in rows], title=title,
+                             width=width, font_size=font_size)
+
+
+def metric_bars_figure(values: Mapping[str, Mapping[str, tuple[float, float]]], ylabel: str, *,
+                       title: str | None = None, height: int | None = 360, yrange=None) -> go.Figure:
+    """Grouped bars with error bars: ``values[series][category] = (mean, error)``; one colour per series."""
+    fig = go.Figure()
+    for j, (series, points) in enumerate(values.items()):
+        cats = list(points)
+        fig.add_trace(go.Bar(name=str(series), x=cats, y=[float(points[c][0]) for c in cats],
+                             error_y=dict(type="data", array=[float(points[c][1]) for c in cats], thickness=1),
+                             marker_color=SERIES_COLORS[j % len(SERIES_COLORS)],
+                             hovertemplate=f"{series}<br>%{{x}}: %{{y:.3f}}<extra></extra>"))
+    fig.update_layout(barmode="group")
+    fig.update_xaxes(tickangle=-30, automargin=True)
+    fig.update_yaxes(title=ylabel, gridcolor="#eee", range=yrange)
+    _layout(fig, title, height, legend=dict(orientation="h", y=1.02, x=1, xanchor="right", yanchor="bottom"))
+    fig.update_layout(margin=dict(l=60, r=20, t=45 if title else 15, b=90))
+    return fig

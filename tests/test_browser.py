@@ -1,0 +1,164 @@
+"""Real-browser test: Chromium (from apt) driven by Playwright against `streamlit run app/main.py`.
+
+Starts the server on a free localhost port with tiny random-weight checkpoints, uploads a photo, checks
+that the glimpse view renders (plotly figure, crops, metrics) with no exception element on the page,
+steps and plays the glimpses, checks a bad file gives a message, and saves screenshots under
+tests/_artifacts/ (git-ignored). Chromium: `apt-get install chromium` (/usr/bin/chromium), or set
+MGNET_CHROMIUM to another Chrome/Chromium binary. Playwright's own browser download is not used.
+"""
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "tests" / "_artifacts"
+CHROMIUM = os.environ.get("MGNET_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+STREAMLIT = Path(sys.executable).with_name("streamlit")
+CLASSES = ["tench", "English springer", "cassette player", "chain saw", "church", "French horn",
+           "garbage truck", "gas pump", "golf ball", "parachute"]
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--no-first-run"]
+
+sync_api = pytest.importorskip("playwright.sync_api")
+pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"no Chromium at {CHROMIUM}")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from mgnet import build_model, save_checkpoint
+
+    folder = tmp_path_factory.mktemp("checkpoints")
+    torch.manual_seed(0)
+    save_checkpoint(build_model("mgnet", num_classes=10, image_size=64), folder / "mgnet-tiny.pt", classes=CLASSES)
+    save_checkpoint(build_model("baseline", num_classes=10, image_size=64), folder / "baseline-tiny.pt",
+                    classes=CLASSES)
+    port = _free_port()
+    env = dict(os.environ, MGNET_CHECKPOINTS=str(folder), MGNET_DEVICE="cpu", OMP_NUM_THREADS="1",
+               BROWSER_PATH=CHROMIUM)
+    log = open(tmp_path_factory.mktemp("server") / "streamlit.log", "w")
+    cmd = [str(STREAMLIT) if STREAMLIT.exists() else "streamlit", "run", "app/main.py", "--server.port", str(port),
+           "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                    break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                log.flush()
+                raise RuntimeError(f"streamlit did not start:\n{Path(log.name).read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+def _photo(path: Path) -> Path:
+    img = Image.open(ROOT / "app" / "examples" / "golf_ball_1.jpg").convert("RGB").resize((600, 400))
+    img.save(path, format="PNG")
+    return path
+
+
+def _no_exceptions(page):
+    assert page.locator("[data-testid='stException']").count() == 0, page.locator(
+        "[data-testid='stException']").first.inner_text()
+
+
+def test_upload_and_glimpse_view(server, browser, tmp_path):
+    page = browser.new_page(viewport={"width": 1440, "height": 2200})
+    page.set_default_timeout(120_000)
+    page.goto(server)
+    page.get_by_text("Compute so far").wait_for()           # the example is analysed on opening
+    _no_exceptions(page)
+    page.screenshot(path=str(ARTIFACTS / "01-opening.png"))
+
+    page.get_by_text("Upload", exact=True).click()
+    page.locator("input[type='file']").set_input_files(str(_photo(tmp_path / "my-photo.png")))
+    page.get_by_text("my-photo.png · 600×400 px").wait_for()
+    page.get_by_text("Glimpse 4 of 4", exact=True).wait_for()
+    _no_exceptions(page)
+    plots = page.locator(".js-plotly-plot")
+    plots.first.wait_for()
+    assert plots.count() >= 4                                 # glimpses, top-5, belief, compute, focus map
+    assert page.locator(".js-plotly-plot image").count() >= 1  # the photo is drawn inside the figure
+    assert page.locator("[data-testid='stImage'] img").count() >= 2  # zoomed crop + what the network saw
+    page.screenshot(path=str(ARTIFACTS / "02-uploaded.png"))
+
+    page.get_by_role("button", name="◀").click()
+    page.get_by_text("Glimpse 3 of 4", exact=True).wait_for()
+    page.locator("g.updatemenu-button", has_text="play").first.click()  # plotly's client-side animation
+    page.wait_for_timeout(1500)
+    _no_exceptions(page)
+    page.screenshot(path=str(ARTIFACTS / "03-stepped.png"))
+    page.close()
+
+
+def test_bad_file_message_then_recovery(server, browser, tmp_path):
+    page = browser.new_page(viewport={"width": 1440, "height": 1400})
+    page.set_default_timeout(120_000)
+    page.goto(server)
+    page.get_by_text("Compute so far").wait_for()
+    page.get_by_text("Upload", exact=True).click()
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"definitely not a JPEG")
+    page.locator("input[type='file']").set_input_files(str(bad))
+    page.get_by_text("broken.jpg could not be used").wait_for()
+    _no_exceptions(page)
+    page.get_by_text("Compute so far").wait_for()            # the page keeps working (example shown)
+    page.screenshot(path=str(ARTIFACTS / "04-bad-file.png"))
+    page.close()
+
+
+def test_compare_and_attack_views_render(server, browser):
+    page = browser.new_page(viewport={"width": 1440, "height": 2000})
+    page.set_default_timeout(180_000)
+    page.goto(f"{server}/?view=Compare")
+    page.get_by_role("button", name="Compute maps").click()
+    page.get_by_text("maps ready").wait_for()
+    _no_exceptions(page)
+    assert page.get_by_text("failed").count() == 0
+    page.screenshot(path=str(ARTIFACTS / "05-compare.png"))
+    page.goto(f"{server}/?view=Robustness&rob_view=Attack")
+    page.get_by_role("button", name="Run attack").click()
+    page.get_by_text("attack done").wait_for()
+    page.get_by_text("How MGNet's glimpses moved").wait_for()
+    _no_exceptions(page)
+    page.screenshot(path=str(ARTIFACTS / "06-attack.png"))
+    page.close()
