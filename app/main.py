@@ -77,7 +77,8 @@ def sidebar_models(cat):
                           help=f"Every .pt/.ckpt file in {cat.folder}: this project's checkpoints, the authors' "
                                f"ImageNet-100 Lightning files, and baselines.", **QP)
     entry = cat.by_name(picked) or cat.models[0]
-    sb.caption(entry.label.split("(", 1)[1].rstrip(")") + f" · {len(entry.model.classes)} classes")
+    sb.caption(entry.label.split("(", 1)[1].rstrip(")") + f" · {len(entry.model.classes)} classes · "
+               f"sha256 `{entry.sha256[:12]}`")
     if entry.is_baseline:
         sb.caption("A baseline takes one full-resolution look; pick an MGNet to see glimpses.")
         n = None

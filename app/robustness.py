@@ -132,15 +132,14 @@ def run_attack(source, photo, cfg: dict, y: int, progress=None) -> np.ndarray:
         x = services.model_input(source, photo)
         s_grad = 1.0 if (cfg["true_grad"] and not source.is_baseline) else None
         n = None if source.is_baseline else cfg["n_glimpses"]
-        with services.locked(source):  # the attack switches eval mode on a shared model
-            if cfg["method"] == "paper_pgd":
-                x_adv = ma.paper_pgd(source.model, x, y, eps=cfg["eps"], step=cfg["step_size"] or 1.0,
-                                     steps=cfg["steps"], n_glimpses=n, s_grad=s_grad, progress=progress)
-            else:
-                x_adv = ma.attack(source.model, x, y, method=cfg["method"], eps=cfg["eps"], steps=cfg["steps"],
-                                  step_size=cfg["step_size"] or None, norm=cfg["norm"],
-                                  random_start=cfg["random_start"], targeted=cfg["targeted"], s_grad=s_grad,
-                                  n_glimpses=n, seed=cfg["seed"], progress=progress)
+        if cfg["method"] == "paper_pgd":  # the attacks hold the shared model's lock themselves
+            x_adv = ma.paper_pgd(source.model, x, y, eps=cfg["eps"], step=cfg["step_size"] or 1.0,
+                                 steps=cfg["steps"], n_glimpses=n, s_grad=s_grad, progress=progress)
+        else:
+            x_adv = ma.attack(source.model, x, y, method=cfg["method"], eps=cfg["eps"], steps=cfg["steps"],
+                              step_size=cfg["step_size"] or None, norm=cfg["norm"],
+                              random_start=cfg["random_start"], targeted=cfg["targeted"], s_grad=s_grad,
+                              n_glimpses=n, seed=cfg["seed"], progress=progress)
         return to_uint8(x_adv)
     return services.memo("attack", key, compute)
 

@@ -24,14 +24,14 @@ import mgnet
 from mgnet import analysis as mg_analysis
 from mgnet.checkpoints import CheckpointError
 from mgnet.data import image_hash, load_image, to_model_input
-from mgnet.utils import device_label, model_lock, pick_device
+from mgnet.utils import device_label, pick_device
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = Path(__file__).resolve().parent / "examples"
 CHECKPOINT_SUFFIXES = (".pt", ".ckpt", ".pth")
 RESULT_TTL = 3600          # seconds a cached result lives
 RESULT_ENTRIES = 256       # cached results (analyses, maps, attacks) per process
-IMAGE_ENTRIES = 16         # decoded photos per process (a 12 MP photo is 36 MB)
+IMAGE_ENTRIES = 8          # decoded photos kept per process (a 12 MP photo is 36 MB; at most 120 MP = 360 MB)
 
 
 # -- device and checkpoints ------------------------------------------------------------------------------
@@ -195,9 +195,12 @@ class Photo:
         return int(self.image.shape[0])
 
 
-@st.cache_data(show_spinner=False, max_entries=IMAGE_ENTRIES, ttl=RESULT_TTL)
+@st.cache_resource(show_spinner=False, max_entries=IMAGE_ENTRIES, ttl=RESULT_TTL)
 def _decode(file_sha: str, _data: bytes) -> tuple[np.ndarray, str]:
+    """Decoded once per file content and shared without copying (large photos are hundreds of MB), so the
+    array is made read-only. An evicted photo is simply decoded again from the session's bytes."""
     image = load_image(_data)    # ValueError with a readable message on anything hostile
+    image.flags.writeable = False
     return image, image_hash(image)
 
 
@@ -234,8 +237,3 @@ def analyze_image(entry: ModelEntry, image: np.ndarray, image_key: str, n_glimps
     n = None if entry.is_baseline else n_glimpses
     return memo("analyze", (entry.key, image_key, n),
                 lambda: mg_analysis.analyze(entry.model, image, n_glimpses=n))
-
-
-def locked(entry: ModelEntry):
-    """The model's lock, for library calls that do not take it themselves (re-entrant)."""
-    return model_lock(entry.model)

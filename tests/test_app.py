@@ -145,6 +145,62 @@ def test_bad_upload_shows_message_and_app_keeps_working(app, name, data, expect)
     assert not errors(app) and "**good.png**" in text(app)
 
 
+def _unusual(kind: str) -> tuple[bytes, str]:
+    """Valid but unusual images, each with the size the page should report."""
+    buf = io.BytesIO()
+    base = Image.open(EXAMPLE).convert("RGB").resize((90, 60))
+    if kind == "1x1":
+        Image.new("RGB", (1, 1), (200, 10, 10)).save(buf, "PNG")
+        return buf.getvalue(), "1×1"
+    if kind == "16-bit":
+        arr = (np.asarray(base.convert("L"), dtype=np.uint16) * 257)
+        Image.fromarray(arr).save(buf, "PNG")
+        return buf.getvalue(), "90×60"
+    if kind == "cmyk":
+        base.convert("CMYK").save(buf, "JPEG")
+        return buf.getvalue(), "90×60"
+    if kind == "alpha":
+        base.convert("RGBA").save(buf, "PNG")
+        return buf.getvalue(), "90×60"
+    if kind == "exif-rotated":
+        exif = Image.Exif()
+        exif[0x0112] = 6  # rotate 90 degrees: the photo shows 60 wide, 90 high
+        base.save(buf, "JPEG", exif=exif)
+        return buf.getvalue(), "60×90"
+    if kind == "animated":
+        frames = [base.convert("P"), base.transpose(Image.FLIP_LEFT_RIGHT).convert("P")]
+        frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:], duration=100)
+        return buf.getvalue(), "90×60"
+    raise ValueError(kind)
+
+
+@pytest.mark.parametrize("kind", ["1x1", "16-bit", "cmyk", "alpha", "exif-rotated", "animated"])
+def test_unusual_but_valid_images(app, kind):
+    data, size = _unusual(kind)
+    app.radio(key="source").set_value("Upload").run()
+    ext = "gif" if kind == "animated" else "jpg" if kind in ("cmyk", "exif-rotated") else "png"
+    app.file_uploader(key="upload").set_value((f"{kind}.{ext}", data, "image/png")).run()
+    assert not app.exception and not errors(app)
+    assert f"**{kind}.{ext}** · {size} px" in text(app)
+
+
+def test_decompression_bomb_is_refused(app):
+    import struct
+    import zlib
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+    # A valid PNG header declaring 100000 x 100000 pixels (10 gigapixels), with almost no data.
+    bomb = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 100000, 100000, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 1000)) + chunk(b"IEND", b""))
+    app.radio(key="source").set_value("Upload").run()
+    app.file_uploader(key="upload").set_value(("bomb.png", bomb, "image/png")).run()
+    assert not app.exception
+    msgs = errors(app)
+    assert len(msgs) == 1 and "bomb.png" in msgs[0] and "decompression bomb" in msgs[0], msgs
+    assert "Compute so far" in [m.label for m in app.metric]
+
+
 def test_camera_photo(app):
     app.radio(key="source").set_value("Camera").run()
     app.camera_input(key="camera").set_value(("shot.jpg", encoded("JPEG"), "image/jpeg")).run()
