@@ -99,7 +99,7 @@ def render(photo, entry, a, cat, settings: dict):
     with left:
         from .glimpses import display_focus_map
         fmap, _ = display_focus_map(a)
-        ui.figure(plots.heatmap_figure(photo.image, fmap, "MGNet focus map", boxes=a.boxes, height=330),
+        ui.figure(plots.heatmap_figure(services.picture(photo), fmap, "MGNet focus map", boxes=a.boxes, height=330),
                   "compare focus map", key="fig-cmp-focus")
         st.caption("Where MGNet looked (Glimpses tab). The maps on the right use the same colour scale.")
     with right:
@@ -148,7 +148,7 @@ def render(photo, entry, a, cat, settings: dict):
                             "mass inside glimpse boxes": inside, "top-20% IoU with focus map": iou,
                             "seconds": att.seconds})
         bar.progress(1.0, text=f"{len(records)} of {len(cells)} maps ready")
-        fig = plots.attribution_grid(photo.image, maps, captions, boxes=a.boxes)
+        fig = plots.attribution_grid(services.picture(photo, 320), maps, captions, boxes=a.boxes)
         ui.figure(fig, "saliency grid", key="fig-cmp-grid")
         if records:
             df = pd.DataFrame(records)

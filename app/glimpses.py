@@ -7,7 +7,7 @@ import streamlit as st
 from mgnet import plots
 from mgnet.analysis import display_crop, focus_map
 
-from . import ui
+from . import services, ui
 
 STEP_KEY = "step"
 
@@ -56,7 +56,7 @@ def render(photo, entry, a):
 
     left, right = st.columns([3, 2], gap="medium")
     with left:
-        fig = plots.glimpse_figure(photo.image, a.boxes, t, animate=n > 1, frame_titles=frame_titles(a), height=520)
+        fig = plots.glimpse_figure(services.picture(photo), a.boxes, t, animate=n > 1, frame_titles=frame_titles(a), height=520)
         ui.figure(fig, "glimpses on the photo", key="fig-glimpses")
         st.caption("Boxes are where each glimpse looked, numbered in order; the current one is bold, earlier ones "
                    "dotted. ▶ play animates all glimpses in your browser. Glimpse 1 is always the whole image.")
@@ -94,7 +94,7 @@ def render(photo, entry, a):
     c1, c2 = st.columns([1, 1], gap="medium")
     with c1:
         fmap, _ = display_focus_map(a)
-        ui.figure(plots.heatmap_figure(photo.image, fmap, "Focus map: where MGNet looked", boxes=a.boxes, height=420),
+        ui.figure(plots.heatmap_figure(services.picture(photo), fmap, "Focus map: where MGNet looked", boxes=a.boxes, height=420),
                   "focus map", key="fig-focus")
     with c2:
         ui.explain(

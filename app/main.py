@@ -108,11 +108,15 @@ def sidebar_export(photo, entry, n, view):
     reg = ui.registry()
     reg.settings.update(view_settings(photo, entry, n, view))
     figures, images, settings = dict(reg.figures), dict(reg.images), dict(reg.settings)
-    images.setdefault("photo", plots.downscale(photo.image, 2048))
+    full = photo.image
+
+    def bundle() -> bytes:  # runs only when the button is clicked, on its own thread
+        return build_bundle(figures, {"photo": plots.downscale(full, 2048), **images}, settings,
+                            static=ui.export_available())
     sb = st.sidebar
     sb.header("Export")
     sb.download_button("⬇ Download this view (zip)",
-                       lambda: build_bundle(figures, images, settings, static=ui.export_available()),
+                       bundle,
                        file_name=f"mgnet-{view.lower()}-{photo.key[:8]}.zip", mime="application/zip",
                        key="bundle", on_click="ignore", width="stretch",
                        help="Every figure (PNG + SVG) and image of this view, and a settings.json with the "

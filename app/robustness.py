@@ -218,7 +218,7 @@ def render_attack(photo, entry, models, a, settings):
     if not entry.is_baseline:
         a0, a1 = clean[entry.name], hit[entry.name]
         moved = geometry.to_original(a1.boxes_model, a1.image_size, photo.width, photo.height)
-        fig = plots.movement_figure(photo.image, a0.boxes, moved, labels=("clean", "adversarial"),
+        fig = plots.movement_figure(services.picture(photo), a0.boxes, moved, labels=("clean", "adversarial"),
                                     title="How MGNet's glimpses moved (solid: clean, dashed: adversarial)", height=460)
         ui.figure(fig, "glimpse movement", key="fig-atk-move")
     ui.registry().images["adversarial-input"] = adv

@@ -19,6 +19,7 @@ import io
 import os
 import threading
 import warnings
+from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -77,14 +78,36 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _image_trace(image: np.ndarray, max_side: int | None, name: str = "photo", fmt: str = "jpeg") -> go.Image:
-    """The photo as an image trace whose axes are in edge coordinates of the full-resolution photo."""
+@dataclass(frozen=True)
+class Picture:
+    """A photo prepared for figures: an encoded thumbnail plus the full-resolution size its axes use.
+
+    Every builder taking a photo accepts either an RGB uint8 array or a Picture; pass a Picture made once
+    with :func:`picture` when drawing the same (large) photo many times, to skip downscaling and encoding.
+    """
+
+    uri: str
+    width: int      # of the full-resolution photo
+    height: int
+    thumb_width: int
+    thumb_height: int
+
+
+def picture(image: np.ndarray, max_side: int | None = MAX_SIDE, fmt: str = "jpeg") -> Picture:
     h, w = image.shape[:2]
     small = downscale(image, max_side)
-    sh, sw = small.shape[:2]
-    dx, dy = w / sw, h / sh
-    return go.Image(source=data_uri(small, fmt), x0=dx / 2, y0=dy / 2, dx=dx, dy=dy, name=name,
-                    hoverinfo="skip")
+    return Picture(data_uri(small, fmt), int(w), int(h), int(small.shape[1]), int(small.shape[0]))
+
+
+def _picture(image, max_side: int | None, fmt: str = "jpeg") -> Picture:
+    return image if isinstance(image, Picture) else picture(np.asarray(image), max_side, fmt)
+
+
+def _image_trace(image, max_side: int | None = MAX_SIDE, name: str = "photo", fmt: str = "jpeg") -> go.Image:
+    """The photo (array or Picture) as an image trace whose axes are in edge coordinates of the full photo."""
+    pic = _picture(image, max_side, fmt)
+    dx, dy = pic.width / pic.thumb_width, pic.height / pic.thumb_height
+    return go.Image(source=pic.uri, x0=dx / 2, y0=dy / 2, dx=dx, dy=dy, name=name, hoverinfo="skip")
 
 
 def _photo_axes(fig: go.Figure, width: int, height: int, row=None, col=None):
@@ -107,9 +130,9 @@ def _layout(fig: go.Figure, title: str | None, height: int | None = None, chart:
 def image_figure(image: np.ndarray, title: str | None = None, max_side: int | None = MAX_SIDE,
                  height: int | None = None, lossless: bool = False) -> go.Figure:
     """One image. ``lossless`` keeps PNG pixels (for the low-resolution crops and perturbations)."""
-    h, w = image.shape[:2]
-    fig = go.Figure(_image_trace(image, max_side, fmt="png" if lossless else "jpeg"))
-    _photo_axes(fig, w, h)
+    pic = _picture(image, max_side, "png" if lossless else "jpeg")
+    fig = go.Figure(_image_trace(pic))
+    _photo_axes(fig, pic.width, pic.height)
     return _layout(fig, title, height)
 
 
@@ -138,14 +161,15 @@ def glimpse_figure(image: np.ndarray, boxes, step: int, title: str | None = None
     step through them in the browser (no server round-trip); ``frame_titles`` label the frames.
     """
     boxes = np.asarray(boxes, dtype=np.float64)
-    h, w = image.shape[:2]
+    pic = _picture(image, max_side)
+    w, h = pic.width, pic.height
     n = len(boxes)
     step = int(np.clip(step, 0, n - 1))
 
     def traces(upto: int):
         return [_box_trace(boxes[i], i, upto, i <= upto) for i in range(n)]
 
-    fig = go.Figure([_image_trace(image, max_side)] + traces(step))
+    fig = go.Figure([_image_trace(pic)] + traces(step))
     _photo_axes(fig, w, h)
     _layout(fig, title, height)
     if animate and n > 1:
@@ -252,8 +276,9 @@ def _heat_trace(heat: np.ndarray, width: int, height: int, showscale: bool, colo
 def heatmap_figure(image: np.ndarray, heat: np.ndarray, title: str | None = None, boxes=None,
                    max_side: int | None = MAX_SIDE, showscale: bool = True, height: int | None = None) -> go.Figure:
     """A map in [0, 1] over the photo, on the shared colour scale; optional glimpse boxes on top."""
-    h, w = image.shape[:2]
-    fig = go.Figure([_image_trace(image, max_side), _heat_trace(heat, w, h, showscale)])
+    pic = _picture(image, max_side)
+    w, h = pic.width, pic.height
+    fig = go.Figure([_image_trace(pic), _heat_trace(heat, w, h, showscale)])
     if boxes is not None:
         boxes = np.asarray(boxes)
         for i, box in enumerate(boxes):
@@ -274,11 +299,12 @@ def attribution_grid(image: np.ndarray, maps: Mapping[str, Mapping[str, np.ndarr
     rows = list(maps)
     cols = list(dict.fromkeys(c for r in rows for c in maps[r]))
     captions = captions or {}
-    h, w = image.shape[:2]
+    pic = _picture(image, max_side)
+    w, h = pic.width, pic.height
     n_rows, n_cols = len(rows), len(cols)
     fig = make_subplots(rows=n_rows, cols=n_cols, column_titles=cols, row_titles=rows,
                         horizontal_spacing=0.03, vertical_spacing=min(0.12, 0.45 / n_rows))
-    photo = _image_trace(image, max_side)
+    photo = _image_trace(pic)
     first = True
     for i, r in enumerate(rows, 1):
         for j, c in enumerate(cols, 1):
@@ -330,8 +356,9 @@ def perturbation_image(clean: np.ndarray, adversarial: np.ndarray, amplify: floa
 def movement_figure(image: np.ndarray, boxes_a, boxes_b, labels=("clean", "changed"), title: str | None = None,
                     max_side: int | None = MAX_SIDE, height: int | None = None) -> go.Figure:
     """How the glimpses moved: boxes of two runs on one photo, solid (a) vs dashed (b), with arrows."""
-    h, w = image.shape[:2]
-    fig = go.Figure(_image_trace(image, max_side))
+    pic = _picture(image, max_side)
+    w, h = pic.width, pic.height
+    fig = go.Figure(_image_trace(pic))
     for name, boxes, dash in ((labels[0], boxes_a, None), (labels[1], boxes_b, "dash")):
         boxes = np.asarray(boxes, dtype=np.float64)
         for i, b in enumerate(boxes[1:], 1):
