@@ -41,14 +41,7 @@ def resolve_target(choice: str, a, entry) -> int | None:
 
 
 def attribution(entry, photo, method: str, target: int | None, n_glimpses, s_grad, seed: int, progress=None):
-    key = (entry.key, photo.key, method, target, None if entry.is_baseline else n_glimpses,
-           None if entry.is_baseline else s_grad, seed)
-
-    def compute():
-        x = services.model_input(entry, photo)
-        return mx.explain(entry.model, x, method, target=target, n_glimpses=None if entry.is_baseline else n_glimpses,
-                          s_grad=None if entry.is_baseline else s_grad, seed=seed, progress=progress)
-    return services.memo("explain", key, compute)
+    return services.explain_image(entry, photo.image, photo.key, method, target, n_glimpses, s_grad, seed, progress)
 
 
 def agreement(att_map: np.ndarray, a, fmap_model: np.ndarray) -> tuple[float | None, float]:
@@ -114,7 +107,7 @@ def render(photo, entry, a, cat, settings: dict):
                         f"(slow methods selected: {', '.join(mx.METHODS[m].label for m in slow)}).")
                 return
             req = st.session_state["cmp_request"] = dict(req, photo=photo.key, model=entry.key)
-        rows = ([(f"MGNet: {entry.short}", entry)] if req["self"] else []) + \
+        rows = ([(f"{entry.kind}: {entry.short}", entry)] if req["self"] else []) + \
                [(b.short, b) for b in others if b.name in req["models"]]
         if not rows or not req["methods"]:
             st.warning("Nothing to compute: choose at least one method and one model.")

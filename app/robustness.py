@@ -107,6 +107,7 @@ def render_corruption(photo, entry, models, settings):
                       key=f"fig-cor-{'clean' if img is work else 'bad'}")
     ui.registry().images["corrupted-photo"] = bad
     show_rows(prediction_rows(models, clean, hit), "corruption predictions")
+    corruption_saliency(entry, models, work, work_key, bad, bad_key, clean, n)
     ui.registry().settings["corruption"] = {"name": name, "severity": int(severity), "seed": int(seed),
                                             "working_side": WORK_SIDE}
     ui.explain(
@@ -116,6 +117,37 @@ def render_corruption(photo, entry, models, settings):
         "- Left: MGNet's glimpses on the clean image; right: on the corrupted one. The table gives every chosen "
         "model's prediction before and after, and how much confidence the clean prediction kept.\n"
         "- Same seed, same corruption: the noise is reproducible.")
+
+
+def corruption_saliency(entry, models, work, work_key, bad, bad_key, clean: dict, n):
+    """MGNet's focus map and each model's saliency map, clean vs corrupted (explaining the clean prediction)."""
+    from mgnet import explain as mx
+    from mgnet.analysis import focus_map
+
+    c1, c2 = st.columns([1, 3])
+    show = c1.toggle("Saliency, clean vs corrupted", value=False, key="cor_saliency", **QP)
+    if not show:
+        return
+    fast = [m for m in mx.available_methods(entry.model) if not mx.METHODS[m].slow]
+    method = c2.selectbox("Method", fast, index=0, key="cor_method", format_func=lambda m: mx.METHODS[m].label, **QP)
+    label = mx.METHODS[method].label
+    a_bad = services.analyze_image(entry, bad, bad_key, n)
+    sides = {"clean": (work, work_key, clean[entry.name]), "corrupted": (bad, bad_key, a_bad)}
+    maps = {side: {} for side in sides}
+    for side, (img, key, a) in sides.items():
+        if not entry.is_baseline:
+            maps[side]["MGNet focus map"] = focus_map(a.boxes, a.width, a.height)
+        for e in models:
+            target = clean[e.name].predicted()  # explain the clean prediction on both images
+            maps[side][f"{e.short} · {label}"] = services.explain_image(e, img, key, method, target, n).map
+    cols = st.columns(2)
+    for col, (side, (img, _, a)) in zip(cols, sides.items()):
+        with col:
+            grid = {row: {side: m} for row, m in maps[side].items()}
+            fig = plots.attribution_grid(img, grid, boxes=a.boxes if not entry.is_baseline else None, cell_height=240)
+            ui.figure(fig, f"corruption saliency {side}", key=f"fig-cor-sal-{side}")
+    st.caption("Each row explains the model's prediction on the clean image, on both images, on the shared colour "
+               "scale. White outlines: MGNet's glimpses on that image.")
 
 
 # -- attack ----------------------------------------------------------------------------------------------

@@ -239,6 +239,22 @@ def analyze(entry: ModelEntry, photo: Photo, n_glimpses: int | None = None) -> m
                 lambda: mg_analysis.analyze(entry.model, photo.image, n_glimpses=n))
 
 
+def explain_image(entry: ModelEntry, image: np.ndarray, image_key: str, method: str, target: int | None,
+                  n_glimpses=None, s_grad=None, seed: int = 0, progress=None):
+    """Captum attribution (mgnet.explain) of the model's final logit of ``target`` (None: its prediction)."""
+    from mgnet import explain as mx
+
+    n = None if entry.is_baseline else n_glimpses
+    sg = None if entry.is_baseline else s_grad
+    key = (entry.key, image_key, method, target, n, sg, seed)
+
+    def compute():
+        x = to_model_input(image, entry.model.image_size).to(mg_analysis.model_device(entry.model))
+        return mx.explain(entry.model, x, method, target=target, n_glimpses=n, s_grad=sg, seed=seed,
+                          progress=progress)
+    return memo("explain", key, compute)
+
+
 def analyze_image(entry: ModelEntry, image: np.ndarray, image_key: str, n_glimpses: int | None = None):
     n = None if entry.is_baseline else n_glimpses
     return memo("analyze", (entry.key, image_key, n),

@@ -310,6 +310,14 @@ def test_corruption(app):
                                                                      "working_side": 224}
 
 
+def test_corruption_saliency(app):
+    switch(app, "Robustness")
+    app.toggle(key="cor_saliency").set_value(True).run()
+    assert not app.exception and not errors(app)
+    figures = app.session_state["_registry"].figures
+    assert {"corruption-saliency-clean", "corruption-saliency-corrupted"} <= set(figures)
+
+
 @pytest.mark.parametrize("method,source,true_grad", [("fgsm", "mgnet-tiny.pt", False), ("pgd", "mgnet-tiny.pt", True),
                                                      ("pgd", "baseline-tiny.pt", False),
                                                      ("paper_pgd", "mgnet-tiny.pt", False)])
