@@ -641,6 +641,7 @@ def panel_grid_figure(rows: Sequence[Sequence[Mapping | None]], *, column_titles
                 # just inside its edge so that the line is not clipped away
                 ix = lw / 2 * (xrange[1] - xrange[0]) / cw
                 iy = lw / 2 * abs(yrange[0] - yrange[1]) / ch
+                chips: list[tuple[float, float]] = []
                 for t, b in enumerate(np.asarray(boxes, dtype=np.float64).reshape(-1, 4)):
                     color = one_color or glimpse_color(t + first - 1)
                     x0, y0, x1, y1 = [float(v) for v in b]
@@ -648,8 +649,21 @@ def panel_grid_figure(rows: Sequence[Sequence[Mapping | None]], *, column_titles
                     shapes.append(dict(type="rect", xref=f"x{ax}", yref=f"y{ax}", x0=x0, y0=y0, x1=x1, y1=y1,
                                        line=dict(color=color, width=lw)))
                     if not one_color:
-                        annotations.append(dict(text=f"<b>{t + first}</b>", x=x0, y=y0, xref=f"x{ax}",
-                                                yref=f"y{ax}", xanchor="left", yanchor="top", showarrow=False,
+                        # the number chip goes in the first inside corner not taken by an earlier chip
+                        cw_d, ch_d = fpx * 0.9 * ix / (lw / 2), fpx * 1.15 * iy / (lw / 2)  # chip size, data units
+                        corners = [(x0, y0, "left", "top"), (x1, y0, "right", "top"),
+                                   (x0, y1, "left", "bottom"), (x1, y1, "right", "bottom")]
+                        for cx, cy, xa, ya in corners:
+                            chip_x = cx if xa == "left" else cx - cw_d
+                            chip_y = cy if ya == "top" else cy - ch_d
+                            if all(abs(chip_x - px) >= cw_d or abs(chip_y - py) >= ch_d for px, py in chips):
+                                break
+                        else:
+                            cx, cy, xa, ya = corners[0]
+                            chip_x, chip_y = cx, cy
+                        chips.append((chip_x, chip_y))
+                        annotations.append(dict(text=f"<b>{t + first}</b>", x=cx, y=cy, xref=f"x{ax}",
+                                                yref=f"y{ax}", xanchor=xa, yanchor=ya, showarrow=False,
                                                 bgcolor=color, borderpad=0.5,
                                                 font=dict(FONT, size=fpx * 0.85, color="white")))
             if cell.get("border"):
