@@ -32,10 +32,10 @@ Severity 0 means "no corruption" and returns a copy of the (RGB-converted) input
 """
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 from PIL import Image
+
+from . import utils as _utils
 
 CORRUPTION_GROUPS: dict[str, tuple[str, ...]] = {
     "noise": ("gaussian_noise", "shot_noise", "impulse_noise"),
@@ -88,7 +88,7 @@ MIN_SIDE = 32
 # Corruptions whose randomness does not come from numpy's global RNG; they take a ``seed`` keyword.
 _SEEDED_BY_KEYWORD = frozenset({"impulse_noise", "glass_blur"})
 
-RNG_LOCK = threading.Lock()
+RNG_LOCK = _utils.RNG_LOCK  # shared with mgnet.explain's seeded methods (re-entrant)
 """Held while numpy's global RNG is seeded and used by a corruption."""
 
 

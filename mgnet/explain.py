@@ -34,7 +34,11 @@ Shared models. Models are shared between app sessions. Every function here holds
 ``utils.model_lock(model)`` for its whole computation, switches the model to eval mode and restores
 the mode it found, seeds its own randomness inside ``torch.random.fork_rng`` (and restores NumPy's
 global RNG state), and never writes ``.grad`` on parameters (Captum uses ``torch.autograd.grad``).
-Concurrent callers therefore run one after the other on the same model, with identical results.
+The seeded, noise-based methods (SmoothGrad, GradientSHAP, and the infidelity/sensitivity metrics) also
+hold the process-wide ``utils.RNG_LOCK`` (shared with ``mgnet.corruptions``), because the global
+generators are shared by all models: without it, explanations of two models at once, or an explanation
+and a corruption, would reseed each other's noise half-way. Concurrent callers therefore get exactly
+the results they would get alone.
 """
 from __future__ import annotations
 
@@ -50,7 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import geometry
-from .utils import model_lock
+from .utils import RNG_LOCK, model_lock
 
 Progress = Callable[[int, int], None]
 
@@ -86,6 +90,9 @@ METHODS: dict[str, MethodInfo] = {
         "GradientSHAP", "Expected gradient x (image - reference) over black and random-noise references.",
         True, {"n_samples": 16, "n_baselines": 8, "stdevs": 0.0, "n_samples_batch_size": 8}),
 }
+
+
+RANDOM_METHODS = ("smoothgrad", "gradient_shap")  # draw noise from the global generators (seeded per call)
 
 
 @dataclass
@@ -130,8 +137,12 @@ def available_methods(model) -> list[str]:
 # -- shared-model hygiene ------------------------------------------------------------------------------
 @contextlib.contextmanager
 def _using(model, seed: int | None = None):
-    """Hold the model's lock, run it in eval mode, seed torch and NumPy locally; restore everything."""
-    with model_lock(model):
+    """Hold the model's lock, run it in eval mode, seed torch and NumPy locally; restore everything.
+
+    With a seed, the process-wide ``utils.RNG_LOCK`` is held too: the global generators are shared by all
+    models (and by ``mgnet.corruptions``), so seeded work on two models must not interleave.
+    """
+    with model_lock(model), (RNG_LOCK if seed is not None else contextlib.nullcontext()):
         is_module = isinstance(model, nn.Module)
         was_training = model.training if is_module else False
         np_state = np.random.get_state() if seed is not None else None
@@ -298,7 +309,8 @@ def explain(model, x: torch.Tensor, method: str, target: int | None = None, *, n
     opts = _options(method, size, options)
     if method == "gradcam" and getattr(getattr(model, "backbone", None), "layer4", None) is None:
         raise ValueError("Grad-CAM needs a model with backbone.layer4")
-    with _using(model, seed):
+    # Only the noise-based methods use random numbers; the others neither seed nor take the RNG lock.
+    with _using(model, seed if method in RANDOM_METHODS else None):
         start = time.perf_counter()
         dev = _device(model)
         x = x.detach().to(dev, torch.float32).clone().requires_grad_(True)

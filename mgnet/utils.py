@@ -58,6 +58,12 @@ def command_line() -> str:
     return " ".join(program + sys.argv[1:])
 
 
+# Process-wide lock for code that seeds and draws from the GLOBAL random generators (torch's CPU/CUDA
+# generators, NumPy's np.random). Per-model locks do not keep two models' seeded work apart: a session
+# explaining MGNet with SmoothGrad and another explaining the baseline would otherwise reseed each other's
+# noise half-way. Lock order: a model's lock first, then this one; never the other way round.
+RNG_LOCK = threading.RLock()
+
 _LOCKS_GUARD = threading.Lock()
 _LOCKS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 

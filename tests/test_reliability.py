@@ -1,0 +1,407 @@
+"""Reliability and security across the library: shared models under concurrent sessions, hostile checkpoints
+(also through the app's checkpoint listing), temporary files, and the command-line tools' failures.
+
+Complements tests/test_data.py (hostile images), tests/test_checkpoints.py (hostile checkpoints),
+tests/test_explain.py / tests/test_attacks.py (hygiene of one operation), tests/test_evaluate.py (bad
+arguments) and tests/test_train.py (resume after SIGKILL); what is tested there is not repeated here.
+Models are tiny and random (ResNet-18, 3 classes, 64 px); torch runs on one thread so results are
+bit-exact and comparable between a solo run and a concurrent one.
+"""
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import random
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+from conftest import ROOT, make_image_folder  # noqa: E402
+from mgnet import CheckpointError, build_model, load_checkpoint, load_image, save_checkpoint  # noqa: E402
+from mgnet import attacks as ma  # noqa: E402
+from mgnet import corruptions as mc  # noqa: E402
+from mgnet import explain as mx  # noqa: E402
+from mgnet.analysis import analyze  # noqa: E402
+from mgnet.data import to_model_input  # noqa: E402
+from mgnet.utils import model_lock, model_state_fingerprint  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore:Setting backward hooks on ReLU", "ignore::UserWarning")
+CLASSES = ["tench", "springer", "cassette"]
+SIZE = 64
+
+
+# -- fixtures -------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ckpts")
+    torch.manual_seed(0)
+    save_checkpoint(build_model("mgnet", "resnet18", num_classes=3, image_size=SIZE, n_glimpses=3),
+                    folder / "mgnet-tiny.pt", classes=CLASSES)
+    save_checkpoint(build_model("baseline", "resnet18", num_classes=3, image_size=SIZE),
+                    folder / "baseline-tiny.pt", classes=CLASSES)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def models(ckpts):
+    """Loaded as the app loads them (eval, parameters frozen) for MGNet; the baseline as the library
+    leaves it (eval, parameters trainable), so both flag states are checked."""
+    mg = load_checkpoint(ckpts / "mgnet-tiny.pt", device="cpu")
+    for p in mg.parameters():
+        p.requires_grad_(False)
+    base = load_checkpoint(ckpts / "baseline-tiny.pt", device="cpu")
+    return {"mgnet": mg, "baseline": base}
+
+
+def photo(seed=0, h=80, w=100):
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+class Snapshot:
+    """Everything a session could leave behind on a shared model."""
+
+    def __init__(self, model):
+        self.model = model
+        self.fingerprint = model_state_fingerprint(model)
+        self.modes = [m.training for m in model.modules()]
+        self.state = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def problems(self) -> list[str]:
+        m = self.model
+        out = []
+        now = model_state_fingerprint(m)
+        if now != self.fingerprint:
+            changed = {k: (self.fingerprint[k], now[k]) for k in now if now[k] != self.fingerprint[k]
+                       and k != "requires_grad"}
+            if now["requires_grad"] != self.fingerprint["requires_grad"]:
+                changed["requires_grad"] = "changed"
+            out.append(f"fingerprint {changed}")
+        if [x.training for x in m.modules()] != self.modes:
+            out.append("train/eval flags of some module changed")
+        for k, v in m.state_dict().items():
+            if not torch.equal(v, self.state[k]):
+                out.append(f"weight or buffer {k} changed")
+                break
+        return out
+
+
+# -- jobs: one session's operations, each returning plain arrays --------------------------------------------
+LIGHT = {
+    "saliency": {},
+    "integrated_gradients": {"n_steps": 4, "internal_batch_size": 4},
+    "smoothgrad": {"nt_samples": 4, "nt_samples_batch_size": 2},
+    "gradient_shap": {"n_samples": 4, "n_baselines": 4, "n_samples_batch_size": 2},
+    "guided_backprop": {},
+    "gradcam": {},
+    "occlusion": {"window": 16, "stride": 16},
+}
+
+
+def jobs_for(models, image):
+    x = to_model_input(image, SIZE)
+    jobs = {}
+    for role, m in models.items():
+        jobs[f"{role}/analyze"] = (m, lambda m=m: analyze(m, image).probs)
+        for method, opts in LIGHT.items():
+            jobs[f"{role}/{method}"] = (m, lambda m=m, method=method, opts=opts: mx.explain(m, x, method, **opts).raw)
+        jobs[f"{role}/pgd"] = (m, lambda m=m: ma.attack(m, x, 1, steps=2, eps=8, seed=3).numpy())
+        jobs[f"{role}/fgsm-l2"] = (m, lambda m=m: ma.attack(m, x, 2, method="fgsm", norm="l2", eps=64).numpy())
+    jobs["corrupt/gaussian_noise"] = (None, lambda: mc.corrupt(image, "gaussian_noise", 3, seed=5))
+    jobs["corrupt/shot_noise"] = (None, lambda: mc.corrupt(image, "shot_noise", 2, seed=6))
+    return jobs
+
+
+# -- many sessions, one model --------------------------------------------------------------------------------
+def test_concurrent_sessions_get_their_solo_results_and_leave_models_untouched(models):
+    """8 sessions at once: analyses, seven Captum methods, attacks and corruptions on two shared models.
+
+    Every result must be bit-identical to the same call made alone, and after every operation (checked
+    under the model's lock) no hook, gradient, requires_grad flag, train/eval flag, weight or BatchNorm
+    buffer may have changed.
+    """
+    jobs = jobs_for(models, photo(1))
+    snaps = {role: Snapshot(m) for role, m in models.items()}
+    solo = {}
+    for name, (model, job) in jobs.items():
+        solo[name] = job()
+        for role, snap in snaps.items():
+            assert not snap.problems(), (name, role, snap.problems())
+    ok = {"mgnet/gradcam", "baseline/gradcam"}  # Grad-CAM may legitimately be all zero on random weights
+    for name, value in solo.items():
+        assert np.all(np.isfinite(value)), name
+        assert name in ok or np.abs(value).max() > 0, name
+
+    n_threads = 8
+    barrier = threading.Barrier(n_threads)
+    failures: list[str] = []
+    runs = {name: 0 for name in jobs}
+
+    def session(i):
+        order = list(jobs)
+        random.Random(i).shuffle(order)
+        order = order[: len(order) // 3 + 1]  # each session runs about a third of the operations
+        try:
+            barrier.wait(timeout=60)
+            for name in order:
+                model, job = jobs[name]
+                got = job()
+                runs[name] += 1
+                if not np.array_equal(got, solo[name]):
+                    diff = float(np.abs(got.astype(np.float64) - solo[name].astype(np.float64)).max())
+                    failures.append(f"session {i}: {name} differs from its solo result (max |diff| {diff:.3g})")
+                for role, m in models.items():
+                    with model_lock(m):
+                        for problem in snaps[role].problems():
+                            failures.append(f"session {i}: after {name}, {role}: {problem}")
+        except Exception as exc:  # reported below; a crash in a thread must fail the test
+            failures.append(f"session {i}: {type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=session, args=(i,)) for i in range(n_threads)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=300)
+    assert not any(t.is_alive() for t in threads), "a session hung (deadlock?)"
+    assert not failures, "\n".join(sorted(set(failures)))
+    assert sum(runs.values()) == n_threads * (len(jobs) // 3 + 1)
+
+
+def _while_inside(first, second, wait=0.6):
+    """Run ``first(progress)`` in a thread; when it reports progress the first time after starting, run
+    ``second()`` in this thread while ``first`` is held up inside its computation. Returns both results."""
+    inside = threading.Event()
+    release = threading.Event()
+    out = {}
+
+    def progress(done, total):
+        if done > 0 and not inside.is_set():
+            inside.set()
+            release.wait(wait)
+
+    def run():
+        try:
+            out["first"] = first(progress)
+        except Exception as exc:  # pragma: no cover - reported below
+            out["error"] = exc
+
+    t = threading.Thread(target=run)
+    t.start()
+    assert inside.wait(60), "first operation never reported progress"
+    try:
+        out["second"] = second()
+    finally:
+        release.set()
+        t.join(120)
+    assert "error" not in out, out.get("error")
+    return out["first"], out["second"]
+
+
+def test_attack_and_analysis_while_another_session_holds_guided_backprop_hooks(models):
+    """Guided Backprop puts hooks on every ReLU of the shared model. A session attacking the same model
+    in the middle of it (the app's attacks do take the lock; a script's may not) must still follow true
+    gradients, and an analysis must be unaffected."""
+    m = models["mgnet"]
+    image = photo(2)
+    x = to_model_input(image, SIZE)
+    solo_attack = ma.attack(m, x, 0, steps=2, eps=8, seed=1)
+    solo_grad = ma.input_gradient(m, x, 0, s_grad=1.0)
+    seen_hooks = []
+
+    def during():
+        seen_hooks.append(model_state_fingerprint(m)["hooks"])
+        return (ma.attack(m, x, 0, steps=2, eps=8, seed=1), ma.input_gradient(m, x, 0, s_grad=1.0))
+
+    _, (adv, grad) = _while_inside(lambda p: mx.explain(m, x, "guided_backprop", progress=p), during)
+    assert seen_hooks[0] > 0, "the interleaving did not happen: no hooks were registered at that moment"
+    torch.testing.assert_close(adv, solo_attack, rtol=0, atol=0)
+    torch.testing.assert_close(grad, solo_grad, rtol=0, atol=0)
+    assert model_state_fingerprint(m)["hooks"] == 0
+
+
+def _interleave(first, second, wait=3.0):
+    """Run ``first(progress)`` and ``second(progress)`` in two threads, interleaved: ``first`` stops at its
+    first progress report until ``second`` has reported progress too (or ``wait`` seconds passed, e.g.
+    because ``second`` is waiting for a lock ``first`` holds); ``second`` then stops at its first report
+    until ``first`` has finished. So ``first`` finishes while ``second`` is half-way, unless a lock keeps
+    them apart. Returns both results."""
+    a_in, b_in, a_done = threading.Event(), threading.Event(), threading.Event()
+    out, errors = {}, []
+
+    def progress_a(done, total):
+        if done > 0 and not a_in.is_set():
+            a_in.set()
+            b_in.wait(wait)
+
+    def progress_b(done, total):
+        if done > 0 and not b_in.is_set():
+            b_in.set()
+            a_done.wait(wait)
+
+    def run_a():
+        try:
+            out["a"] = first(progress_a)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+        finally:
+            a_done.set()
+
+    def run_b():
+        try:
+            assert a_in.wait(60), "first operation never reported progress"
+            out["b"] = second(progress_b)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run_a), threading.Thread(target=run_b)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+    assert not errors, errors
+    return out["a"], out["b"]
+
+
+@pytest.mark.parametrize("method", ["smoothgrad", "gradient_shap"])
+def test_seeded_explanations_of_two_models_at_once_keep_their_own_noise(models, method):
+    """SmoothGrad and GradientSHAP draw their noise from torch's and NumPy's global generators, seeded per
+    call. Each model has its own lock, so two sessions can explain MGNet and the baseline at the same time;
+    interleaved half-way, each must still get exactly its solo result."""
+    mg, base = models["mgnet"], models["baseline"]
+    x = to_model_input(photo(3), SIZE)
+    opts = dict(LIGHT[method])
+    solo_a = mx.explain(mg, x, method, seed=11, **opts).raw
+    solo_b = mx.explain(base, x, method, seed=11, **opts).raw
+    a, b = _interleave(lambda p: mx.explain(mg, x, method, seed=11, progress=p, **opts).raw,
+                       lambda p: mx.explain(base, x, method, seed=11, progress=p, **opts).raw)
+    np.testing.assert_array_equal(a, solo_a, err_msg="MGNet's explanation changed")
+    np.testing.assert_array_equal(b, solo_b, err_msg="the baseline's explanation changed")
+
+
+def test_a_corruption_and_an_explanation_interleaved_keep_their_own_noise(models, monkeypatch):
+    """A corruption seeds NumPy's global generator and draws from it; a seeded GradientSHAP explanation in
+    another session seeds and draws from the same generator. Interleaved (the corruption held up between
+    two draws until the explanation is half-way, and the explanation held up until the corruption is
+    done), both must equal their solo results."""
+    import imagecorruptions
+
+    image = photo(4)
+    x = to_model_input(photo(3), SIZE)
+    base = models["baseline"]
+    opts = dict(LIGHT["gradient_shap"])
+    original = imagecorruptions.corruption_dict["gaussian_noise"]
+    c_in, e_in, c_done = threading.Event(), threading.Event(), threading.Event()
+
+    def two_step_noise(img, severity=1, **kw):
+        np.random.uniform(size=8)  # a first draw, a pause in which the other session runs, then the rest
+        if threading.current_thread().name == "corrupting" and not c_in.is_set():
+            c_in.set()
+            e_in.wait(3.0)
+        return original(img, severity, **kw)
+
+    def progress(done, total):
+        if done > 0 and not e_in.is_set():
+            e_in.set()
+            c_done.wait(3.0)
+
+    monkeypatch.setitem(imagecorruptions.corruption_dict, "gaussian_noise", two_step_noise)
+    solo_c = mc.corrupt(image, "gaussian_noise", 4, seed=9)
+    solo_e = mx.explain(base, x, "gradient_shap", seed=11, **opts).raw
+    out = {}
+
+    def corrupting():
+        try:
+            out["c"] = mc.corrupt(image, "gaussian_noise", 4, seed=9)
+        finally:
+            c_done.set()
+
+    def explaining():
+        assert c_in.wait(60)
+        out["e"] = mx.explain(base, x, "gradient_shap", seed=11, progress=progress, **opts).raw
+
+    threads = [threading.Thread(target=corrupting, name="corrupting"), threading.Thread(target=explaining)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+    np.testing.assert_array_equal(out["c"], solo_c, err_msg="the corruption changed")
+    np.testing.assert_array_equal(out["e"], solo_e, err_msg="the explanation changed")
+
+
+def test_every_operation_and_every_failure_leaves_the_shared_model_as_it_was(models):
+    """After each library operation, and after each one interrupted by an error (an out-of-memory error
+    raised from inside the computation, as a huge Integrated Gradients request would), the model is as
+    it was, the caller's input tensor is untouched, the lock is free for other sessions, and the next
+    call gives the normal result."""
+    mg, base = models["mgnet"], models["baseline"]
+    image = photo(5)
+    x = to_model_input(image, SIZE)
+    x_copy = x.clone()
+    snaps = [Snapshot(mg), Snapshot(base)]
+    att = mx.explain(mg, x, "saliency")
+    ops = {
+        "analyze": lambda p: analyze(mg, image),
+        "analyze baseline": lambda p: analyze(base, image),
+        "deletion": lambda p: mx.deletion_insertion(mg, x, att.map, att.target, steps=4, progress=p),
+        "insertion on baseline": lambda p: mx.deletion_insertion(base, x, att.map, att.target, steps=4,
+                                                                   mode="insertion", progress=p),
+        "infidelity": lambda p: mx.infidelity(mg, x, "saliency", attribution=att, n_perturb_samples=2),
+        "paper pgd": lambda p: ma.paper_pgd(mg, x, 0, steps=2, progress=p),
+        "transfer": lambda p: ma.transfer_attack(base, mg, x, 0, steps=2, progress=p),
+        "pgd true gradients": lambda p: ma.attack(mg, x, 0, steps=2, s_grad=1.0, progress=p),
+    }
+    for method, opts in LIGHT.items():
+        ops[f"explain {method}"] = lambda p, method=method, opts=opts: mx.explain(mg, x, method, progress=p, **opts)
+
+    def oom(done, total):
+        if done > 0:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    for name, op in ops.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            first = op(None)
+            failed = False
+            try:
+                op(oom)
+            except torch.OutOfMemoryError:
+                failed = True
+            second = op(None)
+        for snap in snaps:
+            assert not snap.problems(), (name, snap.problems())
+        assert torch.equal(x, x_copy) and not x.requires_grad and x.grad is None, name
+        assert all(p.grad is None for p in mg.parameters()) and all(p.grad is None for p in base.parameters())
+        for m in (mg, base):  # another session can take the lock at once
+            got = []
+            t = threading.Thread(target=lambda m=m: got.append(model_lock(m).acquire(timeout=5)) or
+                                 model_lock(m).release())
+            t.start()
+            t.join(10)
+            assert got == [True], f"{name}: the model's lock was not released"
+        if name.startswith(("explain", "paper", "pgd", "transfer", "deletion", "insertion")):
+            assert failed, f"{name}: the simulated failure was not raised from inside the computation"
+        a, b = (first, second)
+        for field in ("probs", "map", "raw", "auc"):
+            if hasattr(a, field):
+                np.testing.assert_array_equal(getattr(a, field), getattr(b, field), err_msg=name)
+        if isinstance(a, torch.Tensor):
+            assert torch.equal(a, b), name
+        if isinstance(a, tuple):
+            assert all(torch.equal(u, v) for u, v in zip(a, b)), name
+    assert torch.is_grad_enabled()
