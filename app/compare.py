@@ -137,18 +137,20 @@ def render(photo, entry, a, cat, settings: dict):
             inside, iou = agreement(att.map, a, fmap_model)
             captions[(label, col)] = ("map is zero everywhere" if att.empty else
                                       (f"in boxes {inside:.0%} · " if inside is not None else "") + f"IoU {iou:.2f}")
-            records.append({"model": label, "method": col, "class explained": e.model.classes[att.target],
-                            "mass inside glimpse boxes": inside, "top-20% IoU with focus map": iou,
-                            "seconds": att.seconds})
+            records.append({"model": label, "method": col, "class": e.model.classes[att.target],
+                            "in glimpse boxes": inside, "IoU with focus map": iou, "seconds": att.seconds})
         bar.progress(1.0, text=f"{len(records)} of {len(cells)} maps ready")
         fig = plots.attribution_grid(services.picture(photo, 320), maps, captions, boxes=a.boxes)
         ui.figure(fig, "saliency grid", key="fig-cmp-grid")
         if records:
             df = pd.DataFrame(records)
             st.dataframe(df, hide_index=True, width="stretch",
-                         column_config={"mass inside glimpse boxes": st.column_config.ProgressColumn(
-                                            format="percent", min_value=0.0, max_value=1.0),
-                                        "top-20% IoU with focus map": st.column_config.NumberColumn(format="%.2f"),
+                         column_config={"in glimpse boxes": st.column_config.ProgressColumn(
+                                            format="percent", min_value=0.0, max_value=1.0,
+                                            help="Share of the map's mass inside MGNet's glimpse boxes 2..T"),
+                                        "IoU with focus map": st.column_config.NumberColumn(
+                                            format="%.2f", help="IoU of the top-20% pixels of the map and of "
+                                                                "MGNet's focus map"),
                                         "seconds": st.column_config.NumberColumn(format="%.2f")})
             ui.registry().settings["compare_table"] = records
     ui.explain(

@@ -136,18 +136,15 @@ def corruption_saliency(entry, models, work, work_key, bad, bad_key, clean: dict
     maps = {side: {} for side in sides}
     for side, (img, key, a) in sides.items():
         if not entry.is_baseline:
-            maps[side]["MGNet focus map"] = focus_map(a.boxes, a.width, a.height)
+            maps[side]["MGNet<br>focus map"] = focus_map(a.boxes, a.width, a.height)
         for e in models:
             target = clean[e.name].predicted()  # explain the clean prediction on both images
-            maps[side][f"{e.short} · {label}"] = services.explain_image(e, img, key, method, target, n).map
-    cols = st.columns(2)
-    for col, (side, (img, _, a)) in zip(cols, sides.items()):
-        with col:
-            grid = {row: {side: m} for row, m in maps[side].items()}
-            fig = plots.attribution_grid(img, grid, boxes=a.boxes if not entry.is_baseline else None, cell_height=240)
-            ui.figure(fig, f"corruption saliency {side}", key=f"fig-cor-sal-{side}")
-    st.caption("Each row explains the model's prediction on the clean image, on both images, on the shared colour "
-               "scale. White outlines: MGNet's glimpses on that image.")
+            maps[side][f"{e.short}<br>{label}"] = services.explain_image(e, img, key, method, target, n).map
+    boxes = {side: a.boxes for side, (_, _, a) in sides.items()} if not entry.is_baseline else None
+    fig = plots.attribution_grid(work, maps, row_images={"corrupted": bad}, row_boxes=boxes, cell_height=250)
+    ui.figure(fig, "corruption saliency", key="fig-cor-saliency")
+    st.caption("Each column explains one model's prediction on the clean image, on both images, on the shared "
+               "colour scale. White outlines: MGNet's glimpses on that image.")
 
 
 # -- attack ----------------------------------------------------------------------------------------------

@@ -289,24 +289,30 @@ def heatmap_figure(image: np.ndarray, heat: np.ndarray, title: str | None = None
 
 def attribution_grid(image: np.ndarray, maps: Mapping[str, Mapping[str, np.ndarray | None]],
                      captions: Mapping[tuple[str, str], str] | None = None, title: str | None = None,
-                     max_side: int = 256, cell_height: int = 270, boxes=None) -> go.Figure:
+                     max_side: int = 256, cell_height: int = 270, boxes=None,
+                     row_images: Mapping[str, np.ndarray] | None = None,
+                     row_boxes: Mapping[str, np.ndarray] | None = None) -> go.Figure:
     """Grid of heat maps: one row per model, one column per method, on one shared colour scale.
 
     ``maps[row][col]`` is a map in [0, 1] (or None for a cell that failed or was not asked for);
     ``captions[(row, col)]`` is printed under a cell (e.g. agreement numbers). ``boxes`` (MGNet's
     glimpses, photo coordinates) are outlined in white on every cell, the first (whole-image) one left out.
+    ``row_images`` / ``row_boxes`` give a row its own photo / boxes (e.g. rows "clean" and "corrupted").
+    Column titles may contain ``<br>`` to wrap long labels.
     """
     rows = list(maps)
     cols = list(dict.fromkeys(c for r in rows for c in maps[r]))
     captions = captions or {}
-    pic = _picture(image, max_side)
-    w, h = pic.width, pic.height
+    row_images, row_boxes = row_images or {}, row_boxes or {}
     n_rows, n_cols = len(rows), len(cols)
     fig = make_subplots(rows=n_rows, cols=n_cols, column_titles=cols, row_titles=rows,
                         horizontal_spacing=0.03, vertical_spacing=min(0.12, 0.45 / n_rows))
-    photo = _image_trace(pic)
     first = True
     for i, r in enumerate(rows, 1):
+        pic = _picture(row_images.get(r, image), max_side)
+        w, h = pic.width, pic.height
+        photo = _image_trace(pic)
+        rb = row_boxes.get(r, boxes)
         for j, c in enumerate(cols, 1):
             fig.add_trace(photo, row=i, col=j)
             m = maps[r].get(c)
@@ -316,8 +322,8 @@ def attribution_grid(image: np.ndarray, maps: Mapping[str, Mapping[str, np.ndarr
                                       len=0.5, thickness=10, title=dict(text="attribution (0–1)", side="top"))
                 fig.add_trace(trace, row=i, col=j)
                 first = False
-            if boxes is not None:
-                for b in np.asarray(boxes)[1:]:
+            if rb is not None:
+                for b in np.asarray(rb)[1:]:
                     x0, y0, x1, y1 = [float(v) for v in b]
                     fig.add_trace(go.Scatter(x=[x0, x1, x1, x0, x0], y=[y0, y0, y1, y1, y0], mode="lines",
                                              line=dict(color="white", width=1), opacity=0.7, showlegend=False,
@@ -330,7 +336,9 @@ def attribution_grid(image: np.ndarray, maps: Mapping[str, Mapping[str, np.ndarr
     for k in range(1, n_rows * n_cols + 1):
         suffix = "" if k == 1 else str(k)
         fig.layout[f"yaxis{suffix}"].scaleanchor = f"x{suffix}"
-    _layout(fig, title, cell_height * n_rows + 110, margin=dict(l=10, r=40, t=60 if title else 35, b=70))
+    wrapped = max((c.count("<br>") for c in cols), default=0)
+    _layout(fig, title, cell_height * n_rows + 110 + 16 * wrapped,
+            margin=dict(l=10, r=40, t=(60 if title else 35) + 16 * wrapped, b=70))
     return fig
 
 

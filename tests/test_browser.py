@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -71,14 +72,22 @@ def server(tmp_path_factory):
                 raise RuntimeError(f"streamlit did not start:\n{Path(log.name).read_text()[-3000:]}")
             time.sleep(0.5)
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+    finally:  # the server and anything it started (kaleido's Chromium) share one process group
+        _stop(proc)
         log.close()
+
+
+def _stop(proc: subprocess.Popen):
+    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 @pytest.fixture(scope="module")
