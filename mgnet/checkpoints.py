@@ -187,5 +187,9 @@ def atomic_save(obj, path):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:  # disk full, interrupted...: leave neither a partial file nor the temporary one
+        tmp.unlink(missing_ok=True)
+        raise

@@ -165,9 +165,17 @@ def cached_folder(root, size: int, cache_dir=None, progress: bool = True):
     labels = torch.tensor([label for _, label in samples], dtype=torch.long)
     for i, (path, _) in enumerate(tqdm(samples, desc=f"decoding {Path(root).name} at {size}px",
                                        disable=not progress, unit="img")):
-        images[i] = torch.from_numpy(resize_rgb(load_image(path), size)).permute(2, 0, 1)
+        try:
+            decoded = load_image(path)
+        except ValueError as exc:  # say which of thousands of files it was
+            raise ValueError(f"{path}: {exc}") from None
+        images[i] = torch.from_numpy(resize_rgb(decoded, size)).permute(2, 0, 1)
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = cache_file.with_suffix(".tmp")
-    torch.save({"images": images, "labels": labels}, tmp)
-    os.replace(tmp, cache_file)
+    try:
+        torch.save({"images": images, "labels": labels}, tmp)
+        os.replace(tmp, cache_file)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return classes, images, labels

@@ -173,8 +173,12 @@ def write_json_atomic(obj, path):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(obj, indent=2))
+        os.replace(tmp, path)
+    except BaseException:  # never leave a half-written result or its temporary file
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def parse_args(argv=None):
@@ -218,6 +222,15 @@ def main(argv=None) -> int:
     if args.attack and args.eps < 0:
         print("error: --eps must be non-negative", file=sys.stderr)
         return 2
+    for flag, value, low in (("--limit", args.limit, 0), ("--batch-size", args.batch_size, 1),
+                             ("--steps", args.steps if args.attack in ("pgd", "paper-pgd") else 1, 1)):
+        if value < low:
+            print(f"error: {flag} must be at least {low}, got {value}", file=sys.stderr)
+            return 2
+    if args.json and Path(args.json).is_dir():
+        print(f"error: --json {args.json} is a folder; give a file name such as {Path(args.json) / 'result.json'}",
+              file=sys.stderr)
+        return 2
     if not Path(args.data).is_dir():
         print(f"error: data folder {args.data} does not exist", file=sys.stderr)
         return 2
@@ -239,7 +252,11 @@ def main(argv=None) -> int:
         return 2
     print(format_table(result))
     if args.json:
-        write_json_atomic(result, args.json)
+        try:
+            write_json_atomic(result, args.json)
+        except OSError as exc:
+            print(f"error: could not write {args.json}: {exc}", file=sys.stderr)
+            return 1
         print(f"wrote {args.json}")
     return 0
 

@@ -38,6 +38,7 @@ from mgnet.utils import model_lock, model_state_fingerprint  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:Setting backward hooks on ReLU", "ignore::UserWarning")
 CLASSES = ["tench", "springer", "cassette"]
+CLASS_IDS = ["n01440764", "n02102040", "n02979186"]  # the folders of conftest.make_image_folder
 SIZE = 64
 
 
@@ -47,9 +48,9 @@ def ckpts(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ckpts")
     torch.manual_seed(0)
     save_checkpoint(build_model("mgnet", "resnet18", num_classes=3, image_size=SIZE, n_glimpses=3),
-                    folder / "mgnet-tiny.pt", classes=CLASSES)
+                    folder / "mgnet-tiny.pt", classes=CLASSES, class_ids=CLASS_IDS)
     save_checkpoint(build_model("baseline", "resnet18", num_classes=3, image_size=SIZE),
-                    folder / "baseline-tiny.pt", classes=CLASSES)
+                    folder / "baseline-tiny.pt", classes=CLASSES, class_ids=CLASS_IDS)
     return folder
 
 
@@ -405,3 +406,302 @@ def test_every_operation_and_every_failure_leaves_the_shared_model_as_it_was(mod
         if isinstance(a, tuple):
             assert all(torch.equal(u, v) for u, v in zip(a, b)), name
     assert torch.is_grad_enabled()
+
+
+# -- checkpoints that try to run code ------------------------------------------------------------------------
+class _Payload:
+    """Unpickling this calls ``func(*args)``: what a hostile checkpoint does to run code on the server."""
+
+    def __init__(self, func, *args):
+        self.func, self.args = func, args
+
+    def __reduce__(self):
+        return (self.func, self.args)
+
+
+def hostile_checkpoints(folder: Path, marker: Path) -> dict[str, Path]:
+    """Checkpoint files whose unpickling would create ``marker``, in every form a loader might meet."""
+    import argparse
+    import builtins
+    import subprocess as sp
+
+    touch = f"touch {marker}"
+    write = f"open({str(marker)!r}, 'w').close()"
+    good_state = build_model("mgnet", "resnet18", num_classes=3, image_size=32, n_glimpses=2).state_dict()
+    files = {}
+
+    def save(name, obj, **kw):
+        path = folder / name
+        torch.save(obj, path, **kw)
+        files[name] = path
+
+    # our own format, the payload hidden in the configuration; zip and legacy (pre-1.6) serialisation
+    ours = {"format": "mgnet-explorer-checkpoint", "format_version": 1, "classes": CLASSES,
+            "config": {"backbone": _Payload(os.system, touch)}, "state_dict": good_state}
+    save("ours-config-system.pt", ours)
+    save("ours-legacy-format.pt", ours, _use_new_zipfile_serialization=False)
+    # a weights entry that is not a tensor but a call to exec / eval
+    save("ours-state-exec.pt", dict(ours, config={}, state_dict={"x": _Payload(builtins.exec, write)}))
+    save("authors-eval.ckpt", {"state_dict": {"model.a": _Payload(builtins.eval, write)},
+                               "hyper_parameters": {"model": "resnet18"}})
+    # argparse.Namespace is the one class allowed besides containers and tensors: smuggle a payload in it
+    save("authors-namespace.ckpt", {"state_dict": {}, "hyper_parameters": argparse.Namespace(
+        model="resnet18", trans_method=_Payload(sp.Popen, ["touch", str(marker)]))})
+    # not a torch file at all: a bare pickle, protocols 0 and 5
+    for proto in (0, 5):
+        path = folder / f"bare-pickle-p{proto}.pth"
+        path.write_bytes(pickle.dumps(_Payload(os.system, touch), protocol=proto))
+        files[path.name] = path
+    return files
+
+
+def test_checkpoints_that_try_to_run_code_are_refused_and_never_run(tmp_path):
+    marker = tmp_path / "pwned"
+    files = hostile_checkpoints(tmp_path, marker)
+    # make sure the payloads are real: plain pickle.load would have run them
+    pickle.loads(files["bare-pickle-p0.pth"].read_bytes())
+    assert marker.exists(), "the test payload does not work, so the test proves nothing"
+    marker.unlink()
+    for name, path in files.items():
+        with pytest.raises(CheckpointError) as info:
+            load_checkpoint(path, device="cpu")
+        message = str(info.value)
+        assert name in message and len(message) < 600, message
+        assert "Traceback" not in message
+        assert not marker.exists(), f"{name}: its code ran"
+
+
+@pytest.fixture
+def app_folder(tmp_path, ckpts):
+    """A checkpoint folder as a lab might have it: one good MGNet and a pile of hostile files."""
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    torch.manual_seed(0)
+    save_checkpoint(build_model("mgnet", "resnet18", num_classes=3, image_size=32, n_glimpses=3),
+                    folder / "good-mgnet.pt", classes=CLASSES)
+    marker = tmp_path / "pwned"
+    hostile = hostile_checkpoints(folder, marker)
+    return folder, marker, hostile
+
+
+def test_app_checkpoint_listing_refuses_code_and_keeps_the_good_model(app_folder, monkeypatch):
+    pytest.importorskip("streamlit")
+    monkeypatch.setenv("MGNET_DEVICE", "cpu")
+    from app import services
+
+    folder, marker, hostile = app_folder
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cat = services.catalog(folder)
+    assert [m.name for m in cat.models] == ["good-mgnet.pt"]
+    errors = dict(cat.errors)
+    assert set(errors) == set(hostile)
+    for name in ("ours-config-system.pt", "ours-legacy-format.pt", "authors-namespace.ckpt", "bare-pickle-p0.pth"):
+        assert "refused" in errors[name] and "run code" in errors[name], errors[name]
+    assert not marker.exists()
+    assert all(not p.requires_grad for p in cat.models[0].model.parameters())
+
+
+def test_app_page_shows_refusals_and_still_works(app_folder, monkeypatch):
+    pytest.importorskip("streamlit")
+    from streamlit.testing.v1 import AppTest
+
+    folder, marker, hostile = app_folder
+    monkeypatch.setenv("MGNET_CHECKPOINTS", str(folder))
+    monkeypatch.setenv("MGNET_DEVICE", "cpu")
+    at = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=180)
+    at.run()
+    assert not at.exception, at.exception
+    shown = "\n".join(e.value for e in at.error)
+    for name in hostile:
+        assert name in shown, f"{name} is not reported in the page"
+    assert "refused" in shown
+    assert "after 3 glimpses" in "\n".join(m.value for m in at.markdown)
+    assert not marker.exists()
+
+
+# -- no temporary files, no half-written outputs ---------------------------------------------------------------
+def _listing(*folders: Path) -> dict[str, set[str]]:
+    return {str(f): {str(p.relative_to(f)) for p in f.rglob("*")} if f.exists() else set() for f in folders}
+
+
+@pytest.fixture
+def private_tmp(tmp_path, monkeypatch):
+    """A fresh, empty temporary directory for this process (tempfile and $TMPDIR)."""
+    tmp = tmp_path / "tmpdir"
+    tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    return tmp
+
+
+def hostile_image_files(folder: Path) -> list[Path]:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    good = io.BytesIO()
+    Image.fromarray(photo(7, 40, 50)).save(good, "PNG")
+    good = good.getvalue()
+    bomb = io.BytesIO()
+    Image.new("L", (1, 1)).save(bomb, "PNG")
+    bomb = bytearray(bomb.getvalue())
+    bomb[16:24] = (30000).to_bytes(4, "big") * 2  # IHDR claims 30000 x 30000 (the CRC is now wrong too)
+    samples = {"empty.png": b"", "truncated.png": good[: len(good) // 2], "random.jpg": os.urandom(3000),
+               "notes.png": b"just some text\n" * 20, "drawing.png": b"<svg xmlns='http://www.w3.org/2000/svg'/>",
+               "page.jpg": b"<!DOCTYPE html><html><script>alert(1)</script></html>", "bomb.png": bytes(bomb)}
+    paths = []
+    for name, data in samples.items():
+        (folder / name).write_bytes(data)
+        paths.append(folder / name)
+    return paths
+
+
+def test_failed_loads_and_saves_leave_no_files_behind(tmp_path, private_tmp, ckpts, monkeypatch):
+    images = hostile_image_files(tmp_path / "images")
+    for path in images:
+        for source in (path, path.read_bytes(), io.BytesIO(path.read_bytes())):
+            with pytest.raises(ValueError):
+                load_image(source)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "empty.pt").write_bytes(b"")
+    (bad / "text.pt").write_text("not a checkpoint")
+    (bad / "truncated.pt").write_bytes((ckpts / "mgnet-tiny.pt").read_bytes()[:5000])
+    hostile_checkpoints(bad, tmp_path / "pwned")
+    before = _listing(bad)
+    for path in sorted(bad.iterdir()):
+        with pytest.raises(CheckpointError):
+            load_checkpoint(path, device="cpu")
+    assert _listing(bad) == before
+    # a save that fails half-way (disk full, killed writer thread...) leaves neither a partial checkpoint
+    # nor its temporary file
+    out = tmp_path / "out"
+    out.mkdir()
+    real_save = torch.save
+
+    def failing_save(obj, f, *a, **kw):
+        real_save({"partial": torch.zeros(10)}, f)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(OSError):
+        save_checkpoint(build_model("baseline", "resnet18", num_classes=3, image_size=32), out / "model.pt",
+                        classes=CLASSES)
+    monkeypatch.undo()
+    assert _listing(out) == {str(out): set()}, "a failed save left files behind"
+    assert _listing(private_tmp) == {str(private_tmp): set()}, "temporary files were left behind"
+    assert not (tmp_path / "pwned").exists()
+
+
+@pytest.fixture
+def eval_data(tmp_path):
+    return make_image_folder(tmp_path / "data", per_class=2, size=36)
+
+
+def _run_evaluate(argv, capsys):
+    from mgnet.evaluate import main
+
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's own errors
+        code = exc.code
+    return code, capsys.readouterr().err
+
+
+def test_evaluate_cli_refuses_bad_input_before_working_and_leaves_nothing(tmp_path, private_tmp, ckpts, eval_data,
+                                                                         capsys):
+    ck = str(ckpts / "mgnet-tiny.pt")
+    cache = tmp_path / "cache"
+    out_dir = tmp_path / "results"
+    out_dir.mkdir()
+    (out_dir / "old.json").write_text("{}")  # a previous result: must survive every failure untouched
+    base = ["--checkpoint", ck, "--data", str(eval_data), "--cache-dir", str(cache), "--batch-size", "4"]
+    cases = [
+        (["--limit", "-1"], "--limit"),
+        (["--batch-size", "0"], "--batch-size"),
+        (["--attack", "pgd", "--steps", "0"], "--steps"),
+        (["--json", str(out_dir)], "folder"),  # --json names an existing folder
+        (["--limit", "many"], "invalid int value"),
+        (["--attack", "cw"], "invalid choice"),
+    ]
+    for extra, message in cases:
+        code, err = _run_evaluate(base + extra + (["--json", str(out_dir / "res.json")]
+                                                  if "--json" not in extra else []), capsys)
+        assert code not in (0, None), extra
+        assert message in err and "Traceback" not in err, (extra, err)
+        assert _listing(out_dir) == {str(out_dir): {"old.json"}}, extra
+    # a damaged image inside the data folder: the message names it; no result, no cache entry, no temp file
+    from PIL import Image  # noqa: F401
+
+    victim = sorted((eval_data).rglob("*.png"))[3]
+    victim.write_bytes(victim.read_bytes()[:60])
+    code, err = _run_evaluate(base + ["--json", str(out_dir / "res.json")], capsys)
+    assert code == 2 and victim.name in err and "damaged or truncated" in err, err
+    assert _listing(out_dir) == {str(out_dir): {"old.json"}}
+    assert not cache.exists() or not any(cache.iterdir()), _listing(cache)
+    assert _listing(private_tmp) == {str(private_tmp): set()}
+    (out_dir / "old.json").unlink()
+
+
+figures_cli = pytest.importorskip("mgnet.figures", reason="the figure CLI (mgnet/figures.py) is not written yet")
+
+
+def test_figure_cli_failures_leave_no_output(tmp_path, private_tmp, ckpts, eval_data, capsys, monkeypatch):
+    ck = str(ckpts / "mgnet-tiny.pt")
+    run = ["--mgnet", ck, "--baseline", "none", "--images", str(eval_data), "--figures", "strip", "--methods",
+           "none", "--format", "html", "--device", "cpu", "--no-progress"]
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "keep.txt").write_text("mine")
+    fresh = tmp_path / "fresh"
+
+    def outputs_untouched():
+        assert _listing(existing) == {str(existing): {"keep.txt"}}, _listing(existing)
+        assert not fresh.exists(), f"{fresh} was left behind: {_listing(fresh)}"
+        assert _listing(private_tmp) == {str(private_tmp): set()}
+
+    usage = [
+        (["--dpi", "5"], "--dpi"),
+        (["--methods", "magic"], "unknown method"),
+        (["--images", str(tmp_path / "missing")], "does not exist"),
+        (["--mgnet", str(tmp_path / "missing.pt")], "not found"),
+        (["--mgnet", str(ckpts / "baseline-tiny.pt")], "baseline"),
+    ]
+    for extra, message in usage:
+        for out in (existing, fresh):
+            assert figures_cli.main(run + extra + ["--out", str(out)]) == 2, extra
+            err = capsys.readouterr().err
+            assert "error:" in err and message in err, (extra, err)
+        outputs_untouched()
+    # a failure half-way, after some figures were already written: nothing of it may appear
+    calls = []
+    real = figures_cli.plots.glimpse_strip_figure
+
+    def fail_second(*a, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("simulated crash while drawing the second figure")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(figures_cli.plots, "glimpse_strip_figure", fail_second)
+    for out in (existing, fresh):
+        calls.clear()
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            figures_cli.main(run + ["--limit", "3", "--out", str(out)])
+        assert len(calls) == 2
+        outputs_untouched()
+    # Ctrl-C half-way: exit status 130, a message, nothing written
+    def interrupt(*a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(figures_cli.plots, "glimpse_strip_figure", interrupt)
+    assert figures_cli.main(run + ["--limit", "2", "--out", str(existing)]) == 130
+    assert "nothing was written" in capsys.readouterr().err
+    outputs_untouched()
+    # a damaged image among the inputs: named in the message, through the real command line
+    victim = sorted(eval_data.rglob("*.png"))[1]
+    victim.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    res = subprocess.run([sys.executable, "-m", "mgnet.figures"] + run + ["--out", str(fresh)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300, env=dict(os.environ, TMPDIR=str(private_tmp)))
+    assert res.returncode == 2 and victim.name in res.stderr and "Traceback" not in res.stderr, res.stderr
+    outputs_untouched()

@@ -1,0 +1,236 @@
+"""Memory soak: 200 uploads and analyses in one long session of the app, sampling resident memory.
+
+    python benchmarks/memory_soak.py                   # the trained checkpoints in checkpoints/
+    python benchmarks/memory_soak.py --tiny            # tiny random checkpoints (no trained ones needed)
+
+Runs the real app (app/main.py) with Streamlit's AppTest in this process, so every upload goes through the
+same code as on the server: decoding (mgnet.data.load_image), the result caches (st.cache_data with
+max_entries and ttl), MGNet's analysis and the glimpse view's figures. Every upload is a different photo
+(``--side`` pixels wide, so the decoded-photo cache holds large arrays), and every ``--bad-every``-th upload
+is a broken file, so the error path runs too. After each upload the process's resident set size (VmRSS) is
+read from /proc/self/status.
+
+Memory is bounded when RSS reaches a plateau: the growth over the last half of the run must be small
+compared with the first half. Writes benchmarks/results/memory_soak.md, memory_soak.json and memory_soak.png.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+RESULTS = ROOT / "benchmarks" / "results"
+DEFAULT_CKPTS = ("mgnet-resnet18-imagenette.pt", "baseline-resnet18-imagenette.pt")
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def photo_bytes(i: int, side: int, examples: list[Path]) -> bytes:
+    """A distinct JPEG for upload ``i``: an example photo, cropped, resized and tinted differently."""
+    rng = np.random.default_rng(i)
+    img = Image.open(examples[i % len(examples)]).convert("RGB")
+    w, h = img.size
+    img = img.crop((int(rng.integers(0, w // 6)), int(rng.integers(0, h // 6)), w, h)).resize((side, side * 3 // 4))
+    arr = np.clip(np.asarray(img).astype(np.int16) + rng.integers(-16, 17, 3), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def bad_bytes(i: int) -> tuple[str, bytes]:
+    kinds = [("notes.jpg", b"plain text, not a photo\n" * 50), ("cut.jpg", None), ("random.png", os.urandom(5000)),
+             ("drawing.png", b"<svg xmlns='http://www.w3.org/2000/svg'/>")]
+    name, data = kinds[i % len(kinds)]
+    if data is None:
+        buf = io.BytesIO()
+        Image.new("RGB", (300, 200), (i % 255, 40, 90)).save(buf, "JPEG")
+        data = buf.getvalue()[:400]
+    return f"bad-{i:03d}-{name}", data
+
+
+def plateau(rss: list[float]) -> dict:
+    """Growth in the first and the second half of the run, and the slope of the last half (MB per 100 uploads)."""
+    n = len(rss)
+    half = n // 2
+    first = rss[half - 1] - rss[0]
+    second = rss[-1] - rss[half - 1]
+    xs = np.arange(half, n)
+    slope = float(np.polyfit(xs, np.asarray(rss[half:]), 1)[0]) * 100 if n - half >= 2 else float("nan")
+    return {"growth_first_half_mb": round(first, 1), "growth_second_half_mb": round(second, 1),
+            "slope_last_half_mb_per_100": round(slope, 1), "peak_mb": round(max(rss), 1),
+            "last_quarter_range_mb": round(max(rss[3 * n // 4:]) - min(rss[3 * n // 4:]), 1)}
+
+
+def plot(result: dict, path: Path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = result["samples"]
+    x = [p["upload"] for p in s]
+    fig, ax = plt.subplots(figsize=(7, 3.6), dpi=150)
+    ax.plot(x, [p["rss_mb"] for p in s], lw=1.5, label="resident memory (RSS)")
+    bad = [p for p in s if p["bad"]]
+    ax.scatter([p["upload"] for p in bad], [p["rss_mb"] for p in bad], s=10, c="tab:red", zorder=3,
+               label="broken upload (error path)")
+    ax.axhline(result["rss_before_mb"], color="grey", lw=0.8, ls=":", label="after opening the page")
+    ax.set_xlabel("upload number (each: decode + MGNet analysis + glimpse view)")
+    ax.set_ylabel("RSS (MB)")
+    ax.set_title(f"Memory over {len(s)} uploads in one session ({result['checkpoints_short']})", fontsize=10)
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--uploads", type=int, default=200, help="number of uploads (default 200)")
+    ap.add_argument("--side", type=int, default=1600, help="width of the uploaded photos in pixels (default 1600)")
+    ap.add_argument("--bad-every", type=int, default=10, help="every N-th upload is a broken file (0: none)")
+    ap.add_argument("--tiny", action="store_true", help="tiny random checkpoints in a temporary folder")
+    ap.add_argument("--checkpoints", help="checkpoint folder (default checkpoints/)")
+    ap.add_argument("--out", default=str(RESULTS))
+    args = ap.parse_args(argv)
+
+    import torch
+
+    work = Path(tempfile.mkdtemp(prefix="mgnet-soak-"))
+    if args.tiny:
+        from mgnet import build_model, save_checkpoint
+
+        classes = [p.stem.rsplit("_", 1)[0].replace("_", " ") for p in sorted((ROOT / "app/examples").glob("*_1.jpg"))]
+        ckpts = work / "checkpoints"
+        ckpts.mkdir()
+        torch.manual_seed(0)
+        save_checkpoint(build_model("mgnet", num_classes=len(classes), image_size=64), ckpts / "mgnet-tiny.pt",
+                        classes=classes)
+        save_checkpoint(build_model("baseline", num_classes=len(classes), image_size=64), ckpts / "baseline-tiny.pt",
+                        classes=classes)
+        short = "tiny random checkpoints, 64 px"
+    else:
+        ckpts = Path(args.checkpoints) if args.checkpoints else ROOT / "checkpoints"
+        missing = [n for n in DEFAULT_CKPTS if not (ckpts / n).is_file()] if not args.checkpoints else []
+        if missing:
+            print(f"error: {', '.join(missing)} not in {ckpts}; train them or pass --tiny", file=sys.stderr)
+            return 2
+        short = "trained ResNet-18 MGNet + baseline, 224 px"
+    os.environ["MGNET_CHECKPOINTS"] = str(ckpts)
+    os.environ.setdefault("MGNET_DEVICE", "cpu")
+    warnings.filterwarnings("ignore")
+    from streamlit.testing.v1 import AppTest
+
+    examples = sorted((ROOT / "app" / "examples").glob("*.jpg"))
+    at = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=900)
+    start = time.time()
+    at.run()
+    if at.exception:
+        print(f"error: the app failed to open: {at.exception}", file=sys.stderr)
+        return 1
+    at.radio(key="source").set_value("Upload").run()
+    rss_before = rss_mb()
+    samples, problems = [], []
+    for i in range(1, args.uploads + 1):
+        bad = bool(args.bad_every) and i % args.bad_every == 0
+        if bad:
+            name, data = bad_bytes(i)
+        else:
+            name, data = f"photo-{i:03d}.jpg", photo_bytes(i, args.side, examples)
+        t = time.perf_counter()
+        at.file_uploader(key="upload").set_value((name, data, "image/jpeg")).run()
+        seconds = time.perf_counter() - t
+        page = "\n".join(m.value for m in at.markdown)
+        errs = [e.value for e in at.error]
+        if at.exception:
+            problems.append(f"upload {i}: exception {at.exception}")
+        elif bad and not any(name in e for e in errs):
+            problems.append(f"upload {i}: no message for the broken file {name}")
+        elif not bad and (f"**{name}**" not in page or errs):
+            problems.append(f"upload {i}: {name} was not analysed ({errs[:1]})")
+        samples.append({"upload": i, "rss_mb": round(rss_mb(), 1), "seconds": round(seconds, 3), "bad": bad})
+        if i % 20 == 0:
+            print(f"{i:4d} uploads  RSS {samples[-1]['rss_mb']:.0f} MB  ({seconds:.2f} s for the last)", flush=True)
+    rss = [s["rss_mb"] for s in samples]
+    stats = plateau(rss)
+    # Bounded: the second half grows by less than a fifth of the first half's growth, or by under 50 MB.
+    bounded = stats["growth_second_half_mb"] < max(50.0, 0.2 * max(stats["growth_first_half_mb"], 0.0))
+    from app import services
+    from mgnet.data import MAX_PIXELS
+    from mgnet.utils import git_commit
+
+    busy = subprocess.run(["ps", "-eo", "pcpu,args", "--sort=-pcpu"], capture_output=True, text=True).stdout
+    busy = [line.strip()[:120] for line in busy.splitlines()[1:6] if float(line.split()[0]) >= 20
+            and "memory_soak" not in line]
+    cmd = "python benchmarks/memory_soak.py" + (" --tiny" if args.tiny else "") + (
+        f" --uploads {args.uploads}" if args.uploads != 200 else "") + (f" --side {args.side}" if args.side != 1600 else "")
+    result = {
+        "command": cmd, "date": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "commit": git_commit(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores; torch {torch.__version__}",
+        "checkpoints": sorted(p.name for p in ckpts.iterdir()), "checkpoints_short": short,
+        "uploads": args.uploads, "photo": f"{args.side}x{args.side * 3 // 4} JPEG", "bad_every": args.bad_every,
+        "caches": {"decoded photos (max_entries)": services.IMAGE_ENTRIES, "results (max_entries)": services.RESULT_ENTRIES,
+                   "ttl_s": services.RESULT_TTL, "max_pixels": MAX_PIXELS},
+        "rss_before_mb": round(rss_before, 1), "plateau": stats, "bounded": bool(bounded),
+        "seconds_total": round(time.time() - start, 1),
+        "seconds_per_upload_median": round(float(np.median([s["seconds"] for s in samples])), 3),
+        "problems": problems, "busy_during": busy, "samples": samples,
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "memory_soak.json").write_text(json.dumps(result, indent=2) + "\n")
+    plot(result, out / "memory_soak.png")
+    at_marks = {k: rss[k - 1] for k in (1, 25, 50, 100, 150, 200) if k <= len(rss)}
+    lines = [
+        "# Memory soak: one long session, many uploads", "", f"Reproduce: `{cmd}`", "",
+        f"- Date (UTC): {result['date']}; commit `{result['commit'][:12]}`; {result['machine']}",
+        f"- Checkpoints: {', '.join(result['checkpoints'])} ({short})",
+        f"- {args.uploads} uploads through the real app (AppTest, in one process): each a different "
+        f"{result['photo']} photo, decoded, analysed by MGNet and drawn in the glimpse view; every "
+        f"{args.bad_every}th upload is a broken file (error message path).",
+        f"- Cache bounds: decoded photos max_entries={services.IMAGE_ENTRIES}, results "
+        f"max_entries={services.RESULT_ENTRIES}, ttl={services.RESULT_TTL} s.",
+        f"- Other busy processes: {', '.join(busy) or 'none'}", "",
+        "| after upload | " + " | ".join(str(k) for k in at_marks) + " |",
+        "|---|" + "---:|" * len(at_marks),
+        "| RSS (MB) | " + " | ".join(f"{v:.0f}" for v in at_marks.values()) + " |", "",
+        f"- RSS after opening the page: {rss_before:.0f} MB; peak {stats['peak_mb']:.0f} MB.",
+        f"- Growth over uploads 1-{len(rss) // 2}: {stats['growth_first_half_mb']:+.0f} MB; over uploads "
+        f"{len(rss) // 2}-{len(rss)}: {stats['growth_second_half_mb']:+.0f} MB (slope of the last half "
+        f"{stats['slope_last_half_mb_per_100']:+.1f} MB per 100 uploads; range over the last quarter "
+        f"{stats['last_quarter_range_mb']:.0f} MB).",
+        f"- **{'Plateau: memory is bounded' if bounded else 'NO plateau: memory kept growing'}.** "
+        f"Problems: {len(problems)}.",
+        f"- Median time per upload {result['seconds_per_upload_median']} s; total {result['seconds_total']} s.", "",
+        "![RSS over uploads](memory_soak.png)",
+    ]
+    for p in problems[:10]:
+        lines.append(f"- {p}")
+    (out / "memory_soak.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {out / 'memory_soak.md'}: {'bounded' if bounded else 'NOT bounded'}, problems: {len(problems)}")
+    return 0 if bounded and not problems else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
