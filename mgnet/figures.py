@@ -830,7 +830,7 @@ def run_figures(s: dict, models: dict, items: list[tuple[str, Path]], photos: li
                         iou = mx.topk_iou(on, focus_model, s["topk"])
                         key = f"{role}:{method}"
                         maps[key] = None if att.empty else att.map
-                        caps[key] = f"in {inside:.0%}, IoU {iou:.2f}"
+                        caps[key] = f"in boxes {inside:.0%}\nIoU {iou:.2f}"
                         record["maps"][key] = {"target": att.target, "target_class": model.classes[att.target],
                                                "empty": att.empty, "mass_inside": _r(inside), "topk_iou": _r(iou)}
                 rows.append(dict(image=photo, label=labels[i] or Path(items[i][0]).stem[:24], maps=maps,
@@ -843,7 +843,7 @@ def run_figures(s: dict, models: dict, items: list[tuple[str, Path]], photos: li
             files = exporter.write(fig, stem)
             sidecar(stem, "grid", list(range(lo, min(lo + rows_per, len(photos)))), {
                 "columns": columns, "caption_meaning": (
-                    "in: share of the map's mass inside MGNet's glimpse boxes 2..T; IoU: IoU of the top "
+                    "in boxes: share of the map's mass inside MGNet's glimpse boxes 2..T; IoU: IoU of the top "
                     f"{s['topk']:.0%} pixels of the map and of MGNet's focus map; under the focus map: MGNet's "
                     "final prediction"), "rows": data}, files)
         bar.close()
