@@ -22,6 +22,7 @@ from mgnet import plots  # noqa: E402
 
 VIEWS = ["Glimpses", "Compare", "Robustness"]
 SOURCES = ["Example", "Upload", "Camera"]
+DEFAULT_EXAMPLE = "parachute_1"   # opens analysed; any stem of app/examples/
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif"]
 QP = dict(bind="query-params", persist_state="session")
 
@@ -49,7 +50,8 @@ def sidebar_photo():
             data, name = shot.getvalue(), "camera.jpg"
         else:
             sb.caption("No photo yet: showing the selected example.")
-    chosen = sb.selectbox("Example", names, index=0, key="photo", format_func=lambda s: services.example_label(
+    chosen = sb.selectbox("Example", names, index=names.index(DEFAULT_EXAMPLE) if DEFAULT_EXAMPLE in names else 0,
+                          key="photo", format_func=lambda s: services.example_label(
         services.EXAMPLES / f"{s}.jpg"), disabled=source != "Example", **QP) if names else None
     if data is not None:
         try:

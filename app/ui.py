@@ -102,9 +102,9 @@ def export_buttons(fig: go.Figure, base: str):
                            key=f"dl-{base}-html", on_click="ignore")
 
 
-@st.cache_resource(show_spinner=False)
+@st.cache_resource(show_spinner=False, ttl=60)
 def _export_probe() -> str | None:
-    """None when a Chrome for kaleido was found; otherwise the reason. Checked once per process."""
+    """None when a Chrome for kaleido was found; otherwise the reason. Checked at most once a minute."""
     return plots.export_problem()
 
 

@@ -89,7 +89,7 @@ def test_opens_with_an_example_analysed(app):
     assert app.slider(key="step").value == 4
     assert not errors(app)
     assert any(m.label == "Compute so far" for m in app.metric)
-    assert app.selectbox(key="photo").value == "cassette_player_1"
+    assert app.selectbox(key="photo").value == "parachute_1"
 
 
 def test_bad_checkpoint_is_listed_with_its_message(app):
@@ -139,7 +139,7 @@ def test_bad_upload_shows_message_and_app_keeps_working(app, name, data, expect)
     assert not app.exception
     msgs = errors(app)
     assert len(msgs) == 1 and name in msgs[0] and expect in msgs[0], msgs
-    assert "cassette_player_1.jpg" in text(app)  # the example is analysed instead
+    assert "parachute_1.jpg" in text(app)  # the example is analysed instead
     # ...and the next, good upload works.
     app.file_uploader(key="upload").set_value(("good.png", encoded("PNG"), "image/png")).run()
     assert not errors(app) and "**good.png**" in text(app)
@@ -383,7 +383,7 @@ def test_every_figure_has_downloads_and_the_view_a_bundle(app):
         assert f"dl-{name}-html" in keys
     settings = app.session_state["_registry"].settings
     assert settings["model"]["sha256"] and len(settings["model"]["sha256"]) == 64
-    assert settings["photo"]["name"] == "cassette_player_1.jpg" and settings["glimpse_step"] == 4
+    assert settings["photo"]["name"] == "parachute_1.jpg" and settings["glimpse_step"] == 4
 
 
 @pytest.mark.parametrize("static", [False, True])
@@ -407,3 +407,45 @@ def test_bundle_contents(app, static):
         assert f"images/{k}.png" in names
     if static:
         assert zf.read(f"figures/{next(iter(figures))}.png")[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_export_without_a_browser_degrades_gracefully(app, monkeypatch):
+    from app import ui
+    from mgnet import plots
+
+    monkeypatch.setenv("BROWSER_PATH", "/nonexistent/chrome")
+    assert "does not exist" in plots.export_problem()
+    ui._export_probe.clear()
+    try:
+        app.run()
+        assert not app.exception and not errors(app)
+        notes = "\n".join(c.value for c in app.caption)
+        assert "Static export is unavailable" in notes and "HTML" in notes
+        assert not any(b.key.endswith("-png") for b in app.get("download_button"))
+        assert any(b.key.endswith("-html") for b in app.get("download_button"))
+    finally:
+        ui._export_probe.clear()
+    # A deferred PNG download whose export fails returns a readable note instead of raising.
+    monkeypatch.setattr(plots, "figure_bytes", lambda *a, **k: (_ for _ in ()).throw(plots.ExportError("no Chrome")))
+    data = ui._exporter(next(iter(app.session_state["_registry"].figures.values())), "png")()
+    assert b"Static export failed" in data and b"no Chrome" in data
+
+
+def test_query_params_restore_compare_and_attack_settings(ckpt_dir, monkeypatch):
+    monkeypatch.setenv("MGNET_CHECKPOINTS", str(ckpt_dir))
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.query_params["view"] = "Compare"
+    at.query_params["methods"] = ["Occlusion (slow)", "Guided Backprop"]
+    at.query_params["target"] = "church"
+    at.run()
+    assert not at.exception
+    assert at.multiselect(key="methods").value == ["occlusion", "guided_backprop"]
+    assert at.selectbox(key="target").value == "church"
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.query_params.update({"view": "Robustness", "rob_view": "Attack", "atk_method": "FGSM (one step)",
+                            "atk_eps": "2.5", "atk_truegrad": "true"})
+    at.run()
+    assert not at.exception
+    assert at.selectbox(key="atk_method").value == "fgsm"
+    assert at.number_input(key="atk_eps").value == 2.5
+    assert at.checkbox(key="atk_truegrad").value is True
