@@ -400,7 +400,7 @@ def main(argv=None) -> int:
             (["--sessions"] + [str(s) for s in args.sessions]) + (["--rounds", str(args.rounds)] if args.rounds != 1 else [])
             + (["--tiny"] if args.tiny else []) + (["--checkpoints", args.checkpoints] if args.checkpoints else [])
             + (["--photo-side", str(args.photo_side)] if args.photo_side != 1600 else []))
-        result = {"command": cmd, "date": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "commit": git_commit(),
+        result = {"command": cmd, "date": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "commit": os.environ.get("MGNET_COMMIT") or git_commit(),
                   "machine": machine(), "checkpoints": ckpt_text, "device": args.device, "rounds": args.rounds,
                   "photo_side": args.photo_side, "busy_during": sorted(busy), "levels": levels}
         write_report(result, Path(args.out))

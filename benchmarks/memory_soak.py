@@ -159,7 +159,11 @@ def main(argv=None) -> int:
         else:
             name, data = f"photo-{i:03d}.jpg", photo_bytes(i, args.side, examples)
         t = time.perf_counter()
-        at.file_uploader(key="upload").set_value((name, data, "image/jpeg")).run()
+        try:
+            at.file_uploader(key="upload").set_value((name, data, "image/jpeg")).run()
+        except Exception as exc:  # the page lost its uploader (the app failed to run): record and stop
+            problems.append(f"upload {i}: {type(exc).__name__}: {exc}")
+            break
         seconds = time.perf_counter() - t
         page = "\n".join(m.value for m in at.markdown)
         errs = [e.value for e in at.error]
@@ -186,7 +190,7 @@ def main(argv=None) -> int:
     cmd = "python benchmarks/memory_soak.py" + (" --tiny" if args.tiny else "") + (
         f" --uploads {args.uploads}" if args.uploads != 200 else "") + (f" --side {args.side}" if args.side != 1600 else "")
     result = {
-        "command": cmd, "date": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "commit": git_commit(),
+        "command": cmd, "date": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "commit": os.environ.get("MGNET_COMMIT") or git_commit(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores; torch {torch.__version__}",
         "checkpoints": sorted(p.name for p in ckpts.iterdir()), "checkpoints_short": short,
         "uploads": args.uploads, "photo": f"{args.side}x{args.side * 3 // 4} JPEG", "bad_every": args.bad_every,
