@@ -18,14 +18,16 @@ README = """MGNet Explorer: one view, exported
 figures/   every figure of the view: PNG (2x) and SVG, rendered by plotly + kaleido
            (or interactive HTML when static export was not possible here; see EXPORT-NOTE.txt)
 images/    the images shown as pictures (crops, what the network saw, adversarial inputs), lossless PNG
+photo/     the photo file exactly as it was given to the app (same bytes, same sha256)
 settings.json
-           every setting of the view: photo (file hash and pixel hash), checkpoint (file name and
-           sha256), glimpses, step, methods, target, corruption, attack, seeds, software versions,
-           and the URL query that reopens this view in the app.
+           the view's settings in the figure tool's schema (mgnet-figures/1, docs/figures.md):
+           checkpoints with their sha256, the photo, methods, target, glimpses, corruption, attack and
+           seed. Under "app": everything else the app knew (photo hashes, glimpse step, the URL query that
+           reopens this view, software versions, git commit).
 
-The figures are drawn by mgnet.plots from results of the mgnet library, the same code a script or the
-figure CLI uses: load the same photo and checkpoint (check the sha256 values) and call the functions
-named in settings.json to reproduce them.
+Reproduce the view's figures from the repository root (the tool checks the checkpoints' sha256):
+
+    python -m mgnet.figures --settings path/to/this/folder/settings.json --out figures
 """
 
 
@@ -44,11 +46,43 @@ def versions() -> dict:
     return out
 
 
-def settings_document(settings: dict) -> dict:
-    """The settings JSON of a view: the app's settings plus provenance."""
-    doc = {"app": "MGNet Explorer", "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+SCHEMA = "mgnet-figures/1"
+FIGURE_OF_VIEW = {"Glimpses": ["strip"], "Compare": ["grid"], "Robustness": ["robustness"]}
+
+
+def figure_settings(view: str, photo_file: str, mgnet: dict, baseline: dict | None, n_glimpses: int | None,
+                    compare: dict | None = None, corruption: dict | None = None, attack: dict | None = None,
+                    seed: int = 0) -> dict:
+    """The view's settings in the figure tool's schema (``mgnet-figures/1``, docs/figures.md).
+
+    ``mgnet`` / ``baseline``: {"path", "sha256"}; ``compare``: the Compare tab's request (methods, target,
+    true_grad); ``corruption``: {"name", "severity"}; ``attack``: the Attack tab's request with ``source``
+    already mapped to "mgnet" or "baseline".
+    """
+    doc = {"schema": SCHEMA, "checkpoints": {"mgnet": mgnet, "baseline": baseline}, "images": [photo_file],
+           "figures": FIGURE_OF_VIEW.get(view, ["strip"]), "models": ["mgnet"] + (["baseline"] if baseline else []),
+           "n_glimpses": n_glimpses, "seed": int(seed), "topk": 0.2}
+    if compare:
+        doc["methods"] = list(compare.get("methods") or [])
+        target = compare.get("target")
+        doc["target"] = "mgnet" if target == "predicted" else None if target in (None, "own") else target
+        doc["s_grad"] = 1.0 if compare.get("true_grad") else None
+    if corruption:
+        doc["corruptions"] = [{"name": corruption["name"], "severity": int(corruption["severity"])}]
+    if attack:
+        doc["attacks"] = [{"method": attack["method"], "eps": float(attack["eps"]), "steps": int(attack["steps"]),
+                           "norm": attack["norm"], "source": attack["source"], "true_grad": bool(attack["true_grad"]),
+                           "step_size": float(attack["step_size"]) if attack.get("step_size") else None}]
+    return doc
+
+
+def settings_document(settings: dict, figure_doc: dict | None = None) -> dict:
+    """settings.json of a bundle: the figure tool's settings, with the app's own under "app"."""
+    app = {"name": "MGNet Explorer", "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
            "mgnet_commit": git_commit(), "versions": versions()}
-    doc.update(settings)
+    app.update(settings)
+    doc = dict(figure_doc or {"schema": SCHEMA})
+    doc["app"] = app
     return doc
 
 
@@ -66,13 +100,17 @@ def _jsonable(obj):
     return obj
 
 
-def build_bundle(figures: dict, images: dict, settings: dict, static: bool = True) -> bytes:
-    """A zip of figures (PNG + SVG, or HTML when static export fails), images (PNG) and settings.json."""
+def build_bundle(figures: dict, images: dict, settings: dict, static: bool = True, figure_doc: dict | None = None,
+                 photo: tuple[str, bytes] | None = None) -> bytes:
+    """A zip of figures (PNG + SVG, or HTML when static export fails), images (PNG), the photo file as given
+    (``photo`` = (file name, bytes), stored as photo/<name>) and settings.json."""
     buf = io.BytesIO()
     problems = []
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("README.txt", README)
-        zf.writestr("settings.json", json.dumps(_jsonable(settings_document(settings)), indent=2, sort_keys=False))
+        zf.writestr("settings.json", json.dumps(_jsonable(settings_document(settings, figure_doc)), indent=2))
+        if photo is not None:
+            zf.writestr(f"photo/{photo[0]}", photo[1])
         for name, fig in figures.items():
             done = False
             if static and not problems:

@@ -17,7 +17,7 @@ import streamlit as st  # noqa: E402
 st.set_page_config(page_title="MGNet Explorer", page_icon="👁", layout="wide")
 
 from app import compare, glimpses, robustness, services, ui  # noqa: E402
-from app.export import build_bundle  # noqa: E402
+from app.export import build_bundle, figure_settings  # noqa: E402
 from mgnet import plots  # noqa: E402
 
 VIEWS = ["Glimpses", "Compare", "Robustness"]
@@ -106,23 +106,57 @@ def view_settings(photo, entry, n, view) -> dict:
     return s
 
 
-def sidebar_export(photo, entry, n, view):
+def safe_name(name: str) -> str:
+    stem, dot, ext = Path(name).name.rpartition(".")
+    clean = "".join(c if c.isalnum() or c in "-_" else "_" for c in (stem or ext))[:80] or "photo"
+    return f"{clean}.{''.join(c for c in ext if c.isalnum())[:5]}" if dot else clean
+
+
+def figure_document(photo, entry, n, view, cat) -> dict:
+    """The view in the figure tool's settings schema (reproducible with python -m mgnet.figures --settings)."""
+    ss = st.session_state
+    cmp_req = ss.get("cmp_request") if ss.get("cmp_request", {}).get("photo") == photo.key else None
+    atk_req = ss.get("atk_request") if ss.get("atk_request", {}).get("photo") == photo.key else None
+    chosen = (cmp_req or {}).get("models", []) if view == "Compare" else ss.get("rob_models", [])
+    bases = [m for m in cat.baselines if services.compatible(entry, m)]
+    base = next((m for m in bases if m.name in chosen), bases[0] if bases else None)
+    attack = None
+    if view == "Robustness" and atk_req:
+        src = "mgnet" if atk_req["source"] == entry.name else "baseline" if base and atk_req["source"] == base.name \
+            else None
+        # The figure tool crafts untargeted attacks only; a targeted one stays in the app's own settings.
+        attack = dict(atk_req, source=src) if src and not atk_req.get("targeted") else None
+    corruption = ({"name": ss["cor_name"], "severity": ss.get("cor_sev", 3)}
+                  if view == "Robustness" and ss.get("cor_name") else None)
+    seed = (atk_req or {}).get("seed") if attack else ss.get("cor_seed", 0) if corruption else 0
+    return figure_settings(
+        view, f"photo/{safe_name(photo.name)}",
+        {"path": services.relative_path(entry.path), "sha256": entry.sha256},
+        {"path": services.relative_path(base.path), "sha256": base.sha256} if base else None,
+        None if entry.is_baseline else n, compare=cmp_req if view == "Compare" else None,
+        corruption=corruption, attack=attack, seed=int(seed or 0))
+
+
+def sidebar_export(photo, entry, n, view, cat):
     reg = ui.registry()
     reg.settings.update(view_settings(photo, entry, n, view))
     figures, images, settings = dict(reg.figures), dict(reg.images), dict(reg.settings)
-    full = photo.image
+    doc = figure_document(photo, entry, n, view, cat)
+    reg.settings["figure_settings"] = doc
+    full, original = photo.image, (safe_name(photo.name), photo.data)
 
     def bundle() -> bytes:  # runs only when the button is clicked, on its own thread
         return build_bundle(figures, {"photo": plots.downscale(full, 2048), **images}, settings,
-                            static=ui.export_available())
+                            static=ui.export_available(), figure_doc=doc, photo=original)
+
     sb = st.sidebar
     sb.header("Export")
-    sb.download_button("⬇ Download this view (zip)",
-                       bundle,
+    sb.download_button("⬇ Download this view (zip)", bundle,
                        file_name=f"mgnet-{view.lower()}-{photo.key[:8]}.zip", mime="application/zip",
                        key="bundle", on_click="ignore", width="stretch",
-                       help="Every figure (PNG + SVG) and image of this view, and a settings.json with the "
-                            "checkpoint hash, methods and seeds that reproduce it.")
+                       help="Every figure (PNG + SVG) and image of this view, the photo file, and a settings.json "
+                            "(checkpoint hashes, methods, seeds) that `python -m mgnet.figures --settings` "
+                            "reproduces.")
     if not ui.export_available():
         sb.caption(f"PNG/SVG/PDF export is unavailable: {ui.export_problem()} The bundle holds HTML figures.")
     sb.caption("The page address (URL) keeps this view's settings: copy it to share or bookmark the view. "
@@ -173,7 +207,7 @@ def main():
             with ui.panel("Robustness"):
                 robustness.render(photo, entry, a, cat, settings)
     with ui.panel("Export"):
-        sidebar_export(photo, entry, n, view)
+        sidebar_export(photo, entry, n, view, cat)
 
 
 main()

@@ -148,6 +148,14 @@ def catalog(folder: Path | None = None) -> Catalog:
     return cat
 
 
+def relative_path(path: Path) -> str:
+    """The path relative to the repository when it lies inside it (portable settings), else absolute."""
+    try:
+        return str(Path(path).resolve().relative_to(ROOT))
+    except ValueError:
+        return str(Path(path).resolve())
+
+
 def compatible(a: ModelEntry, b: ModelEntry) -> bool:
     """Same classes and input size: their predictions, maps and attacks can be compared directly."""
     return list(a.model.classes) == list(b.model.classes) and a.model.image_size == b.model.image_size
@@ -185,6 +193,7 @@ class Photo:
     name: str
     source: str                  # "example", "upload" or "camera"
     file_sha256: str
+    data: bytes = b""            # the file as given (for the export bundle)
 
     @property
     def width(self) -> int:
@@ -208,7 +217,7 @@ def decode(data: bytes, name: str, source: str) -> Photo:
     """Decode uploaded/example bytes once per content; raises ValueError with load_image's message."""
     sha = hashlib.sha256(data).hexdigest()
     image, key = _decode(sha, data)
-    return Photo(image, key, name, source, sha)
+    return Photo(image, key, name, source, sha, data)
 
 
 def picture(photo: Photo, max_side: int = 640):

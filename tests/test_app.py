@@ -395,12 +395,17 @@ def test_bundle_contents(app, static):
     if static and plots.export_problem():
         pytest.skip(f"no static export here: {plots.export_problem()}")
     figures = {k: reg.figures[k] for k in list(reg.figures)[:2]}
-    data = build_bundle(figures, dict(reg.images), dict(reg.settings), static=static)
+    doc = reg.settings["figure_settings"]
+    data = build_bundle(figures, dict(reg.images), dict(reg.settings), static=static, figure_doc=doc,
+                        photo=("parachute_1.jpg", b"jpeg bytes"))
     zf = zipfile.ZipFile(io.BytesIO(data))
     names = set(zf.namelist())
     settings = json.loads(zf.read("settings.json"))
-    assert settings["model"]["sha256"] == reg.settings["model"]["sha256"]
-    assert settings["mgnet_commit"] and settings["versions"]["torch"]
+    assert settings["schema"] == "mgnet-figures/1" and settings["images"] == ["photo/parachute_1.jpg"]
+    assert settings["checkpoints"]["mgnet"]["sha256"] == reg.settings["model"]["sha256"]
+    assert settings["app"]["model"]["sha256"] == reg.settings["model"]["sha256"]
+    assert settings["app"]["mgnet_commit"] and settings["app"]["versions"]["torch"]
+    assert zf.read("photo/parachute_1.jpg") == b"jpeg bytes"
     for k in figures:
         assert ({f"figures/{k}.png", f"figures/{k}.svg"} if static else {f"figures/{k}.html"}) <= names
     for k in reg.images:
@@ -449,3 +454,36 @@ def test_query_params_restore_compare_and_attack_settings(ckpt_dir, monkeypatch)
     assert at.selectbox(key="atk_method").value == "fgsm"
     assert at.number_input(key="atk_eps").value == 2.5
     assert at.checkbox(key="atk_truegrad").value is True
+
+
+@pytest.mark.parametrize("view", ["Compare", "Robustness"])
+def test_bundle_settings_reproduce_through_the_figure_cli(app, view, tmp_path):
+    """The bundle's settings.json is a valid --settings file for python -m mgnet.figures."""
+    import subprocess
+    import sys
+
+    from app.export import build_bundle
+
+    if view == "Compare":
+        switch(app, "Compare")
+        app.multiselect(key="methods").set_value(["saliency"])
+        submit(app, "Compute maps")
+    else:
+        switch(app, "Robustness", "Attack")
+        app.selectbox(key="atk_method").set_value("fgsm")
+        submit(app, "Run attack")
+    reg = app.session_state["_registry"]
+    doc = reg.settings["figure_settings"]
+    assert doc["figures"] == (["grid"] if view == "Compare" else ["robustness"])
+    if view == "Compare":
+        assert doc["methods"] == ["saliency"] and doc["target"] == "mgnet"
+    else:
+        assert doc["attacks"][0]["method"] == "fgsm" and doc["attacks"][0]["source"] == "mgnet"
+    data = build_bundle({}, {}, dict(reg.settings), static=False, figure_doc=doc,
+                        photo=("parachute_1.jpg", (ROOT / "app" / "examples" / "parachute_1.jpg").read_bytes()))
+    zipfile.ZipFile(io.BytesIO(data)).extractall(tmp_path / "bundle")
+    out = subprocess.run([sys.executable, "-m", "mgnet.figures", "--settings", str(tmp_path / "bundle" / "settings.json"),
+                          "--out", str(tmp_path / "figs"), "--format", "html"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=600, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert list((tmp_path / "figs").glob("*.html")), out.stderr[-2000:]
