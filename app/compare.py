@@ -40,8 +40,29 @@ def resolve_target(choice: str, a, entry) -> int | None:
     return list(entry.model.classes).index(choice)
 
 
-def attribution(entry, photo, method: str, target: int | None, n_glimpses, s_grad, seed: int, progress=None):
-    return services.explain_image(entry, photo.image, photo.key, method, target, n_glimpses, s_grad, seed, progress)
+# Options of the slow methods a user may change: (method, option, label, min, max, step).
+OPTIONS = [("integrated_gradients", "n_steps", "Integrated Gradients: steps", 4, 256, 4),
+           ("smoothgrad", "nt_samples", "SmoothGrad: noisy samples", 2, 128, 2),
+           ("gradient_shap", "n_samples", "GradientSHAP: samples", 2, 128, 2),
+           ("occlusion", "window", "Occlusion: patch side in px (0 = 1/8 of the input)", 0, 128, 1)]
+
+
+def method_options(settings: dict, method: str) -> dict:
+    """The options chosen for ``method`` that differ from the library's defaults."""
+    out = {}
+    for m, opt, *_ in OPTIONS:
+        value = settings.get(f"{m}.{opt}")
+        if m == method and value is not None and value != (mx.METHODS[m].defaults.get(opt) or 0):
+            out[opt] = int(value) or None
+    if out.get("window"):
+        out["stride"] = max(1, out["window"] // 2)  # overlapping patches, as the default (S/8 window, S/16 stride)
+    return out
+
+
+def attribution(entry, photo, method: str, target: int | None, n_glimpses, s_grad, seed: int, progress=None,
+                options: dict | None = None):
+    return services.explain_image(entry, photo.image, photo.key, method, target, n_glimpses, s_grad, seed, progress,
+                                  options)
 
 
 def agreement(att_map: np.ndarray, a, fmap_model: np.ndarray) -> tuple[float | None, float]:
@@ -76,13 +97,22 @@ def render(photo, entry, a, cat, settings: dict):
         true_grad = c3.checkbox("MGNet with true gradients", value=False, key="true_grad", **QP,
                                 help="Captum on MGNet normally sees its 0.02 gradient re-scaling on the localisation "
                                      "path (as the authors trained it). Tick to switch it off (s_grad = 1).")
+        with st.expander("Options of the slow methods"):
+            cols = st.columns(len(OPTIONS))
+            opts = {}
+            for col, (m, opt, label, lo, hi, step) in zip(cols, OPTIONS):
+                default = int(mx.METHODS[m].defaults.get(opt) or 0)
+                opts[f"{m}.{opt}"] = col.number_input(label, lo, hi, value=default, step=step,
+                                                      key=f"opt_{m}_{opt}", **QP)
+            st.caption("More steps or samples give smoother, more faithful maps and take proportionally longer. "
+                       "Batches are bounded (internal_batch_size, perturbations_per_eval), so memory stays flat.")
         submitted = st.form_submit_button("Compute maps", type="primary")
     if incompatible:
         st.caption("Not comparable with this MGNet (different classes or input size): "
                    + ", ".join(b.short for b in incompatible))
 
     request = {"methods": list(methods), "models": list(bases), "target": target_choice, "self": include_self,
-               "true_grad": true_grad}
+               "true_grad": true_grad, "options": opts}
     if submitted:
         st.session_state["cmp_request"] = dict(request, photo=photo.key, model=entry.key)
     req = st.session_state.get("cmp_request")
@@ -127,7 +157,8 @@ def render(photo, entry, a, cat, settings: dict):
                 bar.progress(min(frac, 1.0), text=f"{label} · {col}: {done}/{total} forward passes")
             target = resolve_target(req["target"], a, e)
             try:
-                att = attribution(e, photo, method, target, n_glimpses, s_grad, 0, progress)
+                att = attribution(e, photo, method, target, n_glimpses, s_grad, 0, progress,
+                                  method_options(req.get("options", {}), method))
             except Exception as exc:  # one failed cell must not take the grid down
                 ui.log.exception("attribution failed")
                 captions[(label, col)] = "failed"

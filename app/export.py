@@ -52,7 +52,7 @@ FIGURE_OF_VIEW = {"Glimpses": ["strip"], "Compare": ["grid"], "Robustness": ["ro
 
 def figure_settings(view: str, photo_file: str, mgnet: dict, baseline: dict | None, n_glimpses: int | None,
                     compare: dict | None = None, corruption: dict | None = None, attack: dict | None = None,
-                    seed: int = 0) -> dict:
+                    seed: int = 0, method_options: dict | None = None) -> dict:
     """The view's settings in the figure tool's schema (``mgnet-figures/1``, docs/figures.md).
 
     ``mgnet`` / ``baseline``: {"path", "sha256"}; ``compare``: the Compare tab's request (methods, target,
@@ -67,6 +67,7 @@ def figure_settings(view: str, photo_file: str, mgnet: dict, baseline: dict | No
         target = compare.get("target")
         doc["target"] = "mgnet" if target == "predicted" else None if target in (None, "own") else target
         doc["s_grad"] = 1.0 if compare.get("true_grad") else None
+        doc["method_options"] = {m: o for m, o in (method_options or {}).items() if o and m in doc["methods"]}
     if corruption:
         doc["corruptions"] = [{"name": corruption["name"], "severity": int(corruption["severity"])}]
     if attack:

@@ -134,7 +134,9 @@ def figure_document(photo, entry, n, view, cat) -> dict:
         {"path": services.relative_path(entry.path), "sha256": entry.sha256},
         {"path": services.relative_path(base.path), "sha256": base.sha256} if base else None,
         None if entry.is_baseline else n, compare=cmp_req if view == "Compare" else None,
-        corruption=corruption, attack=attack, seed=int(seed or 0))
+        corruption=corruption, attack=attack, seed=int(seed or 0),
+        method_options={m: compare.method_options((cmp_req or {}).get("options", {}), m)
+                        for m in (cmp_req or {}).get("methods", [])})
 
 
 def sidebar_export(photo, entry, n, view, cat):

@@ -249,18 +249,20 @@ def analyze(entry: ModelEntry, photo: Photo, n_glimpses: int | None = None) -> m
 
 
 def explain_image(entry: ModelEntry, image: np.ndarray, image_key: str, method: str, target: int | None,
-                  n_glimpses=None, s_grad=None, seed: int = 0, progress=None):
-    """Captum attribution (mgnet.explain) of the model's final logit of ``target`` (None: its prediction)."""
+                  n_glimpses=None, s_grad=None, seed: int = 0, progress=None, options: dict | None = None):
+    """Captum attribution (mgnet.explain) of the model's final logit of ``target`` (None: its prediction).
+    ``options``: that method's options (mgnet.explain.METHODS[method].defaults)."""
     from mgnet import explain as mx
 
     n = None if entry.is_baseline else n_glimpses
     sg = None if entry.is_baseline else s_grad
-    key = (entry.key, image_key, method, target, n, sg, seed)
+    opts = dict(options or {})
+    key = (entry.key, image_key, method, target, n, sg, seed, tuple(sorted(opts.items())))
 
     def compute():
         x = to_model_input(image, entry.model.image_size).to(mg_analysis.model_device(entry.model))
         return mx.explain(entry.model, x, method, target=target, n_glimpses=n, s_grad=sg, seed=seed,
-                          progress=progress)
+                          progress=progress, **opts)
     return memo("explain", key, compute)
 
 

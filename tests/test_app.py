@@ -487,3 +487,24 @@ def test_bundle_settings_reproduce_through_the_figure_cli(app, view, tmp_path):
                          text=True, timeout=600, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr[-2000:]
     assert list((tmp_path / "figs").glob("*.html")), out.stderr[-2000:]
+
+
+def test_slow_method_options_reach_the_library(app, monkeypatch):
+    import mgnet.explain
+
+    seen = []
+    real = mgnet.explain.explain
+    monkeypatch.setattr(mgnet.explain, "explain",
+                        lambda model, x, method, *a, **k: seen.append((method, k)) or real(model, x, method, *a, **k))
+    switch(app, "Compare")
+    app.multiselect(key="methods").set_value(["integrated_gradients", "occlusion"])
+    app.checkbox(key="self").set_value(False)
+    app.number_input(key="opt_integrated_gradients_n_steps").set_value(8)
+    app.number_input(key="opt_occlusion_window").set_value(6)
+    submit(app, "Compute maps")
+    assert not errors(app)
+    opts = {m: k for m, k in seen}
+    assert opts["integrated_gradients"]["n_steps"] == 8
+    assert opts["occlusion"]["window"] == 6 and opts["occlusion"]["stride"] == 3
+    doc = app.session_state["_registry"].settings["figure_settings"]
+    assert doc["method_options"] == {"integrated_gradients": {"n_steps": 8}, "occlusion": {"window": 6, "stride": 3}}
