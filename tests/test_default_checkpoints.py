@@ -1,0 +1,34 @@
+"""The committed default checkpoints load, know the 10 Imagenette classes and reach their reported accuracy."""
+import json
+from pathlib import Path
+
+import pytest
+
+from mgnet import load_checkpoint
+from mgnet.data import list_image_folder
+from mgnet.evaluate import _predict_correct, label_map, load_eval_images
+from conftest import DATA, ROOT
+
+CARD = ROOT / "checkpoints" / "modelcard.json"
+NAMES = {"mgnet": "mgnet-resnet18-imagenette.pt", "baseline": "baseline-resnet18-imagenette.pt"}
+IMAGENETTE = ["tench", "English springer", "cassette player", "chain saw", "church", "French horn",
+              "garbage truck", "gas pump", "golf ball", "parachute"]
+
+
+@pytest.mark.parametrize("kind", ["mgnet", "baseline"])
+def test_committed_checkpoint_loads_and_matches_the_model_card(kind):
+    path = ROOT / "checkpoints" / NAMES[kind]
+    assert path.stat().st_size < 50 * 2**20
+    model = load_checkpoint(path, device="cpu")
+    assert model.classes == IMAGENETTE and model.checkpoint_info["kind"] == kind
+    assert model.checkpoint_info["provenance"]["git_commit"]
+    card = json.loads(CARD.read_text())
+    assert card["checkpoints"][kind]["sha256"] == model.checkpoint_info["sha256"]
+    check = card["sample_check"]
+    folder_classes, _ = list_image_folder(DATA / "val")
+    _, images, labels = load_eval_images(DATA / "val", model.image_size, check["limit"], progress=False)
+    correct = _predict_correct(model, images, label_map(model, folder_classes)[labels])
+    measured = correct.float().mean(1).tolist()
+    for got, reported in zip(measured, check[kind]):
+        assert abs(got - reported) <= 1.5 / check["limit"]  # at most one image flips across machines
+    assert measured[-1] >= 0.8
