@@ -37,8 +37,11 @@ IMAGE_ENTRIES = 8          # decoded photos kept per process (a 12 MP photo is 3
 # -- device and checkpoints ------------------------------------------------------------------------------
 @st.cache_resource(show_spinner=False)
 def device() -> torch.device:
-    """CUDA when present, else CPU; MGNET_DEVICE=cpu|cuda forces one."""
-    return pick_device(os.environ.get("MGNET_DEVICE") or None)
+    """CUDA when present, else CPU; MGNET_DEVICE=cpu|cuda forces one (an impossible request falls back to auto)."""
+    try:
+        return pick_device(os.environ.get("MGNET_DEVICE") or None)
+    except (SystemExit, RuntimeError, ValueError):
+        return pick_device(None)
 
 
 def device_text() -> str:
