@@ -61,6 +61,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def group_cpu_s(pgid: int) -> float:
+    """CPU seconds (user + system) used so far by the live processes of a process group."""
+    ticks = 0
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid:
+                ticks += int(fields[11]) + int(fields[12])
+        except (OSError, ValueError, IndexError):
+            continue
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def group_rss_mb(pgid: int) -> tuple[float, float]:
     """(RSS of the process group's leader, RSS of the whole group), MB, from /proc."""
     leader = total = 0
@@ -309,11 +325,13 @@ def write_report(result: dict, out: Path):
                              f"{p['p99']} | {p['max']} | {errs} |")
             else:
                 lines.append(f"| {level['sessions']} | {step} | 0 | | | | | | {errs} |")
-    lines += ["", "| sessions | wall time s | errors | server alive after | idle RSS MB | peak RSS MB (server) | "
-              "peak RSS MB (server + children) |", "|---:|---:|---:|---|---:|---:|---:|"]
+    lines += ["", "| sessions | wall time s | errors | server alive after | server CPU s (share of all cores) | "
+              "idle RSS MB | peak RSS MB (server) | peak RSS MB (server + children) |",
+              "|---:|---:|---:|---|---:|---:|---:|---:|"]
     for level in result["levels"]:
         lines.append(f"| {level['sessions']} | {level['wall_s']} | {len(level['errors'])} | "
-                     f"{'yes' if level['server_alive'] else 'NO'} | {level['idle_rss_mb']} | {level['peak_rss_mb']} | "
+                     f"{'yes' if level['server_alive'] else 'NO'} | {level['server_cpu_s']} "
+                     f"({level['server_cpu_share']:.0%}) | {level['idle_rss_mb']} | {level['peak_rss_mb']} | "
                      f"{level['peak_group_rss_mb']} |")
     errors = [e for level in result["levels"] for e in level["errors"]]
     lines += ["", f"**Errors: {len(errors)}.**" + ("" if not errors else " First ones:")]
@@ -323,7 +341,9 @@ def write_report(result: dict, out: Path):
               "page. All sessions share one process and its cached models; each model's operations run one at a "
               "time under the model's lock, so on a CPU-only machine latency grows with the number of sessions that "
               "ask for computation at the same moment, while the server stays up and every request completes. "
-              "RSS is sampled every 0.25 s from /proc."]
+              "RSS is sampled every 0.25 s from /proc. The browser (one Chromium, one context per session) runs on the "
+              "same machine as the server, so on a small machine it takes a large part of the CPU: the server's own "
+              "CPU time and share are given; the rest of the cores went to the browser and other processes."]
     (out / "load_test.md").write_text("\n".join(lines) + "\n")
 
 
@@ -376,7 +396,9 @@ def main(argv=None) -> int:
                 idle = server.samples[-1][1] if server.samples else None
                 print(f"{n} sessions against {server.url} ...", flush=True)
                 busy.update(busy_processes())
+                cpu0 = group_cpu_s(server.proc.pid)
                 latencies, errors, wall = asyncio.run(drive(server.url, n, args.rounds, photos, args.timeout))
+                server_cpu = group_cpu_s(server.proc.pid) - cpu0
                 busy.update(busy_processes())
                 alive = server.alive()
                 if not alive:
@@ -389,6 +411,8 @@ def main(argv=None) -> int:
             level = {"sessions": n, "wall_s": round(wall, 1), "latency": {s: percentiles(latencies[s]) for s in STEPS},
                      "raw_latency_s": latencies, "errors": errors, "server_alive": alive, "idle_rss_mb": idle,
                      "peak_rss_mb": max(s[1] for s in samples), "peak_group_rss_mb": max(s[2] for s in samples),
+                     "server_cpu_s": round(server_cpu, 1),
+                     "server_cpu_share": round(server_cpu / wall / (os.cpu_count() or 1), 2),
                      "rss_samples": samples[::4]}
             levels.append(level)
             print(json.dumps({k: level[k] for k in ("sessions", "wall_s", "latency", "peak_rss_mb",

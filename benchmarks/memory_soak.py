@@ -102,7 +102,7 @@ def plot(result: dict, path: Path):
     ax.axhline(result["rss_before_mb"], color="grey", lw=0.8, ls=":", label="after opening the page")
     ax.set_xlabel("upload number (each: decode + MGNet analysis + glimpse view)")
     ax.set_ylabel("RSS (MB)")
-    ax.set_title(f"Memory over {len(s)} uploads in one session ({result['checkpoints_short']})", fontsize=10)
+    ax.set_title(f"Memory over {len(s)} uploads in one session\n{result['checkpoints_short']}", fontsize=9)
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
