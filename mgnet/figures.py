@@ -1178,16 +1178,21 @@ def metrics_markdown(s: dict, models: dict, items, summary: dict) -> str:
     for row in summary["agreement"]:
         lines.append(f"| {row['map']} | {_fmt(row['mass_inside'], row['mass_inside_sem'])} | "
                      f"{_fmt(row['topk_iou'], row['topk_iou_sem'])} |")
-    if summary["captum"] and (s["infidelity"] or s["sensitivity"]):
-        lines += ["", "## Captum metrics (on the explained model)", "",
-                  "Infidelity (Yeh et al. 2019, `captum.metrics.infidelity`, Gaussian noise sd 0.03, normalised): "
-                  "lower is better; not defined for Grad-CAM. Max-sensitivity (`captum.metrics.sensitivity_max`): "
-                  "lower is more stable.", "", "| map | infidelity ↓ | max-sensitivity ↓ |", "|---|---|---|"]
+    shown = [k for k in ("infidelity", "sensitivity") if s[k]]
+    if summary["captum"] and shown:
+        heads = {"infidelity": "infidelity ↓", "sensitivity": "max-sensitivity ↓"}
+        lines += ["", "## Captum metrics (on the explained model)", ""]
+        if s["infidelity"]:
+            lines.append("Infidelity (Yeh et al. 2019, `captum.metrics.infidelity`, Gaussian noise sd 0.03, "
+                         "normalised): lower is better; not defined for Grad-CAM.")
+        if s["sensitivity"]:
+            lines.append("Max-sensitivity (`captum.metrics.sensitivity_max`, uniform noise ±0.02): lower is more "
+                         "stable.")
+        lines += ["", "| map | " + " | ".join(heads[k] for k in shown) + " |", "|---" * (len(shown) + 1) + "|"]
         for row in summary["captum"]:
-            if row["infidelity"] is None and row["sensitivity"] is None:
+            if all(row[k] is None for k in shown):
                 continue
-            lines.append(f"| {row['map']} | {_fmt(row['infidelity'], row['infidelity_sem'], 4)} | "
-                         f"{_fmt(row['sensitivity'], row['sensitivity_sem'], 4)} |")
+            lines.append(f"| {row['map']} | " + " | ".join(_fmt(row[k], row[f"{k}_sem"], 4) for k in shown) + " |")
     lines += ["", "Files: `metrics.csv` (one row per image × map × scoring model), `metrics.json` (settings, "
               "summary, rows), `curves.json` (every per-image curve), and the plots.", ""]
     return "\n".join(lines)

@@ -351,3 +351,16 @@ def test_without_chrome_figures_fall_back_to_html(env, monkeypatch, capsys):
     names = sorted(p.name for p in out.iterdir())
     assert [n.rsplit(".", 1)[1] for n in names] == ["json", "html", "json"]
     assert json.loads((out / "figures.json").read_text())["export_problem"].startswith("no Chrome")
+
+
+def test_metrics_with_captum_sensitivity(env):
+    out = env / "m-sens"
+    assert mf.main(["metrics", "--data", str(env / "data"), "--limit", "1", "--methods", "saliency", "--models",
+                    "mgnet", "--steps", "2", "--sensitivity", "--no-infidelity", "--format", "html",
+                    *base_args(env, out)]) == 0
+    doc = json.loads((out / "metrics.json").read_text())
+    row = next(r for r in doc["summary"]["captum"] if r["map"] == "MGNet · Saliency (gradient)")
+    assert row["sensitivity"] is not None and row["sensitivity"] >= 0 and row["infidelity"] is None
+    md = (out / "metrics.md").read_text()
+    assert "| map | max-sensitivity ↓ |" in md and "infidelity ↓" not in md
+    assert (out / "agreement.html").is_file()
