@@ -171,7 +171,7 @@ def cached_folder(root, size: int, cache_dir=None, progress: bool = True):
             raise ValueError(f"{path}: {exc}") from None
         images[i] = torch.from_numpy(resize_rgb(decoded, size)).permute(2, 0, 1)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = cache_file.with_suffix(".tmp")
+    tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")  # unique: other processes may write the same cache
     try:
         torch.save({"images": images, "labels": labels}, tmp)
         os.replace(tmp, cache_file)

@@ -114,9 +114,17 @@ def main(argv=None):
     seed_everything(args.seed)
 
     train_size = int(round(args.image_size * 1.14))
+    def load_data():
+        train = cached_folder(args.data, train_size, args.cache_dir, progress=main_proc)
+        return train, (cached_folder(args.val, args.image_size, args.cache_dir, progress=main_proc)
+                       if args.val else None)
+
     try:
-        classes, images, labels = cached_folder(args.data, train_size, args.cache_dir, progress=main_proc)
-        val = cached_folder(args.val, args.image_size, args.cache_dir, progress=main_proc) if args.val else None
+        if world > 1 and not main_proc:
+            dist.barrier()  # rank 0 decodes and writes the cache first; the others then read it
+        (classes, images, labels), val = load_data()
+        if world > 1 and main_proc:
+            dist.barrier()
     except ValueError as exc:
         raise SystemExit(f"error: {exc}")
     if val is not None and val[0] != classes:
