@@ -116,7 +116,7 @@ class _Loaded:
     error: str | None = None
 
 
-@st.cache_resource(show_spinner=False, max_entries=16)
+@st.cache_resource(show_spinner=False, max_entries=128)  # every file in the folder; errors are cached too
 def _load(path: str, mtime_ns: int, size: int, device_str: str) -> _Loaded:
     """Load once per process (per file version); a bad file's message is cached too."""
     try:
