@@ -222,6 +222,26 @@ def _pct(v):
     return f"{100 * v:.1f}%"
 
 
+def _flag(command: str, name: str):
+    words = command.split()
+    return words[words.index(name) + 1] if name in words[:-1] else None
+
+
+def training_stages(provenance: dict) -> list[dict]:
+    """The training runs behind a checkpoint, oldest first, following its ``init_from`` chain."""
+    chain, prov = [], provenance
+    while prov:
+        # The first checkpoints recorded the module as "train"; the command is mgnet.train.
+        command = prov.get("command", "?").replace("python -m train ", "python -m mgnet.train ")
+        lr = (prov.get("args") or {}).get("lr")
+        if lr is None and _flag(command, "--lr") is not None:
+            lr = float(_flag(command, "--lr"))
+        chain.append({"command": command, "epochs": prov.get("epochs"), "lr": lr,
+                      "train_seconds": prov.get("train_seconds")})
+        prov = prov.get("init_from")
+    return chain[::-1]
+
+
 def write_readme(res: dict, out_dir: Path, template_extra: str = ""):
     s = summarise(res)
     mg, base = res["checkpoints"]["mgnet"], res["checkpoints"]["baseline"]
@@ -244,22 +264,32 @@ def write_readme(res: dict, out_dir: Path, template_extra: str = ""):
     add(f"- Training data: `{pm.get('data')}` (Imagenette train split, 9,469 images, 10 classes, stored at 224x224).")
     add(f"- Validation: `{res['data']}` (1,966 images, half of the official Imagenette validation split).")
     a = pm.get("args", {})
-    add(f"- Both models: ResNet-18 from random initialisation, {a.get('epochs')} epochs, batch {a.get('batch_size')}, "
-        f"SGD (Nesterov, momentum 0.9), one-cycle learning rate with peak {a.get('lr')} and 20% warm-up, "
-        f"weight decay {a.get('weight_decay')}, label smoothing {a.get('label_smoothing')}, "
+    stages = training_stages(pm)
+    add(f"- Both models: ResNet-18 from random initialisation, batch {a.get('batch_size')}, "
+        f"SGD (Nesterov, momentum 0.9), weight decay {a.get('weight_decay')}, label smoothing {a.get('label_smoothing')}, "
         f"RandomResizedCrop({a.get('image_size')}, scale=({a.get('min_crop')}, 1)) + horizontal flip, seed {a.get('seed')}; "
         "bf16 autocast on CPU. Evaluation input: the whole image resized to "
         f"{a.get('image_size')} px (no crop), as the app does.")
+    if len(stages) == 1:
+        add(f"- Schedule: {stages[0]['epochs']} epochs, one-cycle learning rate with peak {stages[0]['lr']} "
+            "and 20% warm-up.")
+    else:
+        add(f"- Schedule, {sum(st['epochs'] or 0 for st in stages)} epochs in {len(stages)} stages, the same for "
+            "both models; each stage is a one-cycle learning rate with 20% warm-up and a fresh optimiser, and "
+            "each later stage starts from the previous stage's exported weights (`--init-from`):")
+        for i, st in enumerate(stages, 1):
+            add(f"  - stage {i}: {st['epochs']} epochs, peak learning rate {st['lr']}.")
     add(f"- MGNet: T = {mg['config']['n_glimpses']}, scale {mg['config']['scale']}, alpha {mg['config']['alpha']}, "
         f"s_grad {mg['config']['s_grad']}, scale range [{mg['config']['scale_min']}, {mg['config']['scale_max']}]. "
         "The scale was chosen so that glimpses are 48 px: with the paper's 2.33 (54 px at 128 px input) ResNet's "
         "stride rounding makes two glimpses cost 44% of a baseline pass instead of the paper's 37%.")
-    add(f"- Training time: MGNet {pm.get('train_seconds', 0) / 60:.0f} min, baseline "
-        f"{pb.get('train_seconds', 0) / 60:.0f} min ({pm.get('hardware')}; both trained at the same time, one "
-        "thread each).")
-    add("\nExact commands:\n```bash")
-    for prov in (pb, pm):  # the first checkpoints recorded the module as "train"; the command is mgnet.train
-        add(prov.get("command", "?").replace("python -m train ", "python -m mgnet.train "))
+    tm, tb = (sum(st["train_seconds"] or 0 for st in training_stages(p)) / 60 for p in (pm, pb))
+    add(f"- Training time: MGNet {tm:.0f} min, baseline {tb:.0f} min ({pm.get('hardware')}; both trained at the "
+        "same time, one thread each).")
+    add("\nExact commands, in this order:\n```bash")
+    for i in range(len(stages)):
+        for prov in (pb, pm):
+            add(training_stages(prov)[i]["command"])
     add("python -m mgnet.modelcard --data ../shared/data/imagenette2-224/val")
     add("```\nRe-running a training command resumes from `runs/<name>/last.pt` after an interruption.\n")
 
@@ -333,7 +363,8 @@ def write_readme(res: dict, out_dir: Path, template_extra: str = ""):
     for name, c in (("MGNet", mg), ("baseline", base)):
         pv = c["provenance"]
         add(f"- {name}: saved {pv.get('saved', '?')} with the repository at commit `{str(pv.get('git_commit', '?'))[:10]}`, "
-            f"{pv.get('train_seconds', 0) / 60:.0f} min of training, weights stored as fp16.")
+            f"{sum(st['train_seconds'] or 0 for st in training_stages(pv)) / 60:.0f} min of training in "
+            f"{len(training_stages(pv))} stage(s), weights stored as fp16.")
     add(template_extra)
     (out_dir / "README.md").write_text("\n".join(lines) + "\n")
 

@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from torchvision.ops import roi_align
 
-from .checkpoints import atomic_save, read_checkpoint_file, save_checkpoint
+from .checkpoints import CheckpointError, atomic_save, load_checkpoint, read_checkpoint_file, save_checkpoint
 from .data import cached_folder
 from .imagenet100 import IMAGENETTE
 from .model import build_model
@@ -48,6 +48,8 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="run directory (resume state and history)")
     p.add_argument("--export", help="write the final model in this project's checkpoint format here")
+    p.add_argument("--init-from", help="start from this checkpoint's weights (this project's format, same "
+                   "configuration and classes); the optimiser and the schedule start fresh")
     p.add_argument("--no-resume", action="store_true", help="start over even if OUT/last.pt exists")
     p.add_argument("--save-every", type=int, default=50, help="save resume state every N steps")
     p.add_argument("--amp", choices=["auto", "on", "off"], default="auto",
@@ -103,6 +105,28 @@ def _setup_distributed(device_arg):
     return 0, 1, pick_device(device_arg)
 
 
+def init_weights(model, path, class_ids) -> dict:
+    """Copy the weights of checkpoint ``path`` into ``model``; return what provenance should record."""
+    try:
+        source = load_checkpoint(path, device="cpu")
+    except (CheckpointError, OSError) as exc:
+        raise SystemExit(f"error: --init-from: {exc}")
+    mine, theirs = model.config(), source.config()
+    differ = sorted(k for k in mine if mine[k] != theirs.get(k))
+    if differ:
+        raise SystemExit(f"error: --init-from {path} was trained with a different configuration ("
+                         + ", ".join(f"{k}: {theirs.get(k)} here {mine[k]}" for k in differ)
+                         + "); pass the same --kind, --scale, --glimpses and --image-size.")
+    if list(source.checkpoint_info.get("class_ids") or []) != list(class_ids):
+        raise SystemExit(f"error: --init-from {path} has different classes from --data.")
+    model.load_state_dict(source.state_dict())
+    info = source.checkpoint_info
+    prov = info.get("provenance") or {}
+    keep = ("git_commit", "saved", "command", "epochs", "train_seconds", "total_epochs", "total_train_seconds",
+            "init_from", "hardware")
+    return {"path": str(path), "sha256": info["sha256"], **{k: prov[k] for k in keep if k in prov}}
+
+
 def main(argv=None):
     args = parse_args(argv)
     rank, world, device = _setup_distributed(args.device)
@@ -134,6 +158,7 @@ def main(argv=None):
 
     model = build_model(args.kind, args.backbone, num_classes=len(classes), image_size=args.image_size,
                         n_glimpses=args.glimpses, scale=args.scale, alpha=args.alpha).to(device)
+    parent = init_weights(model, args.init_from, classes) if args.init_from else None
     model = model.to(memory_format=torch.channels_last)
     steps_per_epoch = max(1, len(images) // (args.batch_size * world))
     total_steps = steps_per_epoch * args.epochs
@@ -250,6 +275,11 @@ def main(argv=None):
             "processes": world, "epochs": args.epochs, "train_seconds": round(state["train_seconds"], 1),
             "args": vars(args), "metrics": {"val_accuracy_per_glimpse": last.get("val_accuracy_per_glimpse")},
         }
+        if parent is not None:
+            provenance["init_from"] = parent
+            provenance["total_epochs"] = args.epochs + parent.get("total_epochs", parent.get("epochs") or 0)
+            provenance["total_train_seconds"] = round(
+                state["train_seconds"] + parent.get("total_train_seconds", parent.get("train_seconds") or 0), 1)
         save_checkpoint(model, args.export, classes=names, class_ids=classes, provenance=provenance)
         print(f"wrote {args.export}", flush=True)
     if world > 1:

@@ -99,3 +99,45 @@ def test_ddp_with_two_cpu_processes(folder, tmp_path):
 def test_bad_data_folder_exits_with_a_message(tmp_path):
     res = run(TRAIN + ["--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o")])
     assert res.returncode != 0 and "does not exist" in res.stderr
+
+
+def test_init_from_starts_from_the_given_weights_and_records_the_chain(folder, tmp_path):
+    first = run(TRAIN + train_args(folder, tmp_path / "s1", tmp_path / "s1.pt", epochs=1))
+    assert first.returncode == 0, first.stderr[-2000:]
+    parent = load_checkpoint(tmp_path / "s1.pt", device="cpu")
+
+    # With a zero learning rate, the second stage must export exactly the first stage's weights
+    # (BatchNorm running statistics aside, which still update in train mode).
+    second = run(TRAIN + train_args(folder, tmp_path / "s2", tmp_path / "s2.pt", epochs=1, lr=0.0,
+                                    init_from=tmp_path / "s1.pt"))
+    assert second.returncode == 0, second.stderr[-2000:]
+    child = load_checkpoint(tmp_path / "s2.pt", device="cpu")
+    weights = {k: v for k, v in parent.state_dict().items() if "running" not in k and "num_batches" not in k}
+    for k, v in weights.items():
+        assert torch.equal(child.state_dict()[k], v), k
+    fresh = run(TRAIN + train_args(folder, tmp_path / "s3", tmp_path / "s3.pt", epochs=1, lr=0.0, seed=1))
+    assert fresh.returncode == 0
+    other = load_checkpoint(tmp_path / "s3.pt", device="cpu")
+    assert not torch.equal(other.state_dict()["global_fc.fc.weight"], parent.state_dict()["global_fc.fc.weight"])
+
+    prov = child.checkpoint_info["provenance"]
+    assert prov["init_from"]["sha256"] == parent.checkpoint_info["sha256"]
+    assert prov["init_from"]["command"] == parent.checkpoint_info["provenance"]["command"]
+    assert prov["total_epochs"] == 2
+
+    from mgnet.modelcard import training_stages
+    stages = training_stages(prov)
+    assert [st["epochs"] for st in stages] == [1, 1]
+    assert "--init-from" not in stages[0]["command"] and "--init-from" in stages[1]["command"]
+    assert stages[1]["lr"] == 0.0
+
+
+def test_init_from_refuses_a_different_configuration(folder, tmp_path):
+    first = run(TRAIN + train_args(folder, tmp_path / "s1", tmp_path / "s1.pt", kind="baseline", epochs=1))
+    assert first.returncode == 0, first.stderr[-2000:]
+    res = run(TRAIN + train_args(folder, tmp_path / "s2", tmp_path / "s2.pt", epochs=1,
+                                 init_from=tmp_path / "s1.pt"))
+    assert res.returncode != 0 and "different configuration" in res.stderr and "--kind" in res.stderr
+    assert not (tmp_path / "s2.pt").exists()
+    res = run(TRAIN + train_args(folder, tmp_path / "s4", tmp_path / "s4.pt", init_from=tmp_path / "nope.pt"))
+    assert res.returncode != 0 and "--init-from" in res.stderr
