@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import json
 import os
-import platform
 import shutil
 import signal
 import socket
@@ -45,7 +43,9 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from machine import busy_processes, describe  # noqa: E402  (benchmarks/machine.py)
 RESULTS = ROOT / "benchmarks" / "results"
+IGNORE = ("load_test.py", "chromium", "streamlit")  # our own processes, not other load
 CHROMIUM = os.environ.get("MGNET_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                 "--disable-component-update", "--no-first-run"]
@@ -275,33 +275,6 @@ def percentiles(values: list[float]) -> dict:
             "max": round(float(v.max()), 2), "mean": round(statistics.fmean(v), 2)}
 
 
-def busy_processes() -> list[str]:
-    """Other heavy processes on the machine while we measured (e.g. model training)."""
-    out = subprocess.run(["ps", "-eo", "pcpu,args", "--sort=-pcpu"], capture_output=True, text=True).stdout
-    busy = []
-    for line in out.splitlines()[1:]:
-        cpu, _, args = line.strip().partition(" ")
-        try:
-            if float(cpu) >= 20 and "load_test.py" not in args and "chromium" not in args and "streamlit" not in args:
-                busy.append(f"{cpu}% {args[:120]}")
-        except ValueError:
-            continue
-    return busy[:5]
-
-
-def machine() -> str:
-    import torch
-
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    mem = ""
-    try:
-        with open("/proc/meminfo") as f:
-            mem = f"{int(f.readline().split()[1]) / 2**20:.0f} GiB RAM"
-    except OSError:
-        pass
-    return f"{platform.machine()}, {os.cpu_count()} CPU cores, {mem}, {gpu}; Python {platform.python_version()}"
-
-
 def write_report(result: dict, out: Path):
     out.mkdir(parents=True, exist_ok=True)
     (out / "load_test.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -395,11 +368,11 @@ def main(argv=None) -> int:
                 time.sleep(1.0)
                 idle = server.samples[-1][1] if server.samples else None
                 print(f"{n} sessions against {server.url} ...", flush=True)
-                busy.update(busy_processes())
+                busy.update(busy_processes(IGNORE))
                 cpu0 = group_cpu_s(server.proc.pid)
                 latencies, errors, wall = asyncio.run(drive(server.url, n, args.rounds, photos, args.timeout))
                 server_cpu = group_cpu_s(server.proc.pid) - cpu0
-                busy.update(busy_processes())
+                busy.update(busy_processes(IGNORE))
                 alive = server.alive()
                 if not alive:
                     errors.append({"session": -1, "step": "server", "error": "the server process died"})
@@ -425,7 +398,7 @@ def main(argv=None) -> int:
             + (["--tiny"] if args.tiny else []) + (["--checkpoints", args.checkpoints] if args.checkpoints else [])
             + (["--photo-side", str(args.photo_side)] if args.photo_side != 1600 else []))
         result = {"command": cmd, "date": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "commit": os.environ.get("MGNET_COMMIT") or git_commit(),
-                  "machine": machine(), "checkpoints": ckpt_text, "device": args.device, "rounds": args.rounds,
+                  "machine": describe(), "checkpoints": ckpt_text, "device": args.device, "rounds": args.rounds,
                   "photo_side": args.photo_side, "busy_during": sorted(busy), "levels": levels}
         write_report(result, Path(args.out))
         total = sum(len(level["errors"]) for level in levels)

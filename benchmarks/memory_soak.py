@@ -21,8 +21,6 @@ import argparse
 import io
 import json
 import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,6 +32,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from machine import busy_processes, describe  # noqa: E402  (benchmarks/machine.py)
 RESULTS = ROOT / "benchmarks" / "results"
 DEFAULT_CKPTS = ("mgnet-resnet18-imagenette.pt", "baseline-resnet18-imagenette.pt")
 
@@ -196,15 +195,13 @@ def main(argv=None) -> int:
         short = "trained: " + ", ".join(sizes)
     from mgnet.utils import git_commit
 
-    busy = subprocess.run(["ps", "-eo", "pcpu,args", "--sort=-pcpu"], capture_output=True, text=True).stdout
-    busy = [line.strip()[:120] for line in busy.splitlines()[1:6] if float(line.split()[0]) >= 20
-            and "memory_soak" not in line]
+    busy = busy_processes(("memory_soak",))
     cmd = "python benchmarks/memory_soak.py" + (" --tiny" if args.tiny else "") + (
         f" --uploads {args.uploads}" if args.uploads != 200 else "") + (f" --side {args.side}" if args.side != 1600 else "") + (
         f" --name {args.name}" if args.name != "memory_soak" else "")
     result = {
         "command": cmd, "date": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "commit": os.environ.get("MGNET_COMMIT") or git_commit(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores; torch {torch.__version__}",
+        "machine": describe(),
         "checkpoints": sorted(p.name for p in ckpts.iterdir() if p.suffix in (".pt", ".ckpt", ".pth")), "checkpoints_short": short,
         "uploads": args.uploads, "photo": f"{args.side}x{args.side * 3 // 4} JPEG", "bad_every": args.bad_every,
         "caches": {"decoded photos (max_entries)": services.IMAGE_ENTRIES, "results (max_entries)": services.RESULT_ENTRIES,

@@ -53,22 +53,47 @@ def model_device(model) -> torch.device:
 def analyze(model, image: np.ndarray, n_glimpses: int | None = None, s_grad=None) -> GlimpseAnalysis:
     """Forward one RGB uint8 photo through ``model`` (eval mode, no gradients)."""
     start = time.perf_counter()
-    x = to_model_input(image, model.image_size).to(model_device(model))
-    with model_lock(model), torch.no_grad():
-        out = model(x, n_glimpses=n_glimpses, return_crops=True)
-    probs = out.logits[:, 0].float().softmax(-1).cpu().numpy()
-    params = out.glimpses[:, 0].float().cpu().numpy()
-    seen = (out.crops[:, 0].float().clamp(0, 1) * 255 + 0.5).byte().permute(0, 2, 3, 1).cpu().numpy()
-    h = seen.shape[1]
-    boxes_model = geometry.glimpse_boxes(params, model.image_size, h)
-    height, width = image.shape[:2]
+    result = analyze_batch(model, [image], n_glimpses)[0]
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def analyze_batch(model, images: list[np.ndarray], n_glimpses: int | None = None, batch_size: int = 8,
+                  progress=None) -> list[GlimpseAnalysis]:
+    """``analysis.analyze`` for many photos, ``batch_size`` at a time on the model's device.
+
+    Per photo, the same as ``analyze`` up to float rounding of batched kernels; ``seconds`` is 0 so that
+    outputs are reproducible.
+    """
+    out: list[GlimpseAnalysis] = []
+    dev = model_device(model)
     cumulative, base = gflops(model)
-    return GlimpseAnalysis(
-        classes=list(model.classes), probs=probs, params=params,
-        boxes=geometry.to_original(boxes_model, model.image_size, width, height), boxes_model=boxes_model,
-        seen=seen, width=width, height=height, image_size=model.image_size, glimpse_size=h,
-        gflops=cumulative[:len(probs)], baseline_gflops=base, seconds=time.perf_counter() - start,
-        image_hash=image_hash(image))
+    for lo in range(0, len(images), batch_size):
+        chunk = images[lo:lo + batch_size]
+        x = torch.cat([to_model_input(im, model.image_size) for im in chunk]).to(dev)
+        with model_lock(model), torch.no_grad():
+            was = model.training
+            model.eval()
+            try:
+                res = model(x, n_glimpses=n_glimpses if not model.is_baseline else None, return_crops=True)
+            finally:
+                model.train(was)
+        probs = res.logits.float().softmax(-1).cpu().numpy()                                  # [T, B, C]
+        params = res.glimpses.float().cpu().numpy()                                           # [T, B, 3]
+        seen = (res.crops.float().clamp(0, 1) * 255 + 0.5).byte().permute(1, 0, 3, 4, 2).cpu().numpy()
+        h = seen.shape[2]
+        for b, image in enumerate(chunk):
+            boxes_model = geometry.glimpse_boxes(params[:, b], model.image_size, h)
+            height, width = image.shape[:2]
+            out.append(GlimpseAnalysis(
+                classes=list(model.classes), probs=probs[:, b], params=params[:, b],
+                boxes=geometry.to_original(boxes_model, model.image_size, width, height), boxes_model=boxes_model,
+                seen=seen[b], width=width, height=height, image_size=model.image_size, glimpse_size=h,
+                gflops=cumulative[:probs.shape[0]], baseline_gflops=base, seconds=0.0,
+                image_hash=image_hash(image)))
+        if progress is not None:
+            progress(len(chunk))
+    return out
 
 
 def display_crop(image: np.ndarray, box, size: int = 256) -> np.ndarray:

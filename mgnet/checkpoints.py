@@ -186,7 +186,7 @@ def atomic_save(obj, path):
     """torch.save to a temporary file, then rename, so a crash never leaves a half-written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # unique: several processes may write one path
     try:
         torch.save(obj, tmp)
         os.replace(tmp, path)

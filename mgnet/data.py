@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .checkpoints import atomic_save
+
 # Bounds for anything we decode. A 10000 x 10000 photo (100 MP) is accepted; beyond this we refuse.
 MAX_PIXELS = 120_000_000
 MAX_SIDE = 20_000
@@ -171,11 +173,5 @@ def cached_folder(root, size: int, cache_dir=None, progress: bool = True):
             raise ValueError(f"{path}: {exc}") from None
         images[i] = torch.from_numpy(resize_rgb(decoded, size)).permute(2, 0, 1)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")  # unique: other processes may write the same cache
-    try:
-        torch.save({"images": images, "labels": labels}, tmp)
-        os.replace(tmp, cache_file)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_save({"images": images, "labels": labels}, cache_file)
     return classes, images, labels

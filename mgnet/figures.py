@@ -55,10 +55,9 @@ from PIL import Image
 from . import corruptions as mc
 from . import explain as mx
 from . import geometry, plots
-from .analysis import GlimpseAnalysis, focus_map
+from .analysis import analyze_batch, focus_map
 from .checkpoints import CheckpointError, file_sha256, load_checkpoint
 from .data import IMAGE_EXTENSIONS, image_hash, load_image, to_model_input
-from .flops import gflops
 from .utils import model_lock, pick_device
 
 REPO = Path(__file__).resolve().parent.parent
@@ -481,42 +480,6 @@ def resolve_target(target, model, mgnet_pred: int | None = None) -> int | None:
 
 
 # -- computation ---------------------------------------------------------------------------------------
-def analyze_batch(model, images: list[np.ndarray], n_glimpses: int | None = None, batch_size: int = 8,
-                  progress=None) -> list[GlimpseAnalysis]:
-    """``analysis.analyze`` for many photos, ``batch_size`` at a time on the model's device.
-
-    Same results as ``analyze`` per photo (up to float rounding of batched kernels); ``seconds`` is 0
-    (timings are left out so that outputs are reproducible).
-    """
-    out: list[GlimpseAnalysis] = []
-    dev = next(model.parameters()).device
-    cumulative, base = gflops(model)
-    for lo in range(0, len(images), batch_size):
-        chunk = images[lo:lo + batch_size]
-        x = torch.cat([to_model_input(im, model.image_size) for im in chunk]).to(dev)
-        with model_lock(model), torch.no_grad():
-            was = model.training
-            model.eval()
-            try:
-                res = model(x, n_glimpses=n_glimpses if not model.is_baseline else None, return_crops=True)
-            finally:
-                model.train(was)
-        probs = res.logits.float().softmax(-1).cpu().numpy()                                  # [T, B, C]
-        params = res.glimpses.float().cpu().numpy()                                           # [T, B, 3]
-        seen = (res.crops.float().clamp(0, 1) * 255 + 0.5).byte().permute(1, 0, 3, 4, 2).cpu().numpy()
-        h = seen.shape[2]
-        for b, image in enumerate(chunk):
-            boxes_model = geometry.glimpse_boxes(params[:, b], model.image_size, h)
-            height, width = image.shape[:2]
-            out.append(GlimpseAnalysis(
-                classes=list(model.classes), probs=probs[:, b], params=params[:, b],
-                boxes=geometry.to_original(boxes_model, model.image_size, width, height), boxes_model=boxes_model,
-                seen=seen[b], width=width, height=height, image_size=model.image_size, glimpse_size=h,
-                gflops=cumulative[:probs.shape[0]], baseline_gflops=base, seconds=0.0,
-                image_hash=image_hash(image)))
-        if progress is not None:
-            progress(len(chunk))
-    return out
 
 
 def working_image(image: np.ndarray) -> np.ndarray:

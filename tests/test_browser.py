@@ -8,7 +8,6 @@ MGNET_CHROMIUM to another Chrome/Chromium binary. Playwright's own browser downl
 """
 from __future__ import annotations
 
-import io
 import os
 import shutil
 import signal

@@ -1,6 +1,5 @@
 """The committed default checkpoints load, know the 10 Imagenette classes and reach their reported accuracy."""
 import json
-from pathlib import Path
 
 import pytest
 

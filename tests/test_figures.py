@@ -18,6 +18,7 @@ from torch import nn
 
 from mgnet import build_model, plots, save_checkpoint
 from mgnet import figures as mf
+from mgnet import analysis
 from mgnet.analysis import analyze
 from mgnet.data import load_image
 
@@ -295,7 +296,7 @@ def test_analyze_batch_matches_analyze(env):
     model = load_checkpoint(env / "mg.pt", "cpu")
     images = [load_image(p) for p in sorted((env / "data").rglob("*.png"))[:2]]
     images[1] = np.ascontiguousarray(np.repeat(images[1], 2, axis=1))  # a non-square photo too
-    batch = mf.analyze_batch(model, images, batch_size=2)
+    batch = analysis.analyze_batch(model, images, batch_size=2)
     for image, got in zip(images, batch):
         want = analyze(model, image)
         np.testing.assert_allclose(got.probs, want.probs, atol=1e-5)

@@ -17,7 +17,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 import warnings
 from pathlib import Path
 
@@ -631,8 +630,6 @@ def test_evaluate_cli_refuses_bad_input_before_working_and_leaves_nothing(tmp_pa
         assert message in err and "Traceback" not in err, (extra, err)
         assert _listing(out_dir) == {str(out_dir): {"old.json"}}, extra
     # a damaged image inside the data folder: the message names it; no result, no cache entry, no temp file
-    from PIL import Image  # noqa: F401
-
     victim = sorted((eval_data).rglob("*.png"))[3]
     victim.write_bytes(victim.read_bytes()[:60])
     code, err = _run_evaluate(base + ["--json", str(out_dir / "res.json")], capsys)
