@@ -174,6 +174,25 @@ def summarise(res: dict) -> dict:
     }
 
 
+def training_curves(folder: Path) -> dict:
+    """Per-epoch validation accuracy of each model from ``history-<kind>.json`` (a list of the records
+    ``mgnet.train`` writes to ``runs/<name>/history.json``, every stage in order, each tagged ``stage``)."""
+    curves = {}
+    for kind in ("mgnet", "baseline"):
+        path = Path(folder) / f"history-{kind}.json"
+        if not path.exists():
+            continue
+        rows, last_stage = [], None
+        for i, rec in enumerate(json.loads(path.read_text()), 1):
+            acc = rec.get("val_accuracy_per_glimpse")
+            if acc:
+                rows.append({"x": i, "acc": acc, "first_of_stage": rec.get("stage", 1) != last_stage})
+            last_stage = rec.get("stage", 1)
+        if rows:
+            curves[kind] = rows
+    return curves
+
+
 def write_plots(res: dict, out_dir: Path) -> list[str]:
     import plotly.graph_objects as go
 
@@ -209,6 +228,23 @@ def write_plots(res: dict, out_dir: Path) -> list[str]:
     fig.update_layout(title=f"Mean over 15 ImageNet-C corruptions, {res['corruptions']['images']} val images",
                       xaxis_title="severity (0 = clean, full val)", yaxis_title="top-1 accuracy (%)")
     figs["accuracy_vs_severity.png"] = fig
+    curves = training_curves(out_dir)
+    if curves:
+        fig = go.Figure()
+        for kind, rows in curves.items():
+            colour = "#636efa" if kind == "mgnet" else "#00a67e"
+            fig.add_trace(go.Scatter(x=[r["x"] for r in rows], y=[100 * r["acc"][-1] for r in rows],
+                                     mode="lines+markers", line=dict(color=colour),
+                                     name="MGNet, all glimpses" if kind == "mgnet" else "baseline"))
+            if kind == "mgnet" and len(rows[0]["acc"]) > 1:
+                fig.add_trace(go.Scatter(x=[r["x"] for r in rows], y=[100 * r["acc"][1] for r in rows], mode="lines",
+                                         line=dict(dash="dot", color=colour), name="MGNet, 2 glimpses"))
+        starts = sorted({r["x"] for rows in curves.values() for r in rows if r["first_of_stage"] and r["x"] > 1})
+        for x in starts:
+            fig.add_vline(x=x - 0.5, line=dict(color="grey", dash="dash"))
+        fig.update_layout(title="Validation accuracy during training (dashed line: a new stage starts)",
+                          xaxis_title="epoch (all stages)", yaxis_title="top-1 accuracy (%)")
+        figs["training_curves.png"] = fig
     written = []
     for name, fig in figs.items():
         fig.update_layout(template="plotly_white", width=640, height=400, font=dict(size=13))
@@ -292,6 +328,11 @@ def write_readme(res: dict, out_dir: Path, template_extra: str = ""):
             add(training_stages(prov)[i]["command"])
     add("python -m mgnet.modelcard --data ../shared/data/imagenette2-224/val")
     add("```\nRe-running a training command resumes from `runs/<name>/last.pt` after an interruption.\n")
+    if training_curves(out_dir):
+        add("Validation accuracy was measured after every epoch to watch the runs; the last epoch of each stage is "
+            "what was exported, never a best-on-validation epoch. `history-<kind>.json` holds those per-epoch "
+            "records (`runs/<name>/history.json` of each stage, in order, tagged with the stage).\n")
+        add("![training curves](training_curves.png)\n")
 
     add("## Clean accuracy and compute\n")
     add(f"Whole validation folder ({res['clean']['mgnet']['images']} images). GFLOPs are multiply-accumulates "

@@ -140,3 +140,18 @@ def test_init_from_refuses_a_different_configuration(folder, tmp_path):
     assert not (tmp_path / "s2.pt").exists()
     res = run(TRAIN + train_args(folder, tmp_path / "s4", tmp_path / "s4.pt", init_from=tmp_path / "nope.pt"))
     assert res.returncode != 0 and "--init-from" in res.stderr
+
+
+def test_model_card_training_curves_follow_the_stages(tmp_path):
+    from mgnet.modelcard import training_curves
+
+    records = [{"epoch": 1, "stage": 1, "val_accuracy_per_glimpse": [0.3, 0.4]},
+               {"epoch": 2, "stage": 1, "val_accuracy_per_glimpse": [0.5, 0.6]},
+               {"epoch": 1, "stage": 2, "val_accuracy_per_glimpse": [0.55, 0.65]},
+               {"epoch": 2, "stage": 2}]  # an epoch without validation is skipped, not plotted as 0
+    (tmp_path / "history-mgnet.json").write_text(json.dumps(records))
+    curves = training_curves(tmp_path)
+    assert list(curves) == ["mgnet"]
+    assert [r["x"] for r in curves["mgnet"]] == [1, 2, 3]
+    assert [r["first_of_stage"] for r in curves["mgnet"]] == [True, False, True]
+    assert curves["mgnet"][2]["acc"] == [0.55, 0.65]
