@@ -2,13 +2,14 @@
 
 Starts the server on a free localhost port with tiny random-weight checkpoints, uploads a photo, checks
 that the glimpse view renders (plotly figure, crops, metrics) with no exception element on the page,
-steps and plays the glimpses, checks a bad file gives a message, and saves screenshots under
+steps and plays the glimpses, takes a photo with Chromium's fake camera, checks a bad file gives a message, and saves screenshots under
 tests/_artifacts/ (git-ignored). Chromium: `apt-get install chromium` (/usr/bin/chromium), or set
 MGNET_CHROMIUM to another Chrome/Chromium binary. Playwright's own browser download is not used.
 """
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -29,7 +30,8 @@ STREAMLIT = Path(sys.executable).with_name("streamlit")
 CLASSES = ["tench", "English springer", "cassette player", "chain saw", "church", "French horn",
            "garbage truck", "gas pump", "golf ball", "parachute"]
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--no-first-run"]
+        "--disable-component-update", "--no-first-run",
+        "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]  # a synthetic camera
 
 sync_api = pytest.importorskip("playwright.sync_api")
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"no Chromium at {CHROMIUM}")
@@ -152,6 +154,22 @@ def test_bad_file_message_then_recovery(server, browser, tmp_path):
     page.get_by_text("Compute so far").wait_for()            # the page keeps working (example shown)
     page.screenshot(path=str(ARTIFACTS / "04-bad-file.png"))
     page.close()
+
+
+def test_camera_photo_is_analysed(server, browser):
+    context = browser.new_context(viewport={"width": 1440, "height": 1600}, permissions=["camera"])
+    page = context.new_page()
+    page.set_default_timeout(120_000)
+    page.goto(server)
+    page.get_by_text("Compute so far").wait_for()
+    page.get_by_text("Camera", exact=True).click()
+    page.get_by_text("No photo yet: showing the selected example.").wait_for()
+    page.get_by_role("button", name="Take Photo").click()   # Chromium's fake camera: a synthetic test pattern
+    page.get_by_text(re.compile(r"camera\.jpg · \d+×\d+ px")).wait_for()
+    page.get_by_text("Glimpse 4 of 4", exact=True).wait_for()
+    _no_exceptions(page)
+    page.screenshot(path=str(ARTIFACTS / "05-camera.png"))
+    context.close()
 
 
 def test_compare_and_attack_views_render(server, browser):
