@@ -2,8 +2,8 @@
 
 Starts the server on a free localhost port with tiny random-weight checkpoints, uploads a photo, checks
 that the glimpse view renders (plotly figure, crops, metrics) with no exception element on the page,
-steps and plays the glimpses, takes a photo with Chromium's fake camera, checks a bad file gives a message, and saves screenshots under
-tests/_artifacts/ (git-ignored). Chromium: `apt-get install chromium` (/usr/bin/chromium), or set
+steps and plays the glimpses, takes a photo with Chromium's fake camera, checks a bad file gives a
+message, and saves screenshots under tests/_artifacts/ (git-ignored). Chromium: `apt-get install chromium` (/usr/bin/chromium), or set
 MGNET_CHROMIUM to another Chrome/Chromium binary. Playwright's own browser download is not used.
 """
 from __future__ import annotations
