@@ -403,7 +403,7 @@ def write_readme(res: dict, out_dir: Path, template_extra: str = ""):
     add("## Provenance\n")
     for name, c in (("MGNet", mg), ("baseline", base)):
         pv = c["provenance"]
-        add(f"- {name}: saved {pv.get('saved', '?')} with the repository at commit `{str(pv.get('git_commit', '?'))[:10]}`, "
+        add(f"- {name}: saved {pv.get('saved', '?')}, recorded commit `{str(pv.get('git_commit', '?'))[:16]}`, "
             f"{sum(st['train_seconds'] or 0 for st in training_stages(pv)) / 60:.0f} min of training in "
             f"{len(training_stages(pv))} stage(s), weights stored as fp16.")
     add(template_extra)

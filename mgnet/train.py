@@ -133,6 +133,7 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     main_proc = rank == 0
+    code_version = git_commit(mark_dirty=True)  # the code this process runs, not HEAD at export time
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(args.seed)
@@ -271,7 +272,7 @@ def main(argv=None):
         last = state["history"][-1] if state["history"] else {}
         provenance = {
             "data": str(Path(args.data).resolve()), "val_data": str(Path(args.val).resolve()) if args.val else None,
-            "command": command_line(), "git_commit": git_commit(), "hardware": hardware(),
+            "command": command_line(), "git_commit": code_version, "hardware": hardware(),
             "processes": world, "epochs": args.epochs, "train_seconds": round(state["train_seconds"], 1),
             "args": vars(args), "metrics": {"val_accuracy_per_glimpse": last.get("val_accuracy_per_glimpse")},
         }

@@ -36,11 +36,18 @@ def seed_everything(seed: int):
     torch.manual_seed(seed)
 
 
-def git_commit() -> str:
+def git_commit(mark_dirty: bool = False) -> str:
+    """HEAD of this repository; with ``mark_dirty``, "-dirty" is appended when tracked files differ from it."""
+    here = Path(__file__).resolve().parent
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                             capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or "unknown"
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        sha = out.stdout.strip() or "unknown"
+        if mark_dirty and sha != "unknown":
+            status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                                    capture_output=True, text=True, timeout=10)
+            if status.stdout.strip():
+                sha += "-dirty"
+        return sha
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
