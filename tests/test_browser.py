@@ -164,11 +164,21 @@ def test_camera_photo_is_analysed(server, browser):
     page.get_by_text("Compute so far").wait_for()
     page.get_by_text("Camera", exact=True).click()
     page.get_by_text("No photo yet: showing the selected example.").wait_for()
-    page.get_by_role("button", name="Take Photo").click()   # Chromium's fake camera: a synthetic test pattern
-    page.get_by_text(re.compile(r"camera\.jpg · \d+×\d+ px")).wait_for()
+    # Chromium's fake camera streams a synthetic test pattern; a click before the first frame takes nothing.
+    page.wait_for_function("() => [...document.querySelectorAll('video')].some(v => v.readyState >= 2 "
+                           "&& v.videoWidth > 0)")
+    shot = page.get_by_text(re.compile(r"camera\.jpg · \d+×\d+ px"))
+    for attempt in range(3):
+        page.get_by_role("button", name="Take Photo").click()
+        try:
+            shot.wait_for(timeout=40_000)
+            break
+        except sync_api.TimeoutError:
+            page.screenshot(path=str(ARTIFACTS / f"07-camera-attempt-{attempt + 1}.png"))
+    shot.wait_for()
     page.get_by_text("Glimpse 4 of 4", exact=True).wait_for()
     _no_exceptions(page)
-    page.screenshot(path=str(ARTIFACTS / "05-camera.png"))
+    page.screenshot(path=str(ARTIFACTS / "07-camera.png"))
     context.close()
 
 
