@@ -36,9 +36,10 @@ def seed_everything(seed: int):
     torch.manual_seed(seed)
 
 
-def git_commit(mark_dirty: bool = False) -> str:
-    """HEAD of this repository; with ``mark_dirty``, "-dirty" is appended when tracked files differ from it."""
-    here = Path(__file__).resolve().parent
+def git_commit(mark_dirty: bool = False, repo=None) -> str:
+    """HEAD of this repository (or ``repo``); with ``mark_dirty``, "-dirty" is appended when tracked files
+    differ from it."""
+    here = Path(repo) if repo is not None else Path(__file__).resolve().parent
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
         sha = out.stdout.strip() or "unknown"

@@ -155,3 +155,20 @@ def test_model_card_training_curves_follow_the_stages(tmp_path):
     assert [r["x"] for r in curves["mgnet"]] == [1, 2, 3]
     assert [r["first_of_stage"] for r in curves["mgnet"]] == [True, False, True]
     assert curves["mgnet"][2]["acc"] == [0.55, 0.65]
+
+
+def test_git_commit_marks_uncommitted_changes(tmp_path):
+    from mgnet.utils import git_commit
+
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@example.org"]
+    subprocess.run(git + ["init", "-q"], check=True)
+    (tmp_path / "a.py").write_text("x = 1\n")
+    subprocess.run(git + ["add", "a.py"], check=True)
+    subprocess.run(git + ["commit", "-qm", "one"], check=True)
+    head = subprocess.run(git + ["rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert git_commit(mark_dirty=True, repo=tmp_path) == head
+    (tmp_path / "new.py").write_text("untracked files do not count\n")
+    assert git_commit(mark_dirty=True, repo=tmp_path) == head
+    (tmp_path / "a.py").write_text("x = 2\n")
+    assert git_commit(mark_dirty=True, repo=tmp_path) == head + "-dirty"
+    assert git_commit(repo=tmp_path) == head
