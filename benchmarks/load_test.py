@@ -43,13 +43,12 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from machine import busy_processes, describe  # noqa: E402  (benchmarks/machine.py)
+from common import busy_processes, checkpoint_folder, describe, tiny_checkpoints  # noqa: E402  (benchmarks/common.py)
 RESULTS = ROOT / "benchmarks" / "results"
 IGNORE = ("load_test.py", "chromium", "streamlit")  # our own processes, not other load
 CHROMIUM = os.environ.get("MGNET_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                 "--disable-component-update", "--no-first-run"]
-DEFAULT_CKPTS = ("mgnet-resnet18-imagenette.pt", "baseline-resnet18-imagenette.pt")
 STEPS = ("open", "upload", "compare", "attack")
 ERROR_WORDS = ("failed", "could not be used", "ran out of memory", "No usable checkpoint")
 
@@ -338,24 +337,11 @@ def main(argv=None) -> int:
     work = Path(tempfile.mkdtemp(prefix="mgnet-load-"))
     try:
         if args.tiny:
-            import torch
-
-            from mgnet import build_model, save_checkpoint
-
-            ckpts = work / "checkpoints"
-            ckpts.mkdir()
-            classes = [p.stem.rsplit("_", 1)[0].replace("_", " ") for p in sorted((ROOT / "app/examples").glob("*_1.jpg"))]
-            torch.manual_seed(0)
-            save_checkpoint(build_model("mgnet", num_classes=len(classes), image_size=64, n_glimpses=4),
-                            ckpts / "mgnet-tiny.pt", classes=classes)
-            save_checkpoint(build_model("baseline", num_classes=len(classes), image_size=64), ckpts / "baseline-tiny.pt",
-                            classes=classes)
+            ckpts = tiny_checkpoints(work)
             ckpt_text = "tiny random-weight MGNet and baseline (64 px)"
         else:
-            ckpts = Path(args.checkpoints) if args.checkpoints else ROOT / "checkpoints"
-            missing = [n for n in DEFAULT_CKPTS if not (ckpts / n).is_file()] if not args.checkpoints else []
-            if missing:
-                print(f"error: {', '.join(missing)} not in {ckpts}; train them or pass --tiny", file=sys.stderr)
+            ckpts = checkpoint_folder(args.checkpoints)
+            if ckpts is None:
                 return 2
             ckpt_text = ", ".join(sorted(p.name for p in ckpts.iterdir() if p.suffix in (".pt", ".ckpt")))
         photos = make_photos(work, max(args.sessions), args.rounds, args.photo_side)

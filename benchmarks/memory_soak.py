@@ -32,9 +32,8 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from machine import busy_processes, describe  # noqa: E402  (benchmarks/machine.py)
+from common import busy_processes, checkpoint_folder, describe, tiny_checkpoints  # noqa: E402  (benchmarks/common.py)
 RESULTS = ROOT / "benchmarks" / "results"
-DEFAULT_CKPTS = ("mgnet-resnet18-imagenette.pt", "baseline-resnet18-imagenette.pt")
 
 
 def rss_mb() -> float:
@@ -121,26 +120,13 @@ def main(argv=None) -> int:
     ap.add_argument("--name", default="memory_soak", help="file name stem of the results (default memory_soak)")
     args = ap.parse_args(argv)
 
-    import torch
-
     work = Path(tempfile.mkdtemp(prefix="mgnet-soak-"))
     if args.tiny:
-        from mgnet import build_model, save_checkpoint
-
-        classes = [p.stem.rsplit("_", 1)[0].replace("_", " ") for p in sorted((ROOT / "app/examples").glob("*_1.jpg"))]
-        ckpts = work / "checkpoints"
-        ckpts.mkdir()
-        torch.manual_seed(0)
-        save_checkpoint(build_model("mgnet", num_classes=len(classes), image_size=64), ckpts / "mgnet-tiny.pt",
-                        classes=classes)
-        save_checkpoint(build_model("baseline", num_classes=len(classes), image_size=64), ckpts / "baseline-tiny.pt",
-                        classes=classes)
+        ckpts = tiny_checkpoints(work)
         short = "tiny random checkpoints, 64 px"
     else:
-        ckpts = Path(args.checkpoints) if args.checkpoints else ROOT / "checkpoints"
-        missing = [n for n in DEFAULT_CKPTS if not (ckpts / n).is_file()] if not args.checkpoints else []
-        if missing:
-            print(f"error: {', '.join(missing)} not in {ckpts}; train them or pass --tiny", file=sys.stderr)
+        ckpts = checkpoint_folder(args.checkpoints)
+        if ckpts is None:
             return 2
         short = "trained checkpoints"
     os.environ["MGNET_CHECKPOINTS"] = str(ckpts)
