@@ -60,6 +60,9 @@ def tiny_checkpoints(work: Path) -> Path:
 def checkpoint_folder(chosen: str | None) -> Path | None:
     """The folder given, or checkpoints/ if it holds the defaults; None (after a message) if they are missing."""
     if chosen:
+        if not Path(chosen).is_dir():
+            print(f"error: --checkpoints {chosen} is not a folder", file=sys.stderr)
+            return None
         return Path(chosen)
     ckpts = ROOT / "checkpoints"
     missing = [n for n in DEFAULT_CKPTS if not (ckpts / n).is_file()]
