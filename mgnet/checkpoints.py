@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import hashlib
-import os
 import pickle
 import re
 from pathlib import Path
@@ -17,6 +16,7 @@ import torch
 
 from .model import MGNet
 from .imagenet100 import IMAGENET100
+from .utils import atomic_write
 
 FORMAT = "mgnet-explorer-checkpoint"
 FORMAT_VERSION = 1
@@ -184,12 +184,4 @@ def save_checkpoint(model: MGNet, path, classes=None, class_ids=None, provenance
 
 def atomic_save(obj, path):
     """torch.save to a temporary file, then rename, so a crash never leaves a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # unique: several processes may write one path
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:  # disk full, interrupted...: leave neither a partial file nor the temporary one
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ import torch
 from .checkpoints import CheckpointError, load_checkpoint
 from .data import cached_folder, list_image_folder, resize_rgb
 from .flops import gflops
-from .utils import pick_device
+from .utils import atomic_write, pick_device
 
 
 @torch.no_grad()
@@ -170,15 +169,7 @@ def format_table(result: dict) -> str:
 
 
 def write_json_atomic(obj, path):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text(json.dumps(obj, indent=2))
-        os.replace(tmp, path)
-    except BaseException:  # never leave a half-written result or its temporary file
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2)))
 
 
 def parse_args(argv=None):

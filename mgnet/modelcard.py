@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoints import load_checkpoint
+from .checkpoints import atomic_save, load_checkpoint
 from .corruptions import CORRUPTIONS
 from .data import list_image_folder
 from .evaluate import (_predict_correct, _stored_size, attack_batch, corrupt_batch, label_map, load_eval_images,
@@ -47,9 +47,7 @@ def _corrupt_job(job):
     torch.set_num_threads(1)
     _, images, _ = load_eval_images(data, size, limit, cache_dir, progress=False)
     bad = corrupt_batch(images, name, severity, out_size, seed, progress=False)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(bad, tmp)
-    os.replace(tmp, path)
+    atomic_save(bad, path)
     return path
 
 

@@ -36,6 +36,21 @@ def seed_everything(seed: int):
     torch.manual_seed(seed)
 
 
+def atomic_write(path, write) -> Path:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it over ``path``: a crash or a
+    full disk never leaves a half-written file, nor the temporary one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # unique: several processes may write one path
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
 def git_commit(mark_dirty: bool = False, repo=None) -> str:
     """HEAD of this repository (or ``repo``); with ``mark_dirty``, "-dirty" is appended when tracked files
     differ from it."""
