@@ -36,20 +36,75 @@ def accuracy_per_glimpse(model, images_u8, labels, batch_size=256, device=None, 
 @torch.no_grad()
 def _predict_correct(model, images_u8, labels, batch_size=256, device=None, dtype=None, progress=False):
     """Bool [T, N]: whether the prediction after each glimpse is right (uint8 or [0, 1] float images)."""
+    return _run(model, images_u8, labels, batch_size, device, dtype, progress)[0]
+
+
+@torch.no_grad()
+def _run(model, images_u8, labels, batch_size=256, device=None, dtype=None, progress=False, glimpse_params=None):
+    """(correct [T, N] bool, glimpse params used [T, N, 3]); ``glimpse_params`` [T - 1, N, 3] overrides
+    MGNet's own glimpses 2..T (see ``MGNet.forward``)."""
     from tqdm import tqdm
 
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
-    hits = []
-    for i in tqdm(range(0, len(images_u8), batch_size), desc="evaluating", disable=not progress, unit="batch"):
-        x = images_u8[i:i + batch_size].to(device)
-        x = x.float().div_(255.0) if x.dtype == torch.uint8 else x
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            logits = model(x).logits
-        hits.append(logits.argmax(-1).cpu() == labels[i:i + batch_size])
-    model.train(was_training)
-    return torch.cat(hits, dim=1)
+    hits, used = [], []
+    try:
+        for i in tqdm(range(0, len(images_u8), batch_size), desc="evaluating", disable=not progress, unit="batch"):
+            x = images_u8[i:i + batch_size].to(device)
+            x = x.float().div_(255.0) if x.dtype == torch.uint8 else x
+            kw = {} if glimpse_params is None else {"glimpse_params": glimpse_params[:, i:i + batch_size]}
+            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                out = model(x, **kw)
+            hits.append(out.logits.argmax(-1).cpu() == labels[i:i + batch_size])
+            used.append(out.glimpses.float().cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(hits, dim=1), torch.cat(used, dim=1)
+
+
+LOCATION_MODES = ("learned", "centre", "shuffled")
+
+
+def location_ablation(model, images_u8, labels, batch_size=256, seed=0, progress=False) -> dict:
+    """Does it matter where MGNet looks? Accuracy after each glimpse when glimpses 2..T go where the
+    model chose ("learned"), to the image centre at the scales it chose ("centre"), or where it chose
+    for another image of the set, paired at random, no image with itself ("shuffled").
+
+    Returns {"correct": {mode: bool [T, N]}, "params": learned (scale, tx, ty) [T, N, 3]}.
+    """
+    correct, params = _run(model, images_u8, labels, batch_size, progress=progress)
+    result = {"learned": correct}
+    if params.shape[0] > 1:
+        centre = params[1:].clone()
+        centre[..., 1:] = 0.0
+        donor = random_donors(params.shape[1], seed)
+        for mode, override in (("centre", centre), ("shuffled", params[1:, donor])):
+            result[mode] = _run(model, images_u8, labels, batch_size, progress=progress, glimpse_params=override)[0]
+    return {"correct": result, "params": params}
+
+
+def random_donors(n: int, seed: int = 0) -> torch.Tensor:
+    """A random pairing of n items with no item paired with itself (n >= 2): one random cycle."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    donor = torch.empty_like(order)
+    donor[order] = order.roll(-1)
+    return donor
+
+
+def glimpse_statistics(params: torch.Tensor, bins: int = 16) -> list[dict]:
+    """Where glimpses 2..T land, from params [T, N, 3]: mean scale (share of the image side), mean
+    distance of the glimpse centre from the image centre (share of the image side), share of glimpses
+    that cover the image centre, and a bins x bins histogram of centres (rows: top to bottom)."""
+    stats = []
+    for t in range(1, params.shape[0]):
+        s, tx, ty = params[t].double().unbind(1)
+        hist, _, _ = np.histogram2d(ty.numpy(), tx.numpy(), bins=bins, range=[[-1, 1], [-1, 1]])
+        stats.append({"glimpse": t + 1, "mean_scale": round(float(s.mean()), 4),
+                      "mean_offset": round(float((tx ** 2 + ty ** 2).sqrt().mean() / 2), 4),
+                      "covers_centre": round(float(((tx.abs() <= s) & (ty.abs() <= s)).double().mean()), 4),
+                      "centre_histogram": hist.astype(int).tolist()})
+    return stats
 
 
 def spread_indices(n: int, limit: int) -> np.ndarray:

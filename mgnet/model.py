@@ -175,11 +175,14 @@ class MGNet(nn.Module):
 
     # -- forward --------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, n_glimpses: int | None = None, s_grad: float | None = None,
-                return_crops: bool = False) -> MGNetOutput:
+                return_crops: bool = False, glimpse_params: torch.Tensor | None = None) -> MGNetOutput:
         """Run up to ``n_glimpses`` glimpses on pixels ``x`` in [0, 1], shape [B, 3, H, W], H == W.
 
         ``s_grad`` overrides the gradient re-scaling for this call only (1.0 gives true gradients);
         the model itself is never modified, so concurrent callers can choose differently.
+        ``glimpse_params`` ([steps - 1, B, 3], (scale, tx, ty)) replaces the proposed glimpses 2..T,
+        for ablations such as "what if it had looked elsewhere"; the model then sees and is told
+        those locations, exactly as if it had proposed them.
         """
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"expected a [B, 3, H, W] batch, got shape {tuple(x.shape)}")
@@ -189,6 +192,9 @@ class MGNet(nn.Module):
         if steps < 1:
             raise ValueError("n_glimpses must be at least 1")
         s_grad = self.s_grad if s_grad is None else float(s_grad)
+        if glimpse_params is not None and tuple(glimpse_params.shape) != (steps - 1, x.shape[0], 3):
+            raise ValueError(f"glimpse_params must have shape {(steps - 1, x.shape[0], 3)}, "
+                             f"got {tuple(glimpse_params.shape)}")
         xn = (x - self.mean) / self.std
         size = self.glimpse_size(x.shape[-1])
         batch = x.shape[0]
@@ -208,7 +214,7 @@ class MGNet(nn.Module):
             z = self.feat_fusion(torch.stack(tokens))
             logits.append(self.global_fc(z))
             if t + 1 < steps:
-                params = self.propose(z, s_grad)
+                params = self.propose(z, s_grad) if glimpse_params is None else glimpse_params[t].to(x)
         glimpse_logits = None
         if self.glimpse_fc is not None and steps >= 2 and self.training:
             glimpse_logits = torch.stack([self.glimpse_fc(f) for f in feats[1:]])

@@ -25,8 +25,8 @@ import torch
 from .checkpoints import atomic_save, load_checkpoint
 from .corruptions import CORRUPTIONS
 from .data import list_image_folder
-from .evaluate import (_predict_correct, _stored_size, attack_batch, corrupt_batch, label_map, load_eval_images,
-                       write_json_atomic)
+from .evaluate import (_predict_correct, _stored_size, attack_batch, corrupt_batch, glimpse_statistics, label_map,
+                       load_eval_images, location_ablation, write_json_atomic)
 from .flops import gflops
 from .utils import git_commit, hardware
 
@@ -74,6 +74,14 @@ def wilson(k: float, n: int, z: float = 1.96) -> tuple[float, float]:
     return (round(centre - half, 4), round(centre + half, 4))
 
 
+def paired_difference(a: torch.Tensor, b: torch.Tensor, z: float = 1.96) -> list:
+    """Mean of a - b over paired per-image outcomes (bool [N]) with a normal-approximation 95% interval."""
+    d = a.double() - b.double()
+    mean = float(d.mean())
+    half = z * float(d.std()) / math.sqrt(len(d)) if len(d) > 1 else float("inf")
+    return [round(mean, 4), round(mean - half, 4), round(mean + half, 4)]
+
+
 def _acc(correct: torch.Tensor) -> list:
     return [round(float(c), 4) for c in correct.float().mean(1)]
 
@@ -101,6 +109,15 @@ def measure(args) -> dict:
         n = correct.shape[1]
         result["clean"][name] = {"images": n, "accuracy_per_glimpse": _acc(correct),
                                  "ci95_final": wilson(float(correct[-1].sum()), n)}
+
+    # Where MGNet looks, and whether it matters: its own glimpses vs centred and shuffled ones.
+    y = label_map(mg, folder_classes)[labels]
+    ablation = location_ablation(mg, images, y, seed=args.seed, progress=True)
+    result["locations"] = {"images": len(images), "seed": args.seed,
+                           "accuracy": {m: _acc(c) for m, c in ablation["correct"].items()},
+                           "gain_ci95": {m: paired_difference(ablation["correct"]["learned"][-1], c[-1])
+                                         for m, c in ablation["correct"].items() if m != "learned"},
+                           "glimpses": glimpse_statistics(ablation["params"])}
 
     # A small fixed sample that the test suite re-checks against the committed checkpoints.
     _, images, labels = load_eval_images(args.data, mg.image_size, SAMPLE_CHECK, cache)
@@ -226,6 +243,21 @@ def write_plots(res: dict, out_dir: Path) -> list[str]:
     fig.update_layout(title=f"Mean over 15 ImageNet-C corruptions, {res['corruptions']['images']} val images",
                       xaxis_title="severity (0 = clean, full val)", yaxis_title="top-1 accuracy (%)")
     figs["accuracy_vs_severity.png"] = fig
+    loc = res.get("locations")
+    if loc:
+        fig = go.Figure()
+        for mode, label in (("learned", "its own glimpses"), ("centre", "centred glimpses, its scales"),
+                            ("shuffled", "another image's glimpses")):
+            acc = loc["accuracy"].get(mode)
+            if acc:
+                fig.add_trace(go.Scatter(x=list(range(1, len(acc) + 1)), y=[100 * a for a in acc],
+                                         mode="lines+markers", name=f"MGNet, {label}"))
+        fig.add_hline(y=100 * s["clean_baseline"], line=dict(color="grey", dash="dash"),
+                      annotation_text="baseline", annotation_position="bottom right")
+        fig.update_layout(title=f"Does it matter where MGNet looks? ({loc['images']} val images)",
+                          xaxis_title="glimpses taken", yaxis_title="top-1 accuracy (%)", xaxis=dict(dtick=1))
+        figs["location_ablation.png"] = fig
+        figs["glimpse_locations.png"] = _location_heatmaps(loc["glimpses"])
     curves = training_curves(out_dir)
     if curves:
         fig = go.Figure()
@@ -245,11 +277,35 @@ def write_plots(res: dict, out_dir: Path) -> list[str]:
         figs["training_curves.png"] = fig
     written = []
     for name, fig in figs.items():
-        fig.update_layout(template="plotly_white", width=640, height=400, font=dict(size=13))
+        wide = name == "glimpse_locations.png"
+        fig.update_layout(template="plotly_white", width=1100 if wide else 640, height=420 if wide else 400,
+                          font=dict(size=13))
         path = out_dir / name
         fig.write_image(str(path), scale=1.5)
         written.append(name)
     return written
+
+
+def _location_heatmaps(glimpses: list[dict]):
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=len(glimpses), horizontal_spacing=0.04,
+                        subplot_titles=[f"glimpse {g['glimpse']}: mean size {100 * g['mean_scale']:.0f}% of side"
+                                        for g in glimpses])
+    peak = max(max(max(row) for row in g["centre_histogram"]) for g in glimpses) or 1
+    for i, g in enumerate(glimpses, 1):
+        hist = np.asarray(g["centre_histogram"], dtype=float)
+        edges = np.linspace(0, 1, hist.shape[0] + 1)
+        mid = (edges[:-1] + edges[1:]) / 2
+        fig.add_trace(go.Heatmap(z=hist / hist.sum() * 100, x=mid, y=mid, zmin=0, zmax=peak / hist.sum() * 100,
+                                 colorscale="Viridis", showscale=i == len(glimpses),
+                                 colorbar=dict(title="% of images")), row=1, col=i)
+        fig.update_xaxes(range=[0, 1], constrain="domain", title_text="x (share of width)", row=1, col=i)
+        fig.update_yaxes(range=[1, 0], scaleanchor=f"x{i if i > 1 else ''}", title_text="y" if i == 1 else None,
+                         row=1, col=i)
+    fig.update_layout(title="Where the centres of glimpses 2 onwards land on the image (0, 0 = top left)")
+    return fig
 
 
 def _pct(v):
@@ -360,6 +416,37 @@ def write_readme(res: dict, out_dir: Path, template_extra: str = ""):
     add("|---|---|---|")
     for label, ok, value in checks:
         add(f"| {label} | {'yes' if ok else '**no**'} | {value} |")
+
+    loc = res.get("locations")
+    if loc:
+        acc = loc["accuracy"]
+        add(f"\n## Where MGNet looks, and whether it matters ({loc['images']} val images)\n")
+        add("Glimpse 1 is always the whole image. For glimpses 2 onwards the table gives the mean glimpse size, "
+            "how far its centre lies from the image centre (both as a share of the image side) and how often "
+            "the glimpse covers the image centre.\n")
+        add("| glimpse | mean size | mean distance from centre | covers the centre |")
+        add("|---|---|---|---|")
+        for g in loc["glimpses"]:
+            add(f"| {g['glimpse']} | {_pct(g['mean_scale'])} | {_pct(g['mean_offset'])} | {_pct(g['covers_centre'])} |")
+        add("\n![glimpse locations](glimpse_locations.png)\n")
+        add("To test whether the chosen locations carry information, the same model was run with glimpses 2 "
+            "onwards moved: to the image centre at the scale MGNet chose (\"centred\"), or to the glimpses MGNet "
+            "chose for another validation image, paired at random (\"shuffled\"). The model is told the moved "
+            f"location, as if it had chosen it (seed {loc['seed']}).\n")
+        add("| glimpses taken | own glimpses | centred | shuffled |")
+        add("|---|---|---|---|")
+        for t in range(len(acc["learned"])):
+            add(f"| {t + 1} | {_pct(acc['learned'][t])} | {_pct(acc['centre'][t])} | {_pct(acc['shuffled'][t])} |")
+        parts = []
+        for mode, label in (("centre", "centred"), ("shuffled", "shuffled")):
+            gain, lo, hi = loc["gain_ci95"][mode]
+            verdict = ("better" if lo > 0 else "worse" if hi < 0 else "not distinguishable at this sample size")
+            parts.append(f"{100 * gain:+.1f} points against {label} glimpses (95% CI {100 * lo:+.1f} to "
+                         f"{100 * hi:+.1f}, paired: {verdict})")
+        add(f"\nAfter all glimpses its own locations score {parts[0]}, and {parts[1]}. Where the gain is small, "
+            "the glimpse boxes the app draws say little about why this model decided, however plausible they "
+            "look.\n")
+        add("![location ablation](location_ablation.png)\n")
 
     att = res["attacks"]
     add(f"\n## Adversarial robustness (PGD-10, L-inf, pixel space, {att['images']} val images)\n")

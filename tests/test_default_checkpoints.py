@@ -31,3 +31,16 @@ def test_committed_checkpoint_loads_and_matches_the_model_card(kind):
     for got, reported in zip(measured, check[kind]):
         assert abs(got - reported) <= 1.5 / check["limit"]  # at most one image flips across machines
     assert measured[-1] >= 0.8
+
+
+def test_model_card_text_is_generated_from_its_measurements(tmp_path):
+    """checkpoints/README.md is exactly what `python -m mgnet.modelcard --stage report` writes from
+    modelcard.json: no number in it was edited by hand or left stale."""
+    import shutil
+
+    from mgnet.modelcard import write_readme
+
+    for name in ("history-mgnet.json", "history-baseline.json"):
+        shutil.copy(ROOT / "checkpoints" / name, tmp_path / name)
+    write_readme(json.loads(CARD.read_text()), tmp_path)
+    assert (tmp_path / "README.md").read_text() == (ROOT / "checkpoints" / "README.md").read_text()

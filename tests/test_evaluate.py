@@ -84,3 +84,39 @@ def test_missing_data_and_bad_checkpoint(tiny_checkpoint, tmp_path, capsys):
     bad.write_bytes(b"not a checkpoint")
     assert main(["--checkpoint", str(bad), "--data", str(tmp_path)]) == 2
     assert "not a readable PyTorch checkpoint" in capsys.readouterr().err
+
+
+def test_location_ablation_moves_only_the_later_glimpses(tiny_folder, tiny_checkpoint):
+    from mgnet.evaluate import _predict_correct, location_ablation, load_eval_images, random_donors
+
+    model = load_checkpoint(tiny_checkpoint, device="cpu")
+    _, images, labels = load_eval_images(tiny_folder, 48, progress=False)
+    res = location_ablation(model, images, labels, batch_size=5, seed=3)
+    correct, params = res["correct"], res["params"]
+    assert set(correct) == {"learned", "centre", "shuffled"} and params.shape == (3, len(images), 3)
+    assert torch.equal(correct["learned"], _predict_correct(model, images, labels))
+
+    donors = random_donors(len(images), seed=3)
+    assert sorted(donors.tolist()) == list(range(len(images)))
+    assert not (donors == torch.arange(len(images))).any()  # nobody gets its own glimpses
+    x = images.float() / 255
+    centred = params[1:].clone()
+    centred[..., 1:] = 0
+    with torch.no_grad():
+        for mode, override in (("centre", centred), ("shuffled", params[1:, donors])):
+            direct = model(x, glimpse_params=override).logits.argmax(-1) == labels
+            assert torch.equal(correct[mode], direct), mode
+            assert torch.equal(correct[mode][0], correct["learned"][0])  # glimpse 1 is the same whole image
+
+
+def test_glimpse_statistics_of_known_glimpses():
+    from mgnet.evaluate import glimpse_statistics
+
+    params = torch.tensor([[[1.0, 0.0, 0.0]] * 2,
+                           [[0.5, 0.5, -0.5], [0.3, 0.0, 0.0]]])  # [T=2, N=2, 3]
+    (g,) = glimpse_statistics(params, bins=16)
+    assert g["glimpse"] == 2 and g["mean_scale"] == 0.4
+    assert g["mean_offset"] == round((0.5 ** 0.5 / 2) / 2, 4)  # one centred, one at (0.5, -0.5)
+    assert g["covers_centre"] == 1.0  # |0.5| <= 0.5: the first box just reaches the centre
+    hist = torch.tensor(g["centre_histogram"])
+    assert hist.sum() == 2 and hist[4, 12] == 1 and hist[8, 8] == 1  # row = y (top first), column = x

@@ -167,3 +167,25 @@ def test_bad_inputs_raise_clear_errors():
         model(torch.rand(3, 64, 64))
     with pytest.raises(ValueError, match="unknown backbone"):
         MGNet("vgg16")
+
+
+def test_glimpse_params_override_the_proposed_glimpses():
+    torch.manual_seed(0)
+    model = build_model("mgnet", num_classes=10, image_size=64, n_glimpses=3).eval()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        own = model(x, return_crops=True)
+        replay = model(x, return_crops=True, glimpse_params=own.glimpses[1:])
+        torch.testing.assert_close(replay.logits, own.logits)  # replaying its own choice changes nothing
+
+        moved = own.glimpses[1:].clone()
+        moved[..., 1:] = torch.tensor([0.4, -0.3])
+        out = model(x, return_crops=True, glimpse_params=moved)
+    torch.testing.assert_close(out.glimpses[1:], moved)
+    torch.testing.assert_close(out.logits[0], own.logits[0])  # the whole-image glimpse is untouched
+    assert not torch.allclose(out.logits[1:], own.logits[1:])
+    size = model.glimpse_size(64)
+    for t in (1, 2):
+        torch.testing.assert_close(out.crops[t], MGNet.sample(x, moved[t - 1], size), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="glimpse_params must have shape"):
+        model(x, glimpse_params=moved[:1])
