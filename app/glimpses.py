@@ -112,3 +112,32 @@ def render(photo, entry, a):
             "concentrated), summed and scaled to a maximum of 1, on the same colour scale as the saliency "
             "maps of the Compare tab. The first, whole-image glimpse carries no location and is left out.",
             expanded=False)
+    if n > 1:
+        location_row(photo, entry, a)
+
+
+def location_row(photo, entry, a):
+    """Counterfactual: the same photo with glimpses 2..T moved (same scales)."""
+    with st.spinner("Moving the glimpses…"):
+        check = services.location_check(entry, photo, a.n_glimpses)
+    name = a.classes[check.target]
+    c1, c2 = st.columns([1, 1], gap="medium")
+    with c1:
+        ui.figure(plots.location_check_figure(check, name), "location check", key="fig-location")
+    with c2:
+        flipped = sum(c != check.target for c in check.final_class["moved"])
+        centre_name = a.classes[check.final_class["centre"]]
+        spread = check.moved[:, -1]
+        st.markdown(
+            f"**Does the location matter for this photo?** After all glimpses, P({name}) is "
+            f"**{ui.pct(check.own[-1])}** with MGNet's own glimpses, {ui.pct(check.centre[-1])} with them "
+            f"centred{'' if centre_name == name else f' (prediction: {centre_name})'}, and "
+            f"{ui.pct(spread.min())}–{ui.pct(spread.max())} at {len(spread)} random positions "
+            f"({flipped} of which change the prediction).")
+        ui.explain(
+            "Glimpses 2 onwards are moved while keeping the size MGNet chose, and the model is told the new "
+            "position as if it had chosen it. If the curves barely differ, the boxes above show where it "
+            "looked but not why it decided: the whole-image first glimpse and the zoom carry the decision. "
+            "The model card (`checkpoints/README.md`, *Where MGNet looks*) measures the same thing over the "
+            "validation set. Random positions are fixed (seed 0), so the chart is reproducible.",
+            title="How is this measured?")

@@ -251,6 +251,11 @@ def analyze(entry: ModelEntry, photo: Photo, n_glimpses: int | None = None) -> m
                 lambda: mg_analysis.analyze(entry.model, photo.image, n_glimpses=n))
 
 
+def location_check(entry: ModelEntry, photo: Photo, n_glimpses: int | None = None, n_random: int = 8):
+    return memo("location", (entry.key, photo.key, n_glimpses, n_random),
+                lambda: mg_analysis.location_check(entry.model, photo.image, n_glimpses, n_random))
+
+
 def explain_image(entry: ModelEntry, image: np.ndarray, image_key: str, method: str, target: int | None,
                   n_glimpses=None, s_grad=None, seed: int = 0, progress=None, options: dict | None = None):
     """Captum attribution (mgnet.explain) of the model's final logit of ``target`` (None: its prediction).

@@ -96,6 +96,65 @@ def analyze_batch(model, images: list[np.ndarray], n_glimpses: int | None = None
     return out
 
 
+@dataclass
+class LocationCheck:
+    """On one photo: does MGNet's belief depend on where glimpses 2..T went?
+
+    Probabilities are of ``target`` (the final prediction with its own glimpses) after each glimpse.
+    The moved runs keep each glimpse's scale and change only its position, and the model is told the
+    new position as if it had chosen it.
+    """
+
+    target: int
+    own: np.ndarray            # [T]
+    centre: np.ndarray         # [T] glimpses 2..T centred on the image
+    moved: np.ndarray          # [K, T] glimpses 2..T at uniformly random positions inside the image
+    moved_params: np.ndarray   # [K, T, 3] the (scale, tx, ty) of those runs, glimpse 1 included
+    final_class: dict          # {"own": i, "centre": i, "moved": [i] * K}: the final prediction of each run
+    seed: int
+
+    def summary(self) -> str:
+        lo, hi = float(self.moved[:, -1].min()), float(self.moved[:, -1].max())
+        return (f"after all glimpses: own {self.own[-1]:.0%}, centred {self.centre[-1]:.0%}, "
+                f"{len(self.moved)} random positions {lo:.0%}–{hi:.0%}")
+
+
+def location_check(model, image: np.ndarray, n_glimpses: int | None = None, n_random: int = 8,
+                   seed: int = 0) -> LocationCheck:
+    """Run MGNet on ``image`` with its own glimpses, with glimpses 2..T centred, and with them at
+    ``n_random`` random positions (same scales), in one batch."""
+    steps = model.n_glimpses if n_glimpses is None else int(n_glimpses)
+    if steps < 2 or model.is_baseline:
+        raise ValueError("this model takes a single look: there is no glimpse location to move")
+    if n_random < 1:
+        raise ValueError("n_random must be at least 1")
+    dev = model_device(model)
+    x = to_model_input(image, model.image_size).to(dev)
+    with model_lock(model), torch.no_grad():
+        was = model.training
+        model.eval()
+        try:
+            own = model(x, n_glimpses=steps)
+            later = own.glimpses[1:].float().cpu()                                  # [T-1, 1, 3]
+            scale = later[..., :1].expand(-1, n_random, 1)
+            gen = torch.Generator().manual_seed(seed)
+            where = (torch.rand(later.shape[0], n_random, 2, generator=gen) * 2 - 1) * (1 - scale)
+            centre = later.clone()
+            centre[..., 1:] = 0.0
+            params = torch.cat([centre, torch.cat([scale, where], -1)], 1)         # [T-1, 1+K, 3]
+            out = model(x.expand(1 + n_random, -1, -1, -1), n_glimpses=steps, glimpse_params=params.to(dev))
+        finally:
+            model.train(was)
+    target = int(own.logits[-1, 0].argmax())
+    probs = out.logits.float().softmax(-1).cpu().numpy()                            # [T, 1+K, C]
+    finals = probs[-1].argmax(-1)
+    return LocationCheck(
+        target=target, own=own.logits[:, 0].float().softmax(-1)[:, target].cpu().numpy(),
+        centre=probs[:, 0, target], moved=probs[:, 1:, target].T.copy(),
+        moved_params=out.glimpses[:, 1:].float().cpu().numpy().transpose(1, 0, 2).copy(),
+        final_class={"own": target, "centre": int(finals[0]), "moved": [int(v) for v in finals[1:]]}, seed=seed)
+
+
 def display_crop(image: np.ndarray, box, size: int = 256) -> np.ndarray:
     """The glimpse region of the full-resolution photo, resampled to size x size for display."""
     x0, y0, x1, y1 = box

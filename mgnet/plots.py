@@ -234,6 +234,29 @@ def belief_figure(probs, classes: Sequence[str], step: int | None = None, k: int
                    margin=dict(l=60, r=20, t=45 if title else 15, b=100))
 
 
+def location_check_figure(check, class_name: str, title: str | None = "Does the location matter here?",
+                          height: int | None = 300) -> go.Figure:
+    """P(class) after each glimpse with MGNet's own glimpses, centred ones and randomly placed ones."""
+    n = len(check.own)
+    xs = list(range(1, n + 1))
+    fig = go.Figure()
+    for k, row in enumerate(check.moved):
+        fig.add_trace(go.Scatter(x=xs, y=row, mode="lines", line=dict(color="#bbb", width=1),
+                                 name="random positions", legendgroup="moved", showlegend=k == 0,
+                                 hovertemplate="random positions<br>glimpse %{x}: %{y:.1%}<extra></extra>"))
+    fig.add_trace(go.Scatter(x=xs, y=check.centre, mode="lines+markers", name="centred",
+                             line=dict(color=SERIES_COLORS[1], dash="dash", width=2),
+                             hovertemplate="centred<br>glimpse %{x}: %{y:.1%}<extra></extra>"))
+    fig.add_trace(go.Scatter(x=xs, y=check.own, mode="lines+markers", name="its own glimpses",
+                             line=dict(color=SERIES_COLORS[0], width=3),
+                             hovertemplate="its own glimpses<br>glimpse %{x}: %{y:.1%}<extra></extra>"))
+    fig.update_xaxes(tickvals=xs, ticktext=[f"glimpse {x}" if n <= 4 else str(x) for x in xs], range=[0.8, n + 0.2],
+                     gridcolor="#eee")
+    fig.update_yaxes(title=f"P({class_name})", range=[0, 1.02], tickformat=".0%", gridcolor="#eee")
+    return _layout(fig, title, height, chart=True, legend=dict(orientation="h", y=-0.15, x=0, yanchor="top"),
+                   margin=dict(l=60, r=20, t=45 if title else 15, b=100))
+
+
 def compute_figure(cumulative_gflops: Sequence[float], baseline_gflops: float, step: int | None = None,
                    title: str | None = "Compute spent so far", height: int | None = 260) -> go.Figure:
     """Cumulative GFLOPs after each glimpse, against one full-resolution baseline pass."""

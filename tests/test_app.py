@@ -218,8 +218,9 @@ def test_glimpse_stepping_never_recomputes(app, monkeypatch):
     import mgnet.analysis
 
     calls = []
-    real = mgnet.analysis.analyze
-    monkeypatch.setattr(mgnet.analysis, "analyze", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for name in ("analyze", "location_check"):
+        real = getattr(mgnet.analysis, name)
+        monkeypatch.setattr(mgnet.analysis, name, lambda *a, _real=real, **k: calls.append(1) or _real(*a, **k))
     app.run()
     before = len(calls)
     next(b for b in app.button if b.key == "glimpse_prev").click().run()
@@ -231,6 +232,23 @@ def test_glimpse_stepping_never_recomputes(app, monkeypatch):
     assert app.slider(key="step").value == 2
     assert len(calls) == before, "stepping through glimpses re-ran the model"
     assert not app.exception and not errors(app)
+
+
+def test_location_check_under_the_glimpses(app, ckpt_dir):
+    from mgnet import load_checkpoint
+    from mgnet.analysis import location_check
+    from mgnet.data import load_image
+
+    para = [m.value for m in app.markdown if "Does the location matter" in m.value]
+    assert len(para) == 1
+    model = load_checkpoint(ckpt_dir / "mgnet-tiny.pt", device="cpu")
+    check = location_check(model, load_image(ROOT / "app" / "examples" / "parachute_1.jpg"))
+    name = CLASSES[check.target]
+    assert f"P({name}) is **{100 * check.own[-1]:.1f}%**" in para[0]
+    assert f"{100 * check.centre[-1]:.1f}% with them centred" in para[0]
+    assert f"at {len(check.moved)} random positions" in para[0]
+    app.slider(key="glimpses").set_value(1).run()
+    assert not app.exception and not any("Does the location matter" in m.value for m in app.markdown)
 
 
 def test_fewer_glimpses_clamps_the_step(app):

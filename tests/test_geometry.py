@@ -53,3 +53,31 @@ def test_box_mask_and_focus_map():
     assert fm.max() == pytest.approx(1.0)
     assert fm[20, 20] > fm[60, 80] > 0  # the smaller glimpse is denser
     assert fm[5, 50] == 0  # the first (whole-image) glimpse is skipped
+
+
+def test_location_check_moves_only_the_positions_of_later_glimpses():
+    from mgnet import build_model
+    from mgnet.analysis import analyze, location_check
+
+    torch.manual_seed(0)
+    model = build_model("mgnet", num_classes=10, image_size=64, n_glimpses=3).eval()
+    image = (np.random.default_rng(0).random((50, 80, 3)) * 255).astype(np.uint8)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    check = location_check(model, image, n_random=5, seed=1)
+    a = analyze(model, image)
+    assert check.target == a.predicted()
+    np.testing.assert_allclose(check.own, a.probs[:, check.target], atol=1e-5)
+    assert check.centre.shape == (3,) and check.moved.shape == (5, 3) and check.moved_params.shape == (5, 3, 3)
+    np.testing.assert_allclose(check.centre[0], check.own[0], atol=1e-5)  # glimpse 1 is never moved
+    np.testing.assert_allclose(check.moved[:, 0], check.own[0], atol=1e-5)
+    moved = check.moved_params[:, 1:]
+    np.testing.assert_allclose(moved[..., 0], np.broadcast_to(a.params[1:, 0], moved[..., 0].shape), atol=1e-6)
+    assert (np.abs(moved[..., 1:]) <= 1 - moved[..., :1] + 1e-6).all()  # every moved glimpse stays inside
+    assert np.abs(moved[..., 1:]).max() > 0.05  # and they really moved
+    again = location_check(model, image, n_random=5, seed=1)
+    np.testing.assert_array_equal(again.moved, check.moved)  # fixed seed: reproducible
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items()) and not model.training
+    with pytest.raises(ValueError, match="single look"):
+        location_check(build_model("baseline", num_classes=10, image_size=64), image)
+    with pytest.raises(ValueError, match="single look"):
+        location_check(model, image, n_glimpses=1)
