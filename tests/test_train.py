@@ -156,6 +156,15 @@ def test_model_card_training_curves_follow_the_stages(tmp_path):
     assert [r["first_of_stage"] for r in curves["mgnet"]] == [True, False, True]
     assert curves["mgnet"][2]["acc"] == [0.55, 0.65]
 
+    from mgnet.modelcard import stage_ends
+
+    records = [{"stage": 1, "val_accuracy_per_glimpse": [0.7]}, {"stage": 2, "val_accuracy_per_glimpse": [0.8]},
+               {"stage": 2, "val_accuracy_per_glimpse": [0.85]}]
+    (tmp_path / "history-baseline.json").write_text(json.dumps(records))
+    ends = stage_ends(training_curves(tmp_path))
+    assert ends == [{"stage": 1, "epochs": 2, "mgnet": [0.5, 0.6], "baseline": [0.7]},
+                    {"stage": 2, "epochs": 3, "mgnet": [0.55, 0.65], "baseline": [0.85]}]
+
 
 def test_git_commit_marks_uncommitted_changes(tmp_path):
     from mgnet.utils import git_commit
