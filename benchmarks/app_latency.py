@@ -3,9 +3,10 @@
     python benchmarks/app_latency.py [--repeats 3]
 
 Through streamlit.testing.v1.AppTest (the app's own code path, without a browser): cold start (first
-page with the example analysed, models loaded), upload to first result (a new 12-megapixel photo),
-glimpse step (moving the slider). Through the library calls the app makes: each Captum method on the
-baseline and on MGNet, and PGD-10. Writes benchmarks/results/app_latency.md and .json.
+page with the example analysed, models loaded), upload to first result (a new 12-megapixel photo,
+analysed and location-checked), glimpse step (moving the slider). Through the library calls the app
+makes: each Captum method on the baseline and on MGNet, PGD-10, and the location check. Writes
+benchmarks/results/app_latency.md and .json.
 """
 import argparse
 import io
@@ -22,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from mgnet import load_checkpoint  # noqa: E402
+from mgnet.analysis import location_check  # noqa: E402
 from mgnet.attacks import attack  # noqa: E402
 from mgnet.data import load_image, to_model_input  # noqa: E402
 from mgnet.explain import METHODS, explain  # noqa: E402
@@ -75,6 +77,9 @@ def library_timings(repeats):
             out[f"{method} on {name}_s"] = [timed(lambda: explain(model, x, method)) for _ in range(repeats)]
         out[f"PGD-10 on {name}_s"] = [timed(lambda: attack(model, x, y, "pgd", eps=4, steps=10))
                                       for _ in range(repeats)]
+    image = load_image(ROOT / "app/examples/parachute_1.jpg")
+    out["location check on mgnet (centred + 8 random)_s"] = [timed(lambda: location_check(mg, image))
+                                                             for _ in range(repeats)]
     return out
 
 
