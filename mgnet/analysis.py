@@ -113,11 +113,6 @@ class LocationCheck:
     final_class: dict          # {"own": i, "centre": i, "moved": [i] * K}: the final prediction of each run
     seed: int
 
-    def summary(self) -> str:
-        lo, hi = float(self.moved[:, -1].min()), float(self.moved[:, -1].max())
-        return (f"after all glimpses: own {self.own[-1]:.0%}, centred {self.centre[-1]:.0%}, "
-                f"{len(self.moved)} random positions {lo:.0%}–{hi:.0%}")
-
 
 def location_check(model, image: np.ndarray, n_glimpses: int | None = None, n_random: int = 8,
                    seed: int = 0) -> LocationCheck:

@@ -63,9 +63,6 @@ def _run(model, images_u8, labels, batch_size=256, device=None, dtype=None, prog
     return torch.cat(hits, dim=1), torch.cat(used, dim=1)
 
 
-LOCATION_MODES = ("learned", "centre", "shuffled")
-
-
 def location_ablation(model, images_u8, labels, batch_size=256, seed=0, progress=False) -> dict:
     """Does it matter where MGNet looks? Accuracy after each glimpse when glimpses 2..T go where the
     model chose ("learned"), to the image centre at the scales it chose ("centre"), or where it chose
