@@ -11,7 +11,7 @@ import torch
 from . import geometry
 from .data import image_hash, to_model_input
 from .flops import gflops
-from .utils import model_lock
+from .utils import eval_mode
 
 
 @dataclass
@@ -71,13 +71,8 @@ def analyze_batch(model, images: list[np.ndarray], n_glimpses: int | None = None
     for lo in range(0, len(images), batch_size):
         chunk = images[lo:lo + batch_size]
         x = torch.cat([to_model_input(im, model.image_size) for im in chunk]).to(dev)
-        with model_lock(model), torch.no_grad():
-            was = model.training
-            model.eval()
-            try:
-                res = model(x, n_glimpses=n_glimpses if not model.is_baseline else None, return_crops=True)
-            finally:
-                model.train(was)
+        with eval_mode(model), torch.no_grad():
+            res = model(x, n_glimpses=n_glimpses if not model.is_baseline else None, return_crops=True)
         probs = res.logits.float().softmax(-1).cpu().numpy()                                  # [T, B, C]
         params = res.glimpses.float().cpu().numpy()                                           # [T, B, 3]
         seen = (res.crops.float().clamp(0, 1) * 255 + 0.5).byte().permute(1, 0, 3, 4, 2).cpu().numpy()
@@ -125,21 +120,16 @@ def location_check(model, image: np.ndarray, n_glimpses: int | None = None, n_ra
         raise ValueError("n_random must be at least 1")
     dev = model_device(model)
     x = to_model_input(image, model.image_size).to(dev)
-    with model_lock(model), torch.no_grad():
-        was = model.training
-        model.eval()
-        try:
-            own = model(x, n_glimpses=steps)
-            later = own.glimpses[1:].float().cpu()                                  # [T-1, 1, 3]
-            scale = later[..., :1].expand(-1, n_random, 1)
-            gen = torch.Generator().manual_seed(seed)
-            where = (torch.rand(later.shape[0], n_random, 2, generator=gen) * 2 - 1) * (1 - scale)
-            centre = later.clone()
-            centre[..., 1:] = 0.0
-            params = torch.cat([centre, torch.cat([scale, where], -1)], 1)         # [T-1, 1+K, 3]
-            out = model(x.expand(1 + n_random, -1, -1, -1), n_glimpses=steps, glimpse_params=params.to(dev))
-        finally:
-            model.train(was)
+    with eval_mode(model), torch.no_grad():
+        own = model(x, n_glimpses=steps)
+        later = own.glimpses[1:].float().cpu()                                      # [T-1, 1, 3]
+        scale = later[..., :1].expand(-1, n_random, 1)
+        gen = torch.Generator().manual_seed(seed)
+        where = (torch.rand(later.shape[0], n_random, 2, generator=gen) * 2 - 1) * (1 - scale)
+        centre = later.clone()
+        centre[..., 1:] = 0.0
+        params = torch.cat([centre, torch.cat([scale, where], -1)], 1)             # [T-1, 1+K, 3]
+        out = model(x.expand(1 + n_random, -1, -1, -1), n_glimpses=steps, glimpse_params=params.to(dev))
     target = int(own.logits[-1, 0].argmax())
     probs = out.logits.float().softmax(-1).cpu().numpy()                            # [T, 1+K, C]
     finals = probs[-1].argmax(-1)

@@ -38,7 +38,7 @@ to [0, 1]); the tests check that our PGD matches ``captum.robust.PGD`` with ``ze
 """
 from __future__ import annotations
 
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from typing import Callable
 
 import torch
@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mgnet.model import IMAGENET_MEAN, IMAGENET_STD
-from mgnet.utils import model_lock
+from mgnet.utils import eval_mode
 
 METHODS = ("fgsm", "pgd")
 NORMS = ("linf", "l2")
@@ -55,28 +55,6 @@ Progress = Callable[[int, int], None]
 
 
 # -- helpers --------------------------------------------------------------------------------------
-@contextmanager
-def _eval_mode(*models: nn.Module):
-    """Hold each model's shared lock, put it in eval mode, restore every module's training flag afterwards."""
-    with ExitStack() as stack:
-        for model in sorted(set(models), key=id):  # a fixed order, so two threads cannot deadlock
-            stack.enter_context(model_lock(model))
-        with _eval_mode_unlocked(*models):
-            yield
-
-
-@contextmanager
-def _eval_mode_unlocked(*models: nn.Module):
-    saved = [(m, m.training) for model in models for m in model.modules()]
-    try:
-        for model in models:
-            model.eval()
-        yield
-    finally:
-        for m, flag in saved:
-            m.training = flag
-
-
 @contextmanager
 def _grad_enabled():
     """Autograd on, even if the caller is inside ``torch.no_grad()`` or ``torch.inference_mode()``."""
@@ -145,7 +123,7 @@ def input_gradient(model: nn.Module, x: torch.Tensor, y, targeted: bool = False,
     """
     x = _check_pixels(x)
     y = _labels(y, x)
-    with _grad_enabled(), _eval_mode(model):
+    with _grad_enabled(), eval_mode(model):
         return _loss_gradient(model, x, y, targeted, n_glimpses, s_grad).detach()
 
 
@@ -219,7 +197,7 @@ def attack(model: nn.Module, x: torch.Tensor, y, method: str = "pgd", eps: float
             noise = direction * r.view(-1, 1, 1, 1)
         x_adv = project(x + noise.to(device=x.device, dtype=x.dtype))
 
-    with _grad_enabled(), _eval_mode(model):
+    with _grad_enabled(), eval_mode(model):
         for step in range(1, steps + 1):
             grad = _loss_gradient(model, x_adv, y, targeted, n_glimpses, s_grad)
             if norm == "linf":
@@ -260,7 +238,7 @@ def paper_pgd(model: nn.Module, x: torch.Tensor, y, eps: float = 4.0, step: floa
     radius, alpha = eps / 255.0, step / 255.0
     xn = (x - mean) / std
     xn_adv = xn.clone()
-    with _grad_enabled(), _eval_mode(model):
+    with _grad_enabled(), eval_mode(model):
         for i in range(1, int(steps) + 1):
             xn_adv = xn_adv.detach().requires_grad_(True)
             logits = _final(_forward_logits(model, xn_adv * std + mean, n_glimpses, s_grad))
@@ -283,6 +261,6 @@ def transfer_attack(source: nn.Module, target: nn.Module, x: torch.Tensor, y, *,
     without gradients and is left as it was.
     """
     x_adv = attack(source, x, y, **attack_kwargs)
-    with torch.no_grad(), _eval_mode(target):
+    with torch.no_grad(), eval_mode(target):
         target_logits = _forward_logits(target, x_adv, n_glimpses=target_n_glimpses)
     return x_adv, target_logits

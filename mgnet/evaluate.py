@@ -23,7 +23,7 @@ import torch
 from .checkpoints import CheckpointError, load_checkpoint
 from .data import cached_folder, list_image_folder, resize_rgb
 from .flops import gflops
-from .utils import atomic_write, pick_device
+from .utils import atomic_write, eval_mode, pick_device
 
 
 @torch.no_grad()
@@ -46,10 +46,8 @@ def _run(model, images_u8, labels, batch_size=256, device=None, dtype=None, prog
     from tqdm import tqdm
 
     device = device or next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     hits, used = [], []
-    try:
+    with eval_mode(model):
         for i in tqdm(range(0, len(images_u8), batch_size), desc="evaluating", disable=not progress, unit="batch"):
             x = images_u8[i:i + batch_size].to(device)
             x = x.float().div_(255.0) if x.dtype == torch.uint8 else x
@@ -58,8 +56,6 @@ def _run(model, images_u8, labels, batch_size=256, device=None, dtype=None, prog
                 out = model(x, **kw)
             hits.append(out.logits.argmax(-1).cpu() == labels[i:i + batch_size])
             used.append(out.glimpses.float().cpu())
-    finally:
-        model.train(was_training)
     return torch.cat(hits, dim=1), torch.cat(used, dim=1)
 
 

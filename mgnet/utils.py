@@ -8,6 +8,7 @@ import subprocess
 import threading
 import weakref
 import sys
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -102,6 +103,22 @@ def model_lock(model) -> threading.RLock:
         if lock is None:
             lock = _LOCKS[model] = threading.RLock()
         return lock
+
+
+@contextmanager
+def eval_mode(*models):
+    """Hold each model's shared lock, put it in eval mode, restore every module's training flag afterwards."""
+    with ExitStack() as stack:
+        for model in sorted(set(models), key=id):  # a fixed order, so two threads cannot deadlock
+            stack.enter_context(model_lock(model))
+        saved = [(m, m.training) for model in models for m in model.modules()]
+        try:
+            for model in models:
+                model.eval()
+            yield
+        finally:
+            for m, flag in saved:
+                m.training = flag
 
 
 def model_state_fingerprint(model) -> dict:
