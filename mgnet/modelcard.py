@@ -369,6 +369,7 @@ def write_readme(res: dict, out_dir: Path, template_extra: str = ""):
     add(f"- Validation: `{res['data']}` (1,966 images, half of the official Imagenette validation split).")
     a = pm.get("args", {})
     stages = training_stages(pm)
+    stages_base = training_stages(pb)
     add(f"- Both models: ResNet-18 from random initialisation, batch {a.get('batch_size')}, "
         f"SGD (Nesterov, momentum 0.9), weight decay {a.get('weight_decay')}, label smoothing {a.get('label_smoothing')}, "
         f"RandomResizedCrop({a.get('image_size')}, scale=({a.get('min_crop')}, 1)) + horizontal flip, seed {a.get('seed')}; "
@@ -387,21 +388,22 @@ def write_readme(res: dict, out_dir: Path, template_extra: str = ""):
         f"s_grad {mg['config']['s_grad']}, scale range [{mg['config']['scale_min']}, {mg['config']['scale_max']}]. "
         "The scale was chosen so that glimpses are 48 px: with the paper's 2.33 (54 px at 128 px input) ResNet's "
         "stride rounding makes two glimpses cost 44% of a baseline pass instead of the paper's 37%.")
-    tm, tb = (sum(st["train_seconds"] or 0 for st in training_stages(p)) / 60 for p in (pm, pb))
+    tm, tb = (sum(st["train_seconds"] or 0 for st in chain) / 60 for chain in (stages, stages_base))
     add(f"- Training time: MGNet {tm:.0f} min, baseline {tb:.0f} min ({pm.get('hardware')}; both trained at the "
         "same time, one thread each).")
     add("\nExact commands, in this order:\n```bash")
-    for i in range(len(stages)):
-        for prov in (pb, pm):
-            add(training_stages(prov)[i]["command"])
+    for base_stage, mgnet_stage in zip(stages_base, stages):
+        add(base_stage["command"])
+        add(mgnet_stage["command"])
     add("python -m mgnet.modelcard --data ../shared/data/imagenette2-224/val")
     add("```\nRe-running a training command resumes from `runs/<name>/last.pt` after an interruption.\n")
-    if training_curves(out_dir):
+    curves = training_curves(out_dir)
+    if curves:
         add("Validation accuracy was measured after every epoch to watch the runs; the last epoch of each stage is "
             "what was exported, never a best-on-validation epoch. `history-<kind>.json` holds those per-epoch "
             "records (`runs/<name>/history.json` of each stage, in order, tagged with the stage).\n")
         add("![training curves](training_curves.png)\n")
-        ends = stage_ends(training_curves(out_dir))
+        ends = stage_ends(curves)
         if len(ends) > 1:
             add("Stage lengths and peak learning rates were fixed before each stage from the time available, and "
                 "the last epoch was always exported. Stages after the first were added because targets were "
@@ -515,10 +517,10 @@ def write_readme(res: dict, out_dir: Path, template_extra: str = ""):
     add("\n![accuracy vs severity](accuracy_vs_severity.png)\n")
     add("## Provenance\n")
     for name, c in (("MGNet", mg), ("baseline", base)):
-        pv = c["provenance"]
+        pv, chain = c["provenance"], (stages if c is mg else stages_base)
         add(f"- {name}: saved {pv.get('saved', '?')}, recorded commit `{str(pv.get('git_commit', '?'))[:16]}`, "
-            f"{sum(st['train_seconds'] or 0 for st in training_stages(pv)) / 60:.0f} min of training in "
-            f"{len(training_stages(pv))} stage(s), weights stored as fp16.")
+            f"{sum(st['train_seconds'] or 0 for st in chain) / 60:.0f} min of training in "
+            f"{len(chain)} stage(s), weights stored as fp16.")
     add(template_extra)
     (out_dir / "README.md").write_text("\n".join(lines) + "\n")
 
