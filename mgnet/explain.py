@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import geometry
-from .utils import RNG_LOCK, model_lock
+from .utils import RNG_LOCK, eval_mode, model_lock
 
 Progress = Callable[[int, int], None]
 
@@ -142,24 +142,20 @@ def _using(model, seed: int | None = None):
     With a seed, the process-wide ``utils.RNG_LOCK`` is held too: the global generators are shared by all
     models (and by ``mgnet.corruptions``), so seeded work on two models must not interleave.
     """
-    with model_lock(model), (RNG_LOCK if seed is not None else contextlib.nullcontext()):
-        is_module = isinstance(model, nn.Module)
-        was_training = model.training if is_module else False
+    is_module = isinstance(model, nn.Module)
+    with (eval_mode(model) if is_module else model_lock(model)), \
+            (RNG_LOCK if seed is not None else contextlib.nullcontext()):
         np_state = np.random.get_state() if seed is not None else None
         devices = []
         if is_module and seed is not None:
             devices = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
         try:
-            if is_module:
-                model.eval()
             with torch.random.fork_rng(devices=devices, enabled=seed is not None):
                 if seed is not None:
                     torch.manual_seed(seed)
                     np.random.seed(seed % 2**32)
                 yield
         finally:
-            if is_module:
-                model.train(was_training)
             if np_state is not None:
                 np.random.set_state(np_state)
 
