@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -100,6 +101,65 @@ def glimpse_statistics(params: torch.Tensor, bins: int = 16) -> list[dict]:
     return stats
 
 
+def glimpse_overlap(params: torch.Tensor) -> float:
+    """Mean IoU between the boxes of glimpses 2..T of the same image, over all pairs and images
+    (params [T, N, 3]); nan with fewer than two such glimpses."""
+    if params.shape[0] < 3:
+        return float("nan")
+    s, tx, ty = params[1:].double().unbind(-1)  # [T-1, N]; box = [t - s, t + s] in [-1, 1] coordinates
+    ious = []
+    for i in range(s.shape[0]):
+        for j in range(i + 1, s.shape[0]):
+            w = ((torch.minimum(tx[i] + s[i], tx[j] + s[j]) - torch.maximum(tx[i] - s[i], tx[j] - s[j]))
+                 .clamp_min(0))
+            h = ((torch.minimum(ty[i] + s[i], ty[j] + s[j]) - torch.maximum(ty[i] - s[i], ty[j] - s[j]))
+                 .clamp_min(0))
+            inter = w * h
+            ious.append(inter / (4 * s[i] ** 2 + 4 * s[j] ** 2 - inter))
+    return round(float(torch.stack(ious).mean()), 4)
+
+
+def paired_difference(a: torch.Tensor, b: torch.Tensor, z: float = 1.96) -> list:
+    """Mean of a - b over paired per-image outcomes (bool [N]) with a normal-approximation 95% interval."""
+    d = a.double() - b.double()
+    mean = float(d.mean())
+    half = z * float(d.std()) / math.sqrt(len(d)) if len(d) > 1 else float("inf")
+    return [round(mean, 4), round(mean - half, 4), round(mean + half, 4)]
+
+
+def location_report(model, images_u8, labels, seed=0, batch_size=256, progress=False) -> dict:
+    """The location ablation summarised: accuracy after each glimpse for own, centred and shuffled
+    glimpses; own minus each, with a paired 95% interval, after glimpse 2 and after the last; where
+    glimpse 2 lands (mean offset from the centre, share of the side) and how much glimpses 2..T overlap."""
+    ablation = location_ablation(model, images_u8, labels, batch_size, seed, progress)
+    correct, params = ablation["correct"], ablation["params"]
+    report = {"images": int(len(labels)), "seed": seed,
+              "accuracy": {m: [round(float(v), 4) for v in c.float().mean(1)] for m, c in correct.items()}}
+    if params.shape[0] > 1:
+        report["gain_ci95"] = {f"{m}@{t + 1}": paired_difference(correct["learned"][t], c[t])
+                               for m, c in correct.items() if m != "learned" for t in sorted({1, params.shape[0] - 1})}
+        stats = glimpse_statistics(params)
+        report["glimpse2_offset"] = stats[0]["mean_offset"]
+        report["glimpse2_scale"] = stats[0]["mean_scale"]
+        report["overlap_iou"] = glimpse_overlap(params)
+        report["glimpses"] = stats
+    return report
+
+
+def format_location_report(report: dict) -> str:
+    lines = [f"{'glimpse':>7}  " + "  ".join(f"{m:>9}" for m in report["accuracy"])]
+    for t in range(len(report["accuracy"]["learned"])):
+        lines.append(f"{t + 1:>7}  " + "  ".join(f"{100 * a[t]:>8.2f}%" for a in report["accuracy"].values()))
+    for key, (mean, low, high) in report.get("gain_ci95", {}).items():
+        mode, t = key.split("@")
+        lines.append(f"own - {mode} after glimpse {t}: {100 * mean:+.1f} points (95% CI {100 * low:+.1f} to "
+                     f"{100 * high:+.1f})")
+    if "glimpse2_offset" in report:
+        lines.append(f"glimpse 2: mean side {report['glimpse2_scale']:.3f}, mean offset from the centre "
+                     f"{report['glimpse2_offset']:.3f} of the side; mean IoU of glimpses 2..T {report['overlap_iou']:.3f}")
+    return "\n".join(lines)
+
+
 def spread_indices(n: int, limit: int) -> np.ndarray:
     """``limit`` indices spread evenly over range(n) (all of them when limit is 0 or >= n)."""
     if not limit or limit >= n:
@@ -161,7 +221,7 @@ def attack_batch(model, images_u8, labels, batch_size=64, progress=True, source=
 
 
 def evaluate(model, data, limit=0, attack=None, corruption=None, severity=3, transfer_from=None, batch_size=128,
-             seed=0, cache_dir=None, progress=True) -> dict:
+             seed=0, cache_dir=None, progress=True, off_centre=False, location=False) -> dict:
     """Accuracy after each glimpse of ``model`` on an ImageFolder, optionally corrupted or attacked.
 
     attack: None or dict(method=..., eps=..., steps=..., ...) for mgnet.attacks.attack ('paper-pgd' for the
@@ -177,6 +237,10 @@ def evaluate(model, data, limit=0, attack=None, corruption=None, severity=3, tra
     else:
         _, images, labels = load_eval_images(data, model.image_size, limit, cache_dir, progress)
     labels = to_model[labels]
+    if off_centre:
+        from .location import off_centre as make_off_centre
+
+        images = make_off_centre(images, seed)[0]
     if attack:
         torch.manual_seed(seed)
         adv = attack_batch(model, images, labels, progress=progress, source=transfer_from, seed=seed, **dict(attack))
@@ -194,6 +258,9 @@ def evaluate(model, data, limit=0, attack=None, corruption=None, severity=3, tra
         "attack": dict(attack) if attack else None, "transfer_from": (transfer_from.checkpoint_info.get("path")
                                                                       if transfer_from is not None else None),
         "corruption": {"name": corruption, "severity": severity} if corruption else None,
+        "off_centre": bool(off_centre),
+        "location": (location_report(model, adv if attack else images, labels, seed, batch_size)
+                     if location and model.n_glimpses > 1 else None),
         "seed": seed, "seconds": round(time.time() - started, 1),
     }
 
@@ -209,7 +276,8 @@ def _stored_size(data) -> int:
 
 def format_table(result: dict) -> str:
     base = result["baseline_gflops"]
-    lines = [f"{Path(result['checkpoint'] or '?').name}  ({result['kind']}, {result['images']} images)",
+    data = " off-centre" if result.get("off_centre") else ""
+    lines = [f"{Path(result['checkpoint'] or '?').name}  ({result['kind']}, {result['images']}{data} images)",
              f"{'glimpse':>7}  {'accuracy':>8}  {'GFLOPs':>7}  {'% of baseline':>13}"]
     for t, (a, g) in enumerate(zip(result["accuracy_per_glimpse"], result["gflops_per_glimpse"]), 1):
         lines.append(f"{t:>7}  {a * 100:>7.2f}%  {g:>7.3f}  {100 * g / base:>12.1f}%")
@@ -237,6 +305,12 @@ def parse_args(argv=None):
     p.add_argument("--transfer-from", help="craft the attack on this checkpoint, test on --checkpoint")
     p.add_argument("--corruption", help="ImageNet-C corruption name (see mgnet.corruptions.CORRUPTIONS)")
     p.add_argument("--severity", type=int, default=3, help="corruption severity 1-5")
+    p.add_argument("--off-centre", action="store_true",
+                   help="evaluate on an off-centre version of the data: each photo shrunk to a random 40-60%% "
+                        "of the side and pasted at a random spot on a blurred other photo (fixed by --seed)")
+    p.add_argument("--location", action="store_true",
+                   help="MGNet: also compare its own glimpses with centred and shuffled ones (paired 95%% CI), "
+                        "and report where glimpse 2 lands and how much glimpses overlap")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda")
@@ -285,11 +359,16 @@ def main(argv=None) -> int:
                 if args.true_gradients:
                     attack["s_grad"] = 1.0
         result = evaluate(model, args.data, args.limit, attack, args.corruption, args.severity, source,
-                          args.batch_size, args.seed, args.cache_dir)
+                          args.batch_size, args.seed, args.cache_dir, off_centre=args.off_centre,
+                          location=args.location)
     except (CheckpointError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(format_table(result))
+    if result["location"]:
+        print(format_location_report(result["location"]))
+    elif args.location:
+        print("(--location: this model takes one glimpse, so there is no location to compare)")
     if args.json:
         try:
             write_json_atomic(result, args.json)

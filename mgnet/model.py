@@ -27,12 +27,17 @@ class MGNetOutput:
     glimpses: [T, B, 3], the (scale, tx, ty) used for each glimpse, authors' convention.
     glimpse_logits: [T-1, B, classes] from the auxiliary classifier on glimpses 2..T, or None.
     crops:    [T, B, 3, h, h] pixel crops the backbone saw, when asked for.
+    tokens:   [T, B, D + 3] the fusion's inputs (features and the params told), when states are asked for.
+    states:   [T, B, D + 3] the fused state z after each glimpse, when asked for (training the location
+              network on targets needs it; it is what ``propose`` reads).
     """
 
     logits: torch.Tensor
     glimpses: torch.Tensor
     glimpse_logits: torch.Tensor | None = None
     crops: torch.Tensor | None = None
+    tokens: torch.Tensor | None = None
+    states: torch.Tensor | None = None
 
     @property
     def final(self) -> torch.Tensor:
@@ -158,7 +163,10 @@ class MGNet(nn.Module):
 
     def propose(self, z: torch.Tensor, s_grad: float) -> torch.Tensor:
         """Next glimpse (s, tx, ty) from the fused state z (tight-crop translation)."""
-        u = scale_grad(torch.sigmoid(self.loc_network(z)), s_grad)
+        return self.place(scale_grad(torch.sigmoid(self.loc_network(z)), s_grad))
+
+    def place(self, u: torch.Tensor) -> torch.Tensor:
+        """(s, tx, ty) [B, 3] from the location network's sigmoid output u [B, 3] in [0, 1]."""
         s = u[:, 0] * (self.scale_max - self.scale_min) + self.scale_min
         tx = 2 * (u[:, 1] - 0.5) * (1 - s)
         ty = 2 * (u[:, 2] - 0.5) * (1 - s)
@@ -175,7 +183,8 @@ class MGNet(nn.Module):
 
     # -- forward --------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, n_glimpses: int | None = None, s_grad: float | None = None,
-                return_crops: bool = False, glimpse_params: torch.Tensor | None = None) -> MGNetOutput:
+                return_crops: bool = False, glimpse_params: torch.Tensor | None = None,
+                return_states: bool = False) -> MGNetOutput:
         """Run up to ``n_glimpses`` glimpses on pixels ``x`` in [0, 1], shape [B, 3, H, W], H == W.
 
         ``s_grad`` overrides the gradient re-scaling for this call only (1.0 gives true gradients);
@@ -199,7 +208,7 @@ class MGNet(nn.Module):
         size = self.glimpse_size(x.shape[-1])
         batch = x.shape[0]
         params = x.new_tensor([1.0, 0.0, 0.0]).expand(batch, 3)
-        tokens, logits, used, feats, crops = [], [], [], [], []
+        tokens, logits, used, feats, crops, states = [], [], [], [], [], []
         for t in range(steps):
             if t == 0 and size == x.shape[-1]:
                 glimpse = xn  # identity sampling; grid_sample would reproduce it to float precision
@@ -212,6 +221,7 @@ class MGNet(nn.Module):
             used.append(params)
             tokens.append(torch.cat([f, params.detach()], dim=1))
             z = self.feat_fusion(torch.stack(tokens))
+            states.append(z)
             logits.append(self.global_fc(z))
             if t + 1 < steps:
                 params = self.propose(z, s_grad) if glimpse_params is None else glimpse_params[t].to(x)
@@ -219,7 +229,9 @@ class MGNet(nn.Module):
         if self.glimpse_fc is not None and steps >= 2 and self.training:
             glimpse_logits = torch.stack([self.glimpse_fc(f) for f in feats[1:]])
         return MGNetOutput(torch.stack(logits), torch.stack(used), glimpse_logits,
-                           torch.stack(crops) if return_crops else None)
+                           torch.stack(crops) if return_crops else None,
+                           torch.stack(tokens) if return_states else None,
+                           torch.stack(states) if return_states else None)
 
     def loss(self, out: MGNetOutput, target: torch.Tensor) -> torch.Tensor:
         """(1 - alpha) * mean_t CE(global) + alpha * mean_{t>=2} CE(glimpse_fc); plain mean CE otherwise."""

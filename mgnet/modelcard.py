@@ -26,7 +26,7 @@ from .checkpoints import atomic_save, load_checkpoint
 from .corruptions import CORRUPTIONS
 from .data import list_image_folder
 from .evaluate import (_predict_correct, _stored_size, attack_batch, corrupt_batch, glimpse_statistics, label_map,
-                       load_eval_images, location_ablation, write_json_atomic)
+                       load_eval_images, location_ablation, paired_difference, write_json_atomic)
 from .flops import gflops
 from .utils import git_commit, hardware
 
@@ -72,14 +72,6 @@ def wilson(k: float, n: int, z: float = 1.96) -> tuple[float, float]:
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return (round(centre - half, 4), round(centre + half, 4))
-
-
-def paired_difference(a: torch.Tensor, b: torch.Tensor, z: float = 1.96) -> list:
-    """Mean of a - b over paired per-image outcomes (bool [N]) with a normal-approximation 95% interval."""
-    d = a.double() - b.double()
-    mean = float(d.mean())
-    half = z * float(d.std()) / math.sqrt(len(d)) if len(d) > 1 else float("inf")
-    return [round(mean, 4), round(mean - half, 4), round(mean + half, 4)]
 
 
 def _acc(correct: torch.Tensor) -> list:

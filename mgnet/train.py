@@ -15,6 +15,7 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,6 +24,7 @@ from torchvision.ops import roi_align
 
 from .checkpoints import CheckpointError, atomic_save, load_checkpoint, read_checkpoint_file, save_checkpoint
 from .data import cached_folder
+from . import location
 from .imagenet100 import IMAGENETTE
 from .model import build_model
 from .utils import command_line, device_label, git_commit, hardware, pick_device, seed_everything
@@ -45,6 +47,23 @@ def parse_args(argv=None):
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--min-crop", type=float, default=0.35, help="smallest RandomResizedCrop area fraction")
+    p.add_argument("--s-grad", type=float, default=0.02,
+                   help="MGNet: backward-only factor on the location gradient through glimpse sampling (paper: 0.02)")
+    p.add_argument("--scale-min", type=float, default=0.2, help="MGNet: smallest glimpse scale s (paper: 0.2)")
+    p.add_argument("--scale-max", type=float, default=0.5, help="MGNet: largest glimpse scale s (paper: 0.5)")
+    p.add_argument("--off-centre", type=float, default=0.0, metavar="SHARE",
+                   help="replace this share of every batch by off-centre composites (each photo shrunk to "
+                        "40-60%% of the side, pasted at a random spot on a blurred other photo); 0 = off")
+    g = p.add_argument_group("location stage (MGNet; see mgnet/location.py)")
+    g.add_argument("--location-weight", type=float, default=0.0,
+                   help="weight of the location-target loss; 0 trains with the paper's loss alone")
+    g.add_argument("--location-grid", type=int, default=3,
+                   help="candidate positions per side; with 3 scales, 3 gives 27 candidates per step")
+    g.add_argument("--location-width", type=float, default=0.02, help="kernel width of the candidate scores")
+    g.add_argument("--location-temperature", type=float, default=0.1,
+                   help="softmax temperature over candidate losses for the target")
+    g.add_argument("--location-detach", action="store_true",
+                   help="the location loss trains only the location network, not the features it reads")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="run directory (resume state and history)")
     p.add_argument("--export", help="write the final model in this project's checkpoint format here")
@@ -56,7 +75,8 @@ def parse_args(argv=None):
                    help="mixed precision: auto = fp16 on CUDA, bf16 on CPUs that support it")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch default)")
-    p.add_argument("--limit", type=int, default=0, help="use only the first N training images (smoke tests)")
+    p.add_argument("--limit", type=int, default=0,
+                   help="use only N training images, spread over the classes (pilots, smoke tests)")
     p.add_argument("--max-steps", type=int, default=0, help="stop after this many optimiser steps (tests)")
     p.add_argument("--cache-dir", help="where decoded images are cached (default ~/.cache/mgnet)")
     return p.parse_args(argv)
@@ -91,6 +111,40 @@ def augment(images_u8: torch.Tensor, size: int, gen: torch.Generator, min_crop: 
     return out
 
 
+@dataclass
+class LocationStage:
+    """The location-target loss of ``mgnet.location`` and its settings (see the --location-* options)."""
+
+    weight: float
+    positions: int = 3
+    width: float = 0.02
+    temperature: float = 0.1
+    detach: bool = False
+
+    def __post_init__(self):
+        self.grid = location.candidate_grid(self.positions)
+
+
+def training_loss(model, net, x, y, criterion, stage: LocationStage | None = None):
+    """The paper's loss on batch (x, y): (1 - alpha) mean_t CE(global) + alpha mean_t CE(glimpse head), with
+    ``criterion`` as CE; plus ``stage.weight`` times the location-target loss when a stage is given.
+    Returns (loss, location loss or None). ``net`` is the model or its DDP wrapper."""
+    targets = location.candidate_losses(model, x, y, stage.grid) if stage else None
+    out = net(x, return_states=stage is not None)
+    ce = torch.stack([criterion(l.float(), y) for l in out.logits]).mean()
+    if out.glimpse_logits is not None and model.alpha > 0:
+        aux = torch.stack([criterion(l.float(), y) for l in out.glimpse_logits]).mean()
+        loss = (1 - model.alpha) * ce + model.alpha * aux
+    else:
+        loss = ce
+    if stage is None:
+        return loss, None
+    states = out.states[:-1].float()
+    loc = location.location_loss(model, states.detach() if stage.detach else states, targets.float(),
+                                 stage.grid, stage.width, stage.temperature)
+    return loss + stage.weight * loc, loc.detach()
+
+
 def _setup_distributed(device_arg):
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -112,7 +166,8 @@ def init_weights(model, path, class_ids) -> dict:
     except (CheckpointError, OSError) as exc:
         raise SystemExit(f"error: --init-from: {exc}")
     mine, theirs = model.config(), source.config()
-    differ = sorted(k for k in mine if mine[k] != theirs.get(k))
+    # The scale range and s_grad may change between stages: the weights fit any of them.
+    differ = sorted(k for k in mine if mine[k] != theirs.get(k) and k not in ("s_grad", "scale_min", "scale_max"))
     if differ:
         raise SystemExit(f"error: --init-from {path} was trained with a different configuration ("
                          + ", ".join(f"{k}: {theirs.get(k)} here {mine[k]}" for k in differ)
@@ -154,11 +209,21 @@ def main(argv=None):
         raise SystemExit(f"error: {exc}")
     if val is not None and val[0] != classes:
         raise SystemExit("error: --val has different class folders from --data.")
-    if args.limit:
-        images, labels = images[:args.limit], labels[:args.limit]
+    if args.limit:  # spread over the sorted list, so every class is present
+        from .evaluate import spread_indices
+
+        keep = torch.from_numpy(spread_indices(len(images), args.limit))
+        images, labels = images[keep], labels[keep]
 
     model = build_model(args.kind, args.backbone, num_classes=len(classes), image_size=args.image_size,
-                        n_glimpses=args.glimpses, scale=args.scale, alpha=args.alpha).to(device)
+                        n_glimpses=args.glimpses, scale=args.scale, alpha=args.alpha,
+                        **({} if args.kind == "baseline" else
+                           {"s_grad": args.s_grad, "scale_min": args.scale_min, "scale_max": args.scale_max})
+                        ).to(device)
+    stage = LocationStage(args.location_weight, args.location_grid, args.location_width,
+                          args.location_temperature, args.location_detach) if args.location_weight > 0 else None
+    if stage is not None and model.n_glimpses < 2:
+        raise SystemExit("error: --location-weight needs MGNet with at least 2 glimpses.")
     parent = init_weights(model, args.init_from, classes) if args.init_from else None
     model = model.to(memory_format=torch.channels_last)
     steps_per_epoch = max(1, len(images) // (args.batch_size * world))
@@ -210,26 +275,24 @@ def main(argv=None):
         aug_gen = torch.Generator().manual_seed(args.seed * 1000 + epoch + 10_000_000 + rank)
         # Skip the augmentation draws of steps already done so a resumed epoch is identical.
         for _ in range(state["step_in_epoch"]):
-            augment(images[:1].expand(args.batch_size, -1, -1, -1), 8, aug_gen, args.min_crop)
+            location.mix_off_centre(augment(images[:1].expand(args.batch_size, -1, -1, -1), 8, aug_gen,
+                                            args.min_crop), args.off_centre, aug_gen)
         model.train()
         bar = tqdm(total=steps_per_epoch, initial=state["step_in_epoch"], desc=f"epoch {epoch + 1}/{args.epochs}",
                    disable=not main_proc, unit="step", dynamic_ncols=True)
         started = time.time()
-        loss_sum, loss_n = 0.0, 0
+        loss_sum, loss_n, loc_sum = 0.0, 0, 0.0
         while state["step_in_epoch"] < steps_per_epoch:
             s = state["step_in_epoch"]
             idx = order[(s * world + rank) * args.batch_size:(s * world + rank + 1) * args.batch_size]
-            x = augment(images[idx], args.image_size, aug_gen, args.min_crop).to(device, non_blocking=True)
+            x = augment(images[idx], args.image_size, aug_gen, args.min_crop)
+            x = location.mix_off_centre(x, args.off_centre, aug_gen).to(device, non_blocking=True)
             x = x.contiguous(memory_format=torch.channels_last)
             y = labels[idx].to(device)
             with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                out = net(x)
-                ce = torch.stack([criterion(l.float(), y) for l in out.logits]).mean()
-                if out.glimpse_logits is not None and model.alpha > 0:
-                    aux = torch.stack([criterion(l.float(), y) for l in out.glimpse_logits]).mean()
-                    loss = (1 - model.alpha) * ce + model.alpha * aux
-                else:
-                    loss = ce
+                loss, loc = training_loss(model, net, x, y, criterion, stage)
+            if loc is not None:
+                loc_sum += float(loc)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)
@@ -240,7 +303,8 @@ def main(argv=None):
             loss_sum += float(loss.detach())
             loss_n += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{loss_sum / loss_n:.3f}", lr=f"{sched.get_last_lr()[0]:.4f}")
+            bar.set_postfix(loss=f"{loss_sum / loss_n:.3f}", lr=f"{sched.get_last_lr()[0]:.4f}",
+                            **({"location": f"{loc_sum / loss_n:.2f}"} if stage else {}))
             if state["global_step"] % args.save_every == 0:
                 state["train_seconds"] += time.time() - started
                 started = time.time()

@@ -1,0 +1,132 @@
+"""The location stage changes nothing in the forward pass; its candidate scores, the off-centre data and the
+location report measure what they say."""
+import pytest
+import torch
+
+from mgnet import location
+from mgnet.evaluate import glimpse_overlap, location_report
+from mgnet.model import build_model
+from mgnet.train import LocationStage, training_loss
+
+SIZE = 64
+SCALE = 4.0  # 16 px glimpses: the first one sees the photo at a quarter of its resolution
+
+
+def quadrant_batch(n, seed):
+    """Dark photos with one bright 32 px quadrant; a 2 px dot at its centre is red or green (the class).
+    The bright quadrant shows at any resolution, the dot's colour only when zoomed in."""
+    gen = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 2, (n,), generator=gen)
+    quad = torch.randint(0, 4, (n,), generator=gen)
+    x = torch.full((n, 3, SIZE, SIZE), 0.1) + 0.03 * torch.randn(n, 3, SIZE, SIZE, generator=gen)
+    half, dot = SIZE // 2, 2
+    for i in range(n):
+        r, c = divmod(int(quad[i]), 2)
+        x[i, :, r * half:(r + 1) * half, c * half:(c + 1) * half] = 0.6
+        top, left = r * half + (half - dot) // 2, c * half + (half - dot) // 2
+        x[i, :, top:top + dot, left:left + dot] = 0.0
+        x[i, int(y[i]), top:top + dot, left:left + dot] = 1.0
+    return x.clamp(0, 1), y, quad
+
+
+def train(model, steps, stage=None, seed=0, lr=1e-3):
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    criterion = torch.nn.CrossEntropyLoss()
+    for step in range(steps):
+        x, y, _ = quadrant_batch(32, seed * 10_000 + step)
+        model.train()
+        loss, _ = training_loss(model, model, x, y, criterion, stage)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+@pytest.fixture(scope="module")
+def pretrained():
+    """A small MGNet trained briefly with the paper's loss alone (it learns the classes, not where to look)."""
+    torch.manual_seed(0)
+    model = build_model("mgnet", num_classes=2, image_size=SIZE, n_glimpses=2, scale=SCALE)
+    train(model, 60, seed=1)
+    return model.state_dict()
+
+
+def fresh(state):
+    model = build_model("mgnet", num_classes=2, image_size=SIZE, n_glimpses=2, scale=SCALE)
+    model.load_state_dict(state)
+    return model
+
+
+def test_replaying_saved_glimpses_gives_identical_logits_after_the_stage(pretrained):
+    """The stage trains weights only: the forward pass still reads its own proposals, so feeding the
+    glimpses it chose back in as glimpse_params reproduces the logits exactly."""
+    model = fresh(pretrained)
+    train(model, 5, LocationStage(weight=1.0), seed=3)
+    x, _, _ = quadrant_batch(8, 7)
+    model.eval()
+    with torch.no_grad():
+        own = model(x)
+        again = model(x, glimpse_params=own.glimpses[1:])
+        with_states = model(x, return_states=True)
+    assert torch.equal(own.logits, again.logits)
+    assert torch.equal(own.logits, with_states.logits) and torch.equal(own.glimpses, with_states.glimpses)
+    assert with_states.states.shape == (2, 8, model.feat_dim + 3)
+
+
+def test_candidate_losses_score_each_candidate_as_a_forced_glimpse(pretrained):
+    model = fresh(pretrained).eval()
+    x, y, _ = quadrant_batch(4, 5)
+    grid = location.candidate_grid(2)
+    losses = location.candidate_losses(model, x, y, grid)
+    assert losses.shape == (1, 4, len(grid))
+    k = 3
+    with torch.no_grad():
+        forced = model(x, glimpse_params=model.place(grid[k:k + 1]).expand(1, 4, 3).contiguous())
+    expected = torch.nn.functional.cross_entropy(forced.logits[1], y, reduction="none")
+    assert torch.allclose(losses[0, :, k], expected, atol=1e-5)
+
+
+def test_candidate_grid_covers_the_image_symmetrically():
+    grid = location.candidate_grid(3)
+    assert grid.shape == (27, 3)
+    assert torch.allclose(grid[:, 1:].mean(0), torch.tensor([0.5, 0.5]))
+    assert torch.allclose(grid[:, 0].unique(), torch.tensor(location.CANDIDATE_SCALES))
+
+
+def test_off_centre_pastes_a_shrunk_photo_at_a_seeded_position():
+    imgs = torch.zeros(6, 3, 64, 64, dtype=torch.uint8)
+    imgs[:, 0] = 200
+    imgs[::2, 0] = 0
+    imgs[::2, 2] = 200  # every other photo blue
+    out, boxes = location.off_centre(imgs, seed=3)
+    again, boxes_again = location.off_centre(imgs, seed=3)
+    assert torch.equal(out, again) and torch.equal(boxes, boxes_again)
+    assert out.dtype == torch.uint8 and out.shape == imgs.shape
+    side = boxes[:, 2] - boxes[:, 0]
+    assert torch.equal(side, boxes[:, 3] - boxes[:, 1])
+    assert bool(((side >= 0.4 * 64 - 1) & (side <= 0.6 * 64 + 1)).all())
+    for i, (x0, y0, x1, y1) in enumerate(boxes.long().tolist()):
+        inside = out[i, :, y0:y1, x0:x1].float().mean((1, 2))
+        assert torch.allclose(inside, imgs[i].float().mean((1, 2)), atol=2)
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+    assert float(centres.std(0).min()) > 2  # positions vary
+    assert not torch.equal(location.off_centre(imgs, seed=4)[1], boxes)
+
+
+def test_glimpse_overlap_is_one_for_identical_boxes_and_zero_for_disjoint():
+    same = torch.tensor([[1.0, 0, 0], [0.3, 0.2, 0.1], [0.3, 0.2, 0.1]])[:, None].repeat(1, 5, 1)
+    assert glimpse_overlap(same) == pytest.approx(1.0)
+    apart = torch.tensor([[1.0, 0, 0], [0.2, -0.5, -0.5], [0.2, 0.5, 0.5]])[:, None]
+    assert glimpse_overlap(apart) == pytest.approx(0.0)
+    half = torch.tensor([[1.0, 0, 0], [0.5, -0.25, 0.0], [0.5, 0.25, 0.0]])[:, None]
+    assert glimpse_overlap(half) == pytest.approx(0.5 / 1.5, abs=1e-3)  # widths 1, shifted by 0.5: inter 0.5, union 1.5
+
+
+def test_location_report_gives_gains_with_intervals(pretrained):
+    model = fresh(pretrained)
+    x, y, _ = quadrant_batch(40, 11)
+    report = location_report(model, (x * 255).round().to(torch.uint8), y)
+    assert set(report["accuracy"]) == {"learned", "centre", "shuffled"}
+    assert set(report["gain_ci95"]) == {"centre@2", "shuffled@2"}
+    for mean, low, high in report["gain_ci95"].values():
+        assert low <= mean <= high
+    assert 0 <= report["glimpse2_offset"] <= 0.5
