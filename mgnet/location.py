@@ -92,11 +92,11 @@ def candidate_losses(model, x: torch.Tensor, y: torch.Tensor, grid: torch.Tensor
         params = model.place(grid.to(x))  # [K, 3]
         xn = (x - model.mean) / model.std
         size = model.glimpse_size(x.shape[-1])
-        pairs = [(c, b) for c in range(k) for b in range(batch)]
+        cands = torch.arange(k).repeat_interleave(batch)  # candidate-major: row c * B + b
+        imgs = torch.arange(batch).repeat(k)
         feats = []
-        for i in range(0, len(pairs), chunk):
-            cand = torch.tensor([c for c, _ in pairs[i:i + chunk]])
-            img = torch.tensor([b for _, b in pairs[i:i + chunk]])
+        for i in range(0, k * batch, chunk):
+            cand, img = cands[i:i + chunk], imgs[i:i + chunk]
             crops = model.sample(xn[img], params[cand], size)
             feats.append(model.backbone(crops.contiguous(memory_format=torch.channels_last)))
         feats = torch.cat(feats).view(k, batch, -1)
@@ -132,7 +132,3 @@ def location_loss(model, states: torch.Tensor, losses: torch.Tensor, grid: torch
     weight = gain / gain.mean().clamp_min(1e-8)
     return (weight * ce).mean()
 
-
-def oracle_choice(losses: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-    """The best candidate's u for each step and image [T - 1, B, 3] (diagnostics)."""
-    return grid[losses.argmin(-1)]

@@ -131,12 +131,7 @@ def training_loss(model, net, x, y, criterion, stage: LocationStage | None = Non
     Returns (loss, location loss or None). ``net`` is the model or its DDP wrapper."""
     targets = location.candidate_losses(model, x, y, stage.grid) if stage else None
     out = net(x, return_states=stage is not None)
-    ce = torch.stack([criterion(l.float(), y) for l in out.logits]).mean()
-    if out.glimpse_logits is not None and model.alpha > 0:
-        aux = torch.stack([criterion(l.float(), y) for l in out.glimpse_logits]).mean()
-        loss = (1 - model.alpha) * ce + model.alpha * aux
-    else:
-        loss = ce
+    loss = model.loss(out, y, criterion)
     if stage is None:
         return loss, None
     states = out.states[:-1].float()
