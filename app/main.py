@@ -75,7 +75,7 @@ def sidebar_models(cat):
         return None
     names = [m.name for m in cat.models]
     picked = sb.selectbox("MGNet model", names, index=0, key="model",
-                          format_func=lambda n: cat.by_name(n).short,
+                          format_func=lambda n: f"{cat.by_name(n).short} · {cat.by_name(n).recipe}",
                           help=f"Every .pt/.ckpt file in {cat.folder}: this project's checkpoints, the authors' "
                                f"ImageNet-100 Lightning files, and baselines.", **QP)
     entry = cat.by_name(picked) or cat.models[0]

@@ -22,7 +22,7 @@ import torch
 
 import mgnet
 from mgnet import analysis as mg_analysis
-from mgnet.checkpoints import CheckpointError
+from mgnet.checkpoints import DEFAULT_CHECKPOINTS, CheckpointError, training_recipe
 from mgnet.data import image_hash, load_image, to_model_input
 from mgnet.utils import device_label, pick_device
 
@@ -79,13 +79,17 @@ class ModelEntry:
         return getattr(self.model, "checkpoint_info", {}).get("sha256", "")
 
     @property
+    def recipe(self) -> str:
+        return training_recipe(getattr(self.model, "checkpoint_info", {}))
+
+    @property
     def label(self) -> str:
         m = self.model
         if self.is_baseline:
             detail = f"baseline, {m.backbone_name}, {m.image_size}px"
         else:
             detail = f"MGNet, {m.backbone_name}, {m.n_glimpses} glimpses of {m.glimpse_size()}px"
-        return f"{self.path.stem} ({detail})"
+        return f"{self.path.stem} ({detail}; {self.recipe})"
 
     @property
     def short(self) -> str:
@@ -146,8 +150,9 @@ def catalog(folder: Path | None = None) -> Catalog:
             cat.errors.append((path.name, loaded.error))
         else:
             cat.models.append(ModelEntry(path, loaded.model, f"{path.resolve()}|{stat.st_mtime_ns}|{stat.st_size}"))
-    # MGNets first, then baselines; the project's defaults first within each.
-    cat.models.sort(key=lambda m: (m.is_baseline, "imagenette" not in m.name, m.name))
+    # MGNets first, then baselines; the project's defaults first within each, then its other checkpoints.
+    cat.models.sort(key=lambda m: (m.is_baseline, m.name not in DEFAULT_CHECKPOINTS, "imagenette" not in m.name,
+                                   m.name))
     return cat
 
 

@@ -26,6 +26,9 @@ class CheckpointError(ValueError):
     """A checkpoint file that cannot be used, with a message that says why."""
 
 
+# The project's default pair in checkpoints/: the app opens on these.
+DEFAULT_CHECKPOINTS = ("mgnet-resnet18-imagenette.pt", "baseline-resnet18-imagenette.pt")
+
 def file_sha256(path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -185,3 +188,26 @@ def save_checkpoint(model: MGNet, path, classes=None, class_ids=None, provenance
 def atomic_save(obj, path):
     """torch.save to a temporary file, then rename, so a crash never leaves a half-written file."""
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def training_recipe(info: dict) -> str:
+    """How a checkpoint was trained, in a few words, from its ``checkpoint_info``: the authors' release,
+    a chain of stages that included the location stage, off-centre data only, or the paper's recipe."""
+    if info.get("format") == "authors-lightning":
+        return "authors' checkpoint"
+    used, recorded = set(), False
+    prov = info.get("provenance") or {}
+    while prov:  # every stage of the init_from chain (earlier stages keep their command, not their args)
+        args, words = prov.get("args") or {}, str(prov.get("command") or "").split()
+        recorded = recorded or bool(args or words)
+        for option in ("location_weight", "off_centre"):
+            flag = "--" + option.replace("_", "-")
+            value = args.get(option) or (words[words.index(flag) + 1] if flag in words[:-1] else 0)
+            if float(value) > 0:
+                used.add(option)
+        prov = prov.get("init_from") or {}
+    if "location_weight" in used:
+        return "location stage"
+    if "off_centre" in used:
+        return "off-centre data"
+    return "paper recipe" if recorded else "recipe not recorded"

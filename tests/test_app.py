@@ -95,7 +95,9 @@ def test_opens_with_an_example_analysed(app):
 def test_bad_checkpoint_is_listed_with_its_message(app):
     msgs = [e.value for e in app.error if "broken.pt" in e.value]
     assert msgs and "broken.pt" in msgs[0]
-    assert app.selectbox(key="model").options == ["mgnet-tiny", "baseline-tiny"]
+    # the picker says how each was trained (these tiny files record no training run)
+    assert app.selectbox(key="model").options == ["mgnet-tiny · recipe not recorded",
+                                                  "baseline-tiny · recipe not recorded"]
     assert "CPU" in "\n".join(c.value for c in app.caption)
 
 
@@ -526,3 +528,28 @@ def test_slow_method_options_reach_the_library(app, monkeypatch):
     assert opts["occlusion"]["window"] == 6 and opts["occlusion"]["stride"] == 3
     doc = app.session_state["_registry"].settings["figure_settings"]
     assert doc["method_options"] == {"integrated_gradients": {"n_steps": 8}, "occlusion": {"window": 6, "stride": 3}}
+
+
+def test_the_picker_opens_on_the_default_checkpoints_and_says_how_each_was_trained(tmp_path):
+    """With the paper-recipe files beside the defaults, the defaults come first (the app opens on them) and
+    each entry names its recipe, read from the provenance the training run recorded."""
+    from app import services
+    from mgnet import build_model, save_checkpoint
+
+    paper = {"command": "python -m mgnet.train --kind mgnet", "args": {"off_centre": 0.0}}
+    located = {"command": "python -m mgnet.train --location-weight 0.05", "args": {"location_weight": 0.05},
+               "init_from": paper}
+    for name, kind, prov in (("mgnet-resnet18-imagenette-paper-recipe.pt", "mgnet", paper),
+                             ("mgnet-resnet18-imagenette.pt", "mgnet", located),
+                             ("baseline-resnet18-imagenette-paper-recipe.pt", "baseline", paper),
+                             ("baseline-resnet18-imagenette.pt", "baseline", {"args": {"off_centre": 0.4}}),
+                             ("another-mgnet.pt", "mgnet", paper)):
+        save_checkpoint(build_model(kind, num_classes=10, image_size=64), tmp_path / name, classes=CLASSES,
+                        provenance=prov)
+    cat = services.catalog(tmp_path)
+    assert [m.name for m in cat.models] == [
+        "mgnet-resnet18-imagenette.pt", "mgnet-resnet18-imagenette-paper-recipe.pt", "another-mgnet.pt",
+        "baseline-resnet18-imagenette.pt", "baseline-resnet18-imagenette-paper-recipe.pt"]
+    assert [m.recipe for m in cat.models] == ["location stage", "paper recipe", "paper recipe", "off-centre data",
+                                              "paper recipe"]
+    assert cat.models[0].label.endswith("; location stage)")

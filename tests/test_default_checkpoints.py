@@ -4,24 +4,33 @@ import json
 import pytest
 
 from mgnet import load_checkpoint
+from mgnet.checkpoints import training_recipe
 from mgnet.data import list_image_folder
 from mgnet.evaluate import _predict_correct, label_map, load_eval_images
 from conftest import DATA, ROOT
 
 CARD = ROOT / "checkpoints" / "modelcard.json"
 NAMES = {"mgnet": "mgnet-resnet18-imagenette.pt", "baseline": "baseline-resnet18-imagenette.pt"}
+PAPER = {kind: name.replace(".pt", "-paper-recipe.pt") for kind, name in NAMES.items()}
 IMAGENETTE = ["tench", "English springer", "cassette player", "chain saw", "church", "French horn",
               "garbage truck", "gas pump", "golf ball", "parachute"]
 
 
+@pytest.mark.parametrize("pair", ["default", "paper_recipe"])
 @pytest.mark.parametrize("kind", ["mgnet", "baseline"])
-def test_committed_checkpoint_loads_and_matches_the_model_card(kind):
-    path = ROOT / "checkpoints" / NAMES[kind]
+def test_committed_checkpoint_loads_and_matches_the_model_card(kind, pair):
+    path = ROOT / "checkpoints" / (NAMES if pair == "default" else PAPER)[kind]
     assert path.stat().st_size < 50 * 2**20
     model = load_checkpoint(path, device="cpu")
     assert model.classes == IMAGENETTE and model.checkpoint_info["kind"] == kind
     assert model.checkpoint_info["provenance"]["git_commit"]
+    recipe = training_recipe(model.checkpoint_info)
+    if pair == "paper_recipe":
+        assert recipe == "paper recipe"
+    else:
+        assert recipe == ("location stage" if kind == "mgnet" else "off-centre data")
     card = json.loads(CARD.read_text())
+    card = card if pair == "default" else card["paper_recipe"]
     assert card["checkpoints"][kind]["sha256"] == model.checkpoint_info["sha256"]
     check = card["sample_check"]
     folder_classes, _ = list_image_folder(DATA / "val")
@@ -40,7 +49,7 @@ def test_model_card_text_is_generated_from_its_measurements(tmp_path):
 
     from mgnet.modelcard import write_readme
 
-    for name in ("history-mgnet.json", "history-baseline.json"):
+    for name in ("history-mgnet.json", "history-baseline.json", "location-pilots.json", "glimpse_strip.png"):
         shutil.copy(ROOT / "checkpoints" / name, tmp_path / name)
     write_readme(json.loads(CARD.read_text()), tmp_path)
     assert (tmp_path / "README.md").read_text() == (ROOT / "checkpoints" / "README.md").read_text()

@@ -130,3 +130,95 @@ def test_location_report_gives_gains_with_intervals(pretrained):
     for mean, low, high in report["gain_ci95"].values():
         assert low <= mean <= high
     assert 0 <= report["glimpse2_offset"] <= 0.5
+
+
+# --- A toy where only the location decides: the class shows only in a small glimpse on the object. ---
+STRIPE_SIZE = 65
+STRIPE_SCALE = 65 / 17  # 17 px glimpses: the whole-image glimpse samples every 4th pixel
+OBJECT = 32
+
+
+def stripes_batch(n, seed):
+    """Dark photos with one 32 px object in a random quadrant: 1 px stripes, horizontal for class 0 and
+    vertical for class 1. The whole-image glimpse samples every 4th row and column, so it sees a flat
+    patch (where the object is, not what it is); only a small glimpse on the object resolves the stripes."""
+    gen = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 2, (n,), generator=gen)
+    quad = torch.randint(0, 4, (n,), generator=gen)
+    x = torch.full((n, 3, STRIPE_SIZE, STRIPE_SIZE), 0.05)
+    wave = 0.4 + 0.6 * (torch.arange(OBJECT) % 2).float()
+    for i in range(n):
+        patch = wave[:, None].expand(OBJECT, OBJECT) if y[i] == 0 else wave[None, :].expand(OBJECT, OBJECT)
+        r, c = divmod(int(quad[i]), 2)
+        x[i, :, r * 33:r * 33 + OBJECT, c * 33:c * 33 + OBJECT] = patch
+    return x, y, quad
+
+
+def stripes_model():
+    return build_model("mgnet", num_classes=2, image_size=STRIPE_SIZE, n_glimpses=2, scale=STRIPE_SCALE)
+
+
+@pytest.fixture(scope="module")
+def knows_the_classes():
+    """A small MGNet taught the classes with glimpse 2 forced to random candidate glimpses (some land on the
+    object), so it can read the stripes when it looks at them but has never chosen where to look."""
+    torch.manual_seed(0)
+    model = stripes_model()
+    assert model.glimpse_size() == 17
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(1)
+    grid = location.candidate_grid(3)
+    model.train()
+    for step in range(100):
+        x, y, _ = stripes_batch(32, 10_000 + step)
+        u = grid[torch.randint(0, len(grid), (32,), generator=gen)]
+        loss = model.loss(model(x, glimpse_params=model.place(u)[None]), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.state_dict()
+
+
+def continue_training(state, stage):
+    model = stripes_model()
+    model.load_state_dict(state)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-4)
+    criterion = torch.nn.CrossEntropyLoss()
+    for step in range(60):
+        x, y, _ = stripes_batch(32, 20_000 + step)
+        model.train()
+        loss, _ = training_loss(model, model, x, y, criterion, stage)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+def where_it_looks(model):
+    """(share of glimpse 2's box on the object, accuracy after glimpse 2 with its own glimpse, with the
+    glimpse moved to the centre at the same scale), on 200 held-out photos."""
+    x, y, quad = stripes_batch(200, 999)
+    with torch.no_grad():
+        out = model(x)
+        centred = out.glimpses[1:].clone()
+        centred[..., 1:] = 0
+        acc_centred = float((model(x, glimpse_params=centred).logits[-1].argmax(-1) == y).float().mean())
+    acc_own = float((out.logits[-1].argmax(-1) == y).float().mean())
+    s, tx, ty = out.glimpses[1].unbind(1)  # box = centre +- s in [-1, 1] coordinates, 64 px across
+    half, cx, cy = s * 32, (tx + 1) * 32, (ty + 1) * 32
+    ox, oy = (quad % 2 * 33).float(), (quad // 2 * 33).float()
+    w = (torch.minimum(cx + half, ox + OBJECT) - torch.maximum(cx - half, ox)).clamp_min(0)
+    h = (torch.minimum(cy + half, oy + OBJECT) - torch.maximum(cy - half, oy)).clamp_min(0)
+    return float((w * h / (2 * half) ** 2).mean()), acc_own, acc_centred
+
+
+def test_a_short_location_stage_learns_to_look_at_the_object_and_the_paper_loss_alone_does_not(knows_the_classes):
+    paper_on_object, paper_own, paper_centred = where_it_looks(continue_training(knows_the_classes, None))
+    stage_on_object, stage_own, stage_centred = where_it_looks(
+        continue_training(knows_the_classes, LocationStage(weight=1.0)))
+    numbers = (paper_on_object, paper_own, paper_centred, stage_on_object, stage_own, stage_centred)
+    # The same steps with the paper's loss alone leave glimpse 2 mostly off the object ...
+    assert paper_on_object < 0.45, numbers
+    # ... the location stage moves it onto the object, and that is what makes the answer right.
+    assert stage_on_object >= 0.45 and stage_on_object >= paper_on_object + 0.1, numbers
+    assert stage_own >= 0.85 and stage_own - stage_centred >= 0.1, numbers

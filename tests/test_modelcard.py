@@ -1,0 +1,75 @@
+"""The model card's bookkeeping: which checkpoint is which, when earlier measurements may be taken over, and
+how issue 11's goals are judged."""
+import argparse
+
+import pytest
+
+from mgnet.checkpoints import training_recipe
+from mgnet.modelcard import _reusable, glimpse_goals
+
+
+def test_training_recipe_follows_the_init_from_chain():
+    assert training_recipe({"format": "authors-lightning"}) == "authors' checkpoint"
+    assert training_recipe({"provenance": {"saved": "today"}}) == "recipe not recorded"
+    paper = {"command": "python -m mgnet.train --kind mgnet --lr 0.08", "args": {"lr": 0.08}}
+    assert training_recipe({"provenance": paper}) == "paper recipe"
+    located = {"args": {"location_weight": 0.05, "off_centre": 0.4}, "init_from": paper}
+    assert training_recipe({"provenance": located}) == "location stage"
+    # a later stage without the option still comes from a located model (earlier stages keep only the command)
+    later = {"args": {"location_weight": 0.0}, "init_from": {"command": "x --location-weight 0.05 --lr 1"}}
+    assert training_recipe({"provenance": later}) == "location stage"
+    assert training_recipe({"provenance": {"args": {"off_centre": 0.4}, "init_from": paper}}) == "off-centre data"
+
+
+def _args(**kw):
+    base = dict(data="val", seed=0, attack_limit=300, corruption_limit=300)
+    return argparse.Namespace(**{**base, **kw})
+
+
+def _card(mgnet_sha="a", baseline_sha="b"):
+    pair = {"checkpoints": {"mgnet": {"sha256": mgnet_sha}, "baseline": {"sha256": baseline_sha}},
+            "clean": {"mgnet": 1}, "sample_check": {}, "attacks": {"images": 300}, "corruptions": {"images": 300}}
+    return {"data": "val", "seed": 0, "date": "2026-11-25", "git_commit": "c0ffee", **pair}
+
+
+def test_earlier_measurements_are_taken_over_only_for_the_same_weights_and_settings():
+    card = _card()
+    got = _reusable(card, {"mgnet": "a", "baseline": "b"}, _args())
+    assert got["clean"] == {"mgnet": 1} and got["measured"] == {"date": "2026-11-25", "git_commit": "c0ffee"}
+    assert _reusable(card, {"mgnet": "a", "baseline": "other"}, _args()) is None
+    assert _reusable(card, {"mgnet": "a", "baseline": "b"}, _args(seed=1)) is None
+    assert _reusable(card, {"mgnet": "a", "baseline": "b"}, _args(attack_limit=500)) is None
+    assert _reusable(None, {"mgnet": "a", "baseline": "b"}, _args()) is None
+    # a pair kept under "paper_recipe" is found too
+    nested = {**_card("x", "y"), "paper_recipe": _card()}
+    assert _reusable(nested, {"mgnet": "a", "baseline": "b"}, _args())["clean"] == {"mgnet": 1}
+
+
+def _report(gain, offset=0.15, iou=0.5):
+    gains = {f"{m}@{t}": [gain, gain - 0.01, gain + 0.01] for m in ("centre", "shuffled") for t in (2, 4)}
+    return {"accuracy": {"learned": [0.8] * 4}, "gain_ci95": gains, "glimpse2_offset": offset, "overlap_iou": iou}
+
+
+def _goal_card(val_gain, off_gain, final=0.86, offset=0.15, iou=0.5, beats_baseline=0.05):
+    cfg = {"mgnet": {"gflops_per_glimpse": [0.1, 0.2, 0.3, 0.4]}, "baseline": {"gflops_per_glimpse": [0.6]}}
+    return {"checkpoints": cfg, "locations": _report(val_gain), "locations_off_centre": _report(off_gain, offset, iou),
+            "clean": {"mgnet": {"accuracy_per_glimpse": [0.7, 0.8, 0.85, final]},
+                      "baseline": {"accuracy_per_glimpse": [0.87]}},
+            "off_centre": {"mgnet": [0.7], "baseline": [0.6],
+                           "mgnet_minus_baseline_ci95": [beats_baseline, beats_baseline - 0.02, beats_baseline + 0.02]},
+            "corruptions": {"table": {"fog": {str(s): {"mgnet": [0.5] * 4, "baseline": [0.5]} for s in range(1, 6)}}}}
+
+
+def test_glimpse_goals_are_met_only_when_every_number_clears_its_bar():
+    met = [ok for _, ok, _ in glimpse_goals(_goal_card(0.05, 0.20))]
+    assert all(met) and len(met) == 11
+    small = dict((label, ok) for label, ok, _ in glimpse_goals(_goal_card(0.02, 0.10, final=0.84, offset=0.1,
+                                                                         iou=0.8, beats_baseline=-0.01)))
+    assert not any(ok for label, ok in small.items() if not label.startswith("3. Compute"))
+
+
+@pytest.mark.parametrize("field", ["offset", "iou"])
+def test_glimpse_spread_goal_fails_on_its_own(field):
+    card = _goal_card(0.05, 0.20, **({"offset": 0.11} if field == "offset" else {"iou": 0.71}))
+    failed = [label for label, ok, _ in glimpse_goals(card) if not ok]
+    assert len(failed) == 1 and failed[0].startswith("4.")
