@@ -5,12 +5,16 @@ Checkpoints are listed from $MGNET_CHECKPOINTS (default: checkpoints/); MGNET_DE
 """
 from __future__ import annotations
 
+import importlib.util
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+# The library comes from the installed package (`pip install -e .[app]`, as the README's command does). The
+# app's own modules are the package `app` beside this file, and a checkout that was never installed has mgnet
+# there too, so the repository root is added (at the end: an installed mgnet wins) only when one is missing.
+if importlib.util.find_spec("mgnet") is None or importlib.util.find_spec("app") is None:
+    sys.path.append(str(ROOT))
 
 import streamlit as st  # noqa: E402
 

@@ -312,7 +312,7 @@ def render_sweep(photo, entry, models, a, settings):
                 else:
                     cfg = dict(cfg_base, eps=float(eps))
                     adv = run_attack(m, photo, cfg, y,
-                                     lambda d, t, done=done: bar.progress((done + d / t) / total,
+                                     lambda d, t, done=done, m=m, eps=eps: bar.progress((done + d / t) / total,
                                                                           text=f"{m.short}: eps {eps:g}, step {d}/{t}"))
                     res = services.analyze_image(m, adv, image_hash(adv), n)
                 ys.append(float(res.probs[-1, y]))

@@ -58,10 +58,10 @@ def app_timings(repeats):
     for i in range(repeats):
         data = photo_bytes(i)
         out["upload_to_first_result_s"].append(
-            timed(lambda: at.file_uploader(key="upload").set_value((f"p{i}.jpg", data, "image/jpeg")).run()))
+            timed(lambda i=i, data=data: at.file_uploader(key="upload").set_value((f"p{i}.jpg", data, "image/jpeg")).run()))
         assert not at.exception, at.exception
         for step in (1, 2, 3):
-            out["glimpse_step_s"].append(timed(lambda: at.slider(key="step").set_value(step).run()))
+            out["glimpse_step_s"].append(timed(lambda step=step: at.slider(key="step").set_value(step).run()))
     return out
 
 
@@ -74,8 +74,8 @@ def library_timings(repeats):
     out = {}
     for name, model in (("baseline", base), ("mgnet", mg)):
         for method in METHODS:
-            out[f"{method} on {name}_s"] = [timed(lambda: explain(model, x, method)) for _ in range(repeats)]
-        out[f"PGD-10 on {name}_s"] = [timed(lambda: attack(model, x, y, "pgd", eps=4, steps=10))
+            out[f"{method} on {name}_s"] = [timed(lambda model=model, method=method: explain(model, x, method)) for _ in range(repeats)]
+        out[f"PGD-10 on {name}_s"] = [timed(lambda model=model: attack(model, x, y, "pgd", eps=4, steps=10))
                                       for _ in range(repeats)]
     image = load_image(ROOT / "app/examples/parachute_1.jpg")
     out["location check on mgnet (centred + 8 random)_s"] = [timed(lambda: location_check(mg, image))

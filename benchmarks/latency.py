@@ -46,7 +46,7 @@ def measure(device, repeats):
         for t in range(1, mg.n_glimpses + 1):
             out[f"mgnet_{t}_glimpses"] = time_call(lambda t=t: mg(x, n_glimpses=t), repeats, device)
     full = out["baseline"]["median_ms"]
-    for k, v in out.items():
+    for v in out.values():
         v["vs_baseline"] = round(v["median_ms"] / full, 3)
     return out
 

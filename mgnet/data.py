@@ -69,14 +69,14 @@ def load_image(source, max_pixels: int = MAX_PIXELS) -> np.ndarray:
                 return _to_rgb(frame)
     except ValueError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ValueError("The image declares an enormous size (a decompression bomb?); it was not decoded.")
-    except UnidentifiedImageError:
-        raise ValueError("This file is not an image format we can read (JPEG, PNG, WebP, BMP, TIFF or GIF).")
-    except (OSError, SyntaxError, EOFError, IndexError, TypeError, Image.DecompressionBombError) as exc:
-        raise ValueError(f"The image file is damaged or truncated and cannot be decoded ({exc}).")
-    except MemoryError:
-        raise ValueError("The image is too large to decode in memory. Downscale it first.")
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ValueError("The image declares an enormous size (a decompression bomb?); it was not decoded.") from exc
+    except UnidentifiedImageError as exc:
+        raise ValueError("This file is not an image format we can read (JPEG, PNG, WebP, BMP, TIFF or GIF).") from exc
+    except (OSError, SyntaxError, EOFError, IndexError, TypeError) as exc:
+        raise ValueError(f"The image file is damaged or truncated and cannot be decoded ({exc}).") from exc
+    except MemoryError as exc:
+        raise ValueError("The image is too large to decode in memory. Downscale it first.") from exc
 
 
 def _to_rgb(img: Image.Image) -> np.ndarray:

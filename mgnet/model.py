@@ -236,10 +236,10 @@ class MGNet(nn.Module):
     def loss(self, out: MGNetOutput, target: torch.Tensor, criterion=F.cross_entropy) -> torch.Tensor:
         """(1 - alpha) * mean_t CE(global) + alpha * mean_{t>=2} CE(glimpse_fc); plain mean CE otherwise.
         ``criterion`` replaces CE (training passes one with label smoothing); logits are scored in fp32."""
-        ce = torch.stack([criterion(l.float(), target) for l in out.logits]).mean()
+        ce = torch.stack([criterion(lg.float(), target) for lg in out.logits]).mean()
         if out.glimpse_logits is None or self.alpha <= 0:
             return ce
-        aux = torch.stack([criterion(l.float(), target) for l in out.glimpse_logits]).mean()
+        aux = torch.stack([criterion(lg.float(), target) for lg in out.glimpse_logits]).mean()
         return (1 - self.alpha) * ce + self.alpha * aux
 
 

@@ -159,7 +159,7 @@ def init_weights(model, path, class_ids) -> dict:
     try:
         source = load_checkpoint(path, device="cpu")
     except (CheckpointError, OSError) as exc:
-        raise SystemExit(f"error: --init-from: {exc}")
+        raise SystemExit(f"error: --init-from: {exc}") from exc
     mine, theirs = model.config(), source.config()
     # The scale range and s_grad may change between stages: the weights fit any of them.
     differ = sorted(k for k in mine if mine[k] != theirs.get(k) and k not in ("s_grad", "scale_min", "scale_max"))
@@ -201,7 +201,7 @@ def main(argv=None):
         if world > 1 and main_proc:
             dist.barrier()
     except ValueError as exc:
-        raise SystemExit(f"error: {exc}")
+        raise SystemExit(f"error: {exc}") from exc
     if val is not None and val[0] != classes:
         raise SystemExit("error: --val has different class folders from --data.")
     if args.limit:  # spread over the sorted list, so every class is present

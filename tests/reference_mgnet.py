@@ -36,7 +36,7 @@ class ReferenceMGNet:
         h = int(math.floor(H / self.scale + 1e-9))
         a = torch.tensor([1.0, 0.0, 0.0], dtype=x_norm.dtype).repeat(B, 1)
         tokens, outs, params = [], [], []
-        for t in range(self.n_iter):
+        for _ in range(self.n_iter):
             theta = torch.zeros(B, 2, 3, dtype=x_norm.dtype)
             theta[:, 0, 0] = a[:, 0]
             theta[:, 1, 1] = a[:, 0]

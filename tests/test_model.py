@@ -145,7 +145,7 @@ def test_auxiliary_classifier_and_loss():
     assert out.glimpse_logits.shape == (2, 2, 5)
     y = torch.tensor([0, 3])
     ce = torch.nn.functional.cross_entropy
-    expected = 0.4 * sum(ce(l, y) for l in out.logits) / 3 + 0.6 * sum(ce(l, y) for l in out.glimpse_logits) / 2
+    expected = 0.4 * sum(ce(lg, y) for lg in out.logits) / 3 + 0.6 * sum(ce(lg, y) for lg in out.glimpse_logits) / 2
     torch.testing.assert_close(model.loss(out, y), expected)
     assert build_model("mgnet", num_classes=5, image_size=64, alpha=0.0).glimpse_fc is None
 

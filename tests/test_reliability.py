@@ -133,7 +133,7 @@ def test_concurrent_sessions_get_their_solo_results_and_leave_models_untouched(m
     jobs = jobs_for(models, photo(1))
     snaps = {role: Snapshot(m) for role, m in models.items()}
     solo = {}
-    for name, (model, job) in jobs.items():
+    for name, (_model, job) in jobs.items():
         solo[name] = job()
         for role, snap in snaps.items():
             assert not snap.problems(), (name, role, snap.problems())
@@ -389,7 +389,7 @@ def test_every_operation_and_every_failure_leaves_the_shared_model_as_it_was(mod
         assert all(p.grad is None for p in mg.parameters()) and all(p.grad is None for p in base.parameters())
         for m in (mg, base):  # another session can take the lock at once
             got = []
-            t = threading.Thread(target=lambda m=m: got.append(model_lock(m).acquire(timeout=5)) or
+            t = threading.Thread(target=lambda m=m, got=got: got.append(model_lock(m).acquire(timeout=5)) or
                                  model_lock(m).release())
             t.start()
             t.join(10)

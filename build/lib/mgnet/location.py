@@ -1,0 +1,134 @@
+"""Teaching MGNet's location network where to look, and data on which location matters.
+
+The paper trains the location network only through the 0.02-damped gradient of bilinear sampling. On
+this project's budgets that settles on one large centred box. The location stage adds a second signal,
+in the spirit of Saccader's pre-training on the classifier's own outputs and GFNet's reward (the gain in
+the true class): for every training image and glimpse step, score a grid of candidate glimpses with the
+current model (on its own trajectory so far), and pull the location network's output towards the
+candidates that lower the loss most, weighted by how much the location matters for that image.
+
+Nothing here changes the model: the location network stays Linear(D + 3, 3) with a sigmoid and the
+forward pass is the paper's. The label is used in training only.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .utils import eval_mode
+
+# Candidate grid in the location network's output space u = sigmoid(W z + b) in [0, 1]^3:
+# u_s picks the scale within [scale_min, scale_max]; u_x, u_y place it (0 = left/top edge, 1 = right/bottom).
+CANDIDATE_SCALES = (0.1, 0.5, 0.95)
+
+
+def candidate_grid(positions: int = 3, scales=CANDIDATE_SCALES) -> torch.Tensor:
+    """Candidate u values [K, 3]: every scale at each point of a positions x positions grid."""
+    if positions < 1:
+        raise ValueError("positions must be at least 1")
+    ticks = torch.linspace(0.1, 0.9, positions) if positions > 1 else torch.tensor([0.5])
+    rows = [(s, float(ux), float(uy)) for s in scales for uy in ticks for ux in ticks]
+    return torch.tensor(rows)
+
+
+def off_centre(images: torch.Tensor, seed: int = 0, side=(0.4, 0.6), blur: int = 16):
+    """Each photo shrunk to a random share of the side in ``side`` and pasted at a random position on a
+    blurred other photo of the batch (``blur`` px, upsampled). Deterministic for a seed.
+
+    images: uint8 [N, 3, S, S] (or float in [0, 1]; the output has the input's dtype).
+    Returns (images, boxes) with boxes [N, 4] = (x0, y0, x1, y1) of each pasted photo in pixels.
+    """
+    if images.dim() != 4 or images.shape[-1] != images.shape[-2]:
+        raise ValueError(f"expected square images [N, 3, S, S], got {tuple(images.shape)}")
+    n, _, size, _ = images.shape
+    gen = torch.Generator().manual_seed(int(seed))
+    x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+    # Background: another photo of the batch (the photo itself when it is alone).
+    donor = (torch.arange(n) + 1 + torch.randint(0, max(n - 1, 1), (n,), generator=gen)) % n if n > 1 \
+        else torch.zeros(1, dtype=torch.long)
+    small = F.interpolate(x[donor], size=(blur, blur), mode="bilinear", antialias=True, align_corners=False)
+    out = F.interpolate(small, size=(size, size), mode="bilinear", align_corners=False)
+    shares = torch.empty(n).uniform_(side[0], side[1], generator=gen)
+    boxes = torch.zeros(n, 4)
+    for i in range(n):
+        side_px = max(2, int(round(float(shares[i]) * size)))
+        x0 = int(torch.randint(0, size - side_px + 1, (1,), generator=gen))
+        y0 = int(torch.randint(0, size - side_px + 1, (1,), generator=gen))
+        patch = F.interpolate(x[i:i + 1], size=(side_px, side_px), mode="bilinear", antialias=True,
+                              align_corners=False)
+        out[i, :, y0:y0 + side_px, x0:x0 + side_px] = patch[0]
+        boxes[i] = torch.tensor([x0, y0, x0 + side_px, y0 + side_px], dtype=torch.float)
+    out = out.clamp_(0, 1)
+    if images.dtype == torch.uint8:
+        out = out.mul_(255).round_().to(torch.uint8)
+    return out, boxes
+
+
+def mix_off_centre(images: torch.Tensor, share: float, gen: torch.Generator) -> torch.Tensor:
+    """Training augmentation: replace a random ``share`` of the batch by off-centre composites."""
+    if share <= 0:
+        return images
+    pick = torch.rand(len(images), generator=gen) < share
+    if not bool(pick.any()):
+        return images
+    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
+    out = images.clone()
+    out[pick] = off_centre(images[pick], seed)[0]
+    return out
+
+
+@torch.no_grad()
+def candidate_losses(model, x: torch.Tensor, y: torch.Tensor, grid: torch.Tensor, chunk: int = 512):
+    """For each glimpse step t = 2..T, the loss after step t had glimpse t gone to each candidate, with
+    glimpses 1..t-1 where the model itself put them. Eval mode, no gradients.
+
+    x: pixels [B, 3, S, S] in [0, 1]; y: labels [B]; grid: candidate u [K, 3].
+    Returns cross-entropy [T - 1, B, K].
+    """
+    with eval_mode(model):
+        own = model(x, return_states=True)
+        steps, batch = own.logits.shape[0], x.shape[0]
+        k = grid.shape[0]
+        params = model.place(grid.to(x))  # [K, 3]
+        xn = (x - model.mean) / model.std
+        size = model.glimpse_size(x.shape[-1])
+        cands = torch.arange(k).repeat_interleave(batch)  # candidate-major: row c * B + b
+        imgs = torch.arange(batch).repeat(k)
+        feats = []
+        for i in range(0, k * batch, chunk):
+            cand, img = cands[i:i + chunk], imgs[i:i + chunk]
+            crops = model.sample(xn[img], params[cand], size)
+            feats.append(model.backbone(crops.contiguous(memory_format=torch.channels_last)))
+        feats = torch.cat(feats).view(k, batch, -1)
+        cand_tokens = torch.cat([feats, params[:, None, :].expand(k, batch, 3)], dim=2)  # [K, B, D]
+        losses = []
+        for t in range(1, steps):
+            prefix = own.tokens[:t]  # [t, B, D]
+            seq = torch.cat([prefix[:, None].expand(t, k, batch, prefix.shape[-1]), cand_tokens[None]], dim=0)
+            z = model.feat_fusion(seq.reshape(t + 1, k * batch, -1))
+            logits = model.global_fc(z).view(k, batch, -1)
+            ce = F.cross_entropy(logits.reshape(k * batch, -1), y.repeat(k), reduction="none").view(k, batch)
+            losses.append(ce.T)
+    return torch.stack(losses)
+
+
+def location_loss(model, states: torch.Tensor, losses: torch.Tensor, grid: torch.Tensor,
+                  width: float = 0.02, temperature: float = 0.1) -> torch.Tensor:
+    """Pull the location network's output towards the candidates that help most.
+
+    states: fused states z after glimpses 1..T-1 [T - 1, B, D] (with gradients); losses: [T - 1, B, K]
+    from ``candidate_losses``. The network's u is scored against the candidates by a Gaussian kernel of
+    ``width`` (squared distance in u space), a soft classification among candidates; the target is
+    softmax(-loss / temperature). Each (image, step) is weighted by how much its best candidate beats the
+    candidates' mean loss, normalised to mean 1, so images where the location matters dominate.
+    """
+    grid = grid.to(states)
+    u = torch.sigmoid(model.loc_network(states))  # [T-1, B, 3]
+    d2 = ((u[..., None, :] - grid) ** 2).sum(-1)  # [T-1, B, K]
+    log_p = F.log_softmax(-d2 / width, dim=-1)
+    target = F.softmax(-losses / temperature, dim=-1)
+    ce = -(target * log_p).sum(-1)
+    gain = (losses.mean(-1) - losses.min(-1).values).clamp_min(0)
+    weight = gain / gain.mean().clamp_min(1e-8)
+    return (weight * ce).mean()
+

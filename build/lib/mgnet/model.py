@@ -1,0 +1,253 @@
+"""MGNet (Tan, Dong & Ma, BMVC 2021) and its one-glimpse baseline.
+
+The module layout mirrors the authors' code so that their state_dict keys load directly
+(minus Lightning's ``model.`` prefix). Models take pixels in [0, 1] and normalise inside.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models import resnet18, resnet34, resnet50
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+BACKBONES = {"resnet18": (resnet18, 512), "resnet34": (resnet34, 512), "resnet50": (resnet50, 2048)}
+
+
+@dataclass
+class MGNetOutput:
+    """Everything one forward pass produces.
+
+    logits:   [T, B, classes], the prediction after each glimpse (the last one is final).
+    glimpses: [T, B, 3], the (scale, tx, ty) used for each glimpse, authors' convention.
+    glimpse_logits: [T-1, B, classes] from the auxiliary classifier on glimpses 2..T, or None.
+    crops:    [T, B, 3, h, h] pixel crops the backbone saw, when asked for.
+    tokens:   [T, B, D + 3] the fusion's inputs (features and the params told), when states are asked for.
+    states:   [T, B, D + 3] the fused state z after each glimpse, when asked for (training the location
+              network on targets needs it; it is what ``propose`` reads).
+    """
+
+    logits: torch.Tensor
+    glimpses: torch.Tensor
+    glimpse_logits: torch.Tensor | None = None
+    crops: torch.Tensor | None = None
+    tokens: torch.Tensor | None = None
+    states: torch.Tensor | None = None
+
+    @property
+    def final(self) -> torch.Tensor:
+        return self.logits[-1]
+
+
+class _ScaleGrad(torch.autograd.Function):
+    """Identity forward; multiplies the incoming gradient by ``factor`` backward."""
+
+    @staticmethod
+    def forward(ctx, x, factor):
+        ctx.factor = factor
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * ctx.factor, None
+
+
+def scale_grad(x: torch.Tensor, factor: float) -> torch.Tensor:
+    return x if factor == 1.0 else _ScaleGrad.apply(x, factor)
+
+
+class FeatureFusion(nn.Module):
+    """Single-head self-attention over the glimpse tokens, then LayerNorm; output at the last token."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.mha = nn.MultiheadAttention(dim, 1)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        # tokens: [t, B, dim]. Without a mask, position t of full self-attention only needs
+        # the last query, so we compute just that one.
+        out, _ = self.mha(tokens[-1:], tokens, tokens, need_weights=False)
+        return F.relu(self.norm(out[0]))
+
+
+class _Head(nn.Module):
+    """A Linear wrapped as ``.fc`` so keys read ``global_fc.fc.weight`` as in the authors' files."""
+
+    def __init__(self, dim_in: int, dim_out: int):
+        super().__init__()
+        self.fc = nn.Linear(dim_in, dim_out)
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+class MGNet(nn.Module):
+    """Multi-Glimpse Network.
+
+    Args:
+        backbone: 'resnet18' | 'resnet34' | 'resnet50' (torchvision, random init).
+        num_classes: number of classes.
+        n_glimpses: T, glimpses per image (1 with scale=1.0 gives the baseline).
+        scale: downsampling factor; glimpses are floor(image_size / scale) pixels square.
+        scale_min, scale_max: range of the glimpse scale s for glimpses 2..T.
+        s_grad: backward-only gradient factor between the localisation sigmoid and the glimpse formulas.
+        alpha: weight of the auxiliary glimpse classifier; it exists only when alpha > 0 and T >= 2.
+        image_size: square input side the model expects.
+        mean, std: normalisation applied inside forward (inputs are pixels in [0, 1]).
+    """
+
+    def __init__(self, backbone="resnet18", num_classes=100, n_glimpses=4, scale=2.33, scale_min=0.2,
+                 scale_max=0.5, s_grad=0.02, alpha=0.6, image_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+        super().__init__()
+        if backbone not in BACKBONES:
+            raise ValueError(f"unknown backbone {backbone!r}; choose one of {sorted(BACKBONES)}")
+        if n_glimpses < 1:
+            raise ValueError("n_glimpses must be at least 1")
+        build, feat_dim = BACKBONES[backbone]
+        self.backbone_name = backbone
+        self.num_classes = num_classes
+        self.n_glimpses = n_glimpses
+        self.scale = float(scale)
+        self.scale_min = float(scale_min)
+        self.scale_max = float(scale_max)
+        self.s_grad = float(s_grad)
+        self.alpha = float(alpha)
+        self.image_size = int(image_size)
+        self.feat_dim = feat_dim
+        self.classes: list[str] = [str(i) for i in range(num_classes)]
+
+        self.backbone = build(weights=None)
+        self.backbone.fc = nn.Identity()
+        dim = feat_dim + 3
+        self.feat_fusion = FeatureFusion(dim)
+        self.loc_network = _Head(dim, 3)
+        self.global_fc = _Head(dim, num_classes)
+        self.glimpse_fc = _Head(feat_dim, num_classes) if (alpha > 0 and n_glimpses >= 2) else None
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self._init_heads()
+
+    def _init_heads(self):
+        for module in [self.feat_fusion, self.loc_network, self.global_fc, self.glimpse_fc]:
+            if module is None:
+                continue
+            for name, p in module.named_parameters():
+                if name.endswith("bias"):
+                    nn.init.zeros_(p)
+                elif p.dim() == 2:
+                    nn.init.kaiming_normal_(p)
+        nn.init.ones_(self.feat_fusion.norm.weight)
+
+    # -- geometry -----------------------------------------------------------------------------
+    def glimpse_size(self, image_size: int | None = None) -> int:
+        """Side in pixels of every glimpse: floor(H / scale)."""
+        return int(math.floor((image_size or self.image_size) / self.scale + 1e-9))
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.n_glimpses == 1 and self.scale == 1.0
+
+    def config(self) -> dict:
+        return {
+            "backbone": self.backbone_name, "num_classes": self.num_classes, "n_glimpses": self.n_glimpses,
+            "scale": self.scale, "scale_min": self.scale_min, "scale_max": self.scale_max,
+            "s_grad": self.s_grad, "alpha": self.alpha, "image_size": self.image_size,
+            "mean": [float(v) for v in self.mean.flatten()], "std": [float(v) for v in self.std.flatten()],
+        }
+
+    def propose(self, z: torch.Tensor, s_grad: float) -> torch.Tensor:
+        """Next glimpse (s, tx, ty) from the fused state z (tight-crop translation)."""
+        return self.place(scale_grad(torch.sigmoid(self.loc_network(z)), s_grad))
+
+    def place(self, u: torch.Tensor) -> torch.Tensor:
+        """(s, tx, ty) [B, 3] from the location network's sigmoid output u [B, 3] in [0, 1]."""
+        s = u[:, 0] * (self.scale_max - self.scale_min) + self.scale_min
+        tx = 2 * (u[:, 1] - 0.5) * (1 - s)
+        ty = 2 * (u[:, 2] - 0.5) * (1 - s)
+        return torch.stack([s, tx, ty], dim=1)
+
+    @staticmethod
+    def sample(x: torch.Tensor, params: torch.Tensor, size: int) -> torch.Tensor:
+        """Bilinear glimpse of side ``size`` at params (s, tx, ty), align_corners=True, zero padding."""
+        s, tx, ty = params.unbind(1)
+        zero = torch.zeros_like(s)
+        theta = torch.stack([torch.stack([s, zero, tx], 1), torch.stack([zero, s, ty], 1)], 1)
+        grid = F.affine_grid(theta, [x.shape[0], x.shape[1], size, size], align_corners=True)
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+
+    # -- forward --------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, n_glimpses: int | None = None, s_grad: float | None = None,
+                return_crops: bool = False, glimpse_params: torch.Tensor | None = None,
+                return_states: bool = False) -> MGNetOutput:
+        """Run up to ``n_glimpses`` glimpses on pixels ``x`` in [0, 1], shape [B, 3, H, W], H == W.
+
+        ``s_grad`` overrides the gradient re-scaling for this call only (1.0 gives true gradients);
+        the model itself is never modified, so concurrent callers can choose differently.
+        ``glimpse_params`` ([steps - 1, B, 3], (scale, tx, ty)) replaces the proposed glimpses 2..T,
+        for ablations such as "what if it had looked elsewhere"; the model then sees and is told
+        those locations, exactly as if it had proposed them.
+        """
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"expected a [B, 3, H, W] batch, got shape {tuple(x.shape)}")
+        if x.shape[2] != x.shape[3]:
+            raise ValueError(f"MGNet needs square inputs, got {x.shape[2]}x{x.shape[3]}")
+        steps = self.n_glimpses if n_glimpses is None else int(n_glimpses)
+        if steps < 1:
+            raise ValueError("n_glimpses must be at least 1")
+        s_grad = self.s_grad if s_grad is None else float(s_grad)
+        if glimpse_params is not None and tuple(glimpse_params.shape) != (steps - 1, x.shape[0], 3):
+            raise ValueError(f"glimpse_params must have shape {(steps - 1, x.shape[0], 3)}, "
+                             f"got {tuple(glimpse_params.shape)}")
+        xn = (x - self.mean) / self.std
+        size = self.glimpse_size(x.shape[-1])
+        batch = x.shape[0]
+        params = x.new_tensor([1.0, 0.0, 0.0]).expand(batch, 3)
+        tokens, logits, used, feats, crops, states = [], [], [], [], [], []
+        for t in range(steps):
+            if t == 0 and size == x.shape[-1]:
+                glimpse = xn  # identity sampling; grid_sample would reproduce it to float precision
+            else:
+                glimpse = self.sample(xn, params, size)
+            if return_crops:
+                crops.append(glimpse * self.std + self.mean)
+            f = self.backbone(glimpse)
+            feats.append(f)
+            used.append(params)
+            tokens.append(torch.cat([f, params.detach()], dim=1))
+            z = self.feat_fusion(torch.stack(tokens))
+            states.append(z)
+            logits.append(self.global_fc(z))
+            if t + 1 < steps:
+                params = self.propose(z, s_grad) if glimpse_params is None else glimpse_params[t].to(x)
+        glimpse_logits = None
+        if self.glimpse_fc is not None and steps >= 2 and self.training:
+            glimpse_logits = torch.stack([self.glimpse_fc(f) for f in feats[1:]])
+        return MGNetOutput(torch.stack(logits), torch.stack(used), glimpse_logits,
+                           torch.stack(crops) if return_crops else None,
+                           torch.stack(tokens) if return_states else None,
+                           torch.stack(states) if return_states else None)
+
+    def loss(self, out: MGNetOutput, target: torch.Tensor, criterion=F.cross_entropy) -> torch.Tensor:
+        """(1 - alpha) * mean_t CE(global) + alpha * mean_{t>=2} CE(glimpse_fc); plain mean CE otherwise.
+        ``criterion`` replaces CE (training passes one with label smoothing); logits are scored in fp32."""
+        ce = torch.stack([criterion(lg.float(), target) for lg in out.logits]).mean()
+        if out.glimpse_logits is None or self.alpha <= 0:
+            return ce
+        aux = torch.stack([criterion(lg.float(), target) for lg in out.glimpse_logits]).mean()
+        return (1 - self.alpha) * ce + self.alpha * aux
+
+
+def build_model(kind: str = "mgnet", backbone: str = "resnet18", num_classes: int = 10, image_size: int = 128,
+                n_glimpses: int = 4, scale: float = 2.33, **kwargs) -> MGNet:
+    """MGNet (``kind='mgnet'``) or its baseline (``kind='baseline'``: one glimpse at scale 1)."""
+    if kind == "baseline":
+        return MGNet(backbone, num_classes, n_glimpses=1, scale=1.0, image_size=image_size, **kwargs)
+    if kind != "mgnet":
+        raise ValueError(f"kind must be 'mgnet' or 'baseline', not {kind!r}")
+    return MGNet(backbone, num_classes, n_glimpses=n_glimpses, scale=scale, image_size=image_size, **kwargs)

@@ -1,0 +1,820 @@
+"""Plotly figure builders: plain results in, ``go.Figure`` out.
+
+Pure functions with no Streamlit import: the app draws these figures and the figure CLI writes them
+to files. Conventions shared by every builder:
+
+* Photos are RGB uint8 arrays [H, W, 3] at full resolution. They are downscaled for the figure
+  (``max_side``) but the axes stay in *edge coordinates of the original photo* (0 = left edge,
+  W = right edge), the same coordinates as ``GlimpseAnalysis.boxes``; so a box is drawn as given.
+* Maps (focus maps, attributions) are float arrays in [0, 1] of any resolution; they are stretched
+  over the whole photo, which is how the model input relates to the photo (a plain resize).
+* Every heat overlay uses :data:`HEAT_COLORSCALE` on the fixed range [0, 1], so maps from different
+  models and methods are comparable by colour.
+* Glimpse t (1-based in titles, 0-based in arguments) always has colour ``glimpse_color(t)``.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import os
+import threading
+import warnings
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+from PIL import Image
+from plotly.subplots import make_subplots
+
+GLIMPSE_COLORS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45")
+SERIES_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
+# Inferno-like, transparent at 0 so the photo shows through where a map is empty.
+HEAT_COLORSCALE = [
+    [0.0, "rgba(0,0,4,0)"], [0.1, "rgba(40,11,84,0.25)"], [0.3, "rgba(101,21,110,0.5)"],
+    [0.5, "rgba(159,42,99,0.65)"], [0.7, "rgba(212,72,66,0.75)"], [0.85, "rgba(245,125,21,0.82)"],
+    [1.0, "rgba(252,255,164,0.9)"],
+]
+FONT = dict(family="Inter, Helvetica, Arial, sans-serif", size=13)
+MAX_SIDE = 640
+HEAT_CELLS = 112  # heat maps are area-averaged to at most this many cells per side for the page
+
+
+def glimpse_color(t: int) -> str:
+    return GLIMPSE_COLORS[t % len(GLIMPSE_COLORS)]
+
+
+# -- images --------------------------------------------------------------------------------------------
+def downscale(image: np.ndarray, max_side: int | None = MAX_SIDE) -> np.ndarray:
+    """The photo with its longer side at most ``max_side`` (area-averaged), unchanged if already small."""
+    h, w = image.shape[:2]
+    if not max_side or max(h, w) <= max_side:
+        return image
+    f = max_side / max(h, w)
+    size = (max(1, round(w * f)), max(1, round(h * f)))
+    return np.asarray(Image.fromarray(image).resize(size, Image.BOX))
+
+
+def nearest_upscale(image: np.ndarray, side: int = 256) -> np.ndarray:
+    """Blow a small image up by an integer factor with nearest neighbour, so its true pixels stay visible."""
+    h, w = image.shape[:2]
+    k = max(1, side // max(h, w))
+    return np.repeat(np.repeat(image, k, axis=0), k, axis=1)
+
+
+def data_uri(image: np.ndarray, fmt: str = "png", quality: int = 90) -> str:
+    buf = io.BytesIO()
+    pil = Image.fromarray(np.ascontiguousarray(image))
+    if fmt == "jpeg":
+        pil.convert("RGB").save(buf, format="JPEG", quality=quality)
+    else:
+        pil.save(buf, format="PNG")
+    return f"data:image/{fmt};base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@dataclass(frozen=True)
+class Picture:
+    """A photo prepared for figures: an encoded thumbnail plus the full-resolution size its axes use.
+
+    Every builder taking a photo accepts either an RGB uint8 array or a Picture; pass a Picture made once
+    with :func:`picture` when drawing the same (large) photo many times, to skip downscaling and encoding.
+    """
+
+    uri: str
+    width: int      # of the full-resolution photo
+    height: int
+    thumb_width: int
+    thumb_height: int
+
+
+def picture(image: np.ndarray, max_side: int | None = MAX_SIDE, fmt: str = "jpeg") -> Picture:
+    h, w = image.shape[:2]
+    small = downscale(image, max_side)
+    return Picture(data_uri(small, fmt), int(w), int(h), int(small.shape[1]), int(small.shape[0]))
+
+
+def _picture(image, max_side: int | None, fmt: str = "jpeg") -> Picture:
+    return image if isinstance(image, Picture) else picture(np.asarray(image), max_side, fmt)
+
+
+def _image_trace(image, max_side: int | None = MAX_SIDE, name: str = "photo", fmt: str = "jpeg") -> go.Image:
+    """The photo (array or Picture) as an image trace whose axes are in edge coordinates of the full photo."""
+    pic = _picture(image, max_side, fmt)
+    dx, dy = pic.width / pic.thumb_width, pic.height / pic.thumb_height
+    return go.Image(source=pic.uri, x0=dx / 2, y0=dy / 2, dx=dx, dy=dy, name=name, hoverinfo="skip")
+
+
+def _photo_axes(fig: go.Figure, width: int, height: int, row=None, col=None):
+    kw = {} if row is None else dict(row=row, col=col)
+    fig.update_xaxes(range=[0, width], visible=False, constrain="domain", **kw)
+    fig.update_yaxes(range=[height, 0], visible=False, scaleanchor="x" if row is None else None,
+                     constrain="domain", **kw)
+
+
+def _layout(fig: go.Figure, title: str | None, height: int | None = None, chart: bool = False, **kw) -> go.Figure:
+    """Shared look. ``chart=True`` leaves room for axis titles and tick labels."""
+    margin = dict(l=60, r=20, t=45 if title else 15, b=55) if chart else dict(l=10, r=10, t=40 if title else 10, b=10)
+    fig.update_layout(title=dict(text=title, x=0.01, xanchor="left", font=dict(size=15)) if title else None,
+                      font=FONT, margin=kw.pop("margin", margin), paper_bgcolor="white", plot_bgcolor="white", **kw)
+    if height:
+        fig.update_layout(height=height)
+    return fig
+
+
+def image_figure(image: np.ndarray, title: str | None = None, max_side: int | None = MAX_SIDE,
+                 height: int | None = None, lossless: bool = False) -> go.Figure:
+    """One image. ``lossless`` keeps PNG pixels (for the low-resolution crops and perturbations)."""
+    pic = _picture(image, max_side, "png" if lossless else "jpeg")
+    fig = go.Figure(_image_trace(pic))
+    _photo_axes(fig, pic.width, pic.height)
+    return _layout(fig, title, height)
+
+
+# -- glimpses -------------------------------------------------------------------------------------------
+def _box_trace(box, t: int, current: int, show: bool) -> go.Scatter:
+    x0, y0, x1, y1 = [float(v) for v in box]
+    is_current = t == current
+    if not show:
+        return go.Scatter(x=[None], y=[None], mode="lines", showlegend=False, hoverinfo="skip",
+                          name=f"glimpse {t + 1}")
+    return go.Scatter(
+        x=[x0, x1, x1, x0, x0], y=[y0, y0, y1, y1, y0], mode="lines+text",
+        text=[f"<b>{t + 1}</b>", "", "", "", ""], textposition="bottom right",
+        textfont=dict(color=glimpse_color(t), size=16 if is_current else 12),
+        line=dict(color=glimpse_color(t), width=4 if is_current else 2, dash=None if is_current else "dot"),
+        opacity=1.0 if is_current else 0.45, showlegend=False, name=f"glimpse {t + 1}",
+        hovertemplate=f"glimpse {t + 1}<br>x {x0:.0f}–{x1:.0f} px<br>y {y0:.0f}–{y1:.0f} px<extra></extra>")
+
+
+def glimpse_figure(image: np.ndarray, boxes, step: int, title: str | None = None, max_side: int | None = MAX_SIDE,
+                   animate: bool = False, frame_titles: Sequence[str] | None = None,
+                   height: int | None = None) -> go.Figure:
+    """The photo with glimpse boxes 1..step+1: the current one bold, earlier ones dotted and fainter.
+
+    With ``animate=True`` the figure carries one frame per glimpse and a play button and slider that
+    step through them in the browser (no server round-trip); ``frame_titles`` label the frames.
+    """
+    boxes = np.asarray(boxes, dtype=np.float64)
+    pic = _picture(image, max_side)
+    w, h = pic.width, pic.height
+    n = len(boxes)
+    step = int(np.clip(step, 0, n - 1))
+
+    def traces(upto: int):
+        return [_box_trace(boxes[i], i, upto, i <= upto) for i in range(n)]
+
+    fig = go.Figure([_image_trace(pic)] + traces(step))
+    _photo_axes(fig, w, h)
+    _layout(fig, title, height)
+    if animate and n > 1:
+        labels = list(frame_titles or [f"glimpse {i + 1}" for i in range(n)])
+        fig.frames = [go.Frame(data=traces(i), traces=list(range(1, n + 1)), name=str(i),
+                               layout=dict(title=dict(text=labels[i]))) for i in range(n)]
+        play = dict(label="▶ play", method="animate",
+                    args=[None, dict(frame=dict(duration=900, redraw=True), fromcurrent=False,
+                                     transition=dict(duration=0), mode="immediate")])
+        pause = dict(label="❚❚", method="animate",
+                     args=[[None], dict(frame=dict(duration=0, redraw=False), mode="immediate")])
+        fig.update_layout(
+            updatemenus=[dict(type="buttons", direction="left", x=0, y=-0.02, xanchor="left", yanchor="top",
+                              showactive=False, buttons=[play, pause], pad=dict(t=4, r=4))],
+            sliders=[dict(active=step, x=0.22, y=-0.02, len=0.78, yanchor="top", pad=dict(t=4),
+                          currentvalue=dict(visible=False),
+                          steps=[dict(label=str(i + 1), method="animate",
+                                      args=[[str(i)], dict(frame=dict(duration=0, redraw=True), mode="immediate",
+                                                           transition=dict(duration=0))]) for i in range(n)])],
+            margin=dict(b=60))
+        if title is None:
+            fig.update_layout(title=dict(text=labels[step], x=0.01, xanchor="left", font=dict(size=15)),
+                              margin=dict(t=40))
+    return fig
+
+
+def topk_figure(top: Sequence[tuple[str, float]], title: str | None = "Top-5 classes",
+                highlight: str | None = None, height: int | None = 260) -> go.Figure:
+    """Horizontal bars of (class, probability), highest on top; ``highlight`` marks one class."""
+    names = [str(n) for n, _ in top][::-1]
+    probs = [float(p) for _, p in top][::-1]
+    colors = ["#d62728" if n == highlight else "#1f77b4" for n in names]
+    fig = go.Figure(go.Bar(x=probs, y=names, orientation="h", marker_color=colors,
+                           text=[f"{p:.1%}" for p in probs], textposition="auto",
+                           hovertemplate="%{y}: %{x:.2%}<extra></extra>"))
+    fig.update_xaxes(range=[0, 1], tickformat=".0%", gridcolor="#eee")
+    fig.update_yaxes(automargin=True)
+    return _layout(fig, title, height, chart=True, margin=dict(l=10, r=20, t=45 if title else 15, b=40))
+
+
+def belief_figure(probs, classes: Sequence[str], step: int | None = None, k: int = 5,
+                  title: str | None = "Belief across glimpses", height: int | None = 300) -> go.Figure:
+    """Confidence of the ``k`` classes that were ever most believed, after each glimpse."""
+    probs = np.asarray(probs, dtype=np.float64)
+    n = probs.shape[0]
+    order = list(np.argsort(-probs.max(axis=0))[:k])
+    final = int(np.argmax(probs[-1]))
+    if final not in order:
+        order[-1] = final
+    xs = list(range(1, n + 1))
+    fig = go.Figure()
+    for j, c in enumerate(order):
+        fig.add_trace(go.Scatter(x=xs, y=probs[:, c], mode="lines+markers", name=str(classes[c]),
+                                 line=dict(color=SERIES_COLORS[j % len(SERIES_COLORS)], width=3 if c == final else 2),
+                                 hovertemplate=f"{classes[c]}<br>glimpse %{{x}}: %{{y:.1%}}<extra></extra>"))
+    if step is not None:
+        fig.add_vline(x=step + 1, line=dict(color="#888", dash="dash", width=1))
+    fig.update_xaxes(tickvals=xs, ticktext=[f"glimpse {x}" if n <= 4 else str(x) for x in xs], range=[0.8, n + 0.2],
+                     gridcolor="#eee")
+    fig.update_yaxes(title="probability", range=[0, 1.02], tickformat=".0%", gridcolor="#eee")
+    return _layout(fig, title, height, chart=True, legend=dict(orientation="h", y=-0.15, x=0, yanchor="top"),
+                   margin=dict(l=60, r=20, t=45 if title else 15, b=100))
+
+
+def location_check_figure(check, class_name: str, title: str | None = "Does the location matter here?",
+                          height: int | None = 300) -> go.Figure:
+    """P(class) after each glimpse with MGNet's own glimpses, centred ones and randomly placed ones."""
+    n = len(check.own)
+    xs = list(range(1, n + 1))
+    fig = go.Figure()
+    for k, row in enumerate(check.moved):
+        fig.add_trace(go.Scatter(x=xs, y=row, mode="lines", line=dict(color="#bbb", width=1),
+                                 name="random positions", legendgroup="moved", showlegend=k == 0,
+                                 hovertemplate="random positions<br>glimpse %{x}: %{y:.1%}<extra></extra>"))
+    fig.add_trace(go.Scatter(x=xs, y=check.centre, mode="lines+markers", name="centred",
+                             line=dict(color=SERIES_COLORS[1], dash="dash", width=2),
+                             hovertemplate="centred<br>glimpse %{x}: %{y:.1%}<extra></extra>"))
+    fig.add_trace(go.Scatter(x=xs, y=check.own, mode="lines+markers", name="its own glimpses",
+                             line=dict(color=SERIES_COLORS[0], width=3),
+                             hovertemplate="its own glimpses<br>glimpse %{x}: %{y:.1%}<extra></extra>"))
+    fig.update_xaxes(tickvals=xs, ticktext=[f"glimpse {x}" if n <= 4 else str(x) for x in xs], range=[0.8, n + 0.2],
+                     gridcolor="#eee")
+    fig.update_yaxes(title=f"P({class_name})", range=[0, 1.02], tickformat=".0%", gridcolor="#eee")
+    return _layout(fig, title, height, chart=True, legend=dict(orientation="h", y=-0.15, x=0, yanchor="top"),
+                   margin=dict(l=60, r=20, t=45 if title else 15, b=100))
+
+
+def compute_figure(cumulative_gflops: Sequence[float], baseline_gflops: float, step: int | None = None,
+                   title: str | None = "Compute spent so far", height: int | None = 260) -> go.Figure:
+    """Cumulative GFLOPs after each glimpse, against one full-resolution baseline pass."""
+    ys = [float(v) for v in cumulative_gflops]
+    xs = [str(i + 1) for i in range(len(ys))]
+    colors = [glimpse_color(i) if step is None or i <= step else "#ccc" for i in range(len(ys))]
+    fig = go.Figure(go.Bar(x=xs, y=ys, marker_color=colors,
+                           text=[f"{v / baseline_gflops:.0%}" for v in ys], textposition="inside",
+                           hovertemplate="after glimpse %{x}: %{y:.3f} GFLOPs<extra></extra>", cliponaxis=False))
+    fig.update_xaxes(title="after glimpse", type="category")
+    fig.add_hline(y=baseline_gflops, line=dict(color="#d62728", dash="dash"),
+                  annotation_text=f"one baseline pass: {baseline_gflops:.2f} GFLOPs",
+                  annotation_position="top left")
+    fig.update_yaxes(title="GFLOPs", range=[0, max(max(ys), baseline_gflops) * 1.3], gridcolor="#eee")
+    return _layout(fig, title, height, chart=True)
+
+
+# -- heat maps ------------------------------------------------------------------------------------------
+def _cells(heat: np.ndarray) -> np.ndarray:
+    heat = np.asarray(heat, dtype=np.float32)
+    if heat.ndim != 2:
+        raise ValueError(f"a heat map must be 2-D, got shape {heat.shape}")
+    h, w = heat.shape
+    if max(h, w) > HEAT_CELLS:
+        f = HEAT_CELLS / max(h, w)
+        heat = np.asarray(Image.fromarray(heat, mode="F").resize((max(1, round(w * f)), max(1, round(h * f))),
+                                                                 Image.BOX))
+    return np.nan_to_num(heat)
+
+
+def _heat_trace(heat: np.ndarray, width: int, height: int, showscale: bool, colorbar_title: str = "") -> go.Heatmap:
+    cells = _cells(heat)
+    ch, cw = cells.shape
+    dx, dy = width / cw, height / ch
+    return go.Heatmap(z=cells, x0=dx / 2, dx=dx, y0=dy / 2, dy=dy, zmin=0, zmax=1, colorscale=HEAT_COLORSCALE,
+                      showscale=showscale, hovertemplate="%{z:.2f}<extra></extra>",
+                      colorbar=dict(title=colorbar_title, thickness=12, len=0.8, tickvals=[0, 0.5, 1]))
+
+
+def heatmap_figure(image: np.ndarray, heat: np.ndarray, title: str | None = None, boxes=None,
+                   max_side: int | None = MAX_SIDE, showscale: bool = True, height: int | None = None) -> go.Figure:
+    """A map in [0, 1] over the photo, on the shared colour scale; optional glimpse boxes on top."""
+    pic = _picture(image, max_side)
+    w, h = pic.width, pic.height
+    fig = go.Figure([_image_trace(pic), _heat_trace(heat, w, h, showscale)])
+    if boxes is not None:
+        boxes = np.asarray(boxes)
+        for i, box in enumerate(boxes):
+            fig.add_trace(_box_trace(box, i, len(boxes) - 1, True))
+    _photo_axes(fig, w, h)
+    return _layout(fig, title, height)
+
+
+def attribution_grid(image: np.ndarray, maps: Mapping[str, Mapping[str, np.ndarray | None]],
+                     captions: Mapping[tuple[str, str], str] | None = None, title: str | None = None,
+                     max_side: int = 256, cell_height: int = 270, boxes=None,
+                     row_images: Mapping[str, np.ndarray] | None = None,
+                     row_boxes: Mapping[str, np.ndarray] | None = None) -> go.Figure:
+    """Grid of heat maps: one row per model, one column per method, on one shared colour scale.
+
+    ``maps[row][col]`` is a map in [0, 1] (or None for a cell that failed or was not asked for);
+    ``captions[(row, col)]`` is printed under a cell (e.g. agreement numbers). ``boxes`` (MGNet's
+    glimpses, photo coordinates) are outlined in white on every cell, the first (whole-image) one left out.
+    ``row_images`` / ``row_boxes`` give a row its own photo / boxes (e.g. rows "clean" and "corrupted").
+    Column titles may contain ``<br>`` to wrap long labels.
+    """
+    rows = list(maps)
+    cols = list(dict.fromkeys(c for r in rows for c in maps[r]))
+    captions = captions or {}
+    row_images, row_boxes = row_images or {}, row_boxes or {}
+    n_rows, n_cols = len(rows), len(cols)
+    fig = make_subplots(rows=n_rows, cols=n_cols, column_titles=cols, row_titles=rows,
+                        horizontal_spacing=0.03, vertical_spacing=min(0.12, 0.45 / n_rows))
+    first = True
+    for i, r in enumerate(rows, 1):
+        pic = _picture(row_images.get(r, image), max_side)
+        w, h = pic.width, pic.height
+        photo = _image_trace(pic)
+        rb = row_boxes.get(r, boxes)
+        for j, c in enumerate(cols, 1):
+            fig.add_trace(photo, row=i, col=j)
+            m = maps[r].get(c)
+            if m is not None:
+                trace = _heat_trace(m, w, h, showscale=first)
+                trace.colorbar.update(orientation="h", y=-0.02, yanchor="top", x=0.5, xanchor="center",
+                                      len=0.5, thickness=10, title=dict(text="attribution (0–1)", side="top"))
+                fig.add_trace(trace, row=i, col=j)
+                first = False
+            if rb is not None:
+                for b in np.asarray(rb)[1:]:
+                    x0, y0, x1, y1 = [float(v) for v in b]
+                    fig.add_trace(go.Scatter(x=[x0, x1, x1, x0, x0], y=[y0, y0, y1, y1, y0], mode="lines",
+                                             line=dict(color="white", width=1), opacity=0.7, showlegend=False,
+                                             hoverinfo="skip"), row=i, col=j)
+            note = captions.get((r, c)) or ("" if m is not None else "not available")
+            if note:
+                fig.add_annotation(text=note, x=w / 2, y=h, yshift=-3, showarrow=False, yanchor="top",
+                                   font=dict(size=12), row=i, col=j)
+            _photo_axes(fig, w, h, row=i, col=j)
+    for k in range(1, n_rows * n_cols + 1):
+        suffix = "" if k == 1 else str(k)
+        fig.layout[f"yaxis{suffix}"].scaleanchor = f"x{suffix}"
+    wrapped = max((c.count("<br>") for c in cols), default=0)
+    _layout(fig, title, cell_height * n_rows + 110 + 16 * wrapped,
+            margin=dict(l=10, r=40, t=(60 if title else 35) + 16 * wrapped, b=70))
+    return fig
+
+
+# -- robustness -----------------------------------------------------------------------------------------
+def perturbation_image(clean: np.ndarray, adversarial: np.ndarray, amplify: float | None = None) -> tuple[np.ndarray, float]:
+    """The difference adversarial - clean (both uint8 or float in [0, 1]) as a mid-grey image, amplified.
+
+    Returns (uint8 image, amplification used). By default the largest change is stretched to half the
+    range, so any perturbation is visible; the factor is reported so it is never mistaken for the real size.
+    """
+    a = np.asarray(adversarial, dtype=np.float32)
+    c = np.asarray(clean, dtype=np.float32)
+    if a.max() > 1.5 or c.max() > 1.5:
+        a, c = a / 255.0, c / 255.0
+    delta = a - c
+    peak = float(np.abs(delta).max())
+    if amplify is None:
+        amplify = 0.5 / peak if peak > 0 else 1.0
+    img = np.clip(0.5 + delta * amplify, 0, 1)
+    return (img * 255 + 0.5).astype(np.uint8), float(amplify)
+
+
+def movement_figure(image: np.ndarray, boxes_a, boxes_b, labels=("clean", "changed"), title: str | None = None,
+                    max_side: int | None = MAX_SIDE, height: int | None = None) -> go.Figure:
+    """How the glimpses moved: boxes of two runs on one photo, solid (a) vs dashed (b), with arrows."""
+    pic = _picture(image, max_side)
+    w, h = pic.width, pic.height
+    fig = go.Figure(_image_trace(pic))
+    for name, boxes, dash in ((labels[0], boxes_a, None), (labels[1], boxes_b, "dash")):
+        boxes = np.asarray(boxes, dtype=np.float64)
+        for i, b in enumerate(boxes[1:], 1):
+            x0, y0, x1, y1 = b
+            fig.add_trace(go.Scatter(x=[x0, x1, x1, x0, x0], y=[y0, y0, y1, y1, y0], mode="lines+text",
+                                     text=[f"{i + 1}", "", "", "", ""], textposition="bottom right",
+                                     textfont=dict(color=glimpse_color(i)),
+                                     line=dict(color=glimpse_color(i), width=3, dash=dash),
+                                     name=f"{name} ({'solid' if dash is None else 'dashed'})", legendgroup=name,
+                                     showlegend=i == 1, hoverinfo="name"))
+    a, b = np.asarray(boxes_a, dtype=np.float64), np.asarray(boxes_b, dtype=np.float64)
+    for i in range(1, min(len(a), len(b))):
+        ca = ((a[i, 0] + a[i, 2]) / 2, (a[i, 1] + a[i, 3]) / 2)
+        cb = ((b[i, 0] + b[i, 2]) / 2, (b[i, 1] + b[i, 3]) / 2)
+        if np.hypot(cb[0] - ca[0], cb[1] - ca[1]) > 1e-3 * max(w, h):
+            fig.add_annotation(x=cb[0], y=cb[1], ax=ca[0], ay=ca[1], xref="x", yref="y", axref="x", ayref="y",
+                               showarrow=True, arrowhead=2, arrowwidth=2, arrowcolor=glimpse_color(i), text="")
+    _photo_axes(fig, w, h)
+    return _layout(fig, title, height, legend=dict(orientation="h", y=-0.02, x=0, yanchor="top"))
+
+
+def prediction_compare_figure(rows: Sequence[Mapping], title: str | None = "Predictions before and after",
+                              height: int | None = None) -> go.Figure:
+    """Grouped bars: for each model, confidence in the class it predicted on the clean photo, before and after.
+
+    ``rows``: dicts with ``model``, ``before`` (prob), ``after`` (prob of the same class), and optionally
+    ``before_label`` / ``after_label`` (the predicted class names) shown as hover text.
+    """
+    models = [str(r["model"]) for r in rows]
+    fig = go.Figure([
+        go.Bar(name="clean", x=models, y=[float(r["before"]) for r in rows], marker_color="#1f77b4",
+               text=[r.get("before_label", "") for r in rows], textposition="inside",
+               hovertemplate="%{x}<br>clean: %{y:.1%} (%{text})<extra></extra>"),
+        go.Bar(name="perturbed", x=models, y=[float(r["after"]) for r in rows], marker_color="#d62728",
+               text=[r.get("after_label", "") for r in rows], textposition="inside",
+               hovertemplate="%{x}<br>perturbed: %{y:.1%}; now predicts %{text}<extra></extra>"),
+    ])
+    fig.update_layout(barmode="group")
+    fig.update_yaxes(title="confidence in clean class", range=[0, 1], tickformat=".0%", gridcolor="#eee")
+    return _layout(fig, title, height or 320, chart=True, legend=dict(orientation="h", y=1.02, x=1, xanchor="right", yanchor="bottom"))
+
+
+def sweep_figure(xs: Sequence[float], series: Mapping[str, Sequence[float]], xlabel: str,
+                 ylabel: str = "confidence in the clean prediction", title: str | None = None,
+                 correct: Mapping[str, Sequence[bool]] | None = None, height: int | None = 340) -> go.Figure:
+    """Lines of a quantity (usually confidence) against eps or severity, one per model.
+
+    ``correct[name][i]`` marks points where the model still predicts its clean class (filled marker)
+    or not (open marker).
+    """
+    fig = go.Figure()
+    for j, (name, ys) in enumerate(series.items()):
+        color = SERIES_COLORS[j % len(SERIES_COLORS)]
+        ok = list(correct[name]) if correct and name in correct else None
+        symbols = ["circle" if (ok is None or o) else "circle-open" for o in (ok or [None] * len(ys))]
+        fig.add_trace(go.Scatter(x=list(xs), y=[float(v) for v in ys], mode="lines+markers", name=name,
+                                 line=dict(color=color, width=2), marker=dict(symbol=symbols, size=9, color=color),
+                                 hovertemplate=f"{name}<br>{xlabel} %{{x}}: %{{y:.1%}}<extra></extra>"))
+    fig.update_xaxes(title=xlabel, gridcolor="#eee")
+    fig.update_yaxes(title=ylabel, range=[0, 1.02], tickformat=".0%", gridcolor="#eee")
+    return _layout(fig, title, height, chart=True, legend=dict(orientation="h", y=1.02, x=1, xanchor="right", yanchor="bottom"))
+
+
+# -- static export --------------------------------------------------------------------------------------
+EXPORT_FORMATS = {"png": "image/png", "svg": "image/svg+xml", "pdf": "application/pdf"}
+
+
+class ExportError(RuntimeError):
+    """Static export (kaleido + a Chrome) is not possible here; the message says why."""
+
+
+_EXPORT_LOCK = threading.Lock()
+_SERVER = {"started": False}
+
+
+def _ensure_browser_path():
+    if not os.environ.get("BROWSER_PATH"):
+        for candidate in ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome"):
+            if os.path.exists(candidate):
+                os.environ["BROWSER_PATH"] = candidate
+                break
+
+
+def export_problem() -> str | None:
+    """Why static export cannot work here (no kaleido, no Chrome found), or None. Starts nothing."""
+    _ensure_browser_path()
+    try:
+        import kaleido  # noqa: F401
+        from choreographer.browsers.chromium import Chromium
+    except ImportError as exc:
+        return f"the kaleido package is missing ({exc})."
+    path = os.environ.get("BROWSER_PATH")
+    if path and not os.path.exists(path):
+        return f"BROWSER_PATH={path!r} does not exist."
+    try:
+        found = Chromium.find_browser(skip_local=False)
+    except Exception:  # noqa: BLE001 - an unexpected choreographer version: let the export itself decide
+        return None
+    return None if found else "no Chrome or Chromium was found (install chromium, or set BROWSER_PATH)."
+
+
+def figure_bytes(fig: go.Figure, fmt: str = "png", width: int | None = None, height: int | None = None,
+                 scale: float = 2.0) -> bytes:
+    """Render a figure to PNG, SVG or PDF bytes with kaleido (which drives a headless Chrome).
+
+    A Chrome is looked up through ``BROWSER_PATH`` (set to /usr/bin/chromium when that exists and the
+    variable is unset). One kaleido browser is started on first use and kept for later exports.
+    Raises :class:`ExportError` with a readable message when no export is possible.
+    """
+    fmt = fmt.lower()
+    if fmt not in EXPORT_FORMATS:
+        raise ExportError(f"unknown export format {fmt!r}; choose one of {sorted(EXPORT_FORMATS)}")
+    _ensure_browser_path()
+    try:
+        import kaleido
+    except ImportError as exc:  # pragma: no cover - kaleido is a requirement
+        raise ExportError(f"static export needs the kaleido package ({exc}).") from None
+    width = width or fig.layout.width or 900
+    height = height or fig.layout.height or 600
+    try:
+        with _EXPORT_LOCK:
+            if not _SERVER["started"]:
+                kaleido.start_sync_server(silence_warnings=True)
+                _SERVER["started"] = True
+        with warnings.catch_warnings():  # plotly warns that kaleido's server ignores its per-call options
+            warnings.simplefilter("ignore", UserWarning)
+            return fig.to_image(format=fmt, width=width, height=height, scale=scale if fmt == "png" else 1)
+    except Exception as exc:  # kaleido raises many types (no Chrome, timeouts, crashed browser)
+        raise ExportError(f"static export failed: {type(exc).__name__}: {exc}. Set BROWSER_PATH to a "
+                          f"Chrome/Chromium binary, or use the camera icon of the figure's toolbar "
+                          f"(PNG) or the HTML download.") from None
+
+
+def figure_html(fig: go.Figure) -> bytes:
+    """A self-contained interactive HTML file (needs no kaleido; loads plotly.js from its CDN)."""
+    return fig.to_html(include_plotlyjs="cdn", full_html=True).encode()
+
+
+# -- paper figures (figure CLI; usable by the app too) -------------------------------------------------
+# Physical sizing: a figure is laid out in CSS pixels at 96 per inch, which is how Chrome (and so kaleido)
+# sizes SVG and PDF pages; PNG is rendered at ``scale = dpi / 96``. Font sizes are given in points.
+PX_PER_INCH = 96.0
+
+
+def pt_to_px(points: float) -> float:
+    """Typographic points (1/72 in) to CSS pixels (1/96 in)."""
+    return float(points) * PX_PER_INCH / 72.0
+
+
+def _axis_name(k: int) -> str:
+    return "" if k == 1 else str(k)
+
+
+def _wrap_caption(text: str, max_chars: int) -> list[str]:
+    """Lines of ``text`` (explicit breaks: newline or <br>), each wrapped at spaces to ``max_chars``."""
+    lines = []
+    for part in str(text).replace("<br>", "\n").split("\n"):
+        words, line = part.split(" "), ""
+        for word in words:
+            if line and len(line) + 1 + len(word) > max_chars:
+                lines.append(line)
+                line = word
+            else:
+                line = f"{line} {word}" if line else word
+        lines.append(line)
+    return lines
+
+
+def panel_grid_figure(rows: Sequence[Sequence[Mapping | None]], *, column_titles: Sequence[str] | None = None,
+                      row_labels: Sequence[str] | None = None, title: str | None = None, width: float = 672,
+                      font_size: float = 8.0, gap: float | None = None, colorbar: bool = False,
+                      colorbar_title: str = "") -> go.Figure:
+    """A grid of image panels laid out for print: exact cell sizes, aspect kept, captions under cells.
+
+    ``rows[i][j]`` is None (empty cell) or a mapping with:
+      ``image``  RGB uint8 [H, W, 3]: the panel (axes in its own edge coordinates, as everywhere here);
+      ``heat``   optional map in [0, 1] stretched over the image on :data:`HEAT_COLORSCALE`;
+      ``boxes``  optional [N, 4] boxes in the image's edge coordinates, numbered from ``first_number``
+                 (default 1) in :func:`glimpse_color` chips; ``box_color`` draws them all in one colour
+                 without numbers;
+      ``border`` optional colour of a frame around the panel; ``caption`` text under it (wrapped to the
+                 cell; ``\\n`` or ``<br>`` break lines); ``lossless`` keep PNG pixels (small crops).
+    Column ``j`` gets the width share of the aspect ratio of its first non-empty cell; each row is as
+    tall as that share allows, and a cell whose image has another aspect is centred inside its box.
+    ``width`` is in CSS pixels (96 per inch) and ``font_size`` in points; the figure's height follows.
+    """
+    rows = [list(r) for r in rows]
+    n_rows = len(rows)
+    n_cols = max((len(r) for r in rows), default=0)
+    if n_rows == 0 or n_cols == 0:
+        raise ValueError("panel_grid_figure needs at least one cell")
+    for r in rows:
+        r.extend([None] * (n_cols - len(r)))
+    fpx = pt_to_px(font_size)
+    gap = fpx * 0.35 if gap is None else float(gap)
+    line_h = fpx * 1.22
+    aspect = []
+    for j in range(n_cols):
+        cell = next((r[j] for r in rows if r[j] is not None), None)
+        h, w = (cell["image"].shape[:2] if cell is not None else (1, 1))
+        aspect.append(w / h)
+    left = (2 * line_h + 2) if row_labels else 2.0
+    right = (fpx * 4.2) if colorbar else 2.0
+    head_lines = max((len(_wrap_caption(t, 10**6)) for t in (column_titles or []) if t), default=0)
+    header = head_lines * line_h + 3 if head_lines else 0.0
+    top = header + ((fpx * 1.3 * 1.25 + 4) if title else 0.0) + 2
+    bottom = 2.0
+    avail = width - left - right - gap * (n_cols - 1)
+    if avail <= 0:
+        raise ValueError("the figure is too narrow for this many columns")
+    unit = avail / sum(aspect)  # px height of every row's panels
+    col_w = [a * unit for a in aspect]
+    col_x = [left + sum(col_w[:j]) + gap * j for j in range(n_cols)]
+    captions = []
+    for r in rows:
+        lines = []
+        for j, cell in enumerate(r):
+            text = (cell or {}).get("caption") or ""
+            chars = max(4, int(col_w[j] / (fpx * 0.52)))
+            lines.append(_wrap_caption(text, chars) if text else [])
+        captions.append(lines)
+    row_h = [unit + (max(len(c) for c in caps) * line_h + 2 if any(caps) else 0) + gap for caps in captions]
+    height = top + sum(row_h) + bottom
+    plot_w, plot_h = width - left - right, height - top - bottom
+
+    def fx(px):  # figure px (from the left edge) -> paper fraction of the plot area
+        return (px - left) / plot_w
+
+    def fy(px):  # figure px (from the top edge) -> paper fraction (0 = bottom of the plot area)
+        return 1 - (px - top) / plot_h
+
+    fig = go.Figure()
+    font = dict(FONT, size=fpx)
+    annotations, shapes = [], []
+    k = 0
+    y = top
+    shown_scale = False
+    for i, r in enumerate(rows):
+        for j, cell in enumerate(r):
+            if cell is None:
+                continue
+            k += 1
+            ax = _axis_name(k)
+            img = np.asarray(cell["image"])
+            h, w = img.shape[:2]
+            cw, ch = col_w[j], unit
+            # keep the image's aspect inside the cell: widen the shorter range symmetrically
+            if cw / ch > w / h:
+                xr = h * cw / ch
+                xrange, yrange = [-(xr - w) / 2, w + (xr - w) / 2], [h, 0]
+            else:
+                yr = w * ch / cw
+                xrange, yrange = [0, w], [h + (yr - h) / 2, -(yr - h) / 2]
+            fig.layout[f"xaxis{ax}"] = dict(domain=[fx(col_x[j]), fx(col_x[j] + cw)], range=xrange, visible=False,
+                                            anchor=f"y{ax}", fixedrange=True)
+            fig.layout[f"yaxis{ax}"] = dict(domain=[fy(y + ch), fy(y)], range=yrange, visible=False,
+                                            anchor=f"x{ax}", fixedrange=True)
+            side = max(16, int(round(max(cw, ch) * 4)))  # enough pixels for 4x (384 dpi) output
+            trace = _image_trace(img, side, fmt="png" if cell.get("lossless") else "jpeg")
+            trace.update(xaxis=f"x{ax}", yaxis=f"y{ax}", zsmooth=False if cell.get("lossless") else "fast")
+            fig.add_trace(trace)
+            if cell.get("heat") is not None:
+                show = colorbar and not shown_scale
+                heat = _heat_trace(cell["heat"], w, h, show, colorbar_title)
+                heat.update(xaxis=f"x{ax}", yaxis=f"y{ax}", hoverinfo="skip", hovertemplate=None)
+                if show:
+                    heat.colorbar = dict(title=dict(text=colorbar_title, side="right", font=font),
+                                         thickness=fpx * 0.8, len=min(1.0, 3 * unit / plot_h),
+                                         lenmode="fraction", x=1 + 0.6 * fpx / plot_w, xanchor="left",
+                                         y=fy(top), yanchor="top", tickvals=[0, 0.5, 1], tickfont=font,
+                                         outlinewidth=0)
+                    shown_scale = True
+                fig.add_trace(heat)
+            boxes = cell.get("boxes")
+            if boxes is not None:
+                first = int(cell.get("first_number", 1))
+                one_color = cell.get("box_color")
+                lw = max(1.0, fpx * 0.14)
+                # a box reaching past the photo (the whole-image glimpse does, by half a sample) is drawn
+                # just inside its edge so that the line is not clipped away
+                ix = lw / 2 * (xrange[1] - xrange[0]) / cw
+                iy = lw / 2 * abs(yrange[0] - yrange[1]) / ch
+                chips: list[tuple[float, float]] = []
+                for t, b in enumerate(np.asarray(boxes, dtype=np.float64).reshape(-1, 4)):
+                    color = one_color or glimpse_color(t + first - 1)
+                    x0, y0, x1, y1 = [float(v) for v in b]
+                    x0, y0, x1, y1 = max(x0, ix), max(y0, iy), min(x1, w - ix), min(y1, h - iy)
+                    shapes.append(dict(type="rect", xref=f"x{ax}", yref=f"y{ax}", x0=x0, y0=y0, x1=x1, y1=y1,
+                                       line=dict(color=color, width=lw)))
+                    if not one_color:
+                        # the number chip goes in the first inside corner not taken by an earlier chip
+                        cw_d, ch_d = fpx * 0.9 * ix / (lw / 2), fpx * 1.15 * iy / (lw / 2)  # chip size, data units
+                        corners = [(x0, y0, "left", "top"), (x1, y0, "right", "top"),
+                                   (x0, y1, "left", "bottom"), (x1, y1, "right", "bottom")]
+                        for cx, cy, xa, ya in corners:
+                            chip_x = cx if xa == "left" else cx - cw_d
+                            chip_y = cy if ya == "top" else cy - ch_d
+                            if all(abs(chip_x - px) >= cw_d or abs(chip_y - py) >= ch_d for px, py in chips):
+                                break
+                        else:
+                            cx, cy, xa, ya = corners[0]
+                            chip_x, chip_y = cx, cy
+                        chips.append((chip_x, chip_y))
+                        annotations.append(dict(text=f"<b>{t + first}</b>", x=cx, y=cy, xref=f"x{ax}",
+                                                yref=f"y{ax}", xanchor=xa, yanchor=ya, showarrow=False,
+                                                bgcolor=color, borderpad=0.5,
+                                                font=dict(FONT, size=fpx * 0.85, color="white")))
+            if cell.get("border"):
+                shapes.append(dict(type="rect", xref=f"x{ax}", yref=f"y{ax}", x0=0, y0=0, x1=w, y1=h,
+                                   line=dict(color=cell["border"], width=max(1.5, fpx * 0.22))))
+            lines = captions[i][j]
+            if lines:
+                annotations.append(dict(text="<br>".join(lines), x=fx(col_x[j] + cw / 2), y=fy(y + ch + 1),
+                                        xref="paper", yref="paper", xanchor="center", yanchor="top",
+                                        showarrow=False, align="center", font=font))
+        if row_labels and i < len(row_labels) and row_labels[i]:
+            annotations.append(dict(text="<br>".join(_wrap_caption(row_labels[i], 10**6)), x=fx(line_h),
+                                    y=fy(y + unit / 2), xref="paper", yref="paper", xanchor="center",
+                                    yanchor="middle", textangle=-90, showarrow=False, font=font))
+        y += row_h[i]
+    for j, text in enumerate(column_titles or []):
+        if j < n_cols and text:
+            annotations.append(dict(text=text, x=fx(col_x[j] + col_w[j] / 2), y=fy(top - 1), xref="paper",
+                                    yref="paper", xanchor="center", yanchor="bottom", showarrow=False,
+                                    font=font))
+    fig.update_layout(
+        width=width, height=height, margin=dict(l=left, r=right, t=top, b=bottom, autoexpand=False),
+        font=font, paper_bgcolor="white", plot_bgcolor="white", showlegend=False,
+        annotations=annotations, shapes=shapes,
+        title=dict(text=title, x=0, xref="paper", xanchor="left", y=1 - 2 / height, yanchor="top",
+                   font=dict(FONT, size=fpx * 1.25)) if title else None)
+    return fig
+
+
+def glimpse_strip_figure(image: np.ndarray, boxes, crops: Sequence[np.ndarray], captions: Sequence[str], *,
+                         title: str | None = None, photo_caption: str = "", width: float = 336,
+                         font_size: float = 8.0) -> go.Figure:
+    """One photo with its numbered glimpse boxes, then the crops the network saw, one caption each.
+
+    ``boxes`` are in edge coordinates of ``image``; ``crops[t]`` is glimpse t as the network saw it
+    (``GlimpseAnalysis.seen``); ``captions[t]`` is usually the top-1 class and confidence after glimpse t.
+    """
+    row = [dict(image=image, boxes=boxes, caption=photo_caption)]
+    for t, crop in enumerate(crops):
+        row.append(dict(image=crop, border=glimpse_color(t), lossless=True,
+                        caption=captions[t] if t < len(captions) else ""))
+    titles = ["photo"] + [f"glimpse {t + 1}" for t in range(len(crops))]
+    return panel_grid_figure([row], column_titles=titles, title=title, width=width, font_size=font_size)
+
+
+def comparison_grid_figure(rows: Sequence[Mapping], columns: Sequence[str], *, column_titles: Sequence[str] | None = None,
+                           photo_column: bool = True, width: float = 672, font_size: float = 8.0,
+                           title: str | None = None) -> go.Figure:
+    """Rows are images, columns are maps (MGNet's focus map, then each model x method), one colour scale.
+
+    ``rows[i]``: ``image`` (photo), ``label`` (row label), ``maps`` {column: map in [0, 1] or None},
+    optional ``boxes`` (MGNet's glimpses in photo coordinates, drawn thinly in white on every map,
+    the whole-image first glimpse left out), ``captions`` {column: text}, ``photo_caption``.
+    A missing map leaves its cell showing the photo captioned "n/a".
+    """
+    grid, labels = [], []
+    for r in rows:
+        cells = []
+        if photo_column:
+            cells.append(dict(image=r["image"], caption=r.get("photo_caption", "")))
+        boxes = r.get("boxes")
+        thin = None if boxes is None else np.asarray(boxes, dtype=np.float64).reshape(-1, 4)[1:]
+        for c in columns:
+            m = (r.get("maps") or {}).get(c)
+            cap = (r.get("captions") or {}).get(c, "")
+            cells.append(dict(image=r["image"], heat=m, boxes=thin, box_color="rgba(255,255,255,0.85)",
+                              caption=cap if m is not None else "n/a"))
+        grid.append(cells)
+        labels.append(r.get("label", ""))
+    titles = list(column_titles or columns)
+    if photo_column:
+        titles = ["photo"] + titles
+    return panel_grid_figure(grid, column_titles=titles, row_labels=labels if any(labels) else None, title=title,
+                             width=width, font_size=font_size, colorbar=True)
+
+
+def robustness_grid_figure(rows: Sequence[Mapping], *, width: float = 672, font_size: float = 8.0,
+                           title: str | None = None, baseline_title: str = "baseline") -> go.Figure:
+    """Rows are conditions (clean, corrupted, attacked); each shows MGNet's glimpses and predictions and
+    the baseline's input and prediction.
+
+    ``rows[i]``: ``label`` (condition), ``image`` (what MGNet was given, in any display size), ``boxes``
+    (MGNet's glimpses in that image's edge coordinates), ``crops`` (glimpses as seen), ``captions``
+    (per glimpse, e.g. top-1 class and confidence after it), optional ``baseline_image`` and
+    ``baseline_caption`` (the baseline's single full-image look).
+    """
+    n = max(len(r["crops"]) for r in rows)
+    has_base = any(r.get("baseline_image") is not None for r in rows)
+    grid = []
+    for r in rows:
+        cells = [dict(image=r["image"], boxes=r.get("boxes"))]
+        for t in range(n):
+            if t < len(r["crops"]):
+                cells.append(dict(image=r["crops"][t], border=glimpse_color(t), lossless=True,
+                                  caption=r["captions"][t] if t < len(r["captions"]) else ""))
+            else:
+                cells.append(None)
+        if has_base:
+            b = r.get("baseline_image")
+            cells.append(None if b is None else dict(image=b, caption=r.get("baseline_caption", ""),
+                                                     border="#555555"))
+        grid.append(cells)
+    titles = ["MGNet's glimpses"] + [f"glimpse {t + 1}" for t in range(n)] + ([baseline_title] if has_base else [])
+    return panel_grid_figure(grid, column_titles=titles, row_labels=[r.get("label", "") for r in rows], title=title,
+                             width=width, font_size=font_size)
+
+
+def metric_bars_figure(values: Mapping[str, Mapping[str, tuple[float, float]]], ylabel: str, *,
+                       title: str | None = None, height: int | None = 360, yrange=None) -> go.Figure:
+    """Grouped bars with error bars: ``values[series][category] = (mean, error)``; one colour per series."""
+    fig = go.Figure()
+    for j, (series, points) in enumerate(values.items()):
+        cats = list(points)
+        fig.add_trace(go.Bar(name=str(series), x=cats, y=[float(points[c][0]) for c in cats],
+                             error_y=dict(type="data", array=[float(points[c][1]) for c in cats], thickness=1),
+                             marker_color=SERIES_COLORS[j % len(SERIES_COLORS)],
+                             hovertemplate=f"{series}<br>%{{x}}: %{{y:.3f}}<extra></extra>"))
+    fig.update_layout(barmode="group")
+    fig.update_xaxes(tickangle=-30, automargin=True)
+    fig.update_yaxes(title=ylabel, gridcolor="#eee", range=yrange)
+    _layout(fig, title, height, legend=dict(orientation="h", y=1.02, x=1, xanchor="right", yanchor="bottom"))
+    fig.update_layout(margin=dict(l=60, r=20, t=45 if title else 15, b=90))
+    return fig
