@@ -610,7 +610,7 @@ def _points(gain) -> str:
     return f"{100 * mean:+.1f} points (95% CI {100 * low:+.1f} to {100 * high:+.1f})"
 
 
-PAPER_RECIPE_TOP1 = 0.843  # the paper-recipe MGNet's clean top-1 when the location stage began (issue 11)
+PAPER_RECIPE_TOP1 = 0.8428  # the paper-recipe MGNet's clean top-1 when the location stage began (issue 11)
 
 
 def glimpse_goals(res: dict) -> list[tuple[str, bool, str]]:
@@ -618,6 +618,7 @@ def glimpse_goals(res: dict) -> list[tuple[str, bool, str]]:
     val, off = res["locations"], res["locations_off_centre"]
     last = len(val["accuracy"]["learned"])
     s = summarise(res)
+    paper = res.get("paper_recipe", {}).get("clean", {}).get("mgnet", {}).get("accuracy_per_glimpse", [PAPER_RECIPE_TOP1])
     checks = []
     for key in ("centre@2", f"centre@{last}", "shuffled@2", f"shuffled@{last}"):
         mode, t = key.split("@")
@@ -633,8 +634,8 @@ def glimpse_goals(res: dict) -> list[tuple[str, bool, str]]:
                    + _points(diff)))
     checks += [("3. Clean top-1 after the last glimpse >= 85%", s["clean_mgnet_final"] >= 0.85,
                 _pct(s["clean_mgnet_final"])),
-               (f"3. ... and never below the paper recipe's {_pct(PAPER_RECIPE_TOP1)}",
-                s["clean_mgnet_final"] >= PAPER_RECIPE_TOP1, _pct(s["clean_mgnet_final"])),
+               (f"3. ... and never below the paper recipe's {_pct(paper[-1])}", s["clean_mgnet_final"] >= paper[-1],
+                f"{_pct(s['clean_mgnet_final'])} ({100 * (s['clean_mgnet_final'] - paper[-1]):+.2f} points)"),
                ("3. Compute after 2 glimpses <= 40% of the baseline", s["compute_share_after_2"] <= 0.40,
                 _pct(s["compute_share_after_2"])),
                ("4. Off-centre val: mean distance of glimpse 2's centre from the image centre >= 0.12 of the side",
@@ -768,7 +769,7 @@ def _paper_recipe_section(res: dict) -> list[str]:
 
 def _provenance_section(res: dict) -> list[str]:
     lines = ["\n## Provenance\n"]
-    for key, pair in _pairs(res).items():
+    for pair in _pairs(res).values():
         for name, c in pair["checkpoints"].items():
             pv, chain = c["provenance"], training_stages(c["provenance"])
             lines.append(f"- `{Path(c['path']).name}` ({name}, {c.get('recipe', '')}): saved {pv.get('saved', '?')}, "
