@@ -9,7 +9,7 @@ import zipfile
 
 import numpy as np
 
-from mgnet import plots
+from mgnet import plots, static_export
 from mgnet.utils import git_commit
 
 README = """MGNet Explorer: one view, exported
@@ -116,13 +116,13 @@ def build_bundle(figures: dict, images: dict, settings: dict, static: bool = Tru
             done = False
             if static and not problems:
                 try:
-                    zf.writestr(f"figures/{name}.png", plots.figure_bytes(fig, "png"))
-                    zf.writestr(f"figures/{name}.svg", plots.figure_bytes(fig, "svg"))
+                    zf.writestr(f"figures/{name}.png", static_export.figure_bytes(fig, "png"))
+                    zf.writestr(f"figures/{name}.svg", static_export.figure_bytes(fig, "svg"))
                     done = True
-                except plots.ExportError as exc:
+                except static_export.ExportError as exc:
                     problems.append(str(exc))
             if not done:
-                zf.writestr(f"figures/{name}.html", plots.figure_html(fig))
+                zf.writestr(f"figures/{name}.html", static_export.figure_html(fig))
         for name, img in images.items():
             zf.writestr(f"images/{name}.png", plots.png_bytes(np.asarray(img)))
         if problems:

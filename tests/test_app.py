@@ -407,11 +407,11 @@ def test_every_figure_has_downloads_and_the_view_a_bundle(app):
 @pytest.mark.parametrize("static", [False, True])
 def test_bundle_contents(app, static):
     from app.export import build_bundle
-    from mgnet import plots
+    from mgnet import static_export
 
     reg = app.session_state["_registry"]
-    if static and plots.export_problem():
-        pytest.skip(f"no static export here: {plots.export_problem()}")
+    if static and static_export.export_problem():
+        pytest.skip(f"no static export here: {static_export.export_problem()}")
     figures = {k: reg.figures[k] for k in list(reg.figures)[:2]}
     doc = reg.settings["figure_settings"]
     data = build_bundle(figures, dict(reg.images), dict(reg.settings), static=static, figure_doc=doc,
@@ -434,10 +434,10 @@ def test_bundle_contents(app, static):
 
 def test_export_without_a_browser_degrades_gracefully(app, monkeypatch):
     from app import ui
-    from mgnet import plots
+    from mgnet import static_export
 
     monkeypatch.setenv("BROWSER_PATH", "/nonexistent/chrome")
-    assert "does not exist" in plots.export_problem()
+    assert "does not exist" in static_export.export_problem()
     ui._export_probe.clear()
     try:
         app.run()
@@ -449,7 +449,7 @@ def test_export_without_a_browser_degrades_gracefully(app, monkeypatch):
     finally:
         ui._export_probe.clear()
     # A deferred PNG download whose export fails returns a readable note instead of raising.
-    monkeypatch.setattr(plots, "figure_bytes", lambda *a, **k: (_ for _ in ()).throw(plots.ExportError("no Chrome")))
+    monkeypatch.setattr(static_export, "figure_bytes", lambda *a, **k: (_ for _ in ()).throw(static_export.ExportError("no Chrome")))
     data = ui._exporter(next(iter(app.session_state["_registry"].figures.values())), "png")()
     assert b"Static export failed" in data and b"no Chrome" in data
 

@@ -16,7 +16,7 @@ from conftest import make_image_folder
 from PIL import Image
 from torch import nn
 
-from mgnet import build_model, plots, save_checkpoint
+from mgnet import build_model, plots, save_checkpoint, static_export
 from mgnet import figures as mf
 from mgnet import analysis
 from mgnet.analysis import analyze
@@ -24,7 +24,7 @@ from mgnet.data import load_image
 
 CLASSES = ["tench", "English springer", "cassette player"]
 IDS = ["n01440764", "n02102040", "n02979186"]
-STATIC = plots.export_problem() is None
+STATIC = static_export.export_problem() is None
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -344,7 +344,7 @@ def test_panel_grid_keeps_aspect_and_physical_size():
 
 
 def test_without_chrome_figures_fall_back_to_html(env, monkeypatch, capsys):
-    monkeypatch.setattr(plots, "export_problem", lambda: "no Chrome or Chromium was found (simulated).")
+    monkeypatch.setattr(static_export, "export_problem", lambda: "no Chrome or Chromium was found (simulated).")
     out = env / "no-chrome"
     assert mf.main(base_args(env, out, "--images", str(env / "data"), "--limit", "1", "--figures", "strip",
                              "--format", "png", "svg")) == 0

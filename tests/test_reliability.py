@@ -31,6 +31,7 @@ from mgnet import CheckpointError, build_model, load_checkpoint, load_image, sav
 from mgnet import attacks as ma  # noqa: E402
 from mgnet import corruptions as mc  # noqa: E402
 from mgnet import explain as mx  # noqa: E402
+from mgnet import metrics as explanation_metrics  # noqa: E402
 from mgnet.analysis import analyze  # noqa: E402
 from mgnet.data import to_model_input  # noqa: E402
 from mgnet.utils import model_lock, model_state_fingerprint  # noqa: E402
@@ -358,10 +359,10 @@ def test_every_operation_and_every_failure_leaves_the_shared_model_as_it_was(mod
     ops = {
         "analyze": lambda p: analyze(mg, image),
         "analyze baseline": lambda p: analyze(base, image),
-        "deletion": lambda p: mx.deletion_insertion(mg, x, att.map, att.target, steps=4, progress=p),
-        "insertion on baseline": lambda p: mx.deletion_insertion(base, x, att.map, att.target, steps=4,
+        "deletion": lambda p: explanation_metrics.deletion_insertion(mg, x, att.map, att.target, steps=4, progress=p),
+        "insertion on baseline": lambda p: explanation_metrics.deletion_insertion(base, x, att.map, att.target, steps=4,
                                                                    mode="insertion", progress=p),
-        "infidelity": lambda p: mx.infidelity(mg, x, "saliency", attribution=att, n_perturb_samples=2),
+        "infidelity": lambda p: explanation_metrics.infidelity(mg, x, "saliency", attribution=att, n_perturb_samples=2),
         "paper pgd": lambda p: ma.paper_pgd(mg, x, 0, steps=2, progress=p),
         "transfer": lambda p: ma.transfer_attack(base, mg, x, 0, steps=2, progress=p),
         "pgd true gradients": lambda p: ma.attack(mg, x, 0, steps=2, s_grad=1.0, progress=p),
