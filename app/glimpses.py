@@ -1,11 +1,10 @@
 """The glimpse view: step through what MGNet looked at, and what it believed after each look."""
 from __future__ import annotations
 
-import numpy as np
 import streamlit as st
 
-from mgnet import plots
-from mgnet.analysis import display_crop, focus_map
+from mgnet import geometry, plots
+from mgnet.analysis import display_crop, display_focus_map
 
 from . import services, ui
 
@@ -19,13 +18,6 @@ def _clamp_step(n: int):
 
 def _move(delta: int, n: int):
     st.session_state[STEP_KEY] = int(min(max(st.session_state.get(STEP_KEY, 1) + delta, 1), n))
-
-
-def display_focus_map(a, max_side: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """Focus map at a display resolution (fast for any photo size); returns (map, its photo thumbnail scale)."""
-    f = min(1.0, max_side / max(a.width, a.height))
-    w, h = max(1, round(a.width * f)), max(1, round(a.height * f))
-    return focus_map(np.asarray(a.boxes) * f, w, h), np.array([w, h])
 
 
 def frame_titles(a) -> list[str]:
@@ -70,11 +62,11 @@ def render(photo, entry, a):
                      caption=f"What the network saw: {a.glimpse_size}×{a.glimpse_size} px")
         s, tx, ty = (float(v) for v in a.params[t])
         x0, y0, x1, y1 = (float(v) for v in box)
-        area = max(0.0, min(x1, a.width) - max(x0, 0)) * max(0.0, min(y1, a.height) - max(y0, 0))
+        share = geometry.area_share([box], a.width, a.height)
         st.markdown(
             f"**Glimpse {t + 1} of {n}** · scale s = `{s:.3f}`, tx = `{tx:+.3f}`, ty = `{ty:+.3f}`  \n"
             f"Box in the photo: x `{x0:.0f}–{x1:.0f}`, y `{y0:.0f}–{y1:.0f}` px "
-            f"({x1 - x0:.0f}×{y1 - y0:.0f} px, {area / (a.width * a.height):.0%} of the photo)")
+            f"({x1 - x0:.0f}×{y1 - y0:.0f} px, {share:.0%} of the photo)")
         spent = float(a.gflops[t])
         st.metric("Compute so far", f"{spent:.2f} GFLOPs",
                   f"{spent / a.baseline_gflops:.0%} of one baseline pass ({a.baseline_gflops:.2f} GFLOPs)",
@@ -93,8 +85,7 @@ def render(photo, entry, a):
 
     c1, c2 = st.columns([1, 1], gap="medium")
     with c1:
-        fmap, _ = display_focus_map(a)
-        ui.figure(plots.heatmap_figure(services.picture(photo), fmap, "Focus map: where MGNet looked", boxes=a.boxes, height=420),
+        ui.figure(plots.heatmap_figure(services.picture(photo), display_focus_map(a), "Focus map: where MGNet looked", boxes=a.boxes, height=420),
                   "focus map", key="fig-focus")
     with c2:
         ui.explain(

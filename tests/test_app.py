@@ -381,7 +381,10 @@ def test_sweep(app, kind):
     switch(app, "Robustness", "Sweep")
     app.radio(key="sweep_kind").set_value(kind)
     app.select_slider(key="sweep_max_eps").set_value(1.0)
-    app.session_state["atk_method"] = "fgsm"
+    from app.robustness import AttackRequest
+
+    # the sweep attacks with the Attack tab's last request (never its widgets): a quick FGSM here
+    app.session_state["atk_request"] = AttackRequest(method="fgsm")
     next(b for b in app.button if b.key == "sweep_run").click().run()
     assert not app.exception and not errors(app)
     sweep = app.session_state["_registry"].settings["sweep"]
@@ -390,6 +393,9 @@ def test_sweep(app, kind):
     assert sweep["x"] == ([0.0, 0.5, 1.0] if kind == "eps" else [0, 1, 2, 3, 4, 5])
     for ys in sweep["series"].values():
         assert len(ys) == len(sweep["x"]) and all(0 <= y <= 1 for y in ys)
+    if kind == "eps":
+        assert app.session_state["sweep_request"].attack.method == "fgsm"
+        assert "FGSM" in app.session_state["_registry"].figures["sweep"].layout.xaxis.title.text
 
 
 # -- export ---------------------------------------------------------------------------------------------
