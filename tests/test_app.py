@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 pytest.importorskip("streamlit")
+from conftest import save_tiny_checkpoints  # noqa: E402
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 torch.set_num_threads(1)
@@ -30,13 +31,8 @@ TIMEOUT = 180
 
 @pytest.fixture(scope="module")
 def ckpt_dir(tmp_path_factory):
-    from mgnet import build_model, save_checkpoint
-
     folder = tmp_path_factory.mktemp("checkpoints")
-    torch.manual_seed(0)
-    save_checkpoint(build_model("mgnet", num_classes=10, image_size=32), folder / "mgnet-tiny.pt", classes=CLASSES)
-    save_checkpoint(build_model("baseline", num_classes=10, image_size=32), folder / "baseline-tiny.pt",
-                    classes=CLASSES)
+    save_tiny_checkpoints(folder, CLASSES, image_size=32)
     (folder / "broken.pt").write_bytes(b"this is not a checkpoint")
     return folder
 
@@ -480,6 +476,7 @@ def test_query_params_restore_compare_and_attack_settings(ckpt_dir, monkeypatch)
     assert at.checkbox(key="atk_truegrad").value is True
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("view", ["Compare", "Robustness"])
 def test_bundle_settings_reproduce_through_the_figure_cli(app, view, tmp_path):
     """The bundle's settings.json is a valid --settings file for python -m mgnet.figures."""

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_image_folder
+from conftest import make_image_folder, save_tiny_checkpoints
 from PIL import Image
 from torch import nn
 
-from mgnet import build_model, plots, save_checkpoint, static_export
+from mgnet import plots, static_export
 from mgnet import figures as mf
 from mgnet import analysis
 from mgnet.analysis import analyze
@@ -38,11 +38,7 @@ def _one_thread():
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("figs")
-    torch.manual_seed(0)
-    save_checkpoint(build_model("mgnet", "resnet18", num_classes=3, image_size=64, n_glimpses=3), root / "mg.pt",
-                    classes=CLASSES, class_ids=IDS)
-    save_checkpoint(build_model("baseline", "resnet18", num_classes=3, image_size=64), root / "base.pt",
-                    classes=CLASSES, class_ids=IDS)
+    save_tiny_checkpoints(root, CLASSES, IDS, image_size=64, n_glimpses=3, names=("mg.pt", "base.pt"))
     make_image_folder(root / "data", classes=IDS, per_class=1, size=48)
     return root
 
@@ -74,6 +70,7 @@ def files_of(folder: Path) -> dict[str, bytes]:
 
 
 # -- figures ------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_figures_outputs_exist_with_sane_sizes(two_runs):
     out = two_runs[0]
     names = sorted(p.name for p in out.iterdir())
@@ -105,6 +102,7 @@ def test_figures_outputs_exist_with_sane_sizes(two_runs):
     assert (out / "grid-01.pdf").read_bytes().startswith(b"%PDF")
 
 
+@pytest.mark.slow
 def test_figure_sidecars_hold_settings_and_numbers(two_runs, env):
     out = two_runs[0]
     strip = json.loads(next(out.glob("strip-*.json")).read_text())
@@ -122,6 +120,7 @@ def test_figure_sidecars_hold_settings_and_numbers(two_runs, env):
     assert all(len(r["mgnet"]) == 3 and "baseline" in r for r in rob["data"]["rows"])
 
 
+@pytest.mark.slow
 def test_same_inputs_give_byte_identical_files(two_runs):
     a, b = (files_of(d) for d in two_runs)
     assert a.keys() == b.keys()
@@ -221,6 +220,7 @@ def metric_runs(env):
     return outs
 
 
+@pytest.mark.slow
 def test_metrics_tables_and_plots(metric_runs):
     out = metric_runs[0]
     for name in ("metrics.md", "metrics.csv", "metrics.json", "curves.json"):
@@ -247,6 +247,7 @@ def test_metrics_tables_and_plots(metric_runs):
     assert len(curves["fractions"]) == 5 and len(curves["images"]) == 2
 
 
+@pytest.mark.slow
 def test_metrics_are_deterministic(metric_runs):
     a, b = (files_of(d) for d in metric_runs)
     assert a.keys() == b.keys()

@@ -26,7 +26,7 @@ import torch
 
 torch.set_num_threads(1)
 
-from conftest import ROOT, make_image_folder  # noqa: E402
+from conftest import ROOT, make_image_folder, save_tiny_checkpoints  # noqa: E402
 from mgnet import CheckpointError, build_model, load_checkpoint, load_image, save_checkpoint  # noqa: E402
 from mgnet import attacks as ma  # noqa: E402
 from mgnet import corruptions as mc  # noqa: E402
@@ -46,11 +46,7 @@ SIZE = 64
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ckpts")
-    torch.manual_seed(0)
-    save_checkpoint(build_model("mgnet", "resnet18", num_classes=3, image_size=SIZE, n_glimpses=3),
-                    folder / "mgnet-tiny.pt", classes=CLASSES, class_ids=CLASS_IDS)
-    save_checkpoint(build_model("baseline", "resnet18", num_classes=3, image_size=SIZE),
-                    folder / "baseline-tiny.pt", classes=CLASSES, class_ids=CLASS_IDS)
+    save_tiny_checkpoints(folder, CLASSES, CLASS_IDS, image_size=SIZE, n_glimpses=3)
     return folder
 
 
@@ -124,6 +120,7 @@ def jobs_for(models, image):
 
 
 # -- many sessions, one model --------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_concurrent_sessions_get_their_solo_results_and_leave_models_untouched(models):
     """8 sessions at once: analyses, seven Captum methods, attacks and corruptions on two shared models.
 
@@ -211,9 +208,10 @@ def _while_inside(first, second, wait=0.6):
 
 
 def test_attack_and_analysis_while_another_session_holds_guided_backprop_hooks(models):
-    """Guided Backprop puts hooks on every ReLU of the shared model. A session attacking the same model
-    in the middle of it (the app's attacks do take the lock; a script's may not) must still follow true
-    gradients, and an analysis must be unaffected."""
+    """Guided Backprop puts hooks on every ReLU of the shared model. A session that starts an attack and an
+    input gradient in the middle of it sees the hooks in place, but every attack takes the model's lock
+    (``mgnet.attacks`` runs under ``utils.eval_mode``, in the app and in scripts alike), so it waits until the
+    explanation has removed them and then follows true gradients: the same result as alone."""
     m = models["mgnet"]
     image = photo(2)
     x = to_model_input(image, SIZE)
@@ -277,6 +275,7 @@ def _interleave(first, second, wait=3.0):
     return out["a"], out["b"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["smoothgrad", "gradient_shap"])
 def test_seeded_explanations_of_two_models_at_once_keep_their_own_noise(models, method):
     """SmoothGrad and GradientSHAP draw their noise from torch's and NumPy's global generators, seeded per
@@ -293,6 +292,7 @@ def test_seeded_explanations_of_two_models_at_once_keep_their_own_noise(models, 
     np.testing.assert_array_equal(b, solo_b, err_msg="the baseline's explanation changed")
 
 
+@pytest.mark.slow
 def test_a_corruption_and_an_explanation_interleaved_keep_their_own_noise(models, monkeypatch):
     """A corruption seeds NumPy's global generator and draws from it; a seeded GradientSHAP explanation in
     another session seeds and draws from the same generator. Interleaved (the corruption held up between
@@ -345,6 +345,7 @@ def test_a_corruption_and_an_explanation_interleaved_keep_their_own_noise(models
     np.testing.assert_array_equal(out["e"], solo_e, err_msg="the explanation changed")
 
 
+@pytest.mark.slow
 def test_every_operation_and_every_failure_leaves_the_shared_model_as_it_was(models):
     """After each library operation, and after each one interrupted by an error (an out-of-memory error
     raised from inside the computation, as a huge Integrated Gradients request would), the model is as
@@ -661,6 +662,7 @@ def test_evaluate_cli_refuses_bad_input_before_working_and_leaves_nothing(tmp_pa
 figures_cli = pytest.importorskip("mgnet.figures", reason="the figure CLI (mgnet/figures.py) is not written yet")
 
 
+@pytest.mark.slow
 def test_figure_cli_failures_leave_no_output(tmp_path, private_tmp, ckpts, eval_data, capsys, monkeypatch):
     ck = str(ckpts / "mgnet-tiny.pt")
     run = ["--mgnet", ck, "--baseline", "none", "--images", str(eval_data), "--figures", "strip", "--methods",
