@@ -21,11 +21,10 @@ OWN = "each model's own prediction"
 QP = dict(bind="query-params", persist_state="session")
 TOPK = 0.2  # fraction of pixels for the IoU with the focus map
 
-# Options of the slow methods a user may change: (method, option, label, min, max, step).
-OPTIONS = [("integrated_gradients", "n_steps", "Integrated Gradients: steps", 4, 256, 4),
-           ("smoothgrad", "nt_samples", "SmoothGrad: noisy samples", 2, 128, 2),
-           ("gradient_shap", "n_samples", "GradientSHAP: samples", 2, 128, 2),
-           ("occlusion", "window", "Occlusion: patch side in px (0 = 1/8 of the input)", 0, 128, 1)]
+# Options of the slow methods a user may change (each method's ``tunable`` in the registry):
+# (method, option, label, min, max, step).
+OPTIONS = [(name, info.tunable.option, info.tunable.label, info.tunable.low, info.tunable.high, info.tunable.step)
+           for name, info in explain.METHODS.items() if info.tunable is not None]
 
 
 def _method_label(m: str) -> str:

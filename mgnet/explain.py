@@ -57,42 +57,6 @@ from .utils import RNG_LOCK, eval_mode, model_lock
 Progress = Callable[[int, int], None]
 
 
-@dataclass(frozen=True)
-class MethodInfo:
-    label: str      # readable name for the app
-    shows: str      # one line: what the map shows
-    slow: bool      # many forward passes; the app should show progress
-    defaults: dict  # default options
-
-
-METHODS: dict[str, MethodInfo] = {
-    "saliency": MethodInfo(
-        "Saliency (gradient)", "How strongly each pixel's value changes the class score, to first order.",
-        False, {}),
-    "integrated_gradients": MethodInfo(
-        "Integrated Gradients", "Each pixel's share of the score gained going from a black image to this one.",
-        True, {"n_steps": 32, "internal_batch_size": 8}),
-    "smoothgrad": MethodInfo(
-        "SmoothGrad", "The gradient averaged over noisy copies of the image: a less speckled saliency map.",
-        True, {"nt_samples": 16, "stdevs": 0.1, "nt_samples_batch_size": 4}),
-    "gradcam": MethodInfo(
-        "Grad-CAM", "Which regions of the last convolutional layer support the class (coarse; on MGNet: "
-        "the first, whole-image glimpse).", False, {}),
-    "occlusion": MethodInfo(
-        "Occlusion", "How much the class score drops when a black patch covers each region.",
-        True, {"window": None, "stride": None, "perturbations_per_eval": 16}),
-    "guided_backprop": MethodInfo(
-        "Guided Backprop", "Gradient with only positive signals passed back through ReLUs: sharp edges "
-        "and textures the network responds to.", False, {}),
-    "gradient_shap": MethodInfo(
-        "GradientSHAP", "Expected gradient x (image - reference) over black and random-noise references.",
-        True, {"n_samples": 16, "n_baselines": 8, "stdevs": 0.0, "n_samples_batch_size": 8}),
-}
-
-
-RANDOM_METHODS = ("smoothgrad", "gradient_shap")  # draw noise from the global generators (seeded per call)
-
-
 @dataclass
 class Attribution:
     """One explanation of one image.
@@ -126,10 +90,8 @@ def available_methods(model) -> list[str]:
     """Method names valid for ``model``. All of them for MGNet and its baseline (Grad-CAM on a
     multi-glimpse MGNet uses the first glimpse, see the module docstring); Grad-CAM needs
     ``model.backbone.layer4``."""
-    names = list(METHODS)
-    if getattr(getattr(model, "backbone", None), "layer4", None) is None:
-        names.remove("gradcam")
-    return names
+    has_layer4 = getattr(getattr(model, "backbone", None), "layer4", None) is not None
+    return [name for name, info in METHODS.items() if has_layer4 or not info.needs_layer4]
 
 
 # -- shared-model hygiene ------------------------------------------------------------------------------
@@ -197,79 +159,172 @@ class _FinalLogits(nn.Module):
         return self.tap(output) if first else output
 
 
-# -- Captum methods ------------------------------------------------------------------------------------
+# -- Captum methods: one run function and one cost function each -----------------------------------------
+# run(wrapper, x, target, opts, seed) -> Captum's attribution of ``wrapper`` at ``x`` (any batch size);
+# cost(opts, batch, size) -> examples the wrapper will see: the ``total`` reported to ``progress``.
+def _captum():
+    from captum import attr
+
+    return attr
+
+
+def _one_pass(opts: dict, batch: int, size: int) -> int:
+    return batch
+
+
+def _run_saliency(wrapper, x, target, opts, seed):
+    return _captum().Saliency(wrapper).attribute(x, target=target, abs=False)
+
+
+def _run_integrated_gradients(wrapper, x, target, opts, seed):
+    return _captum().IntegratedGradients(wrapper).attribute(
+        x, baselines=torch.zeros_like(x), target=target, n_steps=opts["n_steps"],
+        internal_batch_size=opts["internal_batch_size"])
+
+
+def _run_smoothgrad(wrapper, x, target, opts, seed):
+    captum = _captum()
+    return captum.NoiseTunnel(captum.Saliency(wrapper)).attribute(
+        x, nt_type="smoothgrad", nt_samples=opts["nt_samples"], stdevs=opts["stdevs"],
+        nt_samples_batch_size=opts["nt_samples_batch_size"], target=target, abs=False)
+
+
+def _run_gradcam(wrapper, x, target, opts, seed):
+    handle = wrapper.model.backbone.layer4.register_forward_hook(wrapper._route_first)
+    try:
+        return _captum().LayerGradCam(wrapper, wrapper.tap).attribute(x, target=target, relu_attributions=False)
+    finally:
+        handle.remove()
+
+
+def _run_occlusion(wrapper, x, target, opts, seed):
+    window, stride = opts["window"], opts["stride"]
+    return _captum().Occlusion(wrapper).attribute(
+        x, sliding_window_shapes=(3, window, window), strides=(3, stride, stride), baselines=0.0, target=target,
+        perturbations_per_eval=opts["perturbations_per_eval"])
+
+
+def _cost_occlusion(opts: dict, batch: int, size: int) -> int:
+    per_side = (size - opts["window"]) // opts["stride"] + 1
+    return batch + per_side * per_side * batch
+
+
+def _sizes_occlusion(opts: dict, size: int) -> dict:
+    """The default patch is S/8 wide and moves by S/16."""
+    return dict(opts, window=int(opts["window"] or max(1, round(size / 8))),
+                stride=int(opts["stride"] or max(1, round(size / 16))))
+
+
+def _run_guided_backprop(wrapper, x, target, opts, seed):
+    return _captum().GuidedBackprop(wrapper).attribute(x, target=target)
+
+
+def _run_gradient_shap(wrapper, x, target, opts, seed):
+    generator = torch.Generator().manual_seed(seed)
+    references = torch.rand((opts["n_baselines"],) + tuple(x.shape[1:]), generator=generator)
+    references[0] = 0.0  # one black reference, the rest uniform noise
+    references = references.to(x.device, x.dtype)
+    explainer = _captum().GradientShap(wrapper)
+    total, done, acc = opts["n_samples"], 0, None
+    chunk = max(1, int(opts["n_samples_batch_size"]))
+    while done < total:  # GradientShap is a mean over samples: chunks give progress and bound memory
+        n = min(chunk, total - done)
+        part = explainer.attribute(x, baselines=references, n_samples=n, stdevs=opts["stdevs"], target=target)
+        acc = part * n if acc is None else acc + part * n
+        done += n
+    return acc / total
+
+
+def _reduce_pixels(raw: torch.Tensor, size: int) -> tuple[np.ndarray, torch.Tensor]:
+    """[3, S, S] -> ([S, S] sum of absolute values over channels, the raw attribution as it is)."""
+    return raw.abs().sum(0).cpu().numpy(), raw
+
+
+def _reduce_gradcam(raw: torch.Tensor, size: int) -> tuple[np.ndarray, torch.Tensor]:
+    """[1, h, w] at layer4 resolution -> (ReLU upsampled bilinearly to [S, S], the raw [h, w] map)."""
+    from captum.attr import LayerAttribution
+
+    up = LayerAttribution.interpolate(F.relu(raw)[None], (size, size), interpolate_mode="bilinear")
+    return up[0, 0].cpu().numpy(), raw[0]
+
+
+@dataclass(frozen=True)
+class Tunable:
+    """An option the app offers as a number input: its name, label and range."""
+
+    option: str
+    label: str
+    low: int
+    high: int
+    step: int
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """One explanation method: everything the library, the app and the figure tool need to know of it.
+    Adding a method is one entry of ``METHODS`` (plus its tests)."""
+
+    label: str                # readable name for the app
+    short: str                # column title of paper figures
+    shows: str                # one line: what the map shows
+    slow: bool                # many forward passes; the app shows progress and asks before recomputing
+    defaults: dict            # default options
+    run: Callable             # (wrapper, x, target, opts, seed) -> Captum's attribution
+    cost: Callable = _one_pass  # (opts, batch, size) -> examples forwarded
+    random: bool = False      # draws noise from the global generators (seeded per call, under RNG_LOCK)
+    reduce: Callable = _reduce_pixels  # (raw attribution of one image, S) -> ([S, S] map, raw to keep)
+    sizes: Callable | None = None      # (opts, S) -> opts with size-dependent defaults filled in
+    needs_layer4: bool = False         # needs ``model.backbone.layer4``
+    tunable: Tunable | None = None     # the option the app lets a user change
+
+
+METHODS: dict[str, MethodInfo] = {
+    "saliency": MethodInfo(
+        "Saliency (gradient)", "Saliency",
+        "How strongly each pixel's value changes the class score, to first order.", False, {}, _run_saliency),
+    "integrated_gradients": MethodInfo(
+        "Integrated Gradients", "Int. Grad.",
+        "Each pixel's share of the score gained going from a black image to this one.",
+        True, {"n_steps": 32, "internal_batch_size": 8}, _run_integrated_gradients,
+        cost=lambda opts, batch, size: opts["n_steps"] * batch,
+        tunable=Tunable("n_steps", "Integrated Gradients: steps", 4, 256, 4)),
+    "smoothgrad": MethodInfo(
+        "SmoothGrad", "SmoothGrad",
+        "The gradient averaged over noisy copies of the image: a less speckled saliency map.",
+        True, {"nt_samples": 16, "stdevs": 0.1, "nt_samples_batch_size": 4}, _run_smoothgrad,
+        cost=lambda opts, batch, size: opts["nt_samples"] * batch, random=True,
+        tunable=Tunable("nt_samples", "SmoothGrad: noisy samples", 2, 128, 2)),
+    "gradcam": MethodInfo(
+        "Grad-CAM", "Grad-CAM", "Which regions of the last convolutional layer support the class (coarse; on "
+        "MGNet: the first, whole-image glimpse).", False, {}, _run_gradcam, reduce=_reduce_gradcam,
+        needs_layer4=True),
+    "occlusion": MethodInfo(
+        "Occlusion", "Occlusion", "How much the class score drops when a black patch covers each region.",
+        True, {"window": None, "stride": None, "perturbations_per_eval": 16}, _run_occlusion,
+        cost=_cost_occlusion, sizes=_sizes_occlusion,
+        tunable=Tunable("window", "Occlusion: patch side in px (0 = 1/8 of the input)", 0, 128, 1)),
+    "guided_backprop": MethodInfo(
+        "Guided Backprop", "Guided BP", "Gradient with only positive signals passed back through ReLUs: sharp "
+        "edges and textures the network responds to.", False, {}, _run_guided_backprop),
+    "gradient_shap": MethodInfo(
+        "GradientSHAP", "Grad. SHAP", "Expected gradient x (image - reference) over black and random-noise "
+        "references.", True, {"n_samples": 16, "n_baselines": 8, "stdevs": 0.0, "n_samples_batch_size": 8},
+        _run_gradient_shap, cost=lambda opts, batch, size: opts["n_samples"] * batch, random=True,
+        tunable=Tunable("n_samples", "GradientSHAP: samples", 2, 128, 2)),
+}
+
+
 def resolve_options(method: str, size: int, given: dict) -> dict:
     """``method``'s options: its defaults updated by ``given`` (unknown names refused), sizes filled in."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {list(METHODS)}")
-    opts = dict(METHODS[method].defaults)
+    info = METHODS[method]
+    opts = dict(info.defaults)
     unknown = set(given) - set(opts)
     if unknown:
         raise ValueError(f"{method} takes options {sorted(opts) or 'none'}, not {sorted(unknown)}")
     opts.update(given)
-    if method == "occlusion":
-        opts["window"] = int(opts["window"] or max(1, round(size / 8)))
-        opts["stride"] = int(opts["stride"] or max(1, round(size / 16)))
-    return opts
-
-
-def _work(method: str, opts: dict, batch: int, size: int) -> int:
-    """Examples the forward wrapper will see: the ``total`` reported to ``progress``."""
-    if method == "integrated_gradients":
-        return opts["n_steps"] * batch
-    if method == "smoothgrad":
-        return opts["nt_samples"] * batch
-    if method == "gradient_shap":
-        return opts["n_samples"] * batch
-    if method == "occlusion":
-        per_side = (size - opts["window"]) // opts["stride"] + 1
-        return batch + per_side * per_side * batch
-    return batch
-
-
-def _attribute(wrapper: _FinalLogits, method: str, x: torch.Tensor, target: int, opts: dict, seed: int):
-    """Captum's attribution of ``wrapper`` at ``x`` (any batch size): a tensor."""
-    from captum import attr as ca
-
-    if method == "saliency":
-        return ca.Saliency(wrapper).attribute(x, target=target, abs=False)
-    if method == "integrated_gradients":
-        return ca.IntegratedGradients(wrapper).attribute(
-            x, baselines=torch.zeros_like(x), target=target, n_steps=opts["n_steps"],
-            internal_batch_size=opts["internal_batch_size"])
-    if method == "smoothgrad":
-        return ca.NoiseTunnel(ca.Saliency(wrapper)).attribute(
-            x, nt_type="smoothgrad", nt_samples=opts["nt_samples"], stdevs=opts["stdevs"],
-            nt_samples_batch_size=opts["nt_samples_batch_size"], target=target, abs=False)
-    if method == "guided_backprop":
-        return ca.GuidedBackprop(wrapper).attribute(x, target=target)
-    if method == "occlusion":
-        w, s = opts["window"], opts["stride"]
-        return ca.Occlusion(wrapper).attribute(
-            x, sliding_window_shapes=(3, w, w), strides=(3, s, s), baselines=0.0, target=target,
-            perturbations_per_eval=opts["perturbations_per_eval"])
-    if method == "gradient_shap":
-        gen = torch.Generator().manual_seed(seed)
-        refs = torch.rand((opts["n_baselines"],) + tuple(x.shape[1:]), generator=gen)
-        refs[0] = 0.0  # one black reference, the rest uniform noise
-        refs = refs.to(x.device, x.dtype)
-        explainer = ca.GradientShap(wrapper)
-        total, done, acc = opts["n_samples"], 0, None
-        chunk = max(1, int(opts["n_samples_batch_size"]))
-        while done < total:  # GradientShap is a mean over samples: chunks give progress and bound memory
-            n = min(chunk, total - done)
-            part = explainer.attribute(x, baselines=refs, n_samples=n, stdevs=opts["stdevs"], target=target)
-            acc = part * n if acc is None else acc + part * n
-            done += n
-        return acc / total
-    if method == "gradcam":
-        layer4 = wrapper.model.backbone.layer4
-        handle = layer4.register_forward_hook(wrapper._route_first)
-        try:
-            return ca.LayerGradCam(wrapper, wrapper.tap).attribute(x, target=target, relu_attributions=False)
-        finally:
-            handle.remove()
-    raise ValueError(f"unknown method {method!r}")
+    return info.sizes(opts, size) if info.sizes else opts
 
 
 def _normalise(m: np.ndarray) -> np.ndarray:
@@ -302,39 +357,34 @@ def explain(model, x: torch.Tensor, method: str, target: int | None = None, *, n
     x = _check_input(x)
     size = x.shape[-1]
     opts = resolve_options(method, size, options)
-    if method == "gradcam" and getattr(getattr(model, "backbone", None), "layer4", None) is None:
-        raise ValueError("Grad-CAM needs a model with backbone.layer4")
+    info = METHODS[method]
+    if info.needs_layer4 and getattr(getattr(model, "backbone", None), "layer4", None) is None:
+        raise ValueError(f"{info.label} needs a model with backbone.layer4")
     # Only the noise-based methods use random numbers; the others neither seed nor take the RNG lock.
-    with _using(model, seed if method in RANDOM_METHODS else None):
+    with _using(model, seed if info.random else None):
         start = time.perf_counter()
-        dev = _device(model)
-        x = x.detach().to(dev, torch.float32).clone().requires_grad_(True)
-        with torch.no_grad():
-            out = model(x, n_glimpses=n_glimpses, s_grad=s_grad)
-        steps = out.logits.shape[0]
-        if target is None:
-            target = int(out.logits[-1, 0].argmax())
-        target = int(target)
-        if not 0 <= target < out.logits.shape[-1]:
-            raise ValueError(f"target {target} is not a class index (0..{out.logits.shape[-1] - 1})")
-        total = _work(method, opts, 1, size)
+        x = x.detach().to(_device(model), torch.float32).clone().requires_grad_(True)
+        steps, target = _steps_and_target(model, x, target, n_glimpses, s_grad)
+        total = info.cost(opts, 1, size)
         wrapper = _FinalLogits(model, n_glimpses, s_grad, progress, total)
         if progress is not None:
             progress(0, total)
         with torch.enable_grad():
-            result = _attribute(wrapper, method, x, target, opts, seed)
-        raw = result.detach()[0].float()
-        if method == "gradcam":
-            from captum.attr import LayerAttribution
-
-            up = LayerAttribution.interpolate(F.relu(raw)[None], (size, size), interpolate_mode="bilinear")
-            reduced = up[0, 0].cpu().numpy()
-            raw = raw[0]
-        else:
-            reduced = raw.abs().sum(0).cpu().numpy()
+            result = info.run(wrapper, x, target, opts, seed)
+        reduced, raw = info.reduce(result.detach()[0].float(), size)
         if progress is not None:
             progress(total, total)
         seconds = time.perf_counter() - start
     used = dict(opts, n_glimpses=steps, s_grad=float(model.s_grad if s_grad is None else s_grad), seed=seed)
     return Attribution(map=_normalise(reduced), raw=raw.cpu().numpy().astype(np.float32), method=method,
                        target=target, seconds=seconds, options=used)
+
+
+def _steps_and_target(model, x: torch.Tensor, target: int | None, n_glimpses, s_grad) -> tuple[int, int]:
+    """Glimpses the model takes, and the class explained (its final prediction when ``target`` is None)."""
+    with torch.no_grad():
+        out = model(x, n_glimpses=n_glimpses, s_grad=s_grad)
+    target = int(out.logits[-1, 0].argmax()) if target is None else int(target)
+    if not 0 <= target < out.logits.shape[-1]:
+        raise ValueError(f"target {target} is not a class index (0..{out.logits.shape[-1] - 1})")
+    return out.logits.shape[0], target

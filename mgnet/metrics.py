@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from . import geometry
-from .explain import (Attribution, Progress, _attribute, _check_input, _device, _FinalLogits, _using, explain,
+from .explain import (METHODS, Attribution, Progress, _check_input, _device, _FinalLogits, _using, explain,
                       resolve_options)
 
 
@@ -277,7 +277,7 @@ def sensitivity(model, x: torch.Tensor, method: str, target: int | None = None, 
                 if isinstance(inputs, (tuple, list)):  # Captum passes a 1-tuple
                     (inputs,) = inputs
                 inputs = inputs.detach().clone().requires_grad_(True)
-                return (_attribute(wrapper, method, inputs, target, opts, seed).detach(),)  # tuple in, tuple out
+                return (METHODS[method].run(wrapper, inputs, target, opts, seed).detach(),)  # tuple in, tuple out
 
         score = sensitivity_max(explanation, xx, perturb_radius=perturb_radius,
                                 n_perturb_samples=n_perturb_samples, target=int(target))

@@ -159,6 +159,34 @@ def test_progress_reports_real_steps(baseline):
     assert done == sorted(done) and all(t == total for _, t in calls)
 
 
+def test_a_method_is_one_registry_entry(baseline, monkeypatch):
+    """Adding a method is one METHODS entry: explain runs it, reports its cost as progress, and the figure
+    tool's settings accept it and its options."""
+    from mgnet.figures.settings import FigureSettings
+
+    def input_times_gradient(wrapper, x, target, opts, seed):
+        grad, = torch.autograd.grad(wrapper(x)[0, target], x)
+        return grad * x * opts["scale"]
+
+    entry = ex.MethodInfo("Input x gradient", "In. x grad.", "The gradient times the pixel values.", False,
+                          {"scale": 1.0, "passes": 1}, input_times_gradient,
+                          cost=lambda opts, batch, size: opts["passes"] * batch,
+                          tunable=ex.Tunable("passes", "Input x gradient: passes", 1, 4, 1))
+    monkeypatch.setitem(ex.METHODS, "input_x_gradient", entry)
+    x = image(32)
+    seen = []
+    att = ex.explain(baseline, x, "input_x_gradient", target=3, progress=lambda d, t: seen.append((d, t)), passes=2)
+    check_attribution(att, 32, "input_x_gradient")
+    assert seen[0] == (0, 2) and seen[-1] == (2, 2)
+    expected = ex.explain(baseline, x, "saliency", target=3).raw * x[0].numpy()
+    np.testing.assert_allclose(att.raw, expected, rtol=1e-5, atol=1e-7)
+    assert "input_x_gradient" in ex.available_methods(baseline)
+    FigureSettings(images=["x.jpg"], methods=["input_x_gradient"],
+                   method_options={"input_x_gradient": {"passes": 3}}).validate()
+    with pytest.raises(ValueError, match="takes options"):
+        ex.explain(baseline, x, "input_x_gradient", steps=3)
+
+
 def test_hooks_removed_when_interrupted(mgnet):
     before = model_state_fingerprint(mgnet)
 

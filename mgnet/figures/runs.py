@@ -24,9 +24,6 @@ from .inputs import resolve_target, safe_name, true_labels
 from .settings import ROLE_LABELS, Attack, FigureSettings, UsageError
 from .staging import Exporter, Staging, environment
 
-SHORT_METHOD = {"saliency": "Saliency", "integrated_gradients": "Int. Grad.", "smoothgrad": "SmoothGrad",
-                "gradcam": "Grad-CAM", "occlusion": "Occlusion", "guided_backprop": "Guided BP",
-                "gradient_shap": "Grad. SHAP", "focus": "focus map", "random": "random"}
 ATTACK_NAMES = {"pgd": "PGD", "fgsm": "FGSM", "paper_pgd": "paper PGD"}
 ATTACK_WHERE = {"mgnet": "on MGNet", "baseline": "on baseline", "each": "white-box"}
 
@@ -164,7 +161,7 @@ def write_grids(run: FigureRun, analyses):
     s = run.settings
     mgnet_predictions = [result.predicted() for result in analyses]
     columns = ["focus"] + [f"{r}:{m}" for r in s.models for m in s.methods]
-    titles = ["MGNet<br>focus map"] + [f"{ROLE_LABELS[r]}<br>{SHORT_METHOD[m]}" for r in s.models for m in s.methods]
+    titles = ["MGNet<br>focus map"] + [f"{ROLE_LABELS[r]}<br>{explain.METHODS[m].short}" for r in s.models for m in s.methods]
     per_grid = s.output.grid_rows
     bar = progress_bar(len(run.photos), "saliency maps", run.progress)
     for number, lo in enumerate(range(0, len(run.photos), per_grid), 1):
