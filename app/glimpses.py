@@ -28,9 +28,8 @@ def frame_titles(a) -> list[str]:
     return out
 
 
-def render(photo, entry, a):
-    """``a`` is the GlimpseAnalysis of ``photo`` by ``entry`` (cached: nothing here runs the model)."""
-    n = a.n_glimpses
+def step_form(entry, n: int) -> int:
+    """The glimpse chosen with ◀ / slider / ▶ (0-based)."""
     _clamp_step(n)
     if n > 1:
         c_prev, c_slider, c_next = st.columns([1, 10, 1], vertical_alignment="bottom")
@@ -42,38 +41,36 @@ def render(photo, entry, a):
                       help="next glimpse", width="stretch")
     else:
         st.info(f"{entry.short} is a baseline: it takes one full-resolution look, so there is one step.")
-    t = st.session_state[STEP_KEY] - 1
+    return st.session_state[STEP_KEY] - 1
+
+
+def show_glimpse(photo, a, t: int):
+    """Glimpse ``t``: its crop zoomed and as the network saw it, its parameters, compute and prediction."""
     box = a.boxes[t]
+    c1, c2 = st.columns(2)
+    with c1:
+        ui.image(display_crop(photo.image, box, 256), f"glimpse {t + 1} zoomed",
+                 caption=f"Glimpse {t + 1}, zoomed (display resolution)")
+    with c2:
+        ui.image(plots.nearest_upscale(a.seen[t], 256), f"glimpse {t + 1} as seen",
+                 caption=f"What the network saw: {a.glimpse_size}×{a.glimpse_size} px")
+    s, tx, ty = (float(v) for v in a.params[t])
+    x0, y0, x1, y1 = (float(v) for v in box)
+    share = geometry.area_share([box], a.width, a.height)
+    st.markdown(
+        f"**Glimpse {t + 1} of {a.n_glimpses}** · scale s = `{s:.3f}`, tx = `{tx:+.3f}`, ty = `{ty:+.3f}`  \n"
+        f"Box in the photo: x `{x0:.0f}–{x1:.0f}`, y `{y0:.0f}–{y1:.0f}` px "
+        f"({x1 - x0:.0f}×{y1 - y0:.0f} px, {share:.0%} of the photo)")
+    spent = float(a.gflops[t])
+    st.metric("Compute so far", f"{spent:.2f} GFLOPs",
+              f"{spent / a.baseline_gflops:.0%} of one baseline pass ({a.baseline_gflops:.2f} GFLOPs)",
+              delta_color="off", delta_arrow="off")
+    name, p = a.top(t, 1)[0]
+    st.metric(f"Prediction after glimpse {t + 1}", name, f"{p:.1%} confidence", delta_color="off", delta_arrow="off")
+
+
+def show_charts(a, t: int):
     top = a.top(t, 5)
-
-    left, right = st.columns([3, 2], gap="medium")
-    with left:
-        fig = plots.glimpse_figure(services.picture(photo), a.boxes, t, animate=n > 1, frame_titles=frame_titles(a), height=520)
-        ui.figure(fig, "glimpses on the photo", key="fig-glimpses")
-        st.caption("Boxes are where each glimpse looked, numbered in order; the current one is bold, earlier ones "
-                   "dotted. ▶ play animates all glimpses in your browser. Glimpse 1 is always the whole image.")
-    with right:
-        c1, c2 = st.columns(2)
-        with c1:
-            ui.image(display_crop(photo.image, box, 256), f"glimpse {t + 1} zoomed",
-                     caption=f"Glimpse {t + 1}, zoomed (display resolution)")
-        with c2:
-            ui.image(plots.nearest_upscale(a.seen[t], 256), f"glimpse {t + 1} as seen",
-                     caption=f"What the network saw: {a.glimpse_size}×{a.glimpse_size} px")
-        s, tx, ty = (float(v) for v in a.params[t])
-        x0, y0, x1, y1 = (float(v) for v in box)
-        share = geometry.area_share([box], a.width, a.height)
-        st.markdown(
-            f"**Glimpse {t + 1} of {n}** · scale s = `{s:.3f}`, tx = `{tx:+.3f}`, ty = `{ty:+.3f}`  \n"
-            f"Box in the photo: x `{x0:.0f}–{x1:.0f}`, y `{y0:.0f}–{y1:.0f}` px "
-            f"({x1 - x0:.0f}×{y1 - y0:.0f} px, {share:.0%} of the photo)")
-        spent = float(a.gflops[t])
-        st.metric("Compute so far", f"{spent:.2f} GFLOPs",
-                  f"{spent / a.baseline_gflops:.0%} of one baseline pass ({a.baseline_gflops:.2f} GFLOPs)",
-                  delta_color="off", delta_arrow="off")
-        name, p = top[0]
-        st.metric(f"Prediction after glimpse {t + 1}", name, f"{p:.1%} confidence", delta_color="off", delta_arrow="off")
-
     c1, c2, c3 = st.columns(3, gap="medium")
     with c1:
         ui.figure(plots.topk_figure(top, f"Top-5 after glimpse {t + 1}", highlight=top[0][0]), "top-5",
@@ -83,6 +80,27 @@ def render(photo, entry, a):
     with c3:
         ui.figure(plots.compute_figure(a.gflops, a.baseline_gflops, step=t), "compute", key="fig-compute")
 
+
+def render(photo, entry, a):
+    """``a`` is the GlimpseAnalysis of ``photo`` by ``entry`` (cached: nothing here runs the model)."""
+    n = a.n_glimpses
+    t = step_form(entry, n)
+    left, right = st.columns([3, 2], gap="medium")
+    with left:
+        fig = plots.glimpse_figure(services.picture(photo), a.boxes, t, animate=n > 1, frame_titles=frame_titles(a),
+                                   height=520)
+        ui.figure(fig, "glimpses on the photo", key="fig-glimpses")
+        st.caption("Boxes are where each glimpse looked, numbered in order; the current one is bold, earlier ones "
+                   "dotted. ▶ play animates all glimpses in your browser. Glimpse 1 is always the whole image.")
+    with right:
+        show_glimpse(photo, a, t)
+    show_charts(a, t)
+    show_focus(photo, a)
+    if n > 1:
+        location_row(photo, entry, a)
+
+
+def show_focus(photo, a):
     c1, c2 = st.columns([1, 1], gap="medium")
     with c1:
         ui.figure(plots.heatmap_figure(services.picture(photo), display_focus_map(a), "Focus map: where MGNet looked", boxes=a.boxes, height=420),
@@ -103,8 +121,6 @@ def render(photo, entry, a):
             "concentrated), summed and scaled to a maximum of 1, on the same colour scale as the saliency "
             "maps of the Compare tab. The first, whole-image glimpse carries no location and is left out.",
             expanded=False)
-    if n > 1:
-        location_row(photo, entry, a)
 
 
 def location_row(photo, entry, a):
