@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 import streamlit as st
 import torch
 
-from mgnet import plots, static_export
+from mgnet import static_export
 
 log = logging.getLogger("mgnet.app")
 

@@ -79,6 +79,22 @@ def submit(at, label: str):
     assert not at.exception, at.exception
 
 
+def test_importing_the_page_does_not_run_it(monkeypatch):
+    """Tools and tests can import app/main.py: only `streamlit run` (and AppTest) run it, as __main__."""
+    import importlib
+    import sys
+
+    import streamlit as st
+
+    drawn = []
+    monkeypatch.setattr(st, "title", lambda *a, **k: drawn.append(a))
+    monkeypatch.setattr(st, "set_page_config", lambda *a, **k: drawn.append(a))
+    monkeypatch.delitem(sys.modules, "app.main", raising=False)
+    page = importlib.import_module("app.main")
+    assert callable(page.main) and drawn == []
+    monkeypatch.delitem(sys.modules, "app.main")
+
+
 # -- opening, models ------------------------------------------------------------------------------------
 def test_opens_with_an_example_analysed(app):
     assert "after 4 glimpses" in text(app)
