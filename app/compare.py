@@ -99,7 +99,8 @@ def form(photo, entry, a, cat) -> tuple[CompareRequest, bool]:
     others = [b for b in cat.models if b is not entry and services.compatible(entry, b)]
     with st.form("compare_form", border=True):
         c1, c2 = st.columns(2)
-        methods = c1.multiselect("Captum methods", methods_all, default=[m for m in DEFAULT_METHODS if m in methods_all],
+        methods = c1.multiselect("Captum methods", methods_all,
+                                 default=[m for m in DEFAULT_METHODS if m in methods_all],
                                  format_func=_method_label, key="methods", **QP,
                                  help="; ".join(f"{explain.METHODS[m].label}: {explain.METHODS[m].shows}"
                                                 for m in methods_all))

@@ -53,7 +53,8 @@ FIGURE_OF_VIEW = {"Glimpses": ["strip"], "Compare": ["grid"], "Robustness": ["ro
 
 
 def figure_settings(view: str, photo_file: str, mgnet: CheckpointRef, baseline: CheckpointRef | None,
-                    n_glimpses: int | None, compare=None, corruption=None, attack: Attack | None = None) -> FigureSettings:
+                    n_glimpses: int | None, compare=None, corruption=None,
+                    attack: Attack | None = None) -> FigureSettings:
     """The view as the figure tool's settings: ``python -m mgnet.figures --settings`` redraws its figure.
 
     ``compare``: the Compare tab's request (``app.compare.CompareRequest``); ``corruption``: the Corruption

@@ -103,8 +103,9 @@ def render(photo, entry, a):
 def show_focus(photo, a):
     c1, c2 = st.columns([1, 1], gap="medium")
     with c1:
-        ui.figure(plots.heatmap_figure(services.picture(photo), display_focus_map(a), "Focus map: where MGNet looked", boxes=a.boxes, height=420),
-                  "focus map", key="fig-focus")
+        fig = plots.heatmap_figure(services.picture(photo), display_focus_map(a), "Focus map: where MGNet looked",
+                                   boxes=a.boxes, height=420)
+        ui.figure(fig, "focus map", key="fig-focus")
     with c2:
         ui.explain(
             "- **Glimpses.** MGNet first looks at the whole photo at low resolution, then chooses where to look "

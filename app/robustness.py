@@ -259,7 +259,8 @@ def attack_form(photo, entry, models, a) -> tuple[AttackRequest, bool]:
         method = c1.selectbox("Attack", list(ATTACKS), index=0, format_func=ATTACKS.get, key="atk_method", **QP)
         eps = c2.number_input("eps (in 1/255)", 0.0, 64.0, value=4.0, step=0.5, key="atk_eps", **QP,
                               help="Largest change per pixel (L∞) or L2 norm of the change, in units of 1/255.")
-        steps = c3.number_input("Steps", 1, 200, value=10, step=1, key="atk_steps", **QP, help="PGD iterations (FGSM: 1).")
+        steps = c3.number_input("Steps", 1, 200, value=10, step=1, key="atk_steps", **QP,
+                                help="PGD iterations (FGSM: 1).")
         step = c4.number_input("Step size (0 = auto)", 0.0, 64.0, value=0.0, step=0.25, key="atk_step", **QP,
                                help="Per-step change in 1/255. Auto: 2.5·eps/steps (paper PGD: 1).")
         c1, c2, c3, c4 = st.columns(4)
@@ -267,7 +268,8 @@ def attack_form(photo, entry, models, a) -> tuple[AttackRequest, bool]:
                               format_func=lambda n: next(m.short for m in models if m.name == n),
                               help="The attack sees this model's gradients. Every other model is then tested on "
                                    "the same image: a transfer attack.")
-        norm = c2.selectbox("Norm", ["linf", "l2"], index=0, key="atk_norm", **QP, format_func={"linf": "L∞", "l2": "L2"}.get)
+        norm = c2.selectbox("Norm", ["linf", "l2"], index=0, key="atk_norm", **QP,
+                            format_func={"linf": "L∞", "l2": "L2"}.get)
         true_grad = c3.checkbox("True gradients", value=False, key="atk_truegrad", **QP,
                                 help="MGNet damps gradients through its localisation path 50× (s_grad = 0.02). "
                                      "Tick to attack with that re-scaling switched off: a stronger, more honest "
@@ -295,7 +297,10 @@ class AttackResult:
 
 def attack_compute(request: AttackRequest, photo, entry, models, n, progress=None) -> AttackResult:
     source = next((m for m in models if m.name == request.source), entry)
-    y = source.model.classes.index(request.target) if request.targeted else services.analyze(source, photo, n).predicted()
+    if request.targeted:
+        y = source.model.classes.index(request.target)
+    else:
+        y = services.analyze(source, photo, n).predicted()
     adversarial = run_attack(source, photo, request.run_config(n), y, progress)
     clean = {e.name: services.analyze(e, photo, n) for e in models}
     hit = {e.name: services.analyze_image(e, adversarial, image_hash(adversarial), n) for e in models}

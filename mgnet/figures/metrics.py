@@ -93,39 +93,39 @@ class MetricsRun:
 
 def captum_scores(run: MetricsRun, role: str, method: str, att, x) -> dict:
     """Captum's infidelity and max-sensitivity of one saliency map on the model it explains."""
-    s, model = run.settings, run.models[role]
-    n, s_grad = run.n_glimpses(role), None if model.is_baseline else s.s_grad
+    settings, model = run.settings, run.models[role]
+    n, s_grad = run.n_glimpses(role), None if model.is_baseline else settings.s_grad
     scores = {}
-    if s.infidelity and method != "gradcam":
-        scores["infidelity"] = metrics.infidelity(model, x, method, attribution=att, seed=s.seed, n_glimpses=n,
+    if settings.infidelity and method != "gradcam":
+        scores["infidelity"] = metrics.infidelity(model, x, method, attribution=att, seed=settings.seed, n_glimpses=n,
                                                   s_grad=s_grad)
-    if s.sensitivity:
-        scores["sensitivity"] = metrics.sensitivity(model, x, method, att.target, seed=s.seed, n_glimpses=n,
-                                                    s_grad=s_grad, **s.method_options.get(method, {}))
+    if settings.sensitivity:
+        scores["sensitivity"] = metrics.sensitivity(model, x, method, att.target, seed=settings.seed, n_glimpses=n,
+                                                    s_grad=s_grad, **settings.method_options.get(method, {}))
     return scores
 
 
 def image_maps(run: MetricsRun, index: int, inputs: dict, targets: dict, focus: np.ndarray) -> list:
     """(map's model, method, map, (role, attribution) or None) of every map scored on one image."""
-    s, size = run.settings, run.models["mgnet"].image_size
+    settings, size = run.settings, run.models["mgnet"].image_size
     maps = [("MGNet", "focus", focus, None)]
-    for role in s.models:
-        for method in s.methods:
-            att = explain_with(s, run.models[role], inputs[role], method, targets[role])
+    for role in settings.models:
+        for method in settings.methods:
+            att = explain_with(settings, run.models[role], inputs[role], method, targets[role])
             maps.append((ROLE_LABELS[role], method, att.map, (role, att)))
-    generator = np.random.default_rng([s.seed, index])
+    generator = np.random.default_rng([settings.seed, index])
     maps.append(("reference", "random", generator.random((size, size)).astype(np.float32), None))
     return maps
 
 
 def score_map(run: MetricsRun, shown: str, label, inputs, targets, boxes_model, focus, one_map) -> list:
     """Records and curves of one map on one image, scored on every model."""
-    s = run.settings
+    settings = run.settings
     map_model, method, saliency, origin = one_map
-    inside, iou = metrics.glimpse_agreement(saliency, boxes_model, focus, s.topk)
+    inside, iou = metrics.glimpse_agreement(saliency, boxes_model, focus, settings.topk)
     inside = 0.0 if inside is None else inside  # a single glimpse: no later box holds any mass
     captum = captum_scores(run, origin[0], method, origin[1], inputs[origin[0]]) if origin else {}
-    curves = map_curves(run.models, inputs, targets, saliency, s.steps, s.fill,
+    curves = map_curves(run.models, inputs, targets, saliency, settings.steps, settings.fill,
                         {r: run.n_glimpses(r) for r in run.roles})
     image_curves = []
     for role in run.roles:
@@ -149,10 +149,10 @@ def score_map(run: MetricsRun, shown: str, label, inputs, targets, boxes_model, 
 
 def score_image(run: MetricsRun, index: int, shown: str, label, photo, results: dict):
     """Every map of one photo; ``results``: each model's analysis of it."""
-    s, size = run.settings, run.models["mgnet"].image_size
+    settings, size = run.settings, run.models["mgnet"].image_size
     inputs = {r: to_model_input(photo, run.models[r].image_size) for r in run.roles}
     own = {r: results[r].predicted() for r in run.roles}
-    targets = {r: (resolve_target(s.target, run.models[r], own["mgnet"]) if s.target is not None else own[r])
+    targets = {r: (own[r] if settings.target is None else resolve_target(settings.target, run.models[r], own["mgnet"]))
                for r in run.roles}
     for r in run.roles:
         if label is not None:
@@ -176,7 +176,8 @@ def summary_of(run: MetricsRun) -> dict:
                                             ("deletion_auc", "insertion_auc")),
             "agreement": summarise([r for r in records if r["scored_on"] == "MGNet"], ("map", "map_model", "method"),
                                    ("mass_inside", "topk_iou")),
-            "captum": summarise([r for r in records if r["relation"] == "own" and r["method"] not in ("focus", "random")],
+            "captum": summarise([r for r in records
+                                 if r["relation"] == "own" and r["method"] not in ("focus", "random")],
                                 ("map", "scored_on"), ("infidelity", "sensitivity")),
             "accuracy": {ROLE_LABELS[r]: (rounded(np.mean(run.correct[r])) if run.correct.get(r) else None)
                          for r in run.roles},
@@ -211,7 +212,8 @@ def run_metrics(settings: FigureSettings, models: dict, items, staging: Staging,
         ["metrics.csv", "metrics.md", "metrics.json", "curves.json"] + plot_files),
         export_problem=exporter.problem, environment=environment(device))
     staging.write_json("metrics.json", doc)
-    staging.write_json("curves.json", {"schema": doc["schema"], "fractions": summary["fractions"], "images": run.curves})
+    staging.write_json("curves.json", {"schema": doc["schema"], "fractions": summary["fractions"],
+                                       "images": run.curves})
     return doc
 
 
@@ -259,28 +261,29 @@ def _fmt(mean, sem, nd=3) -> str:
     return f"{mean:.{nd}f}" + (f" ± {sem:.{nd}f}" if sem is not None else "")
 
 
-def metrics_markdown(s: FigureSettings, models: dict, items, summary: dict) -> str:
+def metrics_markdown(settings: FigureSettings, models: dict, items, summary: dict) -> str:
     lines = ["# Focus vs saliency: deletion, insertion and agreement", ""]
-    lines.append(f"{len(items)} images from `{', '.join(s.images)}`"
-                 + (f" (--limit {s.limit}, spread evenly over the sorted file list)" if s.limit else "")
-                 + f"; seed {s.seed}.")
+    lines.append(f"{len(items)} images from `{', '.join(settings.images)}`"
+                 + (f" (--limit {settings.limit}, spread evenly over the sorted file list)" if settings.limit else "")
+                 + f"; seed {settings.seed}.")
     for role, model in models.items():
         info = model.checkpoint_info
-        lines.append(f"- {ROLE_LABELS[role]}: `{s.checkpoints[role].path}` (sha256 `{info['sha256'][:16]}…`, "
+        lines.append(f"- {ROLE_LABELS[role]}: `{settings.checkpoints[role].path}` (sha256 `{info['sha256'][:16]}…`, "
                      f"{model.n_glimpses} glimpse{'s' if model.n_glimpses > 1 else ''}, {model.image_size} px)")
     acc = summary["accuracy"]
     if any(v is not None for v in acc.values()):
         lines.append("- Top-1 accuracy on these images: " + ", ".join(
             f"{k} {v:.1%}" for k, v in acc.items() if v is not None))
-    methods = ", ".join(explain.METHODS[m].label for m in s.methods) or "none"
-    lines += ["", f"Saliency maps: {methods}, for {', '.join(ROLE_LABELS[m] for m in s.models)}; each explains "
-              "its model's final prediction" + ("" if s.target is None else f" (target: {s.target})") + ".",
+    methods = ", ".join(explain.METHODS[m].label for m in settings.methods) or "none"
+    lines += ["", f"Saliency maps: {methods}, for {', '.join(ROLE_LABELS[m] for m in settings.models)}; each explains "
+              "its model's final prediction"
+              + ("" if settings.target is None else f" (target: {settings.target})") + ".",
               "MGNet's focus map spreads one unit of mass over each glimpse box 2..T (`analysis.focus_map`). "
               "The random map (uniform noise) gives the chance level.", ""]
     fills = {"blur": "a strongly blurred copy of the image", "black": "black"}
     lines += ["## Deletion and insertion AUC", "",
-              f"Pixels of the model input are ranked by the map and changed in {s.steps} steps (Petsiuk et al. "
-              f"2018): deletion replaces the most salient first with {fills[s.fill]}, insertion "
+              f"Pixels of the model input are ranked by the map and changed in {settings.steps} steps (Petsiuk et al. "
+              f"2018): deletion replaces the most salient first with {fills[settings.fill]}, insertion "
               "starts from that and puts them back. The score is the scoring model's softmax probability of its "
               "own clean prediction; AUC is the trapezoid area over the fraction changed. Deletion: lower is "
               "better; insertion: higher is better. *own*: the map explains the scoring model; *cross*: it "
@@ -290,7 +293,7 @@ def metrics_markdown(s: FigureSettings, models: dict, items, summary: dict) -> s
         lines.append(f"| {row['map']} | {row['scored_on']} | {row['relation']} | "
                      f"{_fmt(row['deletion_auc'], row['deletion_auc_sem'])} | "
                      f"{_fmt(row['insertion_auc'], row['insertion_auc_sem'])} |")
-    k = f"{s.topk:.0%}"
+    k = f"{settings.topk:.0%}"
     lines += ["", "## Agreement with MGNet's glimpses", "",
               "*Mass inside*: share of the map's mass inside the union of MGNet's glimpse boxes 2..T (chance "
               f"level, the boxes' mean area share: {summary['chance_mass_inside']:.3f}). *Top-{k} IoU*: IoU of "
@@ -299,14 +302,14 @@ def metrics_markdown(s: FigureSettings, models: dict, items, summary: dict) -> s
     for row in summary["agreement"]:
         lines.append(f"| {row['map']} | {_fmt(row['mass_inside'], row['mass_inside_sem'])} | "
                      f"{_fmt(row['topk_iou'], row['topk_iou_sem'])} |")
-    shown = [k for k in ("infidelity", "sensitivity") if getattr(s, k)]
+    shown = [k for k in ("infidelity", "sensitivity") if getattr(settings, k)]
     if summary["captum"] and shown:
         heads = {"infidelity": "infidelity ↓", "sensitivity": "max-sensitivity ↓"}
         lines += ["", "## Captum metrics (on the explained model)", ""]
-        if s.infidelity:
+        if settings.infidelity:
             lines.append("Infidelity (Yeh et al. 2019, `captum.metrics.infidelity`, Gaussian noise sd 0.03, "
                          "normalised): lower is better; not defined for Grad-CAM.")
-        if s.sensitivity:
+        if settings.sensitivity:
             lines.append("Max-sensitivity (`captum.metrics.sensitivity_max`, uniform noise ±0.02): lower is more "
                          "stable.")
         lines += ["", "| map | " + " | ".join(heads[k] for k in shown) + " |", "|---" * (len(shown) + 1) + "|"]

@@ -71,14 +71,14 @@ class FigureRun:
     outputs: list = field(default_factory=list)
 
     def __post_init__(self):
-        s = self.settings
-        self.exporter = Exporter(self.staging, s.output.formats, s.output.dpi)
+        settings = self.settings
+        self.exporter = Exporter(self.staging, settings.output.formats, settings.output.dpi)
         self.labels = true_labels(self.models["mgnet"], [p for _, p in self.items])
         self.names = [f"{i + 1:03d}-{safe_name(Path(shown).stem)}" for i, (shown, _) in enumerate(self.items)]
         self.image_records = [{"path": shown, "file_sha256": file_sha256(path), "image_hash": image_hash(photo),
                                "width": int(photo.shape[1]), "height": int(photo.shape[0]), "label": label}
                               for (shown, path), photo, label in zip(self.items, self.photos, self.labels)]
-        self.public = s.to_json()
+        self.public = settings.to_json()
         self.environment = environment(self.device)
 
     def width_px(self, kind: str) -> float:
@@ -132,20 +132,20 @@ def write_strips(run: FigureRun, analyses):
 # -- comparison grids ------------------------------------------------------------------------------------
 def grid_row(run: FigureRun, i: int, result, mgnet_prediction: int) -> tuple[dict, dict]:
     """One image's row of the comparison grid (focus map, then every model x method) and its record."""
-    s, photo = run.settings, run.photos[i]
+    settings, photo = run.settings, run.photos[i]
     size = run.models["mgnet"].image_size
     height, width = photo.shape[:2]
     focus_model = focus_map(result.boxes_model, size, size)
     maps = {"focus": focus_map(result.boxes, width, height)}
     captions = {"focus": prediction_text(result.classes, result.probs[-1])}
     record = {"image": run.items[i][0], "mgnet_prediction": result.classes[result.predicted()], "maps": {}}
-    for role in s.models:
+    for role in settings.models:
         model = run.models[role]
         x = to_model_input(photo, model.image_size)
-        target = resolve_target(s.target, model, mgnet_prediction)
-        for method in s.methods:
-            att = explain_with(s, model, x, method, target)
-            inside, iou = metrics.glimpse_agreement(att.map, result.boxes_model, focus_model, s.topk)
+        target = resolve_target(settings.target, model, mgnet_prediction)
+        for method in settings.methods:
+            att = explain_with(settings, model, x, method, target)
+            inside, iou = metrics.glimpse_agreement(att.map, result.boxes_model, focus_model, settings.topk)
             inside = 0.0 if inside is None else inside  # a single glimpse: no later box holds any mass
             key = f"{role}:{method}"
             maps[key] = None if att.empty else att.map
@@ -158,11 +158,12 @@ def grid_row(run: FigureRun, i: int, result, mgnet_prediction: int) -> tuple[dic
 
 
 def write_grids(run: FigureRun, analyses):
-    s = run.settings
+    settings = run.settings
     mgnet_predictions = [result.predicted() for result in analyses]
-    columns = ["focus"] + [f"{r}:{m}" for r in s.models for m in s.methods]
-    titles = ["MGNet<br>focus map"] + [f"{ROLE_LABELS[r]}<br>{explain.METHODS[m].short}" for r in s.models for m in s.methods]
-    per_grid = s.output.grid_rows
+    columns = ["focus"] + [f"{r}:{m}" for r in settings.models for m in settings.methods]
+    titles = ["MGNet<br>focus map"] + [f"{ROLE_LABELS[r]}<br>{explain.METHODS[m].short}"
+                                       for r in settings.models for m in settings.methods]
+    per_grid = settings.output.grid_rows
     bar = progress_bar(len(run.photos), "saliency maps", run.progress)
     for number, lo in enumerate(range(0, len(run.photos), per_grid), 1):
         indices = list(range(lo, min(lo + per_grid, len(run.photos))))
@@ -173,12 +174,12 @@ def write_grids(run: FigureRun, analyses):
             records.append(record)
             bar.update(1)
         fig = plots.comparison_grid_figure(rows, columns, column_titles=titles, width=run.width_px("grid"),
-                                           font_size=s.output.font_size,
-                                           title="Focus vs saliency" if s.output.titles else None)
+                                           font_size=settings.output.font_size,
+                                           title="Focus vs saliency" if settings.output.titles else None)
         run.write(fig, f"grid-{number:02d}", "grid", indices, {
             "columns": columns, "caption_meaning": (
                 "in boxes: share of the map's mass inside MGNet's glimpse boxes 2..T; IoU: IoU of the top "
-                f"{s.topk:.0%} pixels of the map and of MGNet's focus map; under the focus map: MGNet's "
+                f"{settings.topk:.0%} pixels of the map and of MGNet's focus map; under the focus map: MGNet's "
                 "final prediction"), "rows": records})
     bar.close()
 
@@ -214,15 +215,15 @@ def attack_label(spec: Attack) -> str:
 
 def attack_condition(run: FigureRun, work: list, spec: Attack, clean_predictions: dict):
     """(row label, {role: the images that model sees}, description) of one attack row."""
-    s = run.settings
+    settings = run.settings
     sources = ["mgnet", "baseline"] if spec.source == "each" else [spec.source]
     if "baseline" in sources and "baseline" not in run.models:
         if spec.source == "baseline":
             raise UsageError("an attack crafted on the baseline needs a baseline checkpoint.")
         sources = ["mgnet"]
-    seed = s.attack_seed(spec)
-    adversarial = {r: adversarial_images(run.models[r], work, clean_predictions[r], spec, s.n_glimpses, seed,
-                                         s.batch_size) for r in sources}
+    seed = settings.attack_seed(spec)
+    adversarial = {r: adversarial_images(run.models[r], work, clean_predictions[r], spec, settings.n_glimpses, seed,
+                                         settings.batch_size) for r in sources}
     seen = {"mgnet": adversarial[sources[0]], "baseline": adversarial[sources[-1]]}
     return attack_label(spec), seen, dict(kind="attack", **dataclasses.asdict(spec) | {"seed": seed})
 
@@ -230,20 +231,21 @@ def attack_condition(run: FigureRun, work: list, spec: Attack, clean_predictions
 def conditions(run: FigureRun, work: list) -> list:
     """The rows of every robustness grid: clean, each corruption, each attack. The MGNet row and the
     baseline cell of an attack may see different images (each model attacked white-box)."""
-    s = run.settings
+    settings = run.settings
     rows = [("clean", {"mgnet": work, "baseline": work}, {"kind": "clean"})]
-    bar = progress_bar(len(work) * (len(s.corruptions) + len(s.attacks)), "perturbing", run.progress)
-    for spec in s.corruptions:
-        seed = s.corruption_seed(spec)
+    bar = progress_bar(len(work) * (len(settings.corruptions) + len(settings.attacks)), "perturbing", run.progress)
+    for spec in settings.corruptions:
+        seed = settings.corruption_seed(spec)
         bad = []
         for image in work:
             bad.append(corruptions.corrupt(image, spec.name, spec.severity, seed=seed))
             bar.update(1)
         rows.append((f"{corruptions.label(spec.name)}<br>severity {spec.severity}", {"mgnet": bad, "baseline": bad},
                      dict(kind="corruption", **dataclasses.asdict(spec) | {"seed": seed})))
-    predictions = {r: [a.predicted() for a in analyze_batch(model, work, None if r == "baseline" else s.n_glimpses,
-                                                             s.batch_size)] for r, model in run.models.items()}
-    for spec in s.attacks:
+    predictions = {r: [a.predicted() for a in analyze_batch(model, work, None if r == "baseline"
+                                                             else settings.n_glimpses, settings.batch_size)]
+                   for r, model in run.models.items()}
+    for spec in settings.attacks:
         rows.append(attack_condition(run, work, spec, predictions))
         bar.update(len(work))
     bar.close()
@@ -274,20 +276,21 @@ def robustness_row(label: str, images: dict, info: dict, mgnet_results, baseline
 
 
 def write_robustness(run: FigureRun):
-    s = run.settings
+    settings = run.settings
     mgnet, baseline = run.models["mgnet"], run.models.get("baseline")
     work = [corruptions.working_image(p) for p in run.photos]
     results = []
     for label, images, info in conditions(run, work):
-        on_mgnet = analyze_batch(mgnet, images["mgnet"], s.n_glimpses, s.batch_size)
-        on_baseline = analyze_batch(baseline, images["baseline"], None, s.batch_size) if baseline is not None else None
+        on_mgnet = analyze_batch(mgnet, images["mgnet"], settings.n_glimpses, settings.batch_size)
+        on_baseline = (analyze_batch(baseline, images["baseline"], None, settings.batch_size)
+                       if baseline is not None else None)
         results.append((label, images, info, on_mgnet, on_baseline))
     for i in range(len(run.photos)):
         height, width = work[i].shape[:2]
         rows, data = zip(*(robustness_row(*result, i, width, height) for result in results))
         fig = plots.robustness_grid_figure(list(rows), width=run.width_px("robustness"),
-                                           font_size=s.output.font_size,
-                                           title=run.items[i][0] if s.output.titles else None)
+                                           font_size=settings.output.font_size,
+                                           title=run.items[i][0] if settings.output.titles else None)
         run.write(fig, f"robustness-{run.names[i]}", "robustness", [i], {"rows": list(data), "note": (
             "Corruptions are applied to the photo at shorter side 224 px; attacks change the model-size input "
             "(8-bit, as saved), shown stretched back to the photo's aspect. Untargeted attacks push away from "
