@@ -20,6 +20,11 @@ def _move(delta: int, n: int):
     st.session_state[STEP_KEY] = int(min(max(st.session_state.get(STEP_KEY, 1) + delta, 1), n))
 
 
+def chosen_step() -> int | None:
+    """The glimpse (1-based) the tab shows, for the export's record of the view."""
+    return st.session_state.get(STEP_KEY)
+
+
 def frame_titles(a) -> list[str]:
     out = []
     for t in range(a.n_glimpses):

@@ -98,7 +98,7 @@ def view_settings(photo, entry, n, view) -> dict:
                    "image_hash": photo.key, "width": photo.width, "height": photo.height},
          "model": {"file": entry.name, "sha256": entry.sha256, "kind": entry.kind,
                    "config": entry.model.config(), "n_glimpses": n},
-         "glimpse_step": st.session_state.get(glimpses.STEP_KEY),
+         "glimpse_step": glimpses.chosen_step(),
          "url_query": st.query_params.to_dict()}
     requests = {key.replace("_request", ""): st.session_state.get(key)
                 for key in ("cmp_request", "atk_request", "sweep_request")}

@@ -28,9 +28,9 @@ torch.set_num_threads(1)
 
 from conftest import ROOT, make_image_folder, save_tiny_checkpoints  # noqa: E402
 from mgnet import CheckpointError, build_model, load_checkpoint, load_image, save_checkpoint  # noqa: E402
-from mgnet import attacks as ma  # noqa: E402
-from mgnet import corruptions as mc  # noqa: E402
-from mgnet import explain as mx  # noqa: E402
+from mgnet import attacks  # noqa: E402
+from mgnet import corruptions  # noqa: E402
+from mgnet import explain  # noqa: E402
 from mgnet import metrics as explanation_metrics  # noqa: E402
 from mgnet.analysis import analyze  # noqa: E402
 from mgnet.data import to_model_input  # noqa: E402
@@ -111,11 +111,11 @@ def jobs_for(models, image):
     for role, m in models.items():
         jobs[f"{role}/analyze"] = (m, lambda m=m: analyze(m, image).probs)
         for method, opts in LIGHT.items():
-            jobs[f"{role}/{method}"] = (m, lambda m=m, method=method, opts=opts: mx.explain(m, x, method, **opts).raw)
-        jobs[f"{role}/pgd"] = (m, lambda m=m: ma.attack(m, x, 1, steps=2, eps=8, seed=3).numpy())
-        jobs[f"{role}/fgsm-l2"] = (m, lambda m=m: ma.attack(m, x, 2, method="fgsm", norm="l2", eps=64).numpy())
-    jobs["corrupt/gaussian_noise"] = (None, lambda: mc.corrupt(image, "gaussian_noise", 3, seed=5))
-    jobs["corrupt/shot_noise"] = (None, lambda: mc.corrupt(image, "shot_noise", 2, seed=6))
+            jobs[f"{role}/{method}"] = (m, lambda m=m, method=method, opts=opts: explain.explain(m, x, method, **opts).raw)
+        jobs[f"{role}/pgd"] = (m, lambda m=m: attacks.attack(m, x, 1, steps=2, eps=8, seed=3).numpy())
+        jobs[f"{role}/fgsm-l2"] = (m, lambda m=m: attacks.attack(m, x, 2, method="fgsm", norm="l2", eps=64).numpy())
+    jobs["corrupt/gaussian_noise"] = (None, lambda: corruptions.corrupt(image, "gaussian_noise", 3, seed=5))
+    jobs["corrupt/shot_noise"] = (None, lambda: corruptions.corrupt(image, "shot_noise", 2, seed=6))
     return jobs
 
 
@@ -215,15 +215,15 @@ def test_attack_and_analysis_while_another_session_holds_guided_backprop_hooks(m
     m = models["mgnet"]
     image = photo(2)
     x = to_model_input(image, SIZE)
-    solo_attack = ma.attack(m, x, 0, steps=2, eps=8, seed=1)
-    solo_grad = ma.input_gradient(m, x, 0, s_grad=1.0)
+    solo_attack = attacks.attack(m, x, 0, steps=2, eps=8, seed=1)
+    solo_grad = attacks.input_gradient(m, x, 0, s_grad=1.0)
     seen_hooks = []
 
     def during():
         seen_hooks.append(model_state_fingerprint(m)["hooks"])
-        return (ma.attack(m, x, 0, steps=2, eps=8, seed=1), ma.input_gradient(m, x, 0, s_grad=1.0))
+        return (attacks.attack(m, x, 0, steps=2, eps=8, seed=1), attacks.input_gradient(m, x, 0, s_grad=1.0))
 
-    _, (adv, grad) = _while_inside(lambda p: mx.explain(m, x, "guided_backprop", progress=p), during)
+    _, (adv, grad) = _while_inside(lambda p: explain.explain(m, x, "guided_backprop", progress=p), during)
     assert seen_hooks[0] > 0, "the interleaving did not happen: no hooks were registered at that moment"
     torch.testing.assert_close(adv, solo_attack, rtol=0, atol=0)
     torch.testing.assert_close(grad, solo_grad, rtol=0, atol=0)
@@ -284,10 +284,10 @@ def test_seeded_explanations_of_two_models_at_once_keep_their_own_noise(models, 
     mg, base = models["mgnet"], models["baseline"]
     x = to_model_input(photo(3), SIZE)
     opts = dict(LIGHT[method])
-    solo_a = mx.explain(mg, x, method, seed=11, **opts).raw
-    solo_b = mx.explain(base, x, method, seed=11, **opts).raw
-    a, b = _interleave(lambda p: mx.explain(mg, x, method, seed=11, progress=p, **opts).raw,
-                       lambda p: mx.explain(base, x, method, seed=11, progress=p, **opts).raw)
+    solo_a = explain.explain(mg, x, method, seed=11, **opts).raw
+    solo_b = explain.explain(base, x, method, seed=11, **opts).raw
+    a, b = _interleave(lambda p: explain.explain(mg, x, method, seed=11, progress=p, **opts).raw,
+                       lambda p: explain.explain(base, x, method, seed=11, progress=p, **opts).raw)
     np.testing.assert_array_equal(a, solo_a, err_msg="MGNet's explanation changed")
     np.testing.assert_array_equal(b, solo_b, err_msg="the baseline's explanation changed")
 
@@ -320,19 +320,19 @@ def test_a_corruption_and_an_explanation_interleaved_keep_their_own_noise(models
             c_done.wait(3.0)
 
     monkeypatch.setitem(imagecorruptions.corruption_dict, "gaussian_noise", two_step_noise)
-    solo_c = mc.corrupt(image, "gaussian_noise", 4, seed=9)
-    solo_e = mx.explain(base, x, "gradient_shap", seed=11, **opts).raw
+    solo_c = corruptions.corrupt(image, "gaussian_noise", 4, seed=9)
+    solo_e = explain.explain(base, x, "gradient_shap", seed=11, **opts).raw
     out = {}
 
     def corrupting():
         try:
-            out["c"] = mc.corrupt(image, "gaussian_noise", 4, seed=9)
+            out["c"] = corruptions.corrupt(image, "gaussian_noise", 4, seed=9)
         finally:
             c_done.set()
 
     def explaining():
         assert c_in.wait(60)
-        out["e"] = mx.explain(base, x, "gradient_shap", seed=11, progress=progress, **opts).raw
+        out["e"] = explain.explain(base, x, "gradient_shap", seed=11, progress=progress, **opts).raw
 
     threads = [threading.Thread(target=corrupting, name="corrupting"), threading.Thread(target=explaining)]
     with warnings.catch_warnings():
@@ -356,7 +356,7 @@ def test_every_operation_and_every_failure_leaves_the_shared_model_as_it_was(mod
     x = to_model_input(image, SIZE)
     x_copy = x.clone()
     snaps = [Snapshot(mg), Snapshot(base)]
-    att = mx.explain(mg, x, "saliency")
+    att = explain.explain(mg, x, "saliency")
     ops = {
         "analyze": lambda p: analyze(mg, image),
         "analyze baseline": lambda p: analyze(base, image),
@@ -364,12 +364,12 @@ def test_every_operation_and_every_failure_leaves_the_shared_model_as_it_was(mod
         "insertion on baseline": lambda p: explanation_metrics.deletion_insertion(base, x, att.map, att.target, steps=4,
                                                                    mode="insertion", progress=p),
         "infidelity": lambda p: explanation_metrics.infidelity(mg, x, "saliency", attribution=att, n_perturb_samples=2),
-        "paper pgd": lambda p: ma.paper_pgd(mg, x, 0, steps=2, progress=p),
-        "transfer": lambda p: ma.transfer_attack(base, mg, x, 0, steps=2, progress=p),
-        "pgd true gradients": lambda p: ma.attack(mg, x, 0, steps=2, s_grad=1.0, progress=p),
+        "paper pgd": lambda p: attacks.paper_pgd(mg, x, 0, steps=2, progress=p),
+        "transfer": lambda p: attacks.transfer_attack(base, mg, x, 0, steps=2, progress=p),
+        "pgd true gradients": lambda p: attacks.attack(mg, x, 0, steps=2, s_grad=1.0, progress=p),
     }
     for method, opts in LIGHT.items():
-        ops[f"explain {method}"] = lambda p, method=method, opts=opts: mx.explain(mg, x, method, progress=p, **opts)
+        ops[f"explain {method}"] = lambda p, method=method, opts=opts: explain.explain(mg, x, method, progress=p, **opts)
 
     def oom(done, total):
         if done > 0:
@@ -659,7 +659,7 @@ def test_evaluate_cli_refuses_bad_input_before_working_and_leaves_nothing(tmp_pa
     (out_dir / "old.json").unlink()
 
 
-figures_cli = pytest.importorskip("mgnet.figures", reason="the figure CLI (mgnet/figures.py) is not written yet")
+figures_cli = pytest.importorskip("mgnet.figures", reason="the figure CLI (mgnet/figures/) is not written yet")
 
 
 @pytest.mark.slow
