@@ -74,7 +74,9 @@ SLOW_BY_NAME = {
                       "test_init_from_refuses_a_different_configuration", "test_ddp_with_two_cpu_processes",
                       "test_training_exports_a_loadable_checkpoint_with_provenance",
                       "test_bad_data_folder_exits_with_a_message"),
-    "test_location.py": ("test_replaying_saved_glimpses_gives_identical_logits_after_the_stage",),
+    "test_location.py": ("test_replaying_saved_glimpses_gives_identical_logits_after_the_stage",  # these three share
+                         "test_candidate_losses_score_each_candidate_as_a_forced_glimpse",  # a trained fixture
+                         "test_location_report_gives_gains_with_intervals"),
     "test_evaluate.py": ("test_bad_arguments_exit_nonzero_without_output",),
 }
 
