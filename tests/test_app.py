@@ -526,6 +526,32 @@ def test_bundle_settings_reproduce_through_the_figure_cli(app, view, tmp_path):
     assert list((tmp_path / "figs").glob("*.html")), out.stderr[-2000:]
 
 
+def test_exported_settings_keep_every_choice(app):
+    """The three drifts between the app's export and the figure tool: the target "each model's own
+    prediction", "random start: off", and the corruption's and the attack's own seeds."""
+    from mgnet.figures.settings import FigureSettings
+
+    switch(app, "Compare")
+    app.selectbox(key="target").set_value("each model's own prediction")
+    app.multiselect(key="methods").set_value(["saliency"])
+    submit(app, "Compute maps")
+    doc = app.session_state["_registry"].settings["figure_settings"]
+    assert doc["target"] is None and FigureSettings.from_json(doc).target is None
+    switch(app, "Robustness")
+    app.number_input(key="cor_seed").set_value(3).run()
+    switch(app, "Robustness", "Attack")
+    app.checkbox(key="atk_random").set_value(False)
+    app.number_input(key="atk_seed").set_value(9)
+    app.number_input(key="atk_steps").set_value(2)
+    submit(app, "Run attack")
+    doc = app.session_state["_registry"].settings["figure_settings"]
+    settings = FigureSettings.from_json(doc)
+    assert settings.to_json() == doc
+    attack, corruption = settings.attacks[0], settings.corruptions[0]
+    assert attack.method == "pgd" and attack.random_start is False
+    assert settings.attack_seed(attack) == 9 and settings.corruption_seed(corruption) == 3
+
+
 def test_slow_method_options_reach_the_library(app, monkeypatch):
     import mgnet.explain
 
