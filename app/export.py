@@ -9,7 +9,10 @@ import zipfile
 
 import numpy as np
 
-from mgnet import plots
+from mgnet import plots, static_export
+from mgnet.figures.settings import SCHEMA, Attack, CheckpointRef, Corruption, FigureSettings
+
+from app.compare import figure_target
 from mgnet.utils import git_commit
 
 README = """MGNet Explorer: one view, exported
@@ -46,35 +49,30 @@ def versions() -> dict:
     return out
 
 
-SCHEMA = "mgnet-figures/1"
 FIGURE_OF_VIEW = {"Glimpses": ["strip"], "Compare": ["grid"], "Robustness": ["robustness"]}
 
 
-def figure_settings(view: str, photo_file: str, mgnet: dict, baseline: dict | None, n_glimpses: int | None,
-                    compare: dict | None = None, corruption: dict | None = None, attack: dict | None = None,
-                    seed: int = 0, method_options: dict | None = None) -> dict:
-    """The view's settings in the figure tool's schema (``mgnet-figures/1``, docs/figures.md).
+def figure_settings(view: str, photo_file: str, mgnet: CheckpointRef, baseline: CheckpointRef | None,
+                    n_glimpses: int | None, compare=None, corruption=None,
+                    attack: Attack | None = None) -> FigureSettings:
+    """The view as the figure tool's settings: ``python -m mgnet.figures --settings`` redraws its figure.
 
-    ``mgnet`` / ``baseline``: {"path", "sha256"}; ``compare``: the Compare tab's request (methods, target,
-    true_grad); ``corruption``: {"name", "severity"}; ``attack``: the Attack tab's request with ``source``
-    already mapped to "mgnet" or "baseline".
+    ``compare``: the Compare tab's request (``app.compare.CompareRequest``); ``corruption``: the Corruption
+    tab's request; ``attack``: the attack already in the tool's terms (source "mgnet" or "baseline").
     """
-    doc = {"schema": SCHEMA, "checkpoints": {"mgnet": mgnet, "baseline": baseline}, "images": [photo_file],
-           "figures": FIGURE_OF_VIEW.get(view, ["strip"]), "models": ["mgnet"] + (["baseline"] if baseline else []),
-           "n_glimpses": n_glimpses, "seed": int(seed), "topk": 0.2}
-    if compare:
-        doc["methods"] = list(compare.get("methods") or [])
-        target = compare.get("target")
-        doc["target"] = "mgnet" if target == "predicted" else None if target in (None, "own") else target
-        doc["s_grad"] = 1.0 if compare.get("true_grad") else None
-        doc["method_options"] = {m: o for m, o in (method_options or {}).items() if o and m in doc["methods"]}
-    if corruption:
-        doc["corruptions"] = [{"name": corruption["name"], "severity": int(corruption["severity"])}]
-    if attack:
-        doc["attacks"] = [{"method": attack["method"], "eps": float(attack["eps"]), "steps": int(attack["steps"]),
-                           "norm": attack["norm"], "source": attack["source"], "true_grad": bool(attack["true_grad"]),
-                           "step_size": float(attack["step_size"]) if attack.get("step_size") else None}]
-    return doc
+    settings = FigureSettings(checkpoints={"mgnet": mgnet, "baseline": baseline}, images=[photo_file],
+                              figures=list(FIGURE_OF_VIEW.get(view, ["strip"])),
+                              models=["mgnet"] + (["baseline"] if baseline else []), n_glimpses=n_glimpses)
+    if compare is not None:
+        settings.methods = list(compare.methods)
+        settings.target = figure_target(compare.target)
+        settings.s_grad = 1.0 if compare.true_grad else None
+        settings.method_options = {m: o for m, o in compare.method_options.items() if o}
+    if corruption is not None:
+        settings.corruptions = [Corruption(corruption.name, int(corruption.severity), int(corruption.seed))]
+    if attack is not None:
+        settings.attacks = [attack]
+    return settings.validate()
 
 
 def settings_document(settings: dict, figure_doc: dict | None = None) -> dict:
@@ -116,13 +114,13 @@ def build_bundle(figures: dict, images: dict, settings: dict, static: bool = Tru
             done = False
             if static and not problems:
                 try:
-                    zf.writestr(f"figures/{name}.png", plots.figure_bytes(fig, "png"))
-                    zf.writestr(f"figures/{name}.svg", plots.figure_bytes(fig, "svg"))
+                    zf.writestr(f"figures/{name}.png", static_export.figure_bytes(fig, "png"))
+                    zf.writestr(f"figures/{name}.svg", static_export.figure_bytes(fig, "svg"))
                     done = True
-                except plots.ExportError as exc:
+                except static_export.ExportError as exc:
                     problems.append(str(exc))
             if not done:
-                zf.writestr(f"figures/{name}.html", plots.figure_html(fig))
+                zf.writestr(f"figures/{name}.html", static_export.figure_html(fig))
         for name, img in images.items():
             zf.writestr(f"images/{name}.png", plots.png_bytes(np.asarray(img)))
         if problems:

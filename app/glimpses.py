@@ -1,11 +1,10 @@
 """The glimpse view: step through what MGNet looked at, and what it believed after each look."""
 from __future__ import annotations
 
-import numpy as np
 import streamlit as st
 
-from mgnet import plots
-from mgnet.analysis import display_crop, focus_map
+from mgnet import geometry, plots
+from mgnet.analysis import display_crop, display_focus_map
 
 from . import services, ui
 
@@ -21,11 +20,9 @@ def _move(delta: int, n: int):
     st.session_state[STEP_KEY] = int(min(max(st.session_state.get(STEP_KEY, 1) + delta, 1), n))
 
 
-def display_focus_map(a, max_side: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """Focus map at a display resolution (fast for any photo size); returns (map, its photo thumbnail scale)."""
-    f = min(1.0, max_side / max(a.width, a.height))
-    w, h = max(1, round(a.width * f)), max(1, round(a.height * f))
-    return focus_map(np.asarray(a.boxes) * f, w, h), np.array([w, h])
+def chosen_step() -> int | None:
+    """The glimpse (1-based) the tab shows, for the export's record of the view."""
+    return st.session_state.get(STEP_KEY)
 
 
 def frame_titles(a) -> list[str]:
@@ -36,9 +33,8 @@ def frame_titles(a) -> list[str]:
     return out
 
 
-def render(photo, entry, a):
-    """``a`` is the GlimpseAnalysis of ``photo`` by ``entry`` (cached: nothing here runs the model)."""
-    n = a.n_glimpses
+def step_form(entry, n: int) -> int:
+    """The glimpse chosen with ◀ / slider / ▶ (0-based)."""
     _clamp_step(n)
     if n > 1:
         c_prev, c_slider, c_next = st.columns([1, 10, 1], vertical_alignment="bottom")
@@ -50,38 +46,36 @@ def render(photo, entry, a):
                       help="next glimpse", width="stretch")
     else:
         st.info(f"{entry.short} is a baseline: it takes one full-resolution look, so there is one step.")
-    t = st.session_state[STEP_KEY] - 1
+    return st.session_state[STEP_KEY] - 1
+
+
+def show_glimpse(photo, a, t: int):
+    """Glimpse ``t``: its crop zoomed and as the network saw it, its parameters, compute and prediction."""
     box = a.boxes[t]
+    c1, c2 = st.columns(2)
+    with c1:
+        ui.image(display_crop(photo.image, box, 256), f"glimpse {t + 1} zoomed",
+                 caption=f"Glimpse {t + 1}, zoomed (display resolution)")
+    with c2:
+        ui.image(plots.nearest_upscale(a.seen[t], 256), f"glimpse {t + 1} as seen",
+                 caption=f"What the network saw: {a.glimpse_size}×{a.glimpse_size} px")
+    s, tx, ty = (float(v) for v in a.params[t])
+    x0, y0, x1, y1 = (float(v) for v in box)
+    share = geometry.area_share([box], a.width, a.height)
+    st.markdown(
+        f"**Glimpse {t + 1} of {a.n_glimpses}** · scale s = `{s:.3f}`, tx = `{tx:+.3f}`, ty = `{ty:+.3f}`  \n"
+        f"Box in the photo: x `{x0:.0f}–{x1:.0f}`, y `{y0:.0f}–{y1:.0f}` px "
+        f"({x1 - x0:.0f}×{y1 - y0:.0f} px, {share:.0%} of the photo)")
+    spent = float(a.gflops[t])
+    st.metric("Compute so far", f"{spent:.2f} GFLOPs",
+              f"{spent / a.baseline_gflops:.0%} of one baseline pass ({a.baseline_gflops:.2f} GFLOPs)",
+              delta_color="off", delta_arrow="off")
+    name, p = a.top(t, 1)[0]
+    st.metric(f"Prediction after glimpse {t + 1}", name, f"{p:.1%} confidence", delta_color="off", delta_arrow="off")
+
+
+def show_charts(a, t: int):
     top = a.top(t, 5)
-
-    left, right = st.columns([3, 2], gap="medium")
-    with left:
-        fig = plots.glimpse_figure(services.picture(photo), a.boxes, t, animate=n > 1, frame_titles=frame_titles(a), height=520)
-        ui.figure(fig, "glimpses on the photo", key="fig-glimpses")
-        st.caption("Boxes are where each glimpse looked, numbered in order; the current one is bold, earlier ones "
-                   "dotted. ▶ play animates all glimpses in your browser. Glimpse 1 is always the whole image.")
-    with right:
-        c1, c2 = st.columns(2)
-        with c1:
-            ui.image(display_crop(photo.image, box, 256), f"glimpse {t + 1} zoomed",
-                     caption=f"Glimpse {t + 1}, zoomed (display resolution)")
-        with c2:
-            ui.image(plots.nearest_upscale(a.seen[t], 256), f"glimpse {t + 1} as seen",
-                     caption=f"What the network saw: {a.glimpse_size}×{a.glimpse_size} px")
-        s, tx, ty = (float(v) for v in a.params[t])
-        x0, y0, x1, y1 = (float(v) for v in box)
-        area = max(0.0, min(x1, a.width) - max(x0, 0)) * max(0.0, min(y1, a.height) - max(y0, 0))
-        st.markdown(
-            f"**Glimpse {t + 1} of {n}** · scale s = `{s:.3f}`, tx = `{tx:+.3f}`, ty = `{ty:+.3f}`  \n"
-            f"Box in the photo: x `{x0:.0f}–{x1:.0f}`, y `{y0:.0f}–{y1:.0f}` px "
-            f"({x1 - x0:.0f}×{y1 - y0:.0f} px, {area / (a.width * a.height):.0%} of the photo)")
-        spent = float(a.gflops[t])
-        st.metric("Compute so far", f"{spent:.2f} GFLOPs",
-                  f"{spent / a.baseline_gflops:.0%} of one baseline pass ({a.baseline_gflops:.2f} GFLOPs)",
-                  delta_color="off", delta_arrow="off")
-        name, p = top[0]
-        st.metric(f"Prediction after glimpse {t + 1}", name, f"{p:.1%} confidence", delta_color="off", delta_arrow="off")
-
     c1, c2, c3 = st.columns(3, gap="medium")
     with c1:
         ui.figure(plots.topk_figure(top, f"Top-5 after glimpse {t + 1}", highlight=top[0][0]), "top-5",
@@ -91,11 +85,32 @@ def render(photo, entry, a):
     with c3:
         ui.figure(plots.compute_figure(a.gflops, a.baseline_gflops, step=t), "compute", key="fig-compute")
 
+
+def render(photo, entry, a):
+    """``a`` is the GlimpseAnalysis of ``photo`` by ``entry`` (cached: nothing here runs the model)."""
+    n = a.n_glimpses
+    t = step_form(entry, n)
+    left, right = st.columns([3, 2], gap="medium")
+    with left:
+        fig = plots.glimpse_figure(services.picture(photo), a.boxes, t, animate=n > 1, frame_titles=frame_titles(a),
+                                   height=520)
+        ui.figure(fig, "glimpses on the photo", key="fig-glimpses")
+        st.caption("Boxes are where each glimpse looked, numbered in order; the current one is bold, earlier ones "
+                   "dotted. ▶ play animates all glimpses in your browser. Glimpse 1 is always the whole image.")
+    with right:
+        show_glimpse(photo, a, t)
+    show_charts(a, t)
+    show_focus(photo, a)
+    if n > 1:
+        location_row(photo, entry, a)
+
+
+def show_focus(photo, a):
     c1, c2 = st.columns([1, 1], gap="medium")
     with c1:
-        fmap, _ = display_focus_map(a)
-        ui.figure(plots.heatmap_figure(services.picture(photo), fmap, "Focus map: where MGNet looked", boxes=a.boxes, height=420),
-                  "focus map", key="fig-focus")
+        fig = plots.heatmap_figure(services.picture(photo), display_focus_map(a), "Focus map: where MGNet looked",
+                                   boxes=a.boxes, height=420)
+        ui.figure(fig, "focus map", key="fig-focus")
     with c2:
         ui.explain(
             "- **Glimpses.** MGNet first looks at the whole photo at low resolution, then chooses where to look "
@@ -112,8 +127,6 @@ def render(photo, entry, a):
             "concentrated), summed and scaled to a maximum of 1, on the same colour scale as the saliency "
             "maps of the Compare tab. The first, whole-image glimpse carries no location and is left out.",
             expanded=False)
-    if n > 1:
-        location_row(photo, entry, a)
 
 
 def location_row(photo, entry, a):

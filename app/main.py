@@ -5,6 +5,7 @@ Checkpoints are listed from $MGNET_CHECKPOINTS (default: checkpoints/); MGNET_DE
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import sys
 from pathlib import Path
@@ -18,10 +19,9 @@ if importlib.util.find_spec("mgnet") is None or importlib.util.find_spec("app") 
 
 import streamlit as st  # noqa: E402
 
-st.set_page_config(page_title="MGNet Explorer", page_icon="👁", layout="wide")
-
 from app import compare, glimpses, robustness, services, ui  # noqa: E402
 from app.export import build_bundle, figure_settings  # noqa: E402
+from mgnet.figures.settings import Attack, CheckpointRef  # noqa: E402
 from mgnet import plots  # noqa: E402
 
 VIEWS = ["Glimpses", "Compare", "Robustness"]
@@ -102,11 +102,12 @@ def view_settings(photo, entry, n, view) -> dict:
                    "image_hash": photo.key, "width": photo.width, "height": photo.height},
          "model": {"file": entry.name, "sha256": entry.sha256, "kind": entry.kind,
                    "config": entry.model.config(), "n_glimpses": n},
-         "glimpse_step": st.session_state.get(glimpses.STEP_KEY),
+         "glimpse_step": glimpses.chosen_step(),
          "url_query": st.query_params.to_dict()}
-    s["requests"] = {key.replace("_request", ""): {k: v for k, v in st.session_state[key].items()
-                                                   if k not in ("photo", "model")}
-                     for key in ("cmp_request", "atk_request", "sweep_request") if st.session_state.get(key)}
+    requests = {key.replace("_request", ""): st.session_state.get(key)
+                for key in ("cmp_request", "atk_request", "sweep_request")}
+    s["requests"] = {name: {k: v for k, v in dataclasses.asdict(request).items() if k not in ("photo", "model")}
+                     for name, request in requests.items() if request is not None}
     return s
 
 
@@ -116,31 +117,43 @@ def safe_name(name: str) -> str:
     return f"{clean}.{''.join(c for c in ext if c.isalnum())[:5]}" if dot else clean
 
 
+def _reference(model) -> CheckpointRef:
+    return CheckpointRef(services.relative_path(model.path), model.sha256)
+
+
+def figure_attack(request, entry, base) -> Attack | None:
+    """The Attack tab's request in the figure tool's terms, or None when the tool cannot redraw it
+    (it crafts untargeted attacks, on the MGNet or the baseline of the settings)."""
+    if request is None or request.targeted:
+        return None
+    source = "mgnet" if request.source == entry.name else "baseline" if base and request.source == base.name else None
+    if source is None:
+        return None
+    return Attack(method=request.method, eps=float(request.eps), steps=int(request.steps), norm=request.norm,
+                  source=source, true_grad=request.true_grad, step_size=request.step_size or None,
+                  random_start=request.random_start, seed=request.seed)
+
+
 def figure_document(photo, entry, n, view, cat) -> dict:
-    """The view in the figure tool's settings schema (reproducible with python -m mgnet.figures --settings)."""
+    """The view in the figure tool's settings (reproducible with python -m mgnet.figures --settings), built
+    from the tabs' requests, never from their widgets."""
     ss = st.session_state
-    cmp_req = ss.get("cmp_request") if ss.get("cmp_request", {}).get("photo") == photo.key else None
-    atk_req = ss.get("atk_request") if ss.get("atk_request", {}).get("photo") == photo.key else None
-    chosen = (cmp_req or {}).get("models", []) if view == "Compare" else ss.get("rob_models", [])
+    compare_request = ss.get("cmp_request") if getattr(ss.get("cmp_request"), "photo", None) == photo.key else None
+    attack_request = ss.get("atk_request") if getattr(ss.get("atk_request"), "photo", None) == photo.key else None
+    corruption_request = ss.get("cor_request")
+    if view == "Compare":
+        chosen = compare_request.models if compare_request else []
+    else:
+        chosen = (attack_request or corruption_request).models if (attack_request or corruption_request) else []
     bases = [m for m in cat.baselines if services.compatible(entry, m)]
     base = next((m for m in bases if m.name in chosen), bases[0] if bases else None)
-    attack = None
-    if view == "Robustness" and atk_req:
-        src = "mgnet" if atk_req["source"] == entry.name else "baseline" if base and atk_req["source"] == base.name \
-            else None
-        # The figure tool crafts untargeted attacks only; a targeted one stays in the app's own settings.
-        attack = dict(atk_req, source=src) if src and not atk_req.get("targeted") else None
-    corruption = ({"name": ss["cor_name"], "severity": ss.get("cor_sev", 3)}
-                  if view == "Robustness" and ss.get("cor_name") else None)
-    seed = (atk_req or {}).get("seed") if attack else ss.get("cor_seed", 0) if corruption else 0
-    return figure_settings(
-        view, f"photo/{safe_name(photo.name)}",
-        {"path": services.relative_path(entry.path), "sha256": entry.sha256},
-        {"path": services.relative_path(base.path), "sha256": base.sha256} if base else None,
-        None if entry.is_baseline else n, compare=cmp_req if view == "Compare" else None,
-        corruption=corruption, attack=attack, seed=int(seed or 0),
-        method_options={m: compare.method_options((cmp_req or {}).get("options", {}), m)
-                        for m in (cmp_req or {}).get("methods", [])})
+    robustness = view == "Robustness"
+    settings = figure_settings(
+        view, f"photo/{safe_name(photo.name)}", _reference(entry), _reference(base) if base else None,
+        None if entry.is_baseline else n, compare=compare_request if view == "Compare" else None,
+        corruption=corruption_request if robustness else None,
+        attack=figure_attack(attack_request, entry, base) if robustness else None)
+    return settings.to_json()
 
 
 def sidebar_export(photo, entry, n, view, cat):
@@ -170,6 +183,7 @@ def sidebar_export(photo, entry, n, view, cat):
 
 
 def main():
+    st.set_page_config(page_title="MGNet Explorer", page_icon="👁", layout="wide")
     ui.new_registry()
     st.title("MGNet Explorer")
     st.caption("Watch a Multi-Glimpse Network (Tan, Dong & Ma, BMVC 2021) look at a photo: where it looks, what it "
@@ -216,4 +230,5 @@ def main():
         sidebar_export(photo, entry, n, view, cat)
 
 
-main()
+if __name__ == "__main__":  # `streamlit run app/main.py` (and AppTest) run it as __main__; importing does not
+    main()

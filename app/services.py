@@ -21,7 +21,7 @@ import streamlit as st
 import torch
 
 import mgnet
-from mgnet import analysis as mg_analysis
+from mgnet import analysis
 from mgnet.checkpoints import DEFAULT_CHECKPOINTS, CheckpointError, training_recipe
 from mgnet.data import image_hash, load_image, to_model_input
 from mgnet.utils import device_label, pick_device
@@ -247,25 +247,25 @@ def example_label(path: Path) -> str:
 # -- library calls ---------------------------------------------------------------------------------------
 def model_input(entry: ModelEntry, photo: Photo) -> torch.Tensor:
     """The model's view of the photo, on the model's device: [1, 3, S, S] in [0, 1]."""
-    return to_model_input(photo.image, entry.model.image_size).to(mg_analysis.model_device(entry.model))
+    return to_model_input(photo.image, entry.model.image_size).to(analysis.model_device(entry.model))
 
 
-def analyze(entry: ModelEntry, photo: Photo, n_glimpses: int | None = None) -> mg_analysis.GlimpseAnalysis:
+def analyze(entry: ModelEntry, photo: Photo, n_glimpses: int | None = None) -> analysis.GlimpseAnalysis:
     n = None if entry.is_baseline else n_glimpses
     return memo("analyze", (entry.key, photo.key, n),
-                lambda: mg_analysis.analyze(entry.model, photo.image, n_glimpses=n))
+                lambda: analysis.analyze(entry.model, photo.image, n_glimpses=n))
 
 
 def location_check(entry: ModelEntry, photo: Photo, n_glimpses: int | None = None, n_random: int = 8):
     return memo("location", (entry.key, photo.key, n_glimpses, n_random),
-                lambda: mg_analysis.location_check(entry.model, photo.image, n_glimpses, n_random))
+                lambda: analysis.location_check(entry.model, photo.image, n_glimpses, n_random))
 
 
 def explain_image(entry: ModelEntry, image: np.ndarray, image_key: str, method: str, target: int | None,
                   n_glimpses=None, s_grad=None, seed: int = 0, progress=None, options: dict | None = None):
     """Captum attribution (mgnet.explain) of the model's final logit of ``target`` (None: its prediction).
     ``options``: that method's options (mgnet.explain.METHODS[method].defaults)."""
-    from mgnet import explain as mx
+    from mgnet import explain
 
     n = None if entry.is_baseline else n_glimpses
     sg = None if entry.is_baseline else s_grad
@@ -273,8 +273,8 @@ def explain_image(entry: ModelEntry, image: np.ndarray, image_key: str, method: 
     key = (entry.key, image_key, method, target, n, sg, seed, tuple(sorted(opts.items())))
 
     def compute():
-        x = to_model_input(image, entry.model.image_size).to(mg_analysis.model_device(entry.model))
-        return mx.explain(entry.model, x, method, target=target, n_glimpses=n, s_grad=sg, seed=seed,
+        x = to_model_input(image, entry.model.image_size).to(analysis.model_device(entry.model))
+        return explain.explain(entry.model, x, method, target=target, n_glimpses=n, s_grad=sg, seed=seed,
                           progress=progress, **opts)
     return memo("explain", key, compute)
 
@@ -282,4 +282,4 @@ def explain_image(entry: ModelEntry, image: np.ndarray, image_key: str, method: 
 def analyze_image(entry: ModelEntry, image: np.ndarray, image_key: str, n_glimpses: int | None = None):
     n = None if entry.is_baseline else n_glimpses
     return memo("analyze", (entry.key, image_key, n),
-                lambda: mg_analysis.analyze(entry.model, image, n_glimpses=n))
+                lambda: analysis.analyze(entry.model, image, n_glimpses=n))

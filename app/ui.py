@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 import streamlit as st
 import torch
 
-from mgnet import plots
+from mgnet import static_export
 
 log = logging.getLogger("mgnet.app")
 
@@ -66,8 +66,8 @@ def slug(text: str) -> str:
 def _exporter(fig: go.Figure, fmt: str):
     def make() -> bytes:
         try:
-            return plots.figure_bytes(fig, fmt)
-        except plots.ExportError as exc:
+            return static_export.figure_bytes(fig, fmt)
+        except static_export.ExportError as exc:
             # A deferred download cannot show Streamlit messages; the file says what happened.
             return f"Static export failed: {exc}\n".encode()
     return make
@@ -97,15 +97,15 @@ def export_buttons(fig: go.Figure, base: str):
         else:
             for fmt in ("png", "svg", "pdf"):
                 st.download_button(fmt.upper(), _exporter(fig, fmt), file_name=f"{base}.{fmt}",
-                                   mime=plots.EXPORT_FORMATS[fmt], key=f"dl-{base}-{fmt}", on_click="ignore")
-        st.download_button("HTML", lambda: plots.figure_html(fig), file_name=f"{base}.html", mime="text/html",
+                                   mime=static_export.EXPORT_FORMATS[fmt], key=f"dl-{base}-{fmt}", on_click="ignore")
+        st.download_button("HTML", lambda: static_export.figure_html(fig), file_name=f"{base}.html", mime="text/html",
                            key=f"dl-{base}-html", on_click="ignore")
 
 
 @st.cache_resource(show_spinner=False, ttl=60)
 def _export_probe() -> str | None:
     """None when a Chrome for kaleido was found; otherwise the reason. Checked at most once a minute."""
-    return plots.export_problem()
+    return static_export.export_problem()
 
 
 def export_available() -> bool:

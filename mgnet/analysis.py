@@ -173,3 +173,11 @@ def focus_map(boxes, width: int, height: int, skip_first: bool = True, blur: flo
         out = cv2.GaussianBlur(out, (0, 0), sigmaX=sigma, sigmaY=sigma)
     peak = out.max()
     return out / peak if peak > 0 else out
+
+
+def display_focus_map(result: GlimpseAnalysis, max_side: int = 256) -> np.ndarray:
+    """``focus_map`` of a photo's analysis at a display resolution (longer side ``max_side``): fast for
+    any photo size, and with the photo's aspect."""
+    f = min(1.0, max_side / max(result.width, result.height))
+    w, h = max(1, round(result.width * f)), max(1, round(result.height * f))
+    return focus_map(np.asarray(result.boxes) * f, w, h)

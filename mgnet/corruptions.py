@@ -36,6 +36,10 @@ import numpy as np
 from PIL import Image
 
 from . import utils as _utils
+from .data import downscale
+
+WORK_SIDE = 224
+"""Corruption strengths are defined in pixels of ImageNet-sized images: shorter side 224 px."""
 
 CORRUPTION_GROUPS: dict[str, tuple[str, ...]] = {
     "noise": ("gaussian_noise", "shot_noise", "impulse_noise"),
@@ -205,3 +209,13 @@ def corrupt(image, name: str, severity: int, seed: int = 0) -> np.ndarray:
         padded = np.pad(rgb, ((top, pad_h - top), (left, pad_w - left), (0, 0)), mode="reflect")
         return np.ascontiguousarray(_run_library(padded, name, severity, seed)[top:top + h, left:left + w])
     return _run_library(rgb, name, severity, seed)
+
+
+def working_image(image: np.ndarray) -> np.ndarray:
+    """The photo at ImageNet-C scale: shorter side ``WORK_SIDE`` px, aspect kept (smaller photos unchanged).
+    Corrupt this, not the full-resolution photo, so a severity means what it means in ImageNet-C."""
+    h, w = image.shape[:2]
+    f = WORK_SIDE / min(h, w)
+    if f < 1:
+        return downscale(image, max(1, round(max(h, w) * f)))
+    return image

@@ -115,6 +115,16 @@ def resize_rgb(image: np.ndarray, size: int) -> np.ndarray:
     return np.array(Image.fromarray(image).resize((size, size), Image.BILINEAR, reducing_gap=None))
 
 
+def downscale(image: np.ndarray, max_side: int | None) -> np.ndarray:
+    """The photo with its longer side at most ``max_side`` (area-averaged), unchanged if already small."""
+    h, w = image.shape[:2]
+    if not max_side or max(h, w) <= max_side:
+        return image
+    f = max_side / max(h, w)
+    size = (max(1, round(w * f)), max(1, round(h * f)))
+    return np.asarray(Image.fromarray(image).resize(size, Image.BOX))
+
+
 def to_tensor(image: np.ndarray) -> torch.Tensor:
     """RGB uint8 [H, W, 3] -> float [3, H, W] in [0, 1]."""
     return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
@@ -127,6 +137,13 @@ def to_model_input(image: np.ndarray, size: int) -> torch.Tensor:
     back to the original photo by a plain scaling (see ``geometry.to_original``).
     """
     return to_tensor(resize_rgb(image, size)).unsqueeze(0)
+
+
+def to_uint8(x: torch.Tensor) -> list[np.ndarray]:
+    """Pixels [B, 3, S, S] in [0, 1] -> B images [S, S, 3] uint8, clamped and rounded: what a file would
+    hold, and what the app and the figure tool analyse after an attack."""
+    pixels = (x.detach().float().clamp(0, 1) * 255 + 0.5).byte().permute(0, 2, 3, 1).cpu().numpy()
+    return [np.ascontiguousarray(p) for p in pixels]
 
 
 def list_image_folder(root) -> tuple[list[str], list[tuple[str, int]]]:

@@ -64,3 +64,18 @@ def box_mask(box, width: int, height: int) -> np.ndarray:
         return np.clip(np.minimum(edges + 1, hi) - np.maximum(edges, lo), 0, 1)
 
     return np.outer(cover(y0, y1, height), cover(x0, x1, width)).astype(np.float32)
+
+
+def area_share(boxes, width: int, height: int) -> float:
+    """Share of a ``width`` x ``height`` image covered by the union of ``boxes`` (clipped to the image)."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    if len(boxes) == 0:
+        return 0.0
+    if len(boxes) == 1:  # exact and cheap at any photo size
+        x0, y0, x1, y1 = boxes[0]
+        covered = max(0.0, min(x1, width) - max(x0, 0.0)) * max(0.0, min(y1, height) - max(y0, 0.0))
+        return float(covered / (width * height))
+    union = np.zeros((height, width), np.float64)
+    for box in boxes:
+        union = np.maximum(union, box_mask(box, width, height))
+    return float(union.mean())

@@ -16,9 +16,6 @@ from __future__ import annotations
 
 import base64
 import io
-import os
-import threading
-import warnings
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -26,6 +23,8 @@ import numpy as np
 import plotly.graph_objects as go
 from PIL import Image
 from plotly.subplots import make_subplots
+
+from .data import downscale
 
 GLIMPSE_COLORS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45")
 SERIES_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
@@ -45,16 +44,6 @@ def glimpse_color(t: int) -> str:
 
 
 # -- images --------------------------------------------------------------------------------------------
-def downscale(image: np.ndarray, max_side: int | None = MAX_SIDE) -> np.ndarray:
-    """The photo with its longer side at most ``max_side`` (area-averaged), unchanged if already small."""
-    h, w = image.shape[:2]
-    if not max_side or max(h, w) <= max_side:
-        return image
-    f = max_side / max(h, w)
-    size = (max(1, round(w * f)), max(1, round(h * f)))
-    return np.asarray(Image.fromarray(image).resize(size, Image.BOX))
-
-
 def nearest_upscale(image: np.ndarray, side: int = 256) -> np.ndarray:
     """Blow a small image up by an integer factor with nearest neighbour, so its true pixels stay visible."""
     h, w = image.shape[:2]
@@ -127,13 +116,14 @@ def _layout(fig: go.Figure, title: str | None, height: int | None = None, chart:
     return fig
 
 
-def image_figure(image: np.ndarray, title: str | None = None, max_side: int | None = MAX_SIDE,
-                 height: int | None = None, lossless: bool = False) -> go.Figure:
-    """One image. ``lossless`` keeps PNG pixels (for the low-resolution crops and perturbations)."""
-    pic = _picture(image, max_side, "png" if lossless else "jpeg")
-    fig = go.Figure(_image_trace(pic))
-    _photo_axes(fig, pic.width, pic.height)
-    return _layout(fig, title, height)
+def _rectangle_trace(box, label: str | None = None, **style) -> go.Scatter:
+    """A box (x0, y0, x1, y1) drawn as a closed line, with ``label`` at its top-left corner; ``style``:
+    any other go.Scatter arguments (line, opacity, name, hover)."""
+    x0, y0, x1, y1 = [float(v) for v in box]
+    if label is not None:
+        style = dict(mode="lines+text", text=[label, "", "", "", ""], textposition="bottom right", **style)
+    style.setdefault("mode", "lines")
+    return go.Scatter(x=[x0, x1, x1, x0, x0], y=[y0, y0, y1, y1, y0], **style)
 
 
 # -- glimpses -------------------------------------------------------------------------------------------
@@ -143,10 +133,8 @@ def _box_trace(box, t: int, current: int, show: bool) -> go.Scatter:
     if not show:
         return go.Scatter(x=[None], y=[None], mode="lines", showlegend=False, hoverinfo="skip",
                           name=f"glimpse {t + 1}")
-    return go.Scatter(
-        x=[x0, x1, x1, x0, x0], y=[y0, y0, y1, y1, y0], mode="lines+text",
-        text=[f"<b>{t + 1}</b>", "", "", "", ""], textposition="bottom right",
-        textfont=dict(color=glimpse_color(t), size=16 if is_current else 12),
+    return _rectangle_trace(
+        box, f"<b>{t + 1}</b>", textfont=dict(color=glimpse_color(t), size=16 if is_current else 12),
         line=dict(color=glimpse_color(t), width=4 if is_current else 2, dash=None if is_current else "dot"),
         opacity=1.0 if is_current else 0.45, showlegend=False, name=f"glimpse {t + 1}",
         hovertemplate=f"glimpse {t + 1}<br>x {x0:.0f}–{x1:.0f} px<br>y {y0:.0f}–{y1:.0f} px<extra></extra>")
@@ -347,10 +335,8 @@ def attribution_grid(image: np.ndarray, maps: Mapping[str, Mapping[str, np.ndarr
                 first = False
             if rb is not None:
                 for b in np.asarray(rb)[1:]:
-                    x0, y0, x1, y1 = [float(v) for v in b]
-                    fig.add_trace(go.Scatter(x=[x0, x1, x1, x0, x0], y=[y0, y0, y1, y1, y0], mode="lines",
-                                             line=dict(color="white", width=1), opacity=0.7, showlegend=False,
-                                             hoverinfo="skip"), row=i, col=j)
+                    fig.add_trace(_rectangle_trace(b, line=dict(color="white", width=1), opacity=0.7,
+                                                   showlegend=False, hoverinfo="skip"), row=i, col=j)
             note = captions.get((r, c)) or ("" if m is not None else "not available")
             if note:
                 fig.add_annotation(text=note, x=w / 2, y=h, yshift=-3, showarrow=False, yanchor="top",
@@ -393,13 +379,10 @@ def movement_figure(image: np.ndarray, boxes_a, boxes_b, labels=("clean", "chang
     for name, boxes, dash in ((labels[0], boxes_a, None), (labels[1], boxes_b, "dash")):
         boxes = np.asarray(boxes, dtype=np.float64)
         for i, b in enumerate(boxes[1:], 1):
-            x0, y0, x1, y1 = b
-            fig.add_trace(go.Scatter(x=[x0, x1, x1, x0, x0], y=[y0, y0, y1, y1, y0], mode="lines+text",
-                                     text=[f"{i + 1}", "", "", "", ""], textposition="bottom right",
-                                     textfont=dict(color=glimpse_color(i)),
-                                     line=dict(color=glimpse_color(i), width=3, dash=dash),
-                                     name=f"{name} ({'solid' if dash is None else 'dashed'})", legendgroup=name,
-                                     showlegend=i == 1, hoverinfo="name"))
+            fig.add_trace(_rectangle_trace(b, f"{i + 1}", textfont=dict(color=glimpse_color(i)),
+                                           line=dict(color=glimpse_color(i), width=3, dash=dash),
+                                           name=f"{name} ({'solid' if dash is None else 'dashed'})",
+                                           legendgroup=name, showlegend=i == 1, hoverinfo="name"))
     a, b = np.asarray(boxes_a, dtype=np.float64), np.asarray(boxes_b, dtype=np.float64)
     for i in range(1, min(len(a), len(b))):
         ca = ((a[i, 0] + a[i, 2]) / 2, (a[i, 1] + a[i, 3]) / 2)
@@ -454,80 +437,6 @@ def sweep_figure(xs: Sequence[float], series: Mapping[str, Sequence[float]], xla
 
 
 # -- static export --------------------------------------------------------------------------------------
-EXPORT_FORMATS = {"png": "image/png", "svg": "image/svg+xml", "pdf": "application/pdf"}
-
-
-class ExportError(RuntimeError):
-    """Static export (kaleido + a Chrome) is not possible here; the message says why."""
-
-
-_EXPORT_LOCK = threading.Lock()
-_SERVER = {"started": False}
-
-
-def _ensure_browser_path():
-    if not os.environ.get("BROWSER_PATH"):
-        for candidate in ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome"):
-            if os.path.exists(candidate):
-                os.environ["BROWSER_PATH"] = candidate
-                break
-
-
-def export_problem() -> str | None:
-    """Why static export cannot work here (no kaleido, no Chrome found), or None. Starts nothing."""
-    _ensure_browser_path()
-    try:
-        import kaleido  # noqa: F401
-        from choreographer.browsers.chromium import Chromium
-    except ImportError as exc:
-        return f"the kaleido package is missing ({exc})."
-    path = os.environ.get("BROWSER_PATH")
-    if path and not os.path.exists(path):
-        return f"BROWSER_PATH={path!r} does not exist."
-    try:
-        found = Chromium.find_browser(skip_local=False)
-    except Exception:  # noqa: BLE001 - an unexpected choreographer version: let the export itself decide
-        return None
-    return None if found else "no Chrome or Chromium was found (install chromium, or set BROWSER_PATH)."
-
-
-def figure_bytes(fig: go.Figure, fmt: str = "png", width: int | None = None, height: int | None = None,
-                 scale: float = 2.0) -> bytes:
-    """Render a figure to PNG, SVG or PDF bytes with kaleido (which drives a headless Chrome).
-
-    A Chrome is looked up through ``BROWSER_PATH`` (set to /usr/bin/chromium when that exists and the
-    variable is unset). One kaleido browser is started on first use and kept for later exports.
-    Raises :class:`ExportError` with a readable message when no export is possible.
-    """
-    fmt = fmt.lower()
-    if fmt not in EXPORT_FORMATS:
-        raise ExportError(f"unknown export format {fmt!r}; choose one of {sorted(EXPORT_FORMATS)}")
-    _ensure_browser_path()
-    try:
-        import kaleido
-    except ImportError as exc:  # pragma: no cover - kaleido is a requirement
-        raise ExportError(f"static export needs the kaleido package ({exc}).") from None
-    width = width or fig.layout.width or 900
-    height = height or fig.layout.height or 600
-    try:
-        with _EXPORT_LOCK:
-            if not _SERVER["started"]:
-                kaleido.start_sync_server(silence_warnings=True)
-                _SERVER["started"] = True
-        with warnings.catch_warnings():  # plotly warns that kaleido's server ignores its per-call options
-            warnings.simplefilter("ignore", UserWarning)
-            return fig.to_image(format=fmt, width=width, height=height, scale=scale if fmt == "png" else 1)
-    except Exception as exc:  # kaleido raises many types (no Chrome, timeouts, crashed browser)
-        raise ExportError(f"static export failed: {type(exc).__name__}: {exc}. Set BROWSER_PATH to a "
-                          f"Chrome/Chromium binary, or use the camera icon of the figure's toolbar "
-                          f"(PNG) or the HTML download.") from None
-
-
-def figure_html(fig: go.Figure) -> bytes:
-    """A self-contained interactive HTML file (needs no kaleido; loads plotly.js from its CDN)."""
-    return fig.to_html(include_plotlyjs="cdn", full_html=True).encode()
-
-
 # -- paper figures (figure CLI; usable by the app too) -------------------------------------------------
 # Physical sizing: a figure is laid out in CSS pixels at 96 per inch, which is how Chrome (and so kaleido)
 # sizes SVG and PDF pages; PNG is rendered at ``scale = dpi / 96``. Font sizes are given in points.
@@ -558,6 +467,153 @@ def _wrap_caption(text: str, max_chars: int) -> list[str]:
     return lines
 
 
+@dataclass
+class _Grid:
+    """Where everything of a panel grid goes, in CSS pixels of the figure (see ``panel_grid_figure``)."""
+
+    width: float
+    left: float
+    right: float
+    top: float
+    bottom: float
+    unit: float                 # height of every row's panels
+    col_w: list                 # width of each column's panels
+    col_x: list                 # left edge of each column
+    row_h: list                 # height of each row, captions and gap included
+    captions: list              # [row][column] -> caption lines
+    fpx: float                  # font size in px
+    line_h: float
+
+    @property
+    def height(self) -> float:
+        return self.top + sum(self.row_h) + self.bottom
+
+    def fx(self, px: float) -> float:  # figure px (from the left edge) -> paper fraction of the plot area
+        return (px - self.left) / (self.width - self.left - self.right)
+
+    def fy(self, px: float) -> float:  # figure px (from the top edge) -> paper fraction (0 = bottom)
+        return 1 - (px - self.top) / (self.height - self.top - self.bottom)
+
+
+def _grid_layout(rows, n_cols: int, column_titles, row_labels, title, width: float, font_size: float, gap,
+                 colorbar: bool) -> _Grid:
+    fpx = pt_to_px(font_size)
+    gap = fpx * 0.35 if gap is None else float(gap)
+    line_h = fpx * 1.22
+    aspect = []
+    for j in range(n_cols):
+        cell = next((r[j] for r in rows if r[j] is not None), None)
+        h, w = (cell["image"].shape[:2] if cell is not None else (1, 1))
+        aspect.append(w / h)
+    left = (2 * line_h + 2) if row_labels else 2.0
+    right = (fpx * 4.2) if colorbar else 2.0
+    head_lines = max((len(_wrap_caption(t, 10**6)) for t in (column_titles or []) if t), default=0)
+    header = head_lines * line_h + 3 if head_lines else 0.0
+    top = header + ((fpx * 1.3 * 1.25 + 4) if title else 0.0) + 2
+    avail = width - left - right - gap * (n_cols - 1)
+    if avail <= 0:
+        raise ValueError("the figure is too narrow for this many columns")
+    unit = avail / sum(aspect)
+    col_w = [a * unit for a in aspect]
+    col_x = [left + sum(col_w[:j]) + gap * j for j in range(n_cols)]
+    captions = [[_wrap_caption(text, max(4, int(col_w[j] / (fpx * 0.52)))) if text else []
+                 for j, text in enumerate((cell or {}).get("caption") or "" for cell in r)] for r in rows]
+    row_h = [unit + (max(len(c) for c in caps) * line_h + 2 if any(caps) else 0) + gap for caps in captions]
+    return _Grid(width, left, right, top, 2.0, unit, col_w, col_x, row_h, captions, fpx, line_h)
+
+
+def _cell_ranges(w: int, h: int, cell_w: float, cell_h: float) -> tuple[list, list]:
+    """Axis ranges that keep the image's aspect inside its cell: the shorter range widens symmetrically."""
+    if cell_w / cell_h > w / h:
+        xr = h * cell_w / cell_h
+        return [-(xr - w) / 2, w + (xr - w) / 2], [h, 0]
+    yr = w * cell_h / cell_w
+    return [0, w], [h + (yr - h) / 2, -(yr - h) / 2]
+
+
+def _chip_corner(x0, y0, x1, y1, chip_w: float, chip_h: float, chips: list) -> tuple:
+    """The first inside corner of a box whose number chip does not overlap an earlier chip (else the first):
+    (x, y, xanchor, yanchor); the chip's own corner is appended to ``chips``."""
+    corners = [(x0, y0, "left", "top"), (x1, y0, "right", "top"), (x0, y1, "left", "bottom"),
+               (x1, y1, "right", "bottom")]
+    for cx, cy, xa, ya in corners:
+        chip_x = cx if xa == "left" else cx - chip_w
+        chip_y = cy if ya == "top" else cy - chip_h
+        if all(abs(chip_x - px) >= chip_w or abs(chip_y - py) >= chip_h for px, py in chips):
+            chips.append((chip_x, chip_y))
+            return cx, cy, xa, ya
+    chips.append(corners[0][:2])
+    return corners[0]
+
+
+def _panel_boxes(cell, ax: str, w: int, h: int, ranges, size, fpx: float, shapes: list, annotations: list):
+    """A panel's boxes as rectangles, numbered in glimpse-coloured chips unless ``box_color`` is set."""
+    (xrange, yrange), (cell_w, cell_h) = ranges, size
+    first = int(cell.get("first_number", 1))
+    one_color = cell.get("box_color")
+    lw = max(1.0, fpx * 0.14)
+    # a box reaching past the photo (the whole-image glimpse does, by half a sample) is drawn just inside
+    # its edge so that the line is not clipped away
+    ix = lw / 2 * (xrange[1] - xrange[0]) / cell_w
+    iy = lw / 2 * abs(yrange[0] - yrange[1]) / cell_h
+    chips: list[tuple[float, float]] = []
+    for t, b in enumerate(np.asarray(cell["boxes"], dtype=np.float64).reshape(-1, 4)):
+        color = one_color or glimpse_color(t + first - 1)
+        x0, y0, x1, y1 = [float(v) for v in b]
+        x0, y0, x1, y1 = max(x0, ix), max(y0, iy), min(x1, w - ix), min(y1, h - iy)
+        shapes.append(dict(type="rect", xref=f"x{ax}", yref=f"y{ax}", x0=x0, y0=y0, x1=x1, y1=y1,
+                           line=dict(color=color, width=lw)))
+        if not one_color:
+            chip_w, chip_h = fpx * 0.9 * ix / (lw / 2), fpx * 1.15 * iy / (lw / 2)  # chip size in data units
+            cx, cy, xa, ya = _chip_corner(x0, y0, x1, y1, chip_w, chip_h, chips)
+            annotations.append(dict(text=f"<b>{t + first}</b>", x=cx, y=cy, xref=f"x{ax}", yref=f"y{ax}",
+                                    xanchor=xa, yanchor=ya, showarrow=False, bgcolor=color, borderpad=0.5,
+                                    font=dict(FONT, size=fpx * 0.85, color="white")))
+
+
+def _panel_heat(cell, ax: str, w: int, h: int, grid: _Grid, show_scale: bool, colorbar_title: str) -> go.Heatmap:
+    font = dict(FONT, size=grid.fpx)
+    heat = _heat_trace(cell["heat"], w, h, show_scale, colorbar_title)
+    heat.update(xaxis=f"x{ax}", yaxis=f"y{ax}", hoverinfo="skip", hovertemplate=None)
+    if show_scale:
+        plot_h, plot_w = grid.height - grid.top - grid.bottom, grid.width - grid.left - grid.right
+        heat.colorbar = dict(title=dict(text=colorbar_title, side="right", font=font), thickness=grid.fpx * 0.8,
+                             len=min(1.0, 3 * grid.unit / plot_h), lenmode="fraction",
+                             x=1 + 0.6 * grid.fpx / plot_w, xanchor="left", y=grid.fy(grid.top), yanchor="top",
+                             tickvals=[0, 0.5, 1], tickfont=font, outlinewidth=0)
+    return heat
+
+
+def _add_panel(fig: go.Figure, grid: _Grid, cell, k: int, j: int, y: float, heat_scale: bool, colorbar_title: str,
+               shapes: list, annotations: list) -> bool:
+    """Panel number ``k`` (column ``j``, top edge ``y``): axes, image, heat map, boxes, border. Returns
+    whether it drew the colour scale."""
+    ax = _axis_name(k)
+    img = np.asarray(cell["image"])
+    h, w = img.shape[:2]
+    cell_w, cell_h = grid.col_w[j], grid.unit
+    xrange, yrange = _cell_ranges(w, h, cell_w, cell_h)
+    x_left = grid.col_x[j]
+    fig.layout[f"xaxis{ax}"] = dict(domain=[grid.fx(x_left), grid.fx(x_left + cell_w)], range=xrange, visible=False,
+                                    anchor=f"y{ax}", fixedrange=True)
+    fig.layout[f"yaxis{ax}"] = dict(domain=[grid.fy(y + cell_h), grid.fy(y)], range=yrange, visible=False,
+                                    anchor=f"x{ax}", fixedrange=True)
+    side = max(16, int(round(max(cell_w, cell_h) * 4)))  # enough pixels for 4x (384 dpi) output
+    trace = _image_trace(img, side, fmt="png" if cell.get("lossless") else "jpeg")
+    trace.update(xaxis=f"x{ax}", yaxis=f"y{ax}", zsmooth=False if cell.get("lossless") else "fast")
+    fig.add_trace(trace)
+    drew_scale = False
+    if cell.get("heat") is not None:
+        fig.add_trace(_panel_heat(cell, ax, w, h, grid, heat_scale, colorbar_title))
+        drew_scale = heat_scale
+    if cell.get("boxes") is not None:
+        _panel_boxes(cell, ax, w, h, (xrange, yrange), (cell_w, cell_h), grid.fpx, shapes, annotations)
+    if cell.get("border"):
+        shapes.append(dict(type="rect", xref=f"x{ax}", yref=f"y{ax}", x0=0, y0=0, x1=w, y1=h,
+                           line=dict(color=cell["border"], width=max(1.5, grid.fpx * 0.22))))
+    return drew_scale
+
+
 def panel_grid_figure(rows: Sequence[Sequence[Mapping | None]], *, column_titles: Sequence[str] | None = None,
                       row_labels: Sequence[str] | None = None, title: str | None = None, width: float = 672,
                       font_size: float = 8.0, gap: float | None = None, colorbar: bool = False,
@@ -577,150 +633,45 @@ def panel_grid_figure(rows: Sequence[Sequence[Mapping | None]], *, column_titles
     ``width`` is in CSS pixels (96 per inch) and ``font_size`` in points; the figure's height follows.
     """
     rows = [list(r) for r in rows]
-    n_rows = len(rows)
     n_cols = max((len(r) for r in rows), default=0)
-    if n_rows == 0 or n_cols == 0:
+    if not rows or n_cols == 0:
         raise ValueError("panel_grid_figure needs at least one cell")
     for r in rows:
         r.extend([None] * (n_cols - len(r)))
-    fpx = pt_to_px(font_size)
-    gap = fpx * 0.35 if gap is None else float(gap)
-    line_h = fpx * 1.22
-    aspect = []
-    for j in range(n_cols):
-        cell = next((r[j] for r in rows if r[j] is not None), None)
-        h, w = (cell["image"].shape[:2] if cell is not None else (1, 1))
-        aspect.append(w / h)
-    left = (2 * line_h + 2) if row_labels else 2.0
-    right = (fpx * 4.2) if colorbar else 2.0
-    head_lines = max((len(_wrap_caption(t, 10**6)) for t in (column_titles or []) if t), default=0)
-    header = head_lines * line_h + 3 if head_lines else 0.0
-    top = header + ((fpx * 1.3 * 1.25 + 4) if title else 0.0) + 2
-    bottom = 2.0
-    avail = width - left - right - gap * (n_cols - 1)
-    if avail <= 0:
-        raise ValueError("the figure is too narrow for this many columns")
-    unit = avail / sum(aspect)  # px height of every row's panels
-    col_w = [a * unit for a in aspect]
-    col_x = [left + sum(col_w[:j]) + gap * j for j in range(n_cols)]
-    captions = []
-    for r in rows:
-        lines = []
-        for j, cell in enumerate(r):
-            text = (cell or {}).get("caption") or ""
-            chars = max(4, int(col_w[j] / (fpx * 0.52)))
-            lines.append(_wrap_caption(text, chars) if text else [])
-        captions.append(lines)
-    row_h = [unit + (max(len(c) for c in caps) * line_h + 2 if any(caps) else 0) + gap for caps in captions]
-    height = top + sum(row_h) + bottom
-    plot_w, plot_h = width - left - right, height - top - bottom
-
-    def fx(px):  # figure px (from the left edge) -> paper fraction of the plot area
-        return (px - left) / plot_w
-
-    def fy(px):  # figure px (from the top edge) -> paper fraction (0 = bottom of the plot area)
-        return 1 - (px - top) / plot_h
-
+    grid = _grid_layout(rows, n_cols, column_titles, row_labels, title, width, font_size, gap, colorbar)
     fig = go.Figure()
-    font = dict(FONT, size=fpx)
+    font = dict(FONT, size=grid.fpx)
     annotations, shapes = [], []
-    k = 0
-    y = top
-    shown_scale = False
+    k, y, shown_scale = 0, grid.top, False
     for i, r in enumerate(rows):
         for j, cell in enumerate(r):
             if cell is None:
                 continue
             k += 1
-            ax = _axis_name(k)
-            img = np.asarray(cell["image"])
-            h, w = img.shape[:2]
-            cw, ch = col_w[j], unit
-            # keep the image's aspect inside the cell: widen the shorter range symmetrically
-            if cw / ch > w / h:
-                xr = h * cw / ch
-                xrange, yrange = [-(xr - w) / 2, w + (xr - w) / 2], [h, 0]
-            else:
-                yr = w * ch / cw
-                xrange, yrange = [0, w], [h + (yr - h) / 2, -(yr - h) / 2]
-            fig.layout[f"xaxis{ax}"] = dict(domain=[fx(col_x[j]), fx(col_x[j] + cw)], range=xrange, visible=False,
-                                            anchor=f"y{ax}", fixedrange=True)
-            fig.layout[f"yaxis{ax}"] = dict(domain=[fy(y + ch), fy(y)], range=yrange, visible=False,
-                                            anchor=f"x{ax}", fixedrange=True)
-            side = max(16, int(round(max(cw, ch) * 4)))  # enough pixels for 4x (384 dpi) output
-            trace = _image_trace(img, side, fmt="png" if cell.get("lossless") else "jpeg")
-            trace.update(xaxis=f"x{ax}", yaxis=f"y{ax}", zsmooth=False if cell.get("lossless") else "fast")
-            fig.add_trace(trace)
-            if cell.get("heat") is not None:
-                show = colorbar and not shown_scale
-                heat = _heat_trace(cell["heat"], w, h, show, colorbar_title)
-                heat.update(xaxis=f"x{ax}", yaxis=f"y{ax}", hoverinfo="skip", hovertemplate=None)
-                if show:
-                    heat.colorbar = dict(title=dict(text=colorbar_title, side="right", font=font),
-                                         thickness=fpx * 0.8, len=min(1.0, 3 * unit / plot_h),
-                                         lenmode="fraction", x=1 + 0.6 * fpx / plot_w, xanchor="left",
-                                         y=fy(top), yanchor="top", tickvals=[0, 0.5, 1], tickfont=font,
-                                         outlinewidth=0)
-                    shown_scale = True
-                fig.add_trace(heat)
-            boxes = cell.get("boxes")
-            if boxes is not None:
-                first = int(cell.get("first_number", 1))
-                one_color = cell.get("box_color")
-                lw = max(1.0, fpx * 0.14)
-                # a box reaching past the photo (the whole-image glimpse does, by half a sample) is drawn
-                # just inside its edge so that the line is not clipped away
-                ix = lw / 2 * (xrange[1] - xrange[0]) / cw
-                iy = lw / 2 * abs(yrange[0] - yrange[1]) / ch
-                chips: list[tuple[float, float]] = []
-                for t, b in enumerate(np.asarray(boxes, dtype=np.float64).reshape(-1, 4)):
-                    color = one_color or glimpse_color(t + first - 1)
-                    x0, y0, x1, y1 = [float(v) for v in b]
-                    x0, y0, x1, y1 = max(x0, ix), max(y0, iy), min(x1, w - ix), min(y1, h - iy)
-                    shapes.append(dict(type="rect", xref=f"x{ax}", yref=f"y{ax}", x0=x0, y0=y0, x1=x1, y1=y1,
-                                       line=dict(color=color, width=lw)))
-                    if not one_color:
-                        # the number chip goes in the first inside corner not taken by an earlier chip
-                        cw_d, ch_d = fpx * 0.9 * ix / (lw / 2), fpx * 1.15 * iy / (lw / 2)  # chip size, data units
-                        corners = [(x0, y0, "left", "top"), (x1, y0, "right", "top"),
-                                   (x0, y1, "left", "bottom"), (x1, y1, "right", "bottom")]
-                        for cx, cy, xa, ya in corners:
-                            chip_x = cx if xa == "left" else cx - cw_d
-                            chip_y = cy if ya == "top" else cy - ch_d
-                            if all(abs(chip_x - px) >= cw_d or abs(chip_y - py) >= ch_d for px, py in chips):
-                                break
-                        else:
-                            cx, cy, xa, ya = corners[0]
-                            chip_x, chip_y = cx, cy
-                        chips.append((chip_x, chip_y))
-                        annotations.append(dict(text=f"<b>{t + first}</b>", x=cx, y=cy, xref=f"x{ax}",
-                                                yref=f"y{ax}", xanchor=xa, yanchor=ya, showarrow=False,
-                                                bgcolor=color, borderpad=0.5,
-                                                font=dict(FONT, size=fpx * 0.85, color="white")))
-            if cell.get("border"):
-                shapes.append(dict(type="rect", xref=f"x{ax}", yref=f"y{ax}", x0=0, y0=0, x1=w, y1=h,
-                                   line=dict(color=cell["border"], width=max(1.5, fpx * 0.22))))
-            lines = captions[i][j]
-            if lines:
-                annotations.append(dict(text="<br>".join(lines), x=fx(col_x[j] + cw / 2), y=fy(y + ch + 1),
+            shown_scale |= _add_panel(fig, grid, cell, k, j, y, colorbar and not shown_scale, colorbar_title,
+                                      shapes, annotations)
+            if grid.captions[i][j]:
+                annotations.append(dict(text="<br>".join(grid.captions[i][j]),
+                                        x=grid.fx(grid.col_x[j] + grid.col_w[j] / 2), y=grid.fy(y + grid.unit + 1),
                                         xref="paper", yref="paper", xanchor="center", yanchor="top",
                                         showarrow=False, align="center", font=font))
         if row_labels and i < len(row_labels) and row_labels[i]:
-            annotations.append(dict(text="<br>".join(_wrap_caption(row_labels[i], 10**6)), x=fx(line_h),
-                                    y=fy(y + unit / 2), xref="paper", yref="paper", xanchor="center",
+            annotations.append(dict(text="<br>".join(_wrap_caption(row_labels[i], 10**6)), x=grid.fx(grid.line_h),
+                                    y=grid.fy(y + grid.unit / 2), xref="paper", yref="paper", xanchor="center",
                                     yanchor="middle", textangle=-90, showarrow=False, font=font))
-        y += row_h[i]
+        y += grid.row_h[i]
     for j, text in enumerate(column_titles or []):
         if j < n_cols and text:
-            annotations.append(dict(text=text, x=fx(col_x[j] + col_w[j] / 2), y=fy(top - 1), xref="paper",
-                                    yref="paper", xanchor="center", yanchor="bottom", showarrow=False,
+            annotations.append(dict(text=text, x=grid.fx(grid.col_x[j] + grid.col_w[j] / 2), y=grid.fy(grid.top - 1),
+                                    xref="paper", yref="paper", xanchor="center", yanchor="bottom", showarrow=False,
                                     font=font))
+    height = grid.height
     fig.update_layout(
-        width=width, height=height, margin=dict(l=left, r=right, t=top, b=bottom, autoexpand=False),
+        width=width, height=height, margin=dict(l=grid.left, r=grid.right, t=grid.top, b=grid.bottom, autoexpand=False),
         font=font, paper_bgcolor="white", plot_bgcolor="white", showlegend=False,
         annotations=annotations, shapes=shapes,
         title=dict(text=title, x=0, xref="paper", xanchor="left", y=1 - 2 / height, yanchor="top",
-                   font=dict(FONT, size=fpx * 1.25)) if title else None)
+                   font=dict(FONT, size=grid.fpx * 1.25)) if title else None)
     return fig
 
 

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 pytest.importorskip("streamlit")
+from conftest import save_tiny_checkpoints  # noqa: E402
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 torch.set_num_threads(1)
@@ -30,13 +31,8 @@ TIMEOUT = 180
 
 @pytest.fixture(scope="module")
 def ckpt_dir(tmp_path_factory):
-    from mgnet import build_model, save_checkpoint
-
     folder = tmp_path_factory.mktemp("checkpoints")
-    torch.manual_seed(0)
-    save_checkpoint(build_model("mgnet", num_classes=10, image_size=32), folder / "mgnet-tiny.pt", classes=CLASSES)
-    save_checkpoint(build_model("baseline", num_classes=10, image_size=32), folder / "baseline-tiny.pt",
-                    classes=CLASSES)
+    save_tiny_checkpoints(folder, CLASSES, image_size=32)
     (folder / "broken.pt").write_bytes(b"this is not a checkpoint")
     return folder
 
@@ -81,6 +77,22 @@ def submit(at, label: str):
     next(b for b in at.button if b.label == label).click()
     at.run()
     assert not at.exception, at.exception
+
+
+def test_importing_the_page_does_not_run_it(monkeypatch):
+    """Tools and tests can import app/main.py: only `streamlit run` (and AppTest) run it, as __main__."""
+    import importlib
+    import sys
+
+    import streamlit as st
+
+    drawn = []
+    monkeypatch.setattr(st, "title", lambda *a, **k: drawn.append(a))
+    monkeypatch.setattr(st, "set_page_config", lambda *a, **k: drawn.append(a))
+    monkeypatch.delitem(sys.modules, "app.main", raising=False)
+    page = importlib.import_module("app.main")
+    assert callable(page.main) and drawn == []
+    monkeypatch.delitem(sys.modules, "app.main")
 
 
 # -- opening, models ------------------------------------------------------------------------------------
@@ -383,7 +395,10 @@ def test_sweep(app, kind):
     switch(app, "Robustness", "Sweep")
     app.radio(key="sweep_kind").set_value(kind)
     app.select_slider(key="sweep_max_eps").set_value(1.0)
-    app.session_state["atk_method"] = "fgsm"
+    from app.robustness import AttackRequest
+
+    # the sweep attacks with the Attack tab's last request (never its widgets): a quick FGSM here
+    app.session_state["atk_request"] = AttackRequest(method="fgsm")
     next(b for b in app.button if b.key == "sweep_run").click().run()
     assert not app.exception and not errors(app)
     sweep = app.session_state["_registry"].settings["sweep"]
@@ -392,6 +407,9 @@ def test_sweep(app, kind):
     assert sweep["x"] == ([0.0, 0.5, 1.0] if kind == "eps" else [0, 1, 2, 3, 4, 5])
     for ys in sweep["series"].values():
         assert len(ys) == len(sweep["x"]) and all(0 <= y <= 1 for y in ys)
+    if kind == "eps":
+        assert app.session_state["sweep_request"].attack.method == "fgsm"
+        assert "FGSM" in app.session_state["_registry"].figures["sweep"].layout.xaxis.title.text
 
 
 # -- export ---------------------------------------------------------------------------------------------
@@ -409,11 +427,11 @@ def test_every_figure_has_downloads_and_the_view_a_bundle(app):
 @pytest.mark.parametrize("static", [False, True])
 def test_bundle_contents(app, static):
     from app.export import build_bundle
-    from mgnet import plots
+    from mgnet import static_export
 
     reg = app.session_state["_registry"]
-    if static and plots.export_problem():
-        pytest.skip(f"no static export here: {plots.export_problem()}")
+    if static and static_export.export_problem():
+        pytest.skip(f"no static export here: {static_export.export_problem()}")
     figures = {k: reg.figures[k] for k in list(reg.figures)[:2]}
     doc = reg.settings["figure_settings"]
     data = build_bundle(figures, dict(reg.images), dict(reg.settings), static=static, figure_doc=doc,
@@ -436,10 +454,10 @@ def test_bundle_contents(app, static):
 
 def test_export_without_a_browser_degrades_gracefully(app, monkeypatch):
     from app import ui
-    from mgnet import plots
+    from mgnet import static_export
 
     monkeypatch.setenv("BROWSER_PATH", "/nonexistent/chrome")
-    assert "does not exist" in plots.export_problem()
+    assert "does not exist" in static_export.export_problem()
     ui._export_probe.clear()
     try:
         app.run()
@@ -451,7 +469,7 @@ def test_export_without_a_browser_degrades_gracefully(app, monkeypatch):
     finally:
         ui._export_probe.clear()
     # A deferred PNG download whose export fails returns a readable note instead of raising.
-    monkeypatch.setattr(plots, "figure_bytes", lambda *a, **k: (_ for _ in ()).throw(plots.ExportError("no Chrome")))
+    monkeypatch.setattr(static_export, "figure_bytes", lambda *a, **k: (_ for _ in ()).throw(static_export.ExportError("no Chrome")))
     data = ui._exporter(next(iter(app.session_state["_registry"].figures.values())), "png")()
     assert b"Static export failed" in data and b"no Chrome" in data
 
@@ -476,6 +494,7 @@ def test_query_params_restore_compare_and_attack_settings(ckpt_dir, monkeypatch)
     assert at.checkbox(key="atk_truegrad").value is True
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("view", ["Compare", "Robustness"])
 def test_bundle_settings_reproduce_through_the_figure_cli(app, view, tmp_path):
     """The bundle's settings.json is a valid --settings file for python -m mgnet.figures."""
@@ -507,6 +526,32 @@ def test_bundle_settings_reproduce_through_the_figure_cli(app, view, tmp_path):
                          text=True, timeout=600, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr[-2000:]
     assert list((tmp_path / "figs").glob("*.html")), out.stderr[-2000:]
+
+
+def test_exported_settings_keep_every_choice(app):
+    """The three drifts between the app's export and the figure tool: the target "each model's own
+    prediction", "random start: off", and the corruption's and the attack's own seeds."""
+    from mgnet.figures.settings import FigureSettings
+
+    switch(app, "Compare")
+    app.selectbox(key="target").set_value("each model's own prediction")
+    app.multiselect(key="methods").set_value(["saliency"])
+    submit(app, "Compute maps")
+    doc = app.session_state["_registry"].settings["figure_settings"]
+    assert doc["target"] is None and FigureSettings.from_json(doc).target is None
+    switch(app, "Robustness")
+    app.number_input(key="cor_seed").set_value(3).run()
+    switch(app, "Robustness", "Attack")
+    app.checkbox(key="atk_random").set_value(False)
+    app.number_input(key="atk_seed").set_value(9)
+    app.number_input(key="atk_steps").set_value(2)
+    submit(app, "Run attack")
+    doc = app.session_state["_registry"].settings["figure_settings"]
+    settings = FigureSettings.from_json(doc)
+    assert settings.to_json() == doc
+    attack, corruption = settings.attacks[0], settings.corruptions[0]
+    assert attack.method == "pgd" and attack.random_start is False
+    assert settings.attack_seed(attack) == 9 and settings.corruption_seed(corruption) == 3
 
 
 def test_slow_method_options_reach_the_library(app, monkeypatch):

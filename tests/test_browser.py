@@ -20,7 +20,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import torch
+
+from conftest import save_tiny_checkpoints
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,7 +35,7 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-net
         "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]  # a synthetic camera
 
 sync_api = pytest.importorskip("playwright.sync_api")
-pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"no Chromium at {CHROMIUM}")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"no Chromium at {CHROMIUM}")]
 
 
 def _free_port() -> int:
@@ -45,13 +46,8 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from mgnet import build_model, save_checkpoint
-
     folder = tmp_path_factory.mktemp("checkpoints")
-    torch.manual_seed(0)
-    save_checkpoint(build_model("mgnet", num_classes=10, image_size=64), folder / "mgnet-tiny.pt", classes=CLASSES)
-    save_checkpoint(build_model("baseline", num_classes=10, image_size=64), folder / "baseline-tiny.pt",
-                    classes=CLASSES)
+    save_tiny_checkpoints(folder, CLASSES, image_size=64)
     port = _free_port()
     env = dict(os.environ, MGNET_CHECKPOINTS=str(folder), MGNET_DEVICE="cpu", OMP_NUM_THREADS="1",
                BROWSER_PATH=CHROMIUM)

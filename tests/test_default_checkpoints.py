@@ -16,6 +16,7 @@ IMAGENETTE = ["tench", "English springer", "cassette player", "chain saw", "chur
               "garbage truck", "gas pump", "golf ball", "parachute"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pair", ["default", "paper_recipe"])
 @pytest.mark.parametrize("kind", ["mgnet", "baseline"])
 def test_committed_checkpoint_loads_and_matches_the_model_card(kind, pair):

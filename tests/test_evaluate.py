@@ -70,6 +70,7 @@ def test_attack_and_corruption_options(tiny_folder, tiny_checkpoint):
     (["--corruption", "fog", "--severity", "9"], "between 1 and 5"),
     (["--attack", "pgd", "--eps", "-1"], "non-negative"),
 ])
+@pytest.mark.slow
 def test_bad_arguments_exit_nonzero_without_output(tiny_folder, tiny_checkpoint, tmp_path, extra, message):
     out = tmp_path / "res.json"
     res = subprocess.run([sys.executable, "-m", "mgnet.evaluate", "--checkpoint", str(tiny_checkpoint), "--data",

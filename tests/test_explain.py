@@ -16,6 +16,7 @@ import pytest  # noqa: E402
 from torch import nn  # noqa: E402
 
 from mgnet import explain as ex  # noqa: E402
+from mgnet import metrics  # noqa: E402
 from mgnet.model import build_model  # noqa: E402
 from mgnet.utils import model_state_fingerprint  # noqa: E402
 
@@ -158,6 +159,34 @@ def test_progress_reports_real_steps(baseline):
     assert done == sorted(done) and all(t == total for _, t in calls)
 
 
+def test_a_method_is_one_registry_entry(baseline, monkeypatch):
+    """Adding a method is one METHODS entry: explain runs it, reports its cost as progress, and the figure
+    tool's settings accept it and its options."""
+    from mgnet.figures.settings import FigureSettings
+
+    def input_times_gradient(wrapper, x, target, opts, seed):
+        grad, = torch.autograd.grad(wrapper(x)[0, target], x)
+        return grad * x * opts["scale"]
+
+    entry = ex.MethodInfo("Input x gradient", "In. x grad.", "The gradient times the pixel values.", False,
+                          {"scale": 1.0, "passes": 1}, input_times_gradient,
+                          cost=lambda opts, batch, size: opts["passes"] * batch,
+                          tunable=ex.Tunable("passes", "Input x gradient: passes", 1, 4, 1))
+    monkeypatch.setitem(ex.METHODS, "input_x_gradient", entry)
+    x = image(32)
+    seen = []
+    att = ex.explain(baseline, x, "input_x_gradient", target=3, progress=lambda d, t: seen.append((d, t)), passes=2)
+    check_attribution(att, 32, "input_x_gradient")
+    assert seen[0] == (0, 2) and seen[-1] == (2, 2)
+    expected = ex.explain(baseline, x, "saliency", target=3).raw * x[0].numpy()
+    np.testing.assert_allclose(att.raw, expected, rtol=1e-5, atol=1e-7)
+    assert "input_x_gradient" in ex.available_methods(baseline)
+    FigureSettings(images=["x.jpg"], methods=["input_x_gradient"],
+                   method_options={"input_x_gradient": {"passes": 3}}).validate()
+    with pytest.raises(ValueError, match="takes options"):
+        ex.explain(baseline, x, "input_x_gradient", steps=3)
+
+
 def test_hooks_removed_when_interrupted(mgnet):
     before = model_state_fingerprint(mgnet)
 
@@ -215,41 +244,41 @@ def test_bad_arguments(baseline):
 def test_to_photo():
     m = np.zeros((4, 4), np.float32)
     m[:, :2] = 1
-    out = ex.to_photo(m, 40, 20)
+    out = metrics.to_photo(m, 40, 20)
     assert out.shape == (20, 40) and out.dtype == np.float32
     assert np.all(out[:, :15] == 1) and np.all(out[:, 25:] == 0)
-    assert np.allclose(ex.to_photo(np.full((8, 8), 0.5, np.float32), 30, 50), 0.5)
+    assert np.allclose(metrics.to_photo(np.full((8, 8), 0.5, np.float32), 30, 50), 0.5)
 
 
 def test_mass_inside():
     m = np.zeros((10, 10))
     m[:, :5] = 1  # all mass in the left half
-    assert ex.mass_inside(m, [[0, 0, 5, 10]], 10, 10) == pytest.approx(1.0)
-    assert ex.mass_inside(m, [[0, 0, 5, 5]], 10, 10) == pytest.approx(0.5)
-    assert ex.mass_inside(m, [[0, 0, 5, 5], [0, 0, 5, 10]], 10, 10) == pytest.approx(1.0)  # union, not sum
-    assert ex.mass_inside(m, [[5, 0, 10, 10]], 10, 10) == pytest.approx(0.0)
+    assert metrics.mass_inside(m, [[0, 0, 5, 10]], 10, 10) == pytest.approx(1.0)
+    assert metrics.mass_inside(m, [[0, 0, 5, 5]], 10, 10) == pytest.approx(0.5)
+    assert metrics.mass_inside(m, [[0, 0, 5, 5], [0, 0, 5, 10]], 10, 10) == pytest.approx(1.0)  # union, not sum
+    assert metrics.mass_inside(m, [[5, 0, 10, 10]], 10, 10) == pytest.approx(0.0)
     uniform = np.ones((10, 10))
-    assert ex.mass_inside(uniform, [[0, 0, 2.5, 10]], 10, 10) == pytest.approx(0.25)  # partial pixels
-    assert ex.mass_inside(uniform, [[0, 0, 5, 10], [5, 0, 10, 5]], 10, 10) == pytest.approx(0.75)
-    assert ex.mass_inside(uniform, [[0, 0, 6, 10], [4, 0, 10, 5]], 10, 10) == pytest.approx(0.8)  # 60 + 30 - 10
+    assert metrics.mass_inside(uniform, [[0, 0, 2.5, 10]], 10, 10) == pytest.approx(0.25)  # partial pixels
+    assert metrics.mass_inside(uniform, [[0, 0, 5, 10], [5, 0, 10, 5]], 10, 10) == pytest.approx(0.75)
+    assert metrics.mass_inside(uniform, [[0, 0, 6, 10], [4, 0, 10, 5]], 10, 10) == pytest.approx(0.8)  # 60 + 30 - 10
     # a model-sized map is resized to the photo first
-    assert ex.mass_inside(np.ones((4, 4)), [[0, 0, 50, 20]], 100, 20) == pytest.approx(0.5)
-    assert ex.mass_inside(np.zeros((10, 10)), [[0, 0, 5, 5]], 10, 10) == 0.0
+    assert metrics.mass_inside(np.ones((4, 4)), [[0, 0, 50, 20]], 100, 20) == pytest.approx(0.5)
+    assert metrics.mass_inside(np.zeros((10, 10)), [[0, 0, 5, 5]], 10, 10) == 0.0
     with pytest.raises(ValueError):
-        ex.mass_inside(-m, [[0, 0, 5, 5]], 10, 10)
+        metrics.mass_inside(-m, [[0, 0, 5, 5]], 10, 10)
 
 
 def test_topk_iou():
     ramp = np.arange(100, dtype=float).reshape(10, 10)
-    assert ex.topk_iou(ramp, ramp) == 1.0
-    assert ex.topk_iou(ramp, -ramp + 100) == 0.0
+    assert metrics.topk_iou(ramp, ramp) == 1.0
+    assert metrics.topk_iou(ramp, -ramp + 100) == 0.0
     shifted = np.roll(ramp.ravel(), -10).reshape(10, 10)  # its top 20 are flat indices 70..89
-    assert ex.topk_iou(ramp, shifted, k=0.2) == pytest.approx(10 / 30)
-    assert ex.topk_iou(ramp, shifted, k=0.1) == 0.0  # 90..99 vs 80..89
+    assert metrics.topk_iou(ramp, shifted, k=0.2) == pytest.approx(10 / 30)
+    assert metrics.topk_iou(ramp, shifted, k=0.1) == 0.0  # 90..99 vs 80..89
     # ties are broken in raster order: a flat map's top 10% is the first row
     first_row = np.zeros((10, 10))
     first_row[0] = 1
-    assert ex.topk_iou(np.zeros((10, 10)), first_row, k=0.1) == 1.0
+    assert metrics.topk_iou(np.zeros((10, 10)), first_row, k=0.1) == 1.0
 
 
 # -- deletion / insertion on a model whose answer is known ----------------------------------------------------
@@ -273,7 +302,7 @@ def test_deletion_and_insertion_by_hand():
     top_first = np.zeros((8, 8))
     top_first[:4] = 1
     # Deleting the top half first: p falls linearly from c to 0 at fraction 0.5, then stays 0.
-    curve = ex.deletion_insertion(model, x, top_first, target=0, steps=20, mode="deletion", baseline="black",
+    curve = metrics.deletion_insertion(model, x, top_first, target=0, steps=20, mode="deletion", baseline="black",
                                   batch_size=6)
     assert curve.fractions.shape == curve.probs.shape == (21,)
     assert curve.fractions[0] == 0 and curve.fractions[-1] == 1
@@ -281,17 +310,17 @@ def test_deletion_and_insertion_by_hand():
     np.testing.assert_allclose(curve.probs, expected, atol=1e-5)
     assert curve.auc == pytest.approx(c / 4, abs=1e-5)
     # Insertion in the same order: 0 -> c by fraction 0.5, then c.  AUC = c/4 + c/2.
-    curve = ex.deletion_insertion(model, x, top_first, 0, mode="insertion", baseline="black")
+    curve = metrics.deletion_insertion(model, x, top_first, 0, mode="insertion", baseline="black")
     np.testing.assert_allclose(curve.probs, c * np.clip(2 * curve.fractions, 0, 1), atol=1e-5)
     assert curve.auc == pytest.approx(0.75 * c, abs=1e-5)
     # The reverse ranking deletes the irrelevant half first: flat at c, then down.  AUC = c/2 + c/4.
-    curve = ex.deletion_insertion(RegionMean(4), x, 1 - top_first, 0, mode="deletion", baseline="black")
+    curve = metrics.deletion_insertion(RegionMean(4), x, 1 - top_first, 0, mode="deletion", baseline="black")
     assert curve.auc == pytest.approx(0.75 * c, abs=1e-5)
     # A flat map deletes in raster order, i.e. the top rows first, like ``top_first``.
-    curve = ex.deletion_insertion(RegionMean(4), x, np.zeros((8, 8)), 0, steps=8, baseline="black")
+    curve = metrics.deletion_insertion(RegionMean(4), x, np.zeros((8, 8)), 0, steps=8, baseline="black")
     np.testing.assert_allclose(curve.probs, [c, 0.6, 0.4, 0.2, 0, 0, 0, 0, 0], atol=1e-5)  # a row a step
     # Blurring a constant image changes nothing.
-    curve = ex.deletion_insertion(RegionMean(4), x, top_first, 0, baseline="blur")
+    curve = metrics.deletion_insertion(RegionMean(4), x, top_first, 0, baseline="blur")
     np.testing.assert_allclose(curve.probs, c, atol=1e-5)
     assert curve.auc == pytest.approx(c, abs=1e-5)
 
@@ -304,9 +333,9 @@ def test_deletion_insertion_on_mgnet_endpoints(mgnet):
     target = int(p_image.argmax())
     sal = np.random.default_rng(0).random((64, 64))
     before = model_state_fingerprint(mgnet)
-    dele = ex.deletion_insertion(mgnet, x, sal, target, steps=5, mode="deletion", baseline="black", batch_size=4)
-    ins = ex.deletion_insertion(mgnet, x, sal, target, steps=5, mode="insertion", baseline="black", batch_size=4)
-    blur = ex.deletion_insertion(mgnet, x, sal, target, steps=2, mode="deletion", baseline="blur")
+    dele = metrics.deletion_insertion(mgnet, x, sal, target, steps=5, mode="deletion", baseline="black", batch_size=4)
+    ins = metrics.deletion_insertion(mgnet, x, sal, target, steps=5, mode="insertion", baseline="black", batch_size=4)
+    blur = metrics.deletion_insertion(mgnet, x, sal, target, steps=2, mode="deletion", baseline="blur")
     assert dele.probs[0] == pytest.approx(float(p_image[target]), abs=1e-5)
     assert dele.probs[-1] == pytest.approx(float(p_black[target]), abs=1e-5)
     assert ins.probs[0] == pytest.approx(float(p_black[target]), abs=1e-5)
@@ -320,12 +349,12 @@ def test_infidelity_and_sensitivity(baseline):
     x = image(32, 7)
     before = model_state_fingerprint(baseline)
     state = torch.get_rng_state()
-    inf = ex.infidelity(baseline, x, "saliency", n_perturb_samples=4)
-    again = ex.infidelity(baseline, x, "saliency", n_perturb_samples=4)
-    sens = ex.sensitivity(baseline, x, "saliency", n_perturb_samples=3)
+    inf = metrics.infidelity(baseline, x, "saliency", n_perturb_samples=4)
+    again = metrics.infidelity(baseline, x, "saliency", n_perturb_samples=4)
+    sens = metrics.sensitivity(baseline, x, "saliency", n_perturb_samples=3)
     assert np.isfinite(inf) and inf >= 0 and inf == again
     assert np.isfinite(sens) and sens >= 0
     with pytest.raises(ValueError, match="Grad-CAM"):
-        ex.infidelity(baseline, x, "gradcam")
+        metrics.infidelity(baseline, x, "gradcam")
     assert model_state_fingerprint(baseline) == before and no_param_grads(baseline)
     assert torch.equal(torch.get_rng_state(), state)

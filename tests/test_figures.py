@@ -12,19 +12,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_image_folder
+from conftest import make_image_folder, save_tiny_checkpoints
 from PIL import Image
 from torch import nn
 
-from mgnet import build_model, plots, save_checkpoint
-from mgnet import figures as mf
+from mgnet import plots, static_export
+from mgnet import figures
 from mgnet import analysis
 from mgnet.analysis import analyze
 from mgnet.data import load_image
 
 CLASSES = ["tench", "English springer", "cassette player"]
 IDS = ["n01440764", "n02102040", "n02979186"]
-STATIC = plots.export_problem() is None
+STATIC = static_export.export_problem() is None
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -38,11 +38,7 @@ def _one_thread():
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("figs")
-    torch.manual_seed(0)
-    save_checkpoint(build_model("mgnet", "resnet18", num_classes=3, image_size=64, n_glimpses=3), root / "mg.pt",
-                    classes=CLASSES, class_ids=IDS)
-    save_checkpoint(build_model("baseline", "resnet18", num_classes=3, image_size=64), root / "base.pt",
-                    classes=CLASSES, class_ids=IDS)
+    save_tiny_checkpoints(root, CLASSES, IDS, image_size=64, n_glimpses=3, names=("mg.pt", "base.pt"))
     make_image_folder(root / "data", classes=IDS, per_class=1, size=48)
     return root
 
@@ -65,7 +61,7 @@ def two_runs(env):
     """The same figure command twice, into two folders."""
     outs = [env / "run1", env / "run2"]
     for out in outs:
-        assert mf.main(fig_args(env, out)) == 0
+        assert figures.main(fig_args(env, out)) == 0
     return outs
 
 
@@ -74,6 +70,7 @@ def files_of(folder: Path) -> dict[str, bytes]:
 
 
 # -- figures ------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_figures_outputs_exist_with_sane_sizes(two_runs):
     out = two_runs[0]
     names = sorted(p.name for p in out.iterdir())
@@ -87,7 +84,7 @@ def test_figures_outputs_exist_with_sane_sizes(two_runs):
             size = (out / f"{stem}.{ext}").stat().st_size
             assert 2_000 < size < 8_000_000, (stem, ext, size)
     manifest = json.loads((out / "figures.json").read_text())
-    assert manifest["schema"] == mf.SCHEMA
+    assert manifest["schema"] == figures.SCHEMA
     assert set(manifest["files"]) == set(names) - {"figures.json"}
     assert all(len(c["sha256"]) == 64 for c in manifest["checkpoints"].values())
     assert manifest["seed"] == 0 and manifest["methods"] == ["saliency", "gradcam"]
@@ -105,11 +102,12 @@ def test_figures_outputs_exist_with_sane_sizes(two_runs):
     assert (out / "grid-01.pdf").read_bytes().startswith(b"%PDF")
 
 
+@pytest.mark.slow
 def test_figure_sidecars_hold_settings_and_numbers(two_runs, env):
     out = two_runs[0]
     strip = json.loads(next(out.glob("strip-*.json")).read_text())
     assert strip["figure"] == "strip" and len(strip["images"]) == 1
-    assert strip["checkpoints"]["mgnet"]["sha256"] == mf.file_sha256(env / "mg.pt")
+    assert strip["checkpoints"]["mgnet"]["sha256"] == figures.file_sha256(env / "mg.pt")
     assert len(strip["data"]["after_glimpse"]) == 3 and len(strip["data"]["boxes"]) == 3
     grid = json.loads((out / "grid-01.json").read_text())
     assert [len(r["maps"]) for r in grid["data"]["rows"]] == [4, 4]  # 2 models x 2 methods
@@ -122,6 +120,7 @@ def test_figure_sidecars_hold_settings_and_numbers(two_runs, env):
     assert all(len(r["mgnet"]) == 3 and "baseline" in r for r in rob["data"]["rows"])
 
 
+@pytest.mark.slow
 def test_same_inputs_give_byte_identical_files(two_runs):
     a, b = (files_of(d) for d in two_runs)
     assert a.keys() == b.keys()
@@ -131,21 +130,21 @@ def test_same_inputs_give_byte_identical_files(two_runs):
 
 def test_a_sidecar_reproduces_its_run(env):
     first, again = env / "side1", env / "side2"
-    assert mf.main(base_args(env, first, "--images", str(env / "data"), "--limit", "1", "--figures", "strip",
+    assert figures.main(base_args(env, first, "--images", str(env / "data"), "--limit", "1", "--figures", "strip",
                              "--format", "svg")) == 0
     # the run's manifest is a settings file: feeding it back gives the same files
-    assert mf.main(["--settings", str(first / "figures.json"), "--out", str(again), "--no-progress",
+    assert figures.main(["--settings", str(first / "figures.json"), "--out", str(again), "--no-progress",
                     "--device", "cpu"]) == 0
     assert files_of(first) == files_of(again)
 
 
 def test_checkpoint_hash_mismatch_is_refused(env, capsys):
-    settings = {"schema": mf.SCHEMA, "images": [str(env / "data")], "figures": ["strip"],
+    settings = {"schema": figures.SCHEMA, "images": [str(env / "data")], "figures": ["strip"],
                 "checkpoints": {"mgnet": {"path": str(env / "mg.pt"), "sha256": "0" * 64}, "baseline": None}}
     path = env / "bad-hash.json"
     path.write_text(json.dumps(settings))
     out = env / "never"
-    assert mf.main(["--settings", str(path), "--out", str(out), "--no-progress"]) == 2
+    assert figures.main(["--settings", str(path), "--out", str(out), "--no-progress"]) == 2
     assert "sha256" in capsys.readouterr().err
     assert not out.exists()
 
@@ -163,7 +162,7 @@ def test_checkpoint_hash_mismatch_is_refused(env, capsys):
 ])
 def test_bad_arguments_exit_2_and_write_nothing(env, capsys, extra, message):
     out = env / "bad-out"
-    code = mf.main(base_args(env, out, "--images", str(env / "data"), "--figures", "strip", "grid", *extra))
+    code = figures.main(base_args(env, out, "--images", str(env / "data"), "--figures", "strip", "grid", *extra))
     assert code == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
@@ -171,17 +170,17 @@ def test_bad_arguments_exit_2_and_write_nothing(env, capsys, extra, message):
 
 def test_missing_inputs_exit_2(env, capsys, tmp_path):
     out = tmp_path / "o"
-    assert mf.main(base_args(env, out, "--images", str(tmp_path / "missing"))) == 2
+    assert figures.main(base_args(env, out, "--images", str(tmp_path / "missing"))) == 2
     assert "does not exist" in capsys.readouterr().err
-    assert mf.main(["--mgnet", str(tmp_path / "none.pt"), "--images", str(env / "data"), "--out", str(out)]) == 2
+    assert figures.main(["--mgnet", str(tmp_path / "none.pt"), "--images", str(env / "data"), "--out", str(out)]) == 2
     assert "not found" in capsys.readouterr().err
     (tmp_path / "broken.json").write_text("{not json")
-    assert mf.main(["--settings", str(tmp_path / "broken.json"), "--out", str(out)]) == 2
+    assert figures.main(["--settings", str(tmp_path / "broken.json"), "--out", str(out)]) == 2
     assert "not valid JSON" in capsys.readouterr().err
-    assert mf.main(base_args(env, out, "--images", str(env / "mg.pt"), "--figures", "strip")) == 2  # not an image
+    assert figures.main(base_args(env, out, "--images", str(env / "mg.pt"), "--figures", "strip")) == 2  # not an image
     assert not out.exists()
     with pytest.raises(SystemExit) as exc:  # argparse: not a number
-        mf.main(base_args(env, out, "--dpi", "many"))
+        figures.main(base_args(env, out, "--dpi", "many"))
     assert exc.value.code == 2
 
 
@@ -195,19 +194,19 @@ def test_a_failure_midway_leaves_no_partial_output(env, monkeypatch):
 
     monkeypatch.setattr(plots, "comparison_grid_figure", boom)
     with pytest.raises(RuntimeError, match="simulated"):
-        mf.main(base_args(env, out, "--images", str(env / "data"), "--limit", "1", "--figures", "strip", "grid",
+        figures.main(base_args(env, out, "--images", str(env / "data"), "--limit", "1", "--figures", "strip", "grid",
                           "--methods", "saliency", "--format", "svg"))
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]  # strips were staged, then discarded
 
 
 def test_help_mentions_both_commands(capsys):
     with pytest.raises(SystemExit) as exc:
-        mf.main(["--help"])
+        figures.main(["--help"])
     assert exc.value.code == 0
     text = capsys.readouterr().out
     assert "metrics" in text and "--images" in text and "docs/figures.md" in text
     with pytest.raises(SystemExit):
-        mf.main(["metrics", "--help"])
+        figures.main(["metrics", "--help"])
     assert "--data" in capsys.readouterr().out
 
 
@@ -216,11 +215,12 @@ def test_help_mentions_both_commands(capsys):
 def metric_runs(env):
     outs = [env / "m1", env / "m2"]
     for out in outs:
-        assert mf.main(["metrics", "--data", str(env / "data"), "--limit", "2", "--methods", "saliency",
+        assert figures.main(["metrics", "--data", str(env / "data"), "--limit", "2", "--methods", "saliency",
                         "--steps", "4", "--format", "svg", *base_args(env, out)]) == 0
     return outs
 
 
+@pytest.mark.slow
 def test_metrics_tables_and_plots(metric_runs):
     out = metric_runs[0]
     for name in ("metrics.md", "metrics.csv", "metrics.json", "curves.json"):
@@ -247,6 +247,7 @@ def test_metrics_tables_and_plots(metric_runs):
     assert len(curves["fractions"]) == 5 and len(curves["images"]) == 2
 
 
+@pytest.mark.slow
 def test_metrics_are_deterministic(metric_runs):
     a, b = (files_of(d) for d in metric_runs)
     assert a.keys() == b.keys()
@@ -267,13 +268,13 @@ def test_deletion_insertion_on_a_constructed_case():
     quadrant[:4, :4] = 1.0
     model = QuadrantModel()
     # the quadrant is 1/4 of the pixels: with 4 steps, a perfect map deletes it all in the first step
-    good = mf.map_curves({"toy": model}, {"toy": x}, {"toy": 0}, quadrant, steps=4, fill="black")["toy"]
+    good = figures.map_curves({"toy": model}, {"toy": x}, {"toy": 0}, quadrant, steps=4, fill="black")["toy"]
     np.testing.assert_allclose(good["deletion"].probs, [1, 0, 0, 0, 0], atol=1e-6)
     np.testing.assert_allclose(good["insertion"].probs, [0, 1, 1, 1, 1], atol=1e-6)
     assert good["deletion"].auc == pytest.approx(0.125, abs=1e-6)   # 0.25 * (1 + 0) / 2
     assert good["insertion"].auc == pytest.approx(0.875, abs=1e-6)  # 0.125 + 0.75
     # the opposite map removes the quadrant last
-    bad = mf.map_curves({"toy": model}, {"toy": x}, {"toy": 0}, 1 - quadrant, steps=4, fill="black")["toy"]
+    bad = figures.map_curves({"toy": model}, {"toy": x}, {"toy": 0}, 1 - quadrant, steps=4, fill="black")["toy"]
     assert bad["deletion"].auc == pytest.approx(0.875, abs=1e-6)
     assert bad["insertion"].auc == pytest.approx(0.125, abs=1e-6)
 
@@ -281,7 +282,7 @@ def test_deletion_insertion_on_a_constructed_case():
 def test_summary_statistics_on_known_values():
     records = [{"map": "a", "v": 0.2}, {"map": "a", "v": 0.4}, {"map": "b", "v": 0.5}, {"map": "b", "v": None},
                {"map": "a", "v": float("nan")}]
-    rows = mf.summarise(records, ("map",), ("v",))
+    rows = figures.summarise(records, ("map",), ("v",))
     assert [r["map"] for r in rows] == ["a", "b"]
     a, b = rows
     assert a["v"] == pytest.approx(0.3) and a["v_n"] == 2
@@ -308,16 +309,16 @@ def test_analyze_batch_matches_analyze(env):
 def test_output_normalisers():
     buf = io.BytesIO()
     Image.new("RGB", (3, 2), "red").save(buf, format="PNG")
-    png = mf.png_with_dpi(mf.png_with_dpi(buf.getvalue(), 600), 300)  # replaces, never duplicates
+    png = figures.png_with_dpi(figures.png_with_dpi(buf.getvalue(), 600), 300)  # replaces, never duplicates
     with Image.open(io.BytesIO(png)) as im:
         assert tuple(round(v) for v in im.info["dpi"]) == (300, 300) and im.size == (3, 2)
     assert png.count(b"pHYs") == 1
     pdf = b"%PDF-1.4\n/CreationDate (D:20261125031047+00'00')\n/ModDate (D:20261125031047+00'00')>>"
-    fixed = mf.normalise_pdf(pdf)
+    fixed = figures.normalise_pdf(pdf)
     assert len(fixed) == len(pdf) and b"20261125" not in fixed and fixed.count(b"D:20000101000000") == 2
     svg = (b'<svg><defs id="defs-a1b2c3"><clipPath id="clipa1b2c3xy"/><clipPath id="legenda1b2c3"/></defs>'
            b'<g style="fill: url(\'#ga1b2c3-x\')"/><image href="data:image/png;base64,QUa1b2c3=="/></svg>')
-    out = mf.normalise_svg(svg, "000000")
+    out = figures.normalise_svg(svg, "000000")
     assert out.count(b"a1b2c3") == 1 and out.count(b"000000") == 4  # the image data is left alone
 
 
@@ -344,9 +345,9 @@ def test_panel_grid_keeps_aspect_and_physical_size():
 
 
 def test_without_chrome_figures_fall_back_to_html(env, monkeypatch, capsys):
-    monkeypatch.setattr(plots, "export_problem", lambda: "no Chrome or Chromium was found (simulated).")
+    monkeypatch.setattr(static_export, "export_problem", lambda: "no Chrome or Chromium was found (simulated).")
     out = env / "no-chrome"
-    assert mf.main(base_args(env, out, "--images", str(env / "data"), "--limit", "1", "--figures", "strip",
+    assert figures.main(base_args(env, out, "--images", str(env / "data"), "--limit", "1", "--figures", "strip",
                              "--format", "png", "svg")) == 0
     assert "Writing interactive HTML" in capsys.readouterr().err
     names = sorted(p.name for p in out.iterdir())
@@ -356,7 +357,7 @@ def test_without_chrome_figures_fall_back_to_html(env, monkeypatch, capsys):
 
 def test_metrics_with_captum_sensitivity(env):
     out = env / "m-sens"
-    assert mf.main(["metrics", "--data", str(env / "data"), "--limit", "1", "--methods", "saliency", "--models",
+    assert figures.main(["metrics", "--data", str(env / "data"), "--limit", "1", "--methods", "saliency", "--models",
                     "mgnet", "--steps", "2", "--sensitivity", "--no-infidelity", "--format", "html",
                     *base_args(env, out)]) == 0
     doc = json.loads((out / "metrics.json").read_text())

@@ -56,6 +56,7 @@ def fresh(state):
     return model
 
 
+@pytest.mark.slow
 def test_replaying_saved_glimpses_gives_identical_logits_after_the_stage(pretrained):
     """The stage trains weights only: the forward pass still reads its own proposals, so feeding the
     glimpses it chose back in as glimpse_params reproduces the logits exactly."""
@@ -72,6 +73,7 @@ def test_replaying_saved_glimpses_gives_identical_logits_after_the_stage(pretrai
     assert with_states.states.shape == (2, 8, model.feat_dim + 3)
 
 
+@pytest.mark.slow
 def test_candidate_losses_score_each_candidate_as_a_forced_glimpse(pretrained):
     model = fresh(pretrained).eval()
     x, y, _ = quadrant_batch(4, 5)
@@ -121,6 +123,7 @@ def test_glimpse_overlap_is_one_for_identical_boxes_and_zero_for_disjoint():
     assert glimpse_overlap(half) == pytest.approx(0.5 / 1.5, abs=1e-3)  # widths 1, shifted by 0.5: inter 0.5, union 1.5
 
 
+@pytest.mark.slow
 def test_location_report_gives_gains_with_intervals(pretrained):
     model = fresh(pretrained)
     x, y, _ = quadrant_batch(40, 11)
@@ -212,6 +215,7 @@ def where_it_looks(model):
     return float((w * h / (2 * half) ** 2).mean()), acc_own, acc_centred
 
 
+@pytest.mark.slow
 def test_a_short_location_stage_learns_to_look_at_the_object_and_the_paper_loss_alone_does_not(knows_the_classes):
     paper_on_object, paper_own, paper_centred = where_it_looks(continue_training(knows_the_classes, None))
     stage_on_object, stage_own, stage_centred = where_it_looks(

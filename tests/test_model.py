@@ -67,6 +67,7 @@ def make_reference(state, model, dtype, s=0.02):
     return ref
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("baseline", [False, True])
 def test_parity_with_reference_implementation(tmp_path, baseline):
     state = authors_checkpoint(tmp_path / "a.ckpt", baseline=baseline)

@@ -26,11 +26,12 @@ import torch
 
 torch.set_num_threads(1)
 
-from conftest import ROOT, make_image_folder  # noqa: E402
+from conftest import ROOT, make_image_folder, save_tiny_checkpoints  # noqa: E402
 from mgnet import CheckpointError, build_model, load_checkpoint, load_image, save_checkpoint  # noqa: E402
-from mgnet import attacks as ma  # noqa: E402
-from mgnet import corruptions as mc  # noqa: E402
-from mgnet import explain as mx  # noqa: E402
+from mgnet import attacks  # noqa: E402
+from mgnet import corruptions  # noqa: E402
+from mgnet import explain  # noqa: E402
+from mgnet import metrics as explanation_metrics  # noqa: E402
 from mgnet.analysis import analyze  # noqa: E402
 from mgnet.data import to_model_input  # noqa: E402
 from mgnet.utils import model_lock, model_state_fingerprint  # noqa: E402
@@ -45,11 +46,7 @@ SIZE = 64
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ckpts")
-    torch.manual_seed(0)
-    save_checkpoint(build_model("mgnet", "resnet18", num_classes=3, image_size=SIZE, n_glimpses=3),
-                    folder / "mgnet-tiny.pt", classes=CLASSES, class_ids=CLASS_IDS)
-    save_checkpoint(build_model("baseline", "resnet18", num_classes=3, image_size=SIZE),
-                    folder / "baseline-tiny.pt", classes=CLASSES, class_ids=CLASS_IDS)
+    save_tiny_checkpoints(folder, CLASSES, CLASS_IDS, image_size=SIZE, n_glimpses=3)
     return folder
 
 
@@ -114,15 +111,16 @@ def jobs_for(models, image):
     for role, m in models.items():
         jobs[f"{role}/analyze"] = (m, lambda m=m: analyze(m, image).probs)
         for method, opts in LIGHT.items():
-            jobs[f"{role}/{method}"] = (m, lambda m=m, method=method, opts=opts: mx.explain(m, x, method, **opts).raw)
-        jobs[f"{role}/pgd"] = (m, lambda m=m: ma.attack(m, x, 1, steps=2, eps=8, seed=3).numpy())
-        jobs[f"{role}/fgsm-l2"] = (m, lambda m=m: ma.attack(m, x, 2, method="fgsm", norm="l2", eps=64).numpy())
-    jobs["corrupt/gaussian_noise"] = (None, lambda: mc.corrupt(image, "gaussian_noise", 3, seed=5))
-    jobs["corrupt/shot_noise"] = (None, lambda: mc.corrupt(image, "shot_noise", 2, seed=6))
+            jobs[f"{role}/{method}"] = (m, lambda m=m, method=method, opts=opts: explain.explain(m, x, method, **opts).raw)
+        jobs[f"{role}/pgd"] = (m, lambda m=m: attacks.attack(m, x, 1, steps=2, eps=8, seed=3).numpy())
+        jobs[f"{role}/fgsm-l2"] = (m, lambda m=m: attacks.attack(m, x, 2, method="fgsm", norm="l2", eps=64).numpy())
+    jobs["corrupt/gaussian_noise"] = (None, lambda: corruptions.corrupt(image, "gaussian_noise", 3, seed=5))
+    jobs["corrupt/shot_noise"] = (None, lambda: corruptions.corrupt(image, "shot_noise", 2, seed=6))
     return jobs
 
 
 # -- many sessions, one model --------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_concurrent_sessions_get_their_solo_results_and_leave_models_untouched(models):
     """8 sessions at once: analyses, seven Captum methods, attacks and corruptions on two shared models.
 
@@ -210,21 +208,22 @@ def _while_inside(first, second, wait=0.6):
 
 
 def test_attack_and_analysis_while_another_session_holds_guided_backprop_hooks(models):
-    """Guided Backprop puts hooks on every ReLU of the shared model. A session attacking the same model
-    in the middle of it (the app's attacks do take the lock; a script's may not) must still follow true
-    gradients, and an analysis must be unaffected."""
+    """Guided Backprop puts hooks on every ReLU of the shared model. A session that starts an attack and an
+    input gradient in the middle of it sees the hooks in place, but every attack takes the model's lock
+    (``mgnet.attacks`` runs under ``utils.eval_mode``, in the app and in scripts alike), so it waits until the
+    explanation has removed them and then follows true gradients: the same result as alone."""
     m = models["mgnet"]
     image = photo(2)
     x = to_model_input(image, SIZE)
-    solo_attack = ma.attack(m, x, 0, steps=2, eps=8, seed=1)
-    solo_grad = ma.input_gradient(m, x, 0, s_grad=1.0)
+    solo_attack = attacks.attack(m, x, 0, steps=2, eps=8, seed=1)
+    solo_grad = attacks.input_gradient(m, x, 0, s_grad=1.0)
     seen_hooks = []
 
     def during():
         seen_hooks.append(model_state_fingerprint(m)["hooks"])
-        return (ma.attack(m, x, 0, steps=2, eps=8, seed=1), ma.input_gradient(m, x, 0, s_grad=1.0))
+        return (attacks.attack(m, x, 0, steps=2, eps=8, seed=1), attacks.input_gradient(m, x, 0, s_grad=1.0))
 
-    _, (adv, grad) = _while_inside(lambda p: mx.explain(m, x, "guided_backprop", progress=p), during)
+    _, (adv, grad) = _while_inside(lambda p: explain.explain(m, x, "guided_backprop", progress=p), during)
     assert seen_hooks[0] > 0, "the interleaving did not happen: no hooks were registered at that moment"
     torch.testing.assert_close(adv, solo_attack, rtol=0, atol=0)
     torch.testing.assert_close(grad, solo_grad, rtol=0, atol=0)
@@ -276,6 +275,7 @@ def _interleave(first, second, wait=3.0):
     return out["a"], out["b"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["smoothgrad", "gradient_shap"])
 def test_seeded_explanations_of_two_models_at_once_keep_their_own_noise(models, method):
     """SmoothGrad and GradientSHAP draw their noise from torch's and NumPy's global generators, seeded per
@@ -284,14 +284,15 @@ def test_seeded_explanations_of_two_models_at_once_keep_their_own_noise(models, 
     mg, base = models["mgnet"], models["baseline"]
     x = to_model_input(photo(3), SIZE)
     opts = dict(LIGHT[method])
-    solo_a = mx.explain(mg, x, method, seed=11, **opts).raw
-    solo_b = mx.explain(base, x, method, seed=11, **opts).raw
-    a, b = _interleave(lambda p: mx.explain(mg, x, method, seed=11, progress=p, **opts).raw,
-                       lambda p: mx.explain(base, x, method, seed=11, progress=p, **opts).raw)
+    solo_a = explain.explain(mg, x, method, seed=11, **opts).raw
+    solo_b = explain.explain(base, x, method, seed=11, **opts).raw
+    a, b = _interleave(lambda p: explain.explain(mg, x, method, seed=11, progress=p, **opts).raw,
+                       lambda p: explain.explain(base, x, method, seed=11, progress=p, **opts).raw)
     np.testing.assert_array_equal(a, solo_a, err_msg="MGNet's explanation changed")
     np.testing.assert_array_equal(b, solo_b, err_msg="the baseline's explanation changed")
 
 
+@pytest.mark.slow
 def test_a_corruption_and_an_explanation_interleaved_keep_their_own_noise(models, monkeypatch):
     """A corruption seeds NumPy's global generator and draws from it; a seeded GradientSHAP explanation in
     another session seeds and draws from the same generator. Interleaved (the corruption held up between
@@ -319,19 +320,19 @@ def test_a_corruption_and_an_explanation_interleaved_keep_their_own_noise(models
             c_done.wait(3.0)
 
     monkeypatch.setitem(imagecorruptions.corruption_dict, "gaussian_noise", two_step_noise)
-    solo_c = mc.corrupt(image, "gaussian_noise", 4, seed=9)
-    solo_e = mx.explain(base, x, "gradient_shap", seed=11, **opts).raw
+    solo_c = corruptions.corrupt(image, "gaussian_noise", 4, seed=9)
+    solo_e = explain.explain(base, x, "gradient_shap", seed=11, **opts).raw
     out = {}
 
     def corrupting():
         try:
-            out["c"] = mc.corrupt(image, "gaussian_noise", 4, seed=9)
+            out["c"] = corruptions.corrupt(image, "gaussian_noise", 4, seed=9)
         finally:
             c_done.set()
 
     def explaining():
         assert c_in.wait(60)
-        out["e"] = mx.explain(base, x, "gradient_shap", seed=11, progress=progress, **opts).raw
+        out["e"] = explain.explain(base, x, "gradient_shap", seed=11, progress=progress, **opts).raw
 
     threads = [threading.Thread(target=corrupting, name="corrupting"), threading.Thread(target=explaining)]
     with warnings.catch_warnings():
@@ -344,6 +345,7 @@ def test_a_corruption_and_an_explanation_interleaved_keep_their_own_noise(models
     np.testing.assert_array_equal(out["e"], solo_e, err_msg="the explanation changed")
 
 
+@pytest.mark.slow
 def test_every_operation_and_every_failure_leaves_the_shared_model_as_it_was(models):
     """After each library operation, and after each one interrupted by an error (an out-of-memory error
     raised from inside the computation, as a huge Integrated Gradients request would), the model is as
@@ -354,20 +356,20 @@ def test_every_operation_and_every_failure_leaves_the_shared_model_as_it_was(mod
     x = to_model_input(image, SIZE)
     x_copy = x.clone()
     snaps = [Snapshot(mg), Snapshot(base)]
-    att = mx.explain(mg, x, "saliency")
+    att = explain.explain(mg, x, "saliency")
     ops = {
         "analyze": lambda p: analyze(mg, image),
         "analyze baseline": lambda p: analyze(base, image),
-        "deletion": lambda p: mx.deletion_insertion(mg, x, att.map, att.target, steps=4, progress=p),
-        "insertion on baseline": lambda p: mx.deletion_insertion(base, x, att.map, att.target, steps=4,
+        "deletion": lambda p: explanation_metrics.deletion_insertion(mg, x, att.map, att.target, steps=4, progress=p),
+        "insertion on baseline": lambda p: explanation_metrics.deletion_insertion(base, x, att.map, att.target, steps=4,
                                                                    mode="insertion", progress=p),
-        "infidelity": lambda p: mx.infidelity(mg, x, "saliency", attribution=att, n_perturb_samples=2),
-        "paper pgd": lambda p: ma.paper_pgd(mg, x, 0, steps=2, progress=p),
-        "transfer": lambda p: ma.transfer_attack(base, mg, x, 0, steps=2, progress=p),
-        "pgd true gradients": lambda p: ma.attack(mg, x, 0, steps=2, s_grad=1.0, progress=p),
+        "infidelity": lambda p: explanation_metrics.infidelity(mg, x, "saliency", attribution=att, n_perturb_samples=2),
+        "paper pgd": lambda p: attacks.paper_pgd(mg, x, 0, steps=2, progress=p),
+        "transfer": lambda p: attacks.transfer_attack(base, mg, x, 0, steps=2, progress=p),
+        "pgd true gradients": lambda p: attacks.attack(mg, x, 0, steps=2, s_grad=1.0, progress=p),
     }
     for method, opts in LIGHT.items():
-        ops[f"explain {method}"] = lambda p, method=method, opts=opts: mx.explain(mg, x, method, progress=p, **opts)
+        ops[f"explain {method}"] = lambda p, method=method, opts=opts: explain.explain(mg, x, method, progress=p, **opts)
 
     def oom(done, total):
         if done > 0:
@@ -657,9 +659,10 @@ def test_evaluate_cli_refuses_bad_input_before_working_and_leaves_nothing(tmp_pa
     (out_dir / "old.json").unlink()
 
 
-figures_cli = pytest.importorskip("mgnet.figures", reason="the figure CLI (mgnet/figures.py) is not written yet")
+figures_cli = pytest.importorskip("mgnet.figures", reason="the figure CLI (mgnet/figures/) is not written yet")
 
 
+@pytest.mark.slow
 def test_figure_cli_failures_leave_no_output(tmp_path, private_tmp, ckpts, eval_data, capsys, monkeypatch):
     ck = str(ckpts / "mgnet-tiny.pt")
     run = ["--mgnet", ck, "--baseline", "none", "--images", str(eval_data), "--figures", "strip", "--methods",

@@ -34,6 +34,7 @@ def folder(tmp_path):
     return make_image_folder(tmp_path / "data", per_class=8, size=48)
 
 
+@pytest.mark.slow
 def test_training_exports_a_loadable_checkpoint_with_provenance(folder, tmp_path):
     res = run(TRAIN + train_args(folder, tmp_path / "run", tmp_path / "m.pt", kind="baseline", epochs=1))
     assert res.returncode == 0, res.stderr[-2000:]
@@ -47,6 +48,7 @@ def test_training_exports_a_loadable_checkpoint_with_provenance(folder, tmp_path
     assert history[0]["epoch"] == 1
 
 
+@pytest.mark.slow
 def test_killed_mid_epoch_training_resumes_to_the_same_weights(folder, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     straight = run(TRAIN + train_args(folder, tmp_path / "a", tmp_path / "a.pt"))
@@ -83,6 +85,7 @@ def test_killed_mid_epoch_training_resumes_to_the_same_weights(folder, tmp_path)
         torch.testing.assert_close(a[key], b[key], atol=0, rtol=0, msg=key)
 
 
+@pytest.mark.slow
 def test_ddp_with_two_cpu_processes(folder, tmp_path):
     args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc_per_node", "2",
             "-m", "mgnet.train"] + train_args(folder, tmp_path / "ddp", tmp_path / "ddp.pt", epochs=1)
@@ -95,11 +98,13 @@ def test_ddp_with_two_cpu_processes(folder, tmp_path):
     assert read_checkpoint_file(tmp_path / "ddp" / "last.pt")["state"]["global_step"] == 2
 
 
+@pytest.mark.slow
 def test_bad_data_folder_exits_with_a_message(tmp_path):
     res = run(TRAIN + ["--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o")])
     assert res.returncode != 0 and "does not exist" in res.stderr
 
 
+@pytest.mark.slow
 def test_init_from_starts_from_the_given_weights_and_records_the_chain(folder, tmp_path):
     first = run(TRAIN + train_args(folder, tmp_path / "s1", tmp_path / "s1.pt", epochs=1))
     assert first.returncode == 0, first.stderr[-2000:]
@@ -131,6 +136,7 @@ def test_init_from_starts_from_the_given_weights_and_records_the_chain(folder, t
     assert stages[1]["lr"] == 0.0
 
 
+@pytest.mark.slow
 def test_init_from_refuses_a_different_configuration(folder, tmp_path):
     first = run(TRAIN + train_args(folder, tmp_path / "s1", tmp_path / "s1.pt", kind="baseline", epochs=1))
     assert first.returncode == 0, first.stderr[-2000:]
