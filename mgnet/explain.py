@@ -33,7 +33,9 @@ hooks are removed before ``explain`` returns, also when an error interrupts it.
 Shared models. Models are shared between app sessions. Every function here holds
 ``utils.model_lock(model)`` for its whole computation, switches the model to eval mode and restores
 the mode it found, seeds its own randomness inside ``torch.random.fork_rng`` (and restores NumPy's
-global RNG state), and never writes ``.grad`` on parameters (Captum uses ``torch.autograd.grad``).
+global RNG state), and never writes ``.grad`` on parameters (Captum uses ``torch.autograd.grad``). Occlusion, which only
+runs forward passes, scores the model's cached inference copy (``analysis.inference_model``: BatchNorm
+folded, same outputs to float rounding) under the same lock; every gradient method uses the model itself.
 The seeded, noise-based methods (SmoothGrad, GradientSHAP, and the infidelity/sensitivity metrics) also
 hold the process-wide ``utils.RNG_LOCK`` (shared with ``mgnet.corruptions``), because the global
 generators are shared by all models: without it, explanations of two models at once, or an explanation
@@ -54,6 +56,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import geometry
+from .analysis import inference_model
+from .model import MGNet
 from .utils import RNG_LOCK, eval_mode, model_lock
 
 Progress = Callable[[int, int], None]
@@ -73,7 +77,7 @@ METHODS: dict[str, MethodInfo] = {
         False, {}),
     "integrated_gradients": MethodInfo(
         "Integrated Gradients", "Each pixel's share of the score gained going from a black image to this one.",
-        True, {"n_steps": 32, "internal_batch_size": 8}),
+        True, {"n_steps": 32, "internal_batch_size": 16}),
     "smoothgrad": MethodInfo(
         "SmoothGrad", "The gradient averaged over noisy copies of the image: a less speckled saliency map.",
         True, {"nt_samples": 16, "stdevs": 0.1, "nt_samples_batch_size": 4}),
@@ -82,7 +86,7 @@ METHODS: dict[str, MethodInfo] = {
         "the first, whole-image glimpse).", False, {}),
     "occlusion": MethodInfo(
         "Occlusion", "How much the class score drops when a black patch covers each region.",
-        True, {"window": None, "stride": None, "perturbations_per_eval": 16}),
+        True, {"window": None, "stride": None, "perturbations_per_eval": 64}),
     "guided_backprop": MethodInfo(
         "Guided Backprop", "Gradient with only positive signals passed back through ReLUs: sharp edges "
         "and textures the network responds to.", False, {}),
@@ -319,7 +323,10 @@ def explain(model, x: torch.Tensor, method: str, target: int | None = None, *, n
         if not 0 <= target < out.logits.shape[-1]:
             raise ValueError(f"target {target} is not a class index (0..{out.logits.shape[-1] - 1})")
         total = _work(method, opts, 1, size)
-        wrapper = _FinalLogits(model, n_glimpses, s_grad, progress, total)
+        # Occlusion only runs forward passes: it uses the faster inference copy (same outputs to float
+        # rounding); every gradient method differentiates the exact model.
+        scored = inference_model(model) if method == "occlusion" and isinstance(model, MGNet) else model
+        wrapper = _FinalLogits(scored, n_glimpses, s_grad, progress, total)
         if progress is not None:
             progress(0, total)
         with torch.enable_grad():
@@ -432,8 +439,6 @@ class Curve:
 def _final_logits(model, batch: torch.Tensor, n_glimpses=None, s_grad=None) -> torch.Tensor:
     """[B, C] final logits of an MGNet or of any callable returning logits ([B, C] or [T, B, C]) or an
     object with such ``.logits``."""
-    from .model import MGNet
-
     if isinstance(model, MGNet):
         out = model(batch, n_glimpses=n_glimpses, s_grad=s_grad)
     else:

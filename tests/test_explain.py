@@ -329,3 +329,21 @@ def test_infidelity_and_sensitivity(baseline):
         ex.infidelity(baseline, x, "gradcam")
     assert model_state_fingerprint(baseline) == before and no_param_grads(baseline)
     assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_occlusion_on_the_inference_copy_matches_captum_on_the_exact_model():
+    from captum.attr import Occlusion
+
+    torch.manual_seed(2)
+    model = build_model("mgnet", "resnet18", num_classes=10, image_size=32, n_glimpses=2).eval()
+    with torch.no_grad():  # non-trivial BatchNorm statistics, so a wrong fold would show
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+    x = image(32, 5)
+    att = ex.explain(model, x, "occlusion", target=4, window=8, stride=8)
+    exact = Occlusion(lambda inp: model(inp).logits[-1]).attribute(
+        x, sliding_window_shapes=(3, 8, 8), strides=(3, 8, 8), baselines=0.0, target=4)
+    np.testing.assert_allclose(att.raw, exact[0].numpy(), atol=1e-4, rtol=1e-4)
+    assert np.abs(att.raw).max() > 1e-3
