@@ -149,7 +149,9 @@ def test_seeded_methods_are_reproducible_and_leave_global_rng_alone(baseline):
 
 def test_progress_reports_real_steps(baseline):
     calls = []
-    att = ex.explain(baseline, image(32), "occlusion", progress=lambda d, t: calls.append((d, t)))
+    # 16 perturbations per forward (the default batches 64): one progress call per batch
+    att = ex.explain(baseline, image(32), "occlusion", perturbations_per_eval=16,
+                     progress=lambda d, t: calls.append((d, t)))
     total = 1 + ((32 - 4) // 2 + 1) ** 2  # unoccluded pass + 15 x 15 windows of 4 px, stride 2
     assert att.options["window"] == 4 and att.options["stride"] == 2
     assert calls[0] == (0, total) and calls[-1] == (total, total)
