@@ -1,7 +1,9 @@
 """Run MGNet on a photo and return plain results the app and the figure CLI draw."""
 from __future__ import annotations
 
+import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 
 import cv2
@@ -11,6 +13,7 @@ import torch
 from . import geometry
 from .data import image_hash, to_model_input
 from .flops import gflops
+from .model import prepare_for_inference
 from .utils import eval_mode
 
 
@@ -50,6 +53,34 @@ def model_device(model) -> torch.device:
     return next(model.parameters()).device
 
 
+_FAST_GUARD = threading.Lock()
+_FAST: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> (fingerprint, inference copy)
+
+
+def _fingerprint(model) -> tuple:
+    """Changes whenever the model's weights, device or settings do (in-place updates bump ``_version``)."""
+    tensors = [*model.parameters(), *model.buffers()]
+    return tuple((t.data_ptr(), t._version) for t in tensors), str(model.config())
+
+
+def inference_model(model):
+    """The forward-only copy of ``model`` (``model.prepare_for_inference``) used for analyses.
+
+    Built on first use and kept while ``model`` lives; rebuilt if ``model``'s weights or settings change.
+    Call it with ``model``'s lock held: the copy is run under that lock, like the model itself.
+    Gradients (explanations, attacks) use ``model``, never this copy.
+    """
+    key = _fingerprint(model)
+    with _FAST_GUARD:
+        found = _FAST.get(model)
+    if found is not None and found[0] == key:
+        return found[1]
+    fast = prepare_for_inference(model)
+    with _FAST_GUARD:
+        _FAST[model] = (key, fast)
+    return fast
+
+
 def analyze(model, image: np.ndarray, n_glimpses: int | None = None, s_grad=None) -> GlimpseAnalysis:
     """Forward one RGB uint8 photo through ``model`` (eval mode, no gradients)."""
     start = time.perf_counter()
@@ -71,8 +102,9 @@ def analyze_batch(model, images: list[np.ndarray], n_glimpses: int | None = None
     for lo in range(0, len(images), batch_size):
         chunk = images[lo:lo + batch_size]
         x = torch.cat([to_model_input(im, model.image_size) for im in chunk]).to(dev)
-        with eval_mode(model), torch.no_grad():
-            res = model(x, n_glimpses=n_glimpses if not model.is_baseline else None, return_crops=True)
+        with eval_mode(model), torch.inference_mode():
+            res = inference_model(model)(x, n_glimpses=n_glimpses if not model.is_baseline else None,
+                                         return_crops=True)
         probs = res.logits.float().softmax(-1).cpu().numpy()                                  # [T, B, C]
         params = res.glimpses.float().cpu().numpy()                                           # [T, B, 3]
         seen = (res.crops.float().clamp(0, 1) * 255 + 0.5).byte().permute(1, 0, 3, 4, 2).cpu().numpy()
@@ -120,8 +152,9 @@ def location_check(model, image: np.ndarray, n_glimpses: int | None = None, n_ra
         raise ValueError("n_random must be at least 1")
     dev = model_device(model)
     x = to_model_input(image, model.image_size).to(dev)
-    with eval_mode(model), torch.no_grad():
-        own = model(x, n_glimpses=steps)
+    with eval_mode(model), torch.inference_mode():
+        fast = inference_model(model)
+        own = fast(x, n_glimpses=steps)
         later = own.glimpses[1:].float().cpu()                                      # [T-1, 1, 3]
         scale = later[..., :1].expand(-1, n_random, 1)
         gen = torch.Generator().manual_seed(seed)
@@ -129,7 +162,7 @@ def location_check(model, image: np.ndarray, n_glimpses: int | None = None, n_ra
         centre = later.clone()
         centre[..., 1:] = 0.0
         params = torch.cat([centre, torch.cat([scale, where], -1)], 1)             # [T-1, 1+K, 3]
-        out = model(x.expand(1 + n_random, -1, -1, -1), n_glimpses=steps, glimpse_params=params.to(dev))
+        out = fast(x.expand(1 + n_random, -1, -1, -1), n_glimpses=steps, glimpse_params=params.to(dev))
     target = int(own.logits[-1, 0].argmax())
     probs = out.logits.float().softmax(-1).cpu().numpy()                            # [T, 1+K, C]
     finals = probs[-1].argmax(-1)

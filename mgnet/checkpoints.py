@@ -150,7 +150,8 @@ def load_checkpoint(path, device=None) -> MGNet:
     """Load a checkpoint (ours, or the authors' Lightning ``.ckpt``) into an eval-mode MGNet.
 
     The model carries ``classes``, ``image_size`` and ``checkpoint_info`` (format, kind, sha256,
-    provenance). Raises CheckpointError (a ValueError) with a readable message on any bad file.
+    provenance). Its convolution weights are in channels_last memory format. For forward-only work,
+    ``model.prepare_for_inference`` gives a faster copy (``analysis`` does this itself). Raises CheckpointError (a ValueError) with a readable message on any bad file.
     """
     path = Path(path)
     blob = read_checkpoint_file(path)
@@ -168,7 +169,9 @@ def load_checkpoint(path, device=None) -> MGNet:
     model.checkpoint_info = info
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    return model.to(device).eval()
+    # channels_last: a memory layout only (same modules, same gradients up to float rounding); on CPU it
+    # roughly halves the time of the small glimpse convolutions, forward and backward.
+    return model.to(device, memory_format=torch.channels_last).eval()
 
 
 def save_checkpoint(model: MGNet, path, classes=None, class_ids=None, provenance=None, half: bool = True):

@@ -33,7 +33,9 @@ hooks are removed before ``explain`` returns, also when an error interrupts it.
 Shared models. Models are shared between app sessions. Every function here holds
 ``utils.model_lock(model)`` for its whole computation, switches the model to eval mode and restores
 the mode it found, seeds its own randomness inside ``torch.random.fork_rng`` (and restores NumPy's
-global RNG state), and never writes ``.grad`` on parameters (Captum uses ``torch.autograd.grad``).
+global RNG state), and never writes ``.grad`` on parameters (Captum uses ``torch.autograd.grad``). Occlusion, which only
+runs forward passes, scores the model's cached inference copy (``analysis.inference_model``: BatchNorm
+folded, same outputs to float rounding) under the same lock; every gradient method uses the model itself.
 The seeded, noise-based methods (SmoothGrad, GradientSHAP, and the infidelity/sensitivity metrics) also
 hold the process-wide ``utils.RNG_LOCK`` (shared with ``mgnet.corruptions``), because the global
 generators are shared by all models: without it, explanations of two models at once, or an explanation
@@ -52,6 +54,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .analysis import inference_model
+from .model import MGNet
 from .utils import RNG_LOCK, eval_mode, model_lock
 
 Progress = Callable[[int, int], None]
@@ -285,7 +289,7 @@ METHODS: dict[str, MethodInfo] = {
     "integrated_gradients": MethodInfo(
         "Integrated Gradients", "Int. Grad.",
         "Each pixel's share of the score gained going from a black image to this one.",
-        True, {"n_steps": 32, "internal_batch_size": 8}, _run_integrated_gradients,
+        True, {"n_steps": 32, "internal_batch_size": 16}, _run_integrated_gradients,
         cost=lambda opts, batch, size: opts["n_steps"] * batch,
         tunable=Tunable("n_steps", "Integrated Gradients: steps", 4, 256, 4)),
     "smoothgrad": MethodInfo(
@@ -300,7 +304,7 @@ METHODS: dict[str, MethodInfo] = {
         needs_layer4=True),
     "occlusion": MethodInfo(
         "Occlusion", "Occlusion", "How much the class score drops when a black patch covers each region.",
-        True, {"window": None, "stride": None, "perturbations_per_eval": 16}, _run_occlusion,
+        True, {"window": None, "stride": None, "perturbations_per_eval": 64}, _run_occlusion,
         cost=_cost_occlusion, sizes=_sizes_occlusion,
         tunable=Tunable("window", "Occlusion: patch side in px (0 = 1/8 of the input)", 0, 128, 1)),
     "guided_backprop": MethodInfo(
@@ -366,7 +370,10 @@ def explain(model, x: torch.Tensor, method: str, target: int | None = None, *, n
         x = x.detach().to(_device(model), torch.float32).clone().requires_grad_(True)
         steps, target = _steps_and_target(model, x, target, n_glimpses, s_grad)
         total = info.cost(opts, 1, size)
-        wrapper = _FinalLogits(model, n_glimpses, s_grad, progress, total)
+        # Occlusion only runs forward passes: it uses the faster inference copy (same outputs to float
+        # rounding); every gradient method differentiates the exact model.
+        scored = inference_model(model) if method == "occlusion" and isinstance(model, MGNet) else model
+        wrapper = _FinalLogits(scored, n_glimpses, s_grad, progress, total)
         if progress is not None:
             progress(0, total)
         with torch.enable_grad():

@@ -5,12 +5,14 @@ The module layout mirrors the authors' code so that their state_dict keys load d
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torchvision.models import resnet18, resnet34, resnet50
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -251,3 +253,43 @@ def build_model(kind: str = "mgnet", backbone: str = "resnet18", num_classes: in
     if kind != "mgnet":
         raise ValueError(f"kind must be 'mgnet' or 'baseline', not {kind!r}")
     return MGNet(backbone, num_classes, n_glimpses=n_glimpses, scale=scale, image_size=image_size, **kwargs)
+
+
+def fold_batchnorm(backbone: nn.Module) -> int:
+    """Fold every eval-mode BatchNorm of a torchvision ResNet into the convolution before it, in place.
+
+    Each (conv, bn) pair (``conv1``/``bn1``... of the stem and of every block, and ``downsample[0]``/
+    ``downsample[1]``) becomes one convolution with a bias; the BatchNorm becomes an ``nn.Identity``.
+    Outputs in eval mode are unchanged up to float rounding. Returns the number of pairs folded.
+    """
+    folded = 0
+    for module in list(backbone.modules()):
+        for conv_name, bn_name in (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")):
+            conv, bn = getattr(module, conv_name, None), getattr(module, bn_name, None)
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                setattr(module, conv_name, fuse_conv_bn_eval(conv, bn))
+                setattr(module, bn_name, nn.Identity())
+                folded += 1
+        down = getattr(module, "downsample", None)
+        if isinstance(down, nn.Sequential) and len(down) == 2 and isinstance(down[0], nn.Conv2d) \
+                and isinstance(down[1], nn.BatchNorm2d):
+            module.downsample = nn.Sequential(fuse_conv_bn_eval(down[0], down[1]), nn.Identity())
+            folded += 1
+    return folded
+
+
+def prepare_for_inference(model: MGNet) -> MGNet:
+    """A forward-only copy of ``model`` for fast analysis; ``model`` itself is left untouched.
+
+    The copy has its BatchNorms folded into the convolutions, weights in channels_last memory format
+    and no parameter that requires gradients. It runs the same ``MGNet.forward`` and gives the same
+    outputs up to float32 rounding. It must not be trained (folded BatchNorms keep no running
+    statistics); gradients (attacks, Captum) belong on the exact model.
+    """
+    fast = copy.deepcopy(model).eval()
+    fold_batchnorm(fast.backbone)
+    fast = fast.to(memory_format=torch.channels_last)
+    for p in fast.parameters():
+        p.requires_grad_(False)
+    fast.for_inference = True
+    return fast

@@ -150,7 +150,9 @@ def test_seeded_methods_are_reproducible_and_leave_global_rng_alone(baseline):
 
 def test_progress_reports_real_steps(baseline):
     calls = []
-    att = ex.explain(baseline, image(32), "occlusion", progress=lambda d, t: calls.append((d, t)))
+    # 16 perturbations per forward (the default batches 64): one progress call per batch
+    att = ex.explain(baseline, image(32), "occlusion", perturbations_per_eval=16,
+                     progress=lambda d, t: calls.append((d, t)))
     total = 1 + ((32 - 4) // 2 + 1) ** 2  # unoccluded pass + 15 x 15 windows of 4 px, stride 2
     assert att.options["window"] == 4 and att.options["stride"] == 2
     assert calls[0] == (0, total) and calls[-1] == (total, total)
@@ -358,3 +360,21 @@ def test_infidelity_and_sensitivity(baseline):
         metrics.infidelity(baseline, x, "gradcam")
     assert model_state_fingerprint(baseline) == before and no_param_grads(baseline)
     assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_occlusion_on_the_inference_copy_matches_captum_on_the_exact_model():
+    from captum.attr import Occlusion
+
+    torch.manual_seed(2)
+    model = build_model("mgnet", "resnet18", num_classes=10, image_size=32, n_glimpses=2).eval()
+    with torch.no_grad():  # non-trivial BatchNorm statistics, so a wrong fold would show
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+    x = image(32, 5)
+    att = ex.explain(model, x, "occlusion", target=4, window=8, stride=8)
+    exact = Occlusion(lambda inp: model(inp).logits[-1]).attribute(
+        x, sliding_window_shapes=(3, 8, 8), strides=(3, 8, 8), baselines=0.0, target=4)
+    np.testing.assert_allclose(att.raw, exact[0].numpy(), atol=1e-4, rtol=1e-4)
+    assert np.abs(att.raw).max() > 1e-3

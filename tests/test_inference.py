@@ -1,0 +1,113 @@
+"""The forward-only inference copy (BatchNorm folded, channels_last) gives the exact model's outputs."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from mgnet import load_checkpoint
+from mgnet.analysis import analyze, analyze_batch, inference_model, location_check
+from mgnet.data import list_image_folder, load_image, to_model_input
+from mgnet.model import build_model, fold_batchnorm, prepare_for_inference
+from conftest import DATA, ROOT
+
+
+def trained_looking(kind="mgnet", backbone="resnet18", seed=0, **kwargs):
+    """A small model whose BatchNorms have non-trivial statistics and affine weights (the default 1/0
+    would make a wrong fold invisible)."""
+    torch.manual_seed(seed)
+    model = build_model(kind, backbone=backbone, num_classes=10, image_size=64, **kwargs)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0, 0.2)
+                m.running_mean.normal_(0, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+def count(model, kind):
+    return sum(isinstance(m, kind) for m in model.modules())
+
+
+@pytest.mark.parametrize("backbone, pairs", [("resnet18", 20), ("resnet50", 53)])
+def test_fold_batchnorm_keeps_the_backbone_output(backbone, pairs):
+    model = trained_looking(backbone=backbone)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        before = model.backbone(x)
+        assert fold_batchnorm(model.backbone) == pairs
+        after = model.backbone(x)
+    assert count(model.backbone, nn.BatchNorm2d) == 0
+    torch.testing.assert_close(after, before, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["mgnet", "baseline"])
+def test_inference_copy_matches_the_exact_model_and_leaves_it_alone(kind):
+    model = trained_looking(kind)
+    flags = [p.requires_grad for p in model.parameters()]
+    fast = prepare_for_inference(model)
+    assert fast is not model and count(fast, nn.BatchNorm2d) == 0
+    assert count(model, nn.BatchNorm2d) == 20 and [p.requires_grad for p in model.parameters()] == flags
+    assert not any(p.requires_grad for p in fast.parameters())
+    assert fast.backbone.layer1[0].conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.rand(3, 3, 64, 64)
+    with torch.no_grad():
+        exact = model(x, return_crops=True)
+    with torch.inference_mode():
+        quick = fast(x, return_crops=True)
+    torch.testing.assert_close(quick.logits, exact.logits, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(quick.glimpses, exact.glimpses, atol=1e-5, rtol=1e-5)
+    # a 1e-6 change of a glimpse parameter moves the crop of a noise image by up to ~1e-4
+    torch.testing.assert_close(quick.crops, exact.crops, atol=3e-4, rtol=0)
+
+
+def test_inference_copy_is_cached_and_follows_weight_changes():
+    model = trained_looking()
+    photo = (np.random.default_rng(0).random((80, 100, 3)) * 255).astype(np.uint8)
+    first = inference_model(model)
+    assert inference_model(model) is first
+    before = analyze(model, photo).probs
+    with torch.no_grad():
+        model.global_fc.fc.bias[0] += 5.0  # an in-place update, as an optimiser step would make
+    assert inference_model(model) is not first
+    after = analyze(model, photo).probs
+    with torch.no_grad():
+        exact = model(to_model_input(photo, 64)).logits.softmax(-1)[:, 0].numpy()
+    np.testing.assert_allclose(after, exact, atol=1e-5)
+    assert not np.allclose(after, before, atol=1e-3)
+    model.n_glimpses = 2  # a settings change is followed too
+    assert analyze(model, photo).n_glimpses == 2
+
+
+def test_location_check_uses_the_same_numbers_as_the_exact_model():
+    model = trained_looking()
+    photo = (np.random.default_rng(1).random((64, 64, 3)) * 255).astype(np.uint8)
+    check = location_check(model, photo, n_random=3)
+    with torch.no_grad():
+        own = model(to_model_input(photo, 64)).logits[:, 0].softmax(-1)
+    assert check.target == int(own[-1].argmax())
+    np.testing.assert_allclose(check.own, own[:, check.target].numpy(), atol=1e-5)
+
+
+def val_sample(n=64):
+    _, samples = list_image_folder(DATA / "val")
+    picks = np.linspace(0, len(samples) - 1, n).round().astype(int)
+    return [load_image(samples[i][0]) for i in picks]
+
+
+@pytest.mark.skipif(not (DATA / "val").is_dir(), reason="needs the Imagenette val folder")
+@pytest.mark.parametrize("name", ["mgnet-resnet18-imagenette.pt", "baseline-resnet18-imagenette.pt"])
+def test_default_checkpoints_predict_the_same_on_a_val_sample(name):
+    """64 val photos: argmax, top-5 (in order) and glimpse params after every glimpse are unchanged."""
+    model = load_checkpoint(ROOT / "checkpoints" / name, device="cpu")
+    photos = val_sample()
+    fast = analyze_batch(model, photos, batch_size=16)
+    x = torch.cat([to_model_input(p, model.image_size) for p in photos])
+    with torch.no_grad():
+        exact = model(x)
+    probs = exact.logits.softmax(-1).numpy()  # [T, B, C]
+    for b, result in enumerate(fast):
+        assert (np.argsort(-result.probs, -1)[:, :5] == np.argsort(-probs[:, b], -1)[:, :5]).all()
+        np.testing.assert_allclose(result.probs, probs[:, b], atol=1e-5)
+        np.testing.assert_allclose(result.params, exact.glimpses[:, b].numpy(), atol=1e-5)
