@@ -3,6 +3,7 @@
 form() -> CompareRequest, compute(request) -> CompareResult, show(result): the tab reads only its own
 widgets, and every number comes from ``mgnet`` (``explain.explain``, ``metrics.glimpse_agreement``).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -23,8 +24,11 @@ TOPK = 0.2  # fraction of pixels for the IoU with the focus map
 
 # Options of the slow methods a user may change (each method's ``tunable`` in the registry):
 # (method, option, label, min, max, step).
-OPTIONS = [(name, info.tunable.option, info.tunable.label, info.tunable.low, info.tunable.high, info.tunable.step)
-           for name, info in explain.METHODS.items() if info.tunable is not None]
+OPTIONS = [
+    (name, info.tunable.option, info.tunable.label, info.tunable.low, info.tunable.high, info.tunable.step)
+    for name, info in explain.METHODS.items()
+    if info.tunable is not None
+]
 
 
 def _method_label(m: str) -> str:
@@ -70,11 +74,11 @@ class CompareRequest:
     """What the form asked for, and for which photo and model."""
 
     methods: list
-    models: list                  # names of the other models to explain
-    target: str                   # a choice of target_options
+    models: list  # names of the other models to explain
+    target: str  # a choice of target_options
     include_self: bool
     true_grad: bool
-    options: dict                 # "method.option" -> value of the slow methods' inputs
+    options: dict  # "method.option" -> value of the slow methods' inputs
     photo: str = ""
     model: str = ""
 
@@ -88,10 +92,10 @@ class CompareRequest:
 
 @dataclass
 class CompareResult:
-    maps: dict = field(default_factory=dict)       # row label -> column label -> map (None: failed)
-    captions: dict = field(default_factory=dict)   # (row, column) -> caption
-    records: list = field(default_factory=list)    # one table row per computed map
-    failures: list = field(default_factory=list)   # messages of the cells that failed
+    maps: dict = field(default_factory=dict)  # row label -> column label -> map (None: failed)
+    captions: dict = field(default_factory=dict)  # (row, column) -> caption
+    records: list = field(default_factory=list)  # one table row per computed map
+    failures: list = field(default_factory=list)  # messages of the cells that failed
 
 
 def form(photo, entry, a, cat) -> tuple[CompareRequest, bool]:
@@ -99,45 +103,72 @@ def form(photo, entry, a, cat) -> tuple[CompareRequest, bool]:
     others = [b for b in cat.models if b is not entry and services.compatible(entry, b)]
     with st.form("compare_form", border=True):
         c1, c2 = st.columns(2)
-        methods = c1.multiselect("Captum methods", methods_all,
-                                 default=[m for m in DEFAULT_METHODS if m in methods_all],
-                                 format_func=_method_label, key="methods", **QP,
-                                 help="; ".join(f"{explain.METHODS[m].label}: {explain.METHODS[m].shows}"
-                                                for m in methods_all))
-        bases = c2.multiselect("Models to explain besides MGNet", [b.name for b in others],
-                               default=[b.name for b in others if b.is_baseline][:2], key="models", **QP,
-                               help="Baselines (and other MGNets) with the same classes and input size.")
+        methods = c1.multiselect(
+            "Captum methods",
+            methods_all,
+            default=[m for m in DEFAULT_METHODS if m in methods_all],
+            format_func=_method_label,
+            key="methods",
+            **QP,
+            help="; ".join(f"{explain.METHODS[m].label}: {explain.METHODS[m].shows}" for m in methods_all),
+        )
+        bases = c2.multiselect(
+            "Models to explain besides MGNet",
+            [b.name for b in others],
+            default=[b.name for b in others if b.is_baseline][:2],
+            key="models",
+            **QP,
+            help="Baselines (and other MGNets) with the same classes and input size.",
+        )
         c1, c2, c3 = st.columns([2, 1, 1])
-        target = c1.selectbox("Target class", target_options(a), index=0, key="target", **QP,
-                              format_func=lambda c: target_label(c, a),
-                              help="The class every map explains. By default MGNet's final prediction.")
+        target = c1.selectbox(
+            "Target class",
+            target_options(a),
+            index=0,
+            key="target",
+            **QP,
+            format_func=lambda c: target_label(c, a),
+            help="The class every map explains. By default MGNet's final prediction.",
+        )
         include_self = c2.checkbox("Explain MGNet itself too", value=True, key="self", **QP)
-        true_grad = c3.checkbox("MGNet with true gradients", value=False, key="true_grad", **QP,
-                                help="Captum on MGNet normally sees its 0.02 gradient re-scaling on the localisation "
-                                     "path (as the authors trained it). Tick to switch it off (s_grad = 1).")
+        true_grad = c3.checkbox(
+            "MGNet with true gradients",
+            value=False,
+            key="true_grad",
+            **QP,
+            help="Captum on MGNet normally sees its 0.02 gradient re-scaling on the localisation "
+            "path (as the authors trained it). Tick to switch it off (s_grad = 1).",
+        )
         with st.expander("Options of the slow methods"):
             options = {}
             for col, (m, opt, label, lo, hi, step) in zip(st.columns(len(OPTIONS)), OPTIONS):
                 default = int(explain.METHODS[m].defaults.get(opt) or 0)
-                options[f"{m}.{opt}"] = col.number_input(label, lo, hi, value=default, step=step,
-                                                         key=f"opt_{m}_{opt}", **QP)
-            st.caption("More steps or samples give smoother, more faithful maps and take proportionally longer. "
-                       "Batches are bounded (internal_batch_size, perturbations_per_eval), so memory stays flat.")
+                options[f"{m}.{opt}"] = col.number_input(
+                    label, lo, hi, value=default, step=step, key=f"opt_{m}_{opt}", **QP
+                )
+            st.caption(
+                "More steps or samples give smoother, more faithful maps and take proportionally longer. "
+                "Batches are bounded (internal_batch_size, perturbations_per_eval), so memory stays flat."
+            )
         submitted = st.form_submit_button("Compute maps", type="primary")
     incompatible = [b for b in cat.models if b is not entry and not services.compatible(entry, b)]
     if incompatible:
-        st.caption("Not comparable with this MGNet (different classes or input size): "
-                   + ", ".join(b.short for b in incompatible))
-    request = CompareRequest(list(methods), list(bases), target, include_self, true_grad, options,
-                             photo=photo.key, model=entry.key)
+        st.caption(
+            "Not comparable with this MGNet (different classes or input size): "
+            + ", ".join(b.short for b in incompatible)
+        )
+    request = CompareRequest(
+        list(methods), list(bases), target, include_self, true_grad, options, photo=photo.key, model=entry.key
+    )
     return request, submitted
 
 
 def rows_of(request: CompareRequest, entry, cat) -> list[tuple[str, object]]:
     """(row label, model entry) of every model the request explains."""
     others = [b for b in cat.models if b is not entry and services.compatible(entry, b)]
-    return ([(f"{entry.kind}: {entry.short}", entry)] if request.include_self else []) + \
-        [(b.short, b) for b in others if b.name in request.models]
+    return ([(f"{entry.kind}: {entry.short}", entry)] if request.include_self else []) + [
+        (b.short, b) for b in others if b.name in request.models
+    ]
 
 
 def compute(request: CompareRequest, photo, entry, a, cat, n_glimpses, progress=None) -> CompareResult:
@@ -153,11 +184,24 @@ def compute(request: CompareRequest, photo, entry, a, cat, n_glimpses, progress=
 
         def report(done, total, i=i, label=label, column=column):
             if progress is not None:
-                progress((i + (done / total if total else 1)) / len(cells),
-                         f"{label} · {column}: {done}/{total} forward passes")
+                progress(
+                    (i + (done / total if total else 1)) / len(cells),
+                    f"{label} · {column}: {done}/{total} forward passes",
+                )
+
         try:
-            att = services.explain_image(e, photo.image, photo.key, method, resolve_target(request.target, a, e),
-                                         n_glimpses, s_grad, 0, report, request.options_of(method))
+            att = services.explain_image(
+                e,
+                photo.image,
+                photo.key,
+                method,
+                resolve_target(request.target, a, e),
+                n_glimpses,
+                s_grad,
+                0,
+                report,
+                request.options_of(method),
+            )
         except Exception as exc:  # one failed cell must not take the grid down
             ui.log.exception("attribution failed")
             result.captions[(label, column)] = "failed"
@@ -165,11 +209,21 @@ def compute(request: CompareRequest, photo, entry, a, cat, n_glimpses, progress=
             continue
         result.maps[label][column] = att.map
         inside, iou = metrics.glimpse_agreement(att.map, a.boxes_model, focus_model, TOPK)
-        result.captions[(label, column)] = ("map is zero everywhere" if att.empty else
-                                            (f"in boxes {inside:.0%} · " if inside is not None else "")
-                                            + f"IoU {iou:.2f}")
-        result.records.append({"model": label, "method": column, "class": e.model.classes[att.target],
-                               "in glimpse boxes": inside, "IoU with focus map": iou, "seconds": att.seconds})
+        result.captions[(label, column)] = (
+            "map is zero everywhere"
+            if att.empty
+            else (f"in boxes {inside:.0%} · " if inside is not None else "") + f"IoU {iou:.2f}"
+        )
+        result.records.append(
+            {
+                "model": label,
+                "method": column,
+                "class": e.model.classes[att.target],
+                "in glimpse boxes": inside,
+                "IoU with focus map": iou,
+                "seconds": att.seconds,
+            }
+        )
     return result
 
 
@@ -180,14 +234,23 @@ def show(result: CompareResult, photo, a):
     ui.figure(fig, "saliency grid", key="fig-cmp-grid")
     if not result.records:
         return
-    st.dataframe(pd.DataFrame(result.records), hide_index=True, width="stretch",
-                 column_config={"in glimpse boxes": st.column_config.ProgressColumn(
-                                    format="percent", min_value=0.0, max_value=1.0,
-                                    help="Share of the map's mass inside MGNet's glimpse boxes 2..T"),
-                                "IoU with focus map": st.column_config.NumberColumn(
-                                    format="%.2f", help="IoU of the top-20% pixels of the map and of "
-                                                        "MGNet's focus map"),
-                                "seconds": st.column_config.NumberColumn(format="%.2f")})
+    st.dataframe(
+        pd.DataFrame(result.records),
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "in glimpse boxes": st.column_config.ProgressColumn(
+                format="percent",
+                min_value=0.0,
+                max_value=1.0,
+                help="Share of the map's mass inside MGNet's glimpse boxes 2..T",
+            ),
+            "IoU with focus map": st.column_config.NumberColumn(
+                format="%.2f", help="IoU of the top-20% pixels of the map and of MGNet's focus map"
+            ),
+            "seconds": st.column_config.NumberColumn(format="%.2f"),
+        },
+    )
     ui.registry().settings["compare_table"] = result.records
 
 
@@ -198,11 +261,14 @@ def current_request(photo, entry) -> CompareRequest | None:
         return request
     slow = [m for m in request.methods if explain.METHODS[m].slow]
     if slow:
-        st.info("The photo or model changed. Press **Compute maps** to explain this one "
-                f"(slow methods selected: {', '.join(explain.METHODS[m].label for m in slow)}).")
+        st.info(
+            "The photo or model changed. Press **Compute maps** to explain this one "
+            f"(slow methods selected: {', '.join(explain.METHODS[m].label for m in slow)})."
+        )
         return None
-    request = st.session_state["cmp_request"] = CompareRequest(**{**request.__dict__, "photo": photo.key,
-                                                                   "model": entry.key})
+    request = st.session_state["cmp_request"] = CompareRequest(
+        **{**request.__dict__, "photo": photo.key, "model": entry.key}
+    )
     return request
 
 
@@ -212,24 +278,38 @@ def render(photo, entry, a, cat, settings: dict):
         st.session_state["cmp_request"] = request
     left, right = st.columns([1, 3], gap="medium")
     with left:
-        ui.figure(plots.heatmap_figure(services.picture(photo), display_focus_map(a), "MGNet focus map",
-                                       boxes=a.boxes, height=330), "compare focus map", key="fig-cmp-focus")
+        ui.figure(
+            plots.heatmap_figure(
+                services.picture(photo), display_focus_map(a), "MGNet focus map", boxes=a.boxes, height=330
+            ),
+            "compare focus map",
+            key="fig-cmp-focus",
+        )
         st.caption("Where MGNet looked (Glimpses tab). The maps on the right use the same colour scale.")
     with right:
         had_request = st.session_state.get("cmp_request") is not None
         request = current_request(photo, entry)
         if request is None:
             if not had_request:
-                st.info("Choose methods and models, then press **Compute maps**. Fast methods take a second; "
-                        "those marked *slow* run many forward passes and show progress.")
+                st.info(
+                    "Choose methods and models, then press **Compute maps**. Fast methods take a second; "
+                    "those marked *slow* run many forward passes and show progress."
+                )
             return
         n_cells = len(rows_of(request, entry, cat)) * len(request.methods)
         if not n_cells:
             st.warning("Nothing to compute: choose at least one method and one model.")
             return
         bar = st.progress(0.0, text="computing saliency maps…")
-        result = compute(request, photo, entry, a, cat, settings.get("n_glimpses"),
-                         lambda fraction, text: bar.progress(min(fraction, 1.0), text=text))
+        result = compute(
+            request,
+            photo,
+            entry,
+            a,
+            cat,
+            settings.get("n_glimpses"),
+            lambda fraction, text: bar.progress(min(fraction, 1.0), text=text),
+        )
         bar.progress(1.0, text=f"{len(result.records)} of {n_cells} maps ready")
         show(result, photo, a)
     ui.explain(
@@ -241,4 +321,5 @@ def render(photo, entry, a, cat, settings: dict):
         "- **IoU**: overlap of the 20% highest pixels of the map with the 20% highest of MGNet's focus map "
         "(0 = disjoint, 1 = identical).\n"
         "- *Explain MGNet itself* runs Captum through all of MGNet's glimpses. Grad-CAM on MGNet uses the "
-        "first (whole-image) glimpse, which is coarse.")
+        "first (whole-image) glimpse, which is coarse."
+    )

@@ -1,4 +1,5 @@
 """The "download this view" bundle: every figure and image of the current view plus a settings JSON."""
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -39,10 +40,15 @@ def versions() -> dict:
     import streamlit
     import torch
 
-    out = {"python": platform.python_version(), "torch": torch.__version__, "streamlit": streamlit.__version__,
-           "plotly": plotly.__version__}
+    out = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "streamlit": streamlit.__version__,
+        "plotly": plotly.__version__,
+    }
     try:
         import captum
+
         out["captum"] = captum.__version__
     except ImportError:  # pragma: no cover
         pass
@@ -52,17 +58,28 @@ def versions() -> dict:
 FIGURE_OF_VIEW = {"Glimpses": ["strip"], "Compare": ["grid"], "Robustness": ["robustness"]}
 
 
-def figure_settings(view: str, photo_file: str, mgnet: CheckpointRef, baseline: CheckpointRef | None,
-                    n_glimpses: int | None, compare=None, corruption=None,
-                    attack: Attack | None = None) -> FigureSettings:
+def figure_settings(
+    view: str,
+    photo_file: str,
+    mgnet: CheckpointRef,
+    baseline: CheckpointRef | None,
+    n_glimpses: int | None,
+    compare=None,
+    corruption=None,
+    attack: Attack | None = None,
+) -> FigureSettings:
     """The view as the figure tool's settings: ``python -m mgnet.figures --settings`` redraws its figure.
 
     ``compare``: the Compare tab's request (``app.compare.CompareRequest``); ``corruption``: the Corruption
     tab's request; ``attack``: the attack already in the tool's terms (source "mgnet" or "baseline").
     """
-    settings = FigureSettings(checkpoints={"mgnet": mgnet, "baseline": baseline}, images=[photo_file],
-                              figures=list(FIGURE_OF_VIEW.get(view, ["strip"])),
-                              models=["mgnet"] + (["baseline"] if baseline else []), n_glimpses=n_glimpses)
+    settings = FigureSettings(
+        checkpoints={"mgnet": mgnet, "baseline": baseline},
+        images=[photo_file],
+        figures=list(FIGURE_OF_VIEW.get(view, ["strip"])),
+        models=["mgnet"] + (["baseline"] if baseline else []),
+        n_glimpses=n_glimpses,
+    )
     if compare is not None:
         settings.methods = list(compare.methods)
         settings.target = figure_target(compare.target)
@@ -77,8 +94,12 @@ def figure_settings(view: str, photo_file: str, mgnet: CheckpointRef, baseline: 
 
 def settings_document(settings: dict, figure_doc: dict | None = None) -> dict:
     """settings.json of a bundle: the figure tool's settings, with the app's own under "app"."""
-    app = {"name": "MGNet Explorer", "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-           "mgnet_commit": git_commit(), "versions": versions()}
+    app = {
+        "name": "MGNet Explorer",
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "mgnet_commit": git_commit(),
+        "versions": versions(),
+    }
     app.update(settings)
     doc = dict(figure_doc or {"schema": SCHEMA})
     doc["app"] = app
@@ -99,8 +120,14 @@ def _jsonable(obj):
     return obj
 
 
-def build_bundle(figures: dict, images: dict, settings: dict, static: bool = True, figure_doc: dict | None = None,
-                 photo: tuple[str, bytes] | None = None) -> bytes:
+def build_bundle(
+    figures: dict,
+    images: dict,
+    settings: dict,
+    static: bool = True,
+    figure_doc: dict | None = None,
+    photo: tuple[str, bytes] | None = None,
+) -> bytes:
     """A zip of figures (PNG + SVG, or HTML when static export fails), images (PNG), the photo file as given
     (``photo`` = (file name, bytes), stored as photo/<name>) and settings.json."""
     buf = io.BytesIO()
@@ -124,6 +151,8 @@ def build_bundle(figures: dict, images: dict, settings: dict, static: bool = Tru
         for name, img in images.items():
             zf.writestr(f"images/{name}.png", plots.png_bytes(np.asarray(img)))
         if problems:
-            zf.writestr("EXPORT-NOTE.txt", "Static export was not possible, so figures are interactive HTML.\n"
-                                           + "\n".join(problems) + "\n")
+            zf.writestr(
+                "EXPORT-NOTE.txt",
+                "Static export was not possible, so figures are interactive HTML.\n" + "\n".join(problems) + "\n",
+            )
     return buf.getvalue()

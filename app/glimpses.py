@@ -1,4 +1,5 @@
 """The glimpse view: step through what MGNet looked at, and what it believed after each look."""
+
 from __future__ import annotations
 
 import streamlit as st
@@ -38,12 +39,33 @@ def step_form(entry, n: int) -> int:
     _clamp_step(n)
     if n > 1:
         c_prev, c_slider, c_next = st.columns([1, 10, 1], vertical_alignment="bottom")
-        c_prev.button("◀", key="glimpse_prev", on_click=_move, args=(-1, n), disabled=st.session_state[STEP_KEY] <= 1,
-                      help="previous glimpse", width="stretch")
-        c_slider.slider("Glimpse", 1, n, key=STEP_KEY, bind="query-params", persist_state="session",
-                        help="Step through the glimpses. Nothing is recomputed: the run is cached.")
-        c_next.button("▶", key="glimpse_next", on_click=_move, args=(1, n), disabled=st.session_state[STEP_KEY] >= n,
-                      help="next glimpse", width="stretch")
+        c_prev.button(
+            "◀",
+            key="glimpse_prev",
+            on_click=_move,
+            args=(-1, n),
+            disabled=st.session_state[STEP_KEY] <= 1,
+            help="previous glimpse",
+            width="stretch",
+        )
+        c_slider.slider(
+            "Glimpse",
+            1,
+            n,
+            key=STEP_KEY,
+            bind="query-params",
+            persist_state="session",
+            help="Step through the glimpses. Nothing is recomputed: the run is cached.",
+        )
+        c_next.button(
+            "▶",
+            key="glimpse_next",
+            on_click=_move,
+            args=(1, n),
+            disabled=st.session_state[STEP_KEY] >= n,
+            help="next glimpse",
+            width="stretch",
+        )
     else:
         st.info(f"{entry.short} is a baseline: it takes one full-resolution look, so there is one step.")
     return st.session_state[STEP_KEY] - 1
@@ -54,22 +76,33 @@ def show_glimpse(photo, a, t: int):
     box = a.boxes[t]
     c1, c2 = st.columns(2)
     with c1:
-        ui.image(display_crop(photo.image, box, 256), f"glimpse {t + 1} zoomed",
-                 caption=f"Glimpse {t + 1}, zoomed (display resolution)")
+        ui.image(
+            display_crop(photo.image, box, 256),
+            f"glimpse {t + 1} zoomed",
+            caption=f"Glimpse {t + 1}, zoomed (display resolution)",
+        )
     with c2:
-        ui.image(plots.nearest_upscale(a.seen[t], 256), f"glimpse {t + 1} as seen",
-                 caption=f"What the network saw: {a.glimpse_size}×{a.glimpse_size} px")
+        ui.image(
+            plots.nearest_upscale(a.seen[t], 256),
+            f"glimpse {t + 1} as seen",
+            caption=f"What the network saw: {a.glimpse_size}×{a.glimpse_size} px",
+        )
     s, tx, ty = (float(v) for v in a.params[t])
     x0, y0, x1, y1 = (float(v) for v in box)
     share = geometry.area_share([box], a.width, a.height)
     st.markdown(
         f"**Glimpse {t + 1} of {a.n_glimpses}** · scale s = `{s:.3f}`, tx = `{tx:+.3f}`, ty = `{ty:+.3f}`  \n"
         f"Box in the photo: x `{x0:.0f}–{x1:.0f}`, y `{y0:.0f}–{y1:.0f}` px "
-        f"({x1 - x0:.0f}×{y1 - y0:.0f} px, {share:.0%} of the photo)")
+        f"({x1 - x0:.0f}×{y1 - y0:.0f} px, {share:.0%} of the photo)"
+    )
     spent = float(a.gflops[t])
-    st.metric("Compute so far", f"{spent:.2f} GFLOPs",
-              f"{spent / a.baseline_gflops:.0%} of one baseline pass ({a.baseline_gflops:.2f} GFLOPs)",
-              delta_color="off", delta_arrow="off")
+    st.metric(
+        "Compute so far",
+        f"{spent:.2f} GFLOPs",
+        f"{spent / a.baseline_gflops:.0%} of one baseline pass ({a.baseline_gflops:.2f} GFLOPs)",
+        delta_color="off",
+        delta_arrow="off",
+    )
     name, p = a.top(t, 1)[0]
     st.metric(f"Prediction after glimpse {t + 1}", name, f"{p:.1%} confidence", delta_color="off", delta_arrow="off")
 
@@ -78,8 +111,7 @@ def show_charts(a, t: int):
     top = a.top(t, 5)
     c1, c2, c3 = st.columns(3, gap="medium")
     with c1:
-        ui.figure(plots.topk_figure(top, f"Top-5 after glimpse {t + 1}", highlight=top[0][0]), "top-5",
-                  key="fig-top5")
+        ui.figure(plots.topk_figure(top, f"Top-5 after glimpse {t + 1}", highlight=top[0][0]), "top-5", key="fig-top5")
     with c2:
         ui.figure(plots.belief_figure(a.probs, a.classes, step=t), "belief across glimpses", key="fig-belief")
     with c3:
@@ -92,11 +124,14 @@ def render(photo, entry, a):
     t = step_form(entry, n)
     left, right = st.columns([3, 2], gap="medium")
     with left:
-        fig = plots.glimpse_figure(services.picture(photo), a.boxes, t, animate=n > 1, frame_titles=frame_titles(a),
-                                   height=520)
+        fig = plots.glimpse_figure(
+            services.picture(photo), a.boxes, t, animate=n > 1, frame_titles=frame_titles(a), height=520
+        )
         ui.figure(fig, "glimpses on the photo", key="fig-glimpses")
-        st.caption("Boxes are where each glimpse looked, numbered in order; the current one is bold, earlier ones "
-                   "dotted. ▶ play animates all glimpses in your browser. Glimpse 1 is always the whole image.")
+        st.caption(
+            "Boxes are where each glimpse looked, numbered in order; the current one is bold, earlier ones "
+            "dotted. ▶ play animates all glimpses in your browser. Glimpse 1 is always the whole image."
+        )
     with right:
         show_glimpse(photo, a, t)
     show_charts(a, t)
@@ -108,8 +143,9 @@ def render(photo, entry, a):
 def show_focus(photo, a):
     c1, c2 = st.columns([1, 1], gap="medium")
     with c1:
-        fig = plots.heatmap_figure(services.picture(photo), display_focus_map(a), "Focus map: where MGNet looked",
-                                   boxes=a.boxes, height=420)
+        fig = plots.heatmap_figure(
+            services.picture(photo), display_focus_map(a), "Focus map: where MGNet looked", boxes=a.boxes, height=420
+        )
         ui.figure(fig, "focus map", key="fig-focus")
     with c2:
         ui.explain(
@@ -126,7 +162,8 @@ def show_focus(photo, a):
             "- **Focus map.** Each later glimpse spreads one unit of weight over its box (small boxes are "
             "concentrated), summed and scaled to a maximum of 1, on the same colour scale as the saliency "
             "maps of the Compare tab. The first, whole-image glimpse carries no location and is left out.",
-            expanded=False)
+            expanded=False,
+        )
 
 
 def location_row(photo, entry, a):
@@ -146,11 +183,13 @@ def location_row(photo, entry, a):
             f"**{ui.pct(check.own[-1])}** with MGNet's own glimpses, {ui.pct(check.centre[-1])} with them "
             f"centred{'' if centre_name == name else f' (prediction: {centre_name})'}, and "
             f"{ui.pct(spread.min())}–{ui.pct(spread.max())} at {len(spread)} random positions "
-            f"({flipped} of which change the prediction).")
+            f"({flipped} of which change the prediction)."
+        )
         ui.explain(
             "Glimpses 2 onwards are moved while keeping the size MGNet chose, and the model is told the new "
             "position as if it had chosen it. If the curves barely differ, the boxes above show where it "
             "looked but not why it decided: the whole-image first glimpse and the zoom carry the decision. "
             "The model card (`checkpoints/README.md`, *Where MGNet looks*) measures the same thing over the "
             "validation set. Random positions are fixed (seed 0), so the chart is reproducible.",
-            title="How is this measured?")
+            title="How is this measured?",
+        )

@@ -3,6 +3,7 @@
 Run from the repository root:  streamlit run app/main.py
 Checkpoints are listed from $MGNET_CHECKPOINTS (default: checkpoints/); MGNET_DEVICE=cpu|cuda forces a device.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,7 +27,7 @@ from mgnet import plots  # noqa: E402
 
 VIEWS = ["Glimpses", "Compare", "Robustness"]
 SOURCES = ["Example", "Upload", "Camera"]
-DEFAULT_EXAMPLE = "parachute_1"   # opens analysed; any stem of app/examples/
+DEFAULT_EXAMPLE = "parachute_1"  # opens analysed; any stem of app/examples/
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif"]
 QP = dict(bind="query-params", persist_state="session")
 
@@ -41,9 +42,13 @@ def sidebar_photo():
     error = None
     data = name = None
     if source == "Upload":
-        up = sb.file_uploader("Upload a photo", type=UPLOAD_TYPES, key="upload",
-                              help="JPEG, PNG, WebP, BMP, TIFF or GIF (first frame). Any size: it is downscaled for "
-                                   "the model and shown at full resolution.")
+        up = sb.file_uploader(
+            "Upload a photo",
+            type=UPLOAD_TYPES,
+            key="upload",
+            help="JPEG, PNG, WebP, BMP, TIFF or GIF (first frame). Any size: it is downscaled for "
+            "the model and shown at full resolution.",
+        )
         if up is not None:
             data, name = up.getvalue(), up.name
         else:
@@ -54,9 +59,19 @@ def sidebar_photo():
             data, name = shot.getvalue(), "camera.jpg"
         else:
             sb.caption("No photo yet: showing the selected example.")
-    chosen = sb.selectbox("Example", names, index=names.index(DEFAULT_EXAMPLE) if DEFAULT_EXAMPLE in names else 0,
-                          key="photo", format_func=lambda s: services.example_label(
-        services.EXAMPLES / f"{s}.jpg"), disabled=source != "Example", **QP) if names else None
+    chosen = (
+        sb.selectbox(
+            "Example",
+            names,
+            index=names.index(DEFAULT_EXAMPLE) if DEFAULT_EXAMPLE in names else 0,
+            key="photo",
+            format_func=lambda s: services.example_label(services.EXAMPLES / f"{s}.jpg"),
+            disabled=source != "Example",
+            **QP,
+        )
+        if names
+        else None
+    )
     if data is not None:
         try:
             return services.decode(data, name, source.lower()), None
@@ -78,36 +93,69 @@ def sidebar_models(cat):
     if not cat.models:
         return None
     names = [m.name for m in cat.models]
-    picked = sb.selectbox("MGNet model", names, index=0, key="model",
-                          format_func=lambda n: f"{cat.by_name(n).short} · {cat.by_name(n).recipe}",
-                          help=f"Every .pt/.ckpt file in {cat.folder}: this project's checkpoints, the authors' "
-                               f"ImageNet-100 Lightning files, and baselines.", **QP)
+    picked = sb.selectbox(
+        "MGNet model",
+        names,
+        index=0,
+        key="model",
+        format_func=lambda n: f"{cat.by_name(n).short} · {cat.by_name(n).recipe}",
+        help=f"Every .pt/.ckpt file in {cat.folder}: this project's checkpoints, the authors' "
+        f"ImageNet-100 Lightning files, and baselines.",
+        **QP,
+    )
     entry = cat.by_name(picked) or cat.models[0]
-    sb.caption(entry.label.split("(", 1)[1].rstrip(")") + f" · {len(entry.model.classes)} classes · "
-               f"sha256 `{entry.sha256[:12]}`")
+    sb.caption(
+        entry.label.split("(", 1)[1].rstrip(")") + f" · {len(entry.model.classes)} classes · "
+        f"sha256 `{entry.sha256[:12]}`"
+    )
     if entry.is_baseline:
         sb.caption("A baseline takes one full-resolution look; pick an MGNet to see glimpses.")
         n = None
     else:
-        n = sb.slider("Glimpses", 1, 8, value=entry.model.n_glimpses, key="glimpses",
-                      help="MGNet can run any number of glimpses (its weights do not depend on it); it was "
-                           "trained with " + str(entry.model.n_glimpses) + ".", **QP)
+        n = sb.slider(
+            "Glimpses",
+            1,
+            8,
+            value=entry.model.n_glimpses,
+            key="glimpses",
+            help="MGNet can run any number of glimpses (its weights do not depend on it); it was "
+            "trained with " + str(entry.model.n_glimpses) + ".",
+            **QP,
+        )
     sb.caption(f"Device: **{services.device_text()}**  \nCheckpoints: `{cat.folder}`")
     return entry, n
 
 
 def view_settings(photo, entry, n, view) -> dict:
-    s = {"view": view,
-         "photo": {"source": photo.source, "name": photo.name, "file_sha256": photo.file_sha256,
-                   "image_hash": photo.key, "width": photo.width, "height": photo.height},
-         "model": {"file": entry.name, "sha256": entry.sha256, "kind": entry.kind,
-                   "config": entry.model.config(), "n_glimpses": n},
-         "glimpse_step": glimpses.chosen_step(),
-         "url_query": st.query_params.to_dict()}
-    requests = {key.replace("_request", ""): st.session_state.get(key)
-                for key in ("cmp_request", "atk_request", "sweep_request")}
-    s["requests"] = {name: {k: v for k, v in dataclasses.asdict(request).items() if k not in ("photo", "model")}
-                     for name, request in requests.items() if request is not None}
+    s = {
+        "view": view,
+        "photo": {
+            "source": photo.source,
+            "name": photo.name,
+            "file_sha256": photo.file_sha256,
+            "image_hash": photo.key,
+            "width": photo.width,
+            "height": photo.height,
+        },
+        "model": {
+            "file": entry.name,
+            "sha256": entry.sha256,
+            "kind": entry.kind,
+            "config": entry.model.config(),
+            "n_glimpses": n,
+        },
+        "glimpse_step": glimpses.chosen_step(),
+        "url_query": st.query_params.to_dict(),
+    }
+    requests = {
+        key.replace("_request", ""): st.session_state.get(key)
+        for key in ("cmp_request", "atk_request", "sweep_request")
+    }
+    s["requests"] = {
+        name: {k: v for k, v in dataclasses.asdict(request).items() if k not in ("photo", "model")}
+        for name, request in requests.items()
+        if request is not None
+    }
     return s
 
 
@@ -129,9 +177,17 @@ def figure_attack(request, entry, base) -> Attack | None:
     source = "mgnet" if request.source == entry.name else "baseline" if base and request.source == base.name else None
     if source is None:
         return None
-    return Attack(method=request.method, eps=float(request.eps), steps=int(request.steps), norm=request.norm,
-                  source=source, true_grad=request.true_grad, step_size=request.step_size or None,
-                  random_start=request.random_start, seed=request.seed)
+    return Attack(
+        method=request.method,
+        eps=float(request.eps),
+        steps=int(request.steps),
+        norm=request.norm,
+        source=source,
+        true_grad=request.true_grad,
+        step_size=request.step_size or None,
+        random_start=request.random_start,
+        seed=request.seed,
+    )
 
 
 def figure_document(photo, entry, n, view, cat) -> dict:
@@ -149,10 +205,15 @@ def figure_document(photo, entry, n, view, cat) -> dict:
     base = next((m for m in bases if m.name in chosen), bases[0] if bases else None)
     robustness = view == "Robustness"
     settings = figure_settings(
-        view, f"photo/{safe_name(photo.name)}", _reference(entry), _reference(base) if base else None,
-        None if entry.is_baseline else n, compare=compare_request if view == "Compare" else None,
+        view,
+        f"photo/{safe_name(photo.name)}",
+        _reference(entry),
+        _reference(base) if base else None,
+        None if entry.is_baseline else n,
+        compare=compare_request if view == "Compare" else None,
         corruption=corruption_request if robustness else None,
-        attack=figure_attack(attack_request, entry, base) if robustness else None)
+        attack=figure_attack(attack_request, entry, base) if robustness else None,
+    )
     return settings.to_json()
 
 
@@ -165,38 +226,56 @@ def sidebar_export(photo, entry, n, view, cat):
     full, original = photo.image, (safe_name(photo.name), photo.data)
 
     def bundle() -> bytes:  # runs only when the button is clicked, on its own thread
-        return build_bundle(figures, {"photo": plots.downscale(full, 2048), **images}, settings,
-                            static=ui.export_available(), figure_doc=doc, photo=original)
+        return build_bundle(
+            figures,
+            {"photo": plots.downscale(full, 2048), **images},
+            settings,
+            static=ui.export_available(),
+            figure_doc=doc,
+            photo=original,
+        )
 
     sb = st.sidebar
     sb.header("Export")
-    sb.download_button("⬇ Download this view (zip)", bundle,
-                       file_name=f"mgnet-{view.lower()}-{photo.key[:8]}.zip", mime="application/zip",
-                       key="bundle", on_click="ignore", width="stretch",
-                       help="Every figure (PNG + SVG) and image of this view, the photo file, and a settings.json "
-                            "(checkpoint hashes, methods, seeds) that `python -m mgnet.figures --settings` "
-                            "reproduces.")
+    sb.download_button(
+        "⬇ Download this view (zip)",
+        bundle,
+        file_name=f"mgnet-{view.lower()}-{photo.key[:8]}.zip",
+        mime="application/zip",
+        key="bundle",
+        on_click="ignore",
+        width="stretch",
+        help="Every figure (PNG + SVG) and image of this view, the photo file, and a settings.json "
+        "(checkpoint hashes, methods, seeds) that `python -m mgnet.figures --settings` "
+        "reproduces.",
+    )
     if not ui.export_available():
         sb.caption(f"PNG/SVG/PDF export is unavailable: {ui.export_problem()} The bundle holds HTML figures.")
-    sb.caption("The page address (URL) keeps this view's settings: copy it to share or bookmark the view. "
-               "Uploaded photos are not in the URL.")
+    sb.caption(
+        "The page address (URL) keeps this view's settings: copy it to share or bookmark the view. "
+        "Uploaded photos are not in the URL."
+    )
 
 
 def main():
     st.set_page_config(page_title="MGNet Explorer", page_icon="👁", layout="wide")
     ui.new_registry()
     st.title("MGNet Explorer")
-    st.caption("Watch a Multi-Glimpse Network (Tan, Dong & Ma, BMVC 2021) look at a photo: where it looks, what it "
-               "believes after each look, how it compares with saliency maps of ordinary CNNs, and how it holds up "
-               "under corruptions and attacks.")
+    st.caption(
+        "Watch a Multi-Glimpse Network (Tan, Dong & Ma, BMVC 2021) look at a photo: where it looks, what it "
+        "believes after each look, how it compares with saliency maps of ordinary CNNs, and how it holds up "
+        "under corruptions and attacks."
+    )
     photo, error = sidebar_photo()
     if error:
         st.error(error + " Showing the selected example instead.")
     cat = services.catalog()
     picked = sidebar_models(cat)
     if picked is None:
-        st.error(f"No usable checkpoint in `{cat.folder}`. Put MGNet/baseline .pt files or the authors' .ckpt "
-                 "files there (or set MGNET_CHECKPOINTS), then reload the page.")
+        st.error(
+            f"No usable checkpoint in `{cat.folder}`. Put MGNet/baseline .pt files or the authors' .ckpt "
+            "files there (or set MGNET_CHECKPOINTS), then reload the page."
+        )
         st.stop()
     entry, n = picked
     if photo is None:
@@ -208,9 +287,11 @@ def main():
     if a is None:
         st.stop()
     name, p = a.top(-1, 1)[0]
-    st.markdown(f"**{photo.name}** · {photo.width}×{photo.height} px · {entry.short}: **{name}** ({p:.0%}) after "
-                f"{a.n_glimpses} glimpse{'s' if a.n_glimpses > 1 else ''} · {a.seconds * 1000:.0f} ms on "
-                f"{services.device().type.upper()}")
+    st.markdown(
+        f"**{photo.name}** · {photo.width}×{photo.height} px · {entry.short}: **{name}** ({p:.0%}) after "
+        f"{a.n_glimpses} glimpse{'s' if a.n_glimpses > 1 else ''} · {a.seconds * 1000:.0f} ms on "
+        f"{services.device().type.upper()}"
+    )
     tabs = st.tabs(VIEWS, key="view", on_change="rerun", bind="query-params")
     view = next((v for v, t in zip(VIEWS, tabs) if t.open), VIEWS[0])
     settings = {"n_glimpses": n}

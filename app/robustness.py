@@ -4,6 +4,7 @@ Each sub-tab runs form() -> request, compute(request) -> result, show(result). T
 session state (``cor_request``, ``atk_request``, ``sweep_request``): the sweep takes the Attack tab's
 last attack and the Corruption tab's corruption from there, never from their widgets.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -20,8 +21,11 @@ from . import services, ui
 
 EPS_GRID = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 SEVERITIES = (0, 1, 2, 3, 4, 5)
-ATTACKS = {"pgd": "PGD (pixel space, clamped)", "fgsm": "FGSM (one step)",
-           "paper_pgd": "Paper PGD (normalised space, no clamp)"}
+ATTACKS = {
+    "pgd": "PGD (pixel space, clamped)",
+    "fgsm": "FGSM (one step)",
+    "paper_pgd": "Paper PGD (normalised space, no clamp)",
+}
 QP = dict(bind="query-params", persist_state="session")
 
 
@@ -30,7 +34,7 @@ class CorruptionRequest:
     name: str = "gaussian_noise"
     severity: int = 3
     seed: int = 0
-    models: list = field(default_factory=list)   # names of the models compared
+    models: list = field(default_factory=list)  # names of the models compared
 
 
 @dataclass
@@ -40,13 +44,13 @@ class AttackRequest:
     method: str = "pgd"
     eps: float = 4.0
     steps: int = 10
-    step_size: float = 0.0        # 0: automatic
+    step_size: float = 0.0  # 0: automatic
     norm: str = "linf"
     random_start: bool = True
     targeted: bool = False
     true_grad: bool = False
     seed: int = 0
-    target: str | None = None     # class name, targeted attacks only
+    target: str | None = None  # class name, targeted attacks only
     source: str = ""
     models: list = field(default_factory=list)
     photo: str = ""
@@ -74,7 +78,7 @@ class AttackRequest:
 
 @dataclass
 class SweepRequest:
-    kind: str                     # "eps" or "severity"
+    kind: str  # "eps" or "severity"
     max_eps: float
     models: list
     attack: AttackRequest
@@ -85,18 +89,25 @@ class SweepRequest:
 
 def working_image(photo) -> tuple[np.ndarray, str]:
     """The photo at ImageNet-C scale (``corruptions.working_image``) and its content hash, cached."""
+
     def make():
         image = corruptions.working_image(photo.image)
         return image, image_hash(image)
+
     return services.memo("work-image", (photo.key,), make)
 
 
 def models_for(entry, cat) -> list:
     """MGNet first, then the compatible models the user chose in this tab."""
     others = [b for b in cat.models if b is not entry and services.compatible(entry, b)]
-    chosen = st.multiselect("Compare with", [b.name for b in others], key="rob_models", **QP,
-                            default=[b.name for b in others if b.is_baseline][:1],
-                            help="Baselines (or other MGNets) with the same classes and input size.")
+    chosen = st.multiselect(
+        "Compare with",
+        [b.name for b in others],
+        key="rob_models",
+        **QP,
+        default=[b.name for b in others if b.is_baseline][:1],
+        help="Baselines (or other MGNets) with the same classes and input size.",
+    )
     return [entry] + [b for b in others if b.name in chosen]
 
 
@@ -114,21 +125,44 @@ def prediction_rows(models, clean: dict, changed: dict, roles: dict | None = Non
         row = {"model": e.short}
         if roles:
             row["attack"] = roles.get(e.name, "")
-        row.update({"clean prediction": f"{cname} ({cp:.0%})", "perturbed prediction": f"{aname} ({ap:.0%})",
-                    "confidence in clean class": float(xa.probs[-1, ci]), "changed": aname != cname,
-                    "_before": cp, "_after": float(xa.probs[-1, ci]), "_before_label": cname, "_after_label": aname})
+        row.update(
+            {
+                "clean prediction": f"{cname} ({cp:.0%})",
+                "perturbed prediction": f"{aname} ({ap:.0%})",
+                "confidence in clean class": float(xa.probs[-1, ci]),
+                "changed": aname != cname,
+                "_before": cp,
+                "_after": float(xa.probs[-1, ci]),
+                "_before_label": cname,
+                "_after_label": aname,
+            }
+        )
         rows.append(row)
     return rows
 
 
 def show_rows(rows: list[dict], name: str):
     table = pd.DataFrame([{k: v for k, v in r.items() if not k.startswith("_")} for r in rows])
-    st.dataframe(table, hide_index=True, width="stretch",
-                 column_config={"confidence in clean class": st.column_config.ProgressColumn(
-                     format="percent", min_value=0.0, max_value=1.0)})
-    fig = plots.prediction_compare_figure([{"model": r["model"], "before": r["_before"], "after": r["_after"],
-                                            "before_label": r["_before_label"], "after_label": r["_after_label"]}
-                                           for r in rows])
+    st.dataframe(
+        table,
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "confidence in clean class": st.column_config.ProgressColumn(format="percent", min_value=0.0, max_value=1.0)
+        },
+    )
+    fig = plots.prediction_compare_figure(
+        [
+            {
+                "model": r["model"],
+                "before": r["_before"],
+                "after": r["_after"],
+                "before_label": r["_before_label"],
+                "after_label": r["_after_label"],
+            }
+            for r in rows
+        ]
+    )
     ui.figure(fig, name, key=f"fig-{ui.slug(name)}")
 
 
@@ -137,25 +171,31 @@ def corrupted(work: np.ndarray, work_key: str, name: str, severity: int, seed: i
     def make():
         image = corruptions.corrupt(work, name, severity, seed=seed)
         return image, image_hash(image)
+
     return services.memo("corrupt", (work_key, name, severity, seed), make)
 
 
 @dataclass
 class CorruptionResult:
-    work: np.ndarray              # the clean photo at ImageNet-C scale
+    work: np.ndarray  # the clean photo at ImageNet-C scale
     work_key: str
-    bad: np.ndarray               # the corrupted one
+    bad: np.ndarray  # the corrupted one
     bad_key: str
-    clean: dict                   # model name -> analysis of ``work``
-    hit: dict                     # model name -> analysis of ``bad``
+    clean: dict  # model name -> analysis of ``work``
+    hit: dict  # model name -> analysis of ``bad``
 
 
 def corruption_form(models) -> CorruptionRequest:
     c1, c2, c3 = st.columns([2, 2, 1])
     names = list(corruptions.CORRUPTIONS) + list(corruptions.EXTRA_CORRUPTIONS)
-    name = c1.selectbox("Corruption", names, index=0, key="cor_name", **QP,
-                        format_func=lambda k: f"{corruptions.label(k)} "
-                                              f"({corruptions.GROUP_LABELS[corruptions.group_of(k)].lower()})")
+    name = c1.selectbox(
+        "Corruption",
+        names,
+        index=0,
+        key="cor_name",
+        **QP,
+        format_func=lambda k: f"{corruptions.label(k)} ({corruptions.GROUP_LABELS[corruptions.group_of(k)].lower()})",
+    )
     severity = c2.slider("Severity", 1, 5, value=3, key="cor_sev", **QP)
     seed = c3.number_input("Seed", 0, 2**31 - 1, value=0, step=1, key="cor_seed", **QP)
     return CorruptionRequest(name, int(severity), int(seed), [m.name for m in models])
@@ -175,8 +215,13 @@ def corruption_show(request: CorruptionRequest, result: CorruptionResult, entry,
     for col, img, a, side in zip(st.columns(2, gap="medium"), (result.work, result.bad), (a0, a1), ("clean", "bad")):
         with col:
             pname, p, _ = _pred(a)
-            fig = plots.glimpse_figure(img, a.boxes, a.n_glimpses - 1, height=420,
-                                       title=f"{'clean' if side == 'clean' else what}: MGNet says {pname} ({p:.0%})")
+            fig = plots.glimpse_figure(
+                img,
+                a.boxes,
+                a.n_glimpses - 1,
+                height=420,
+                title=f"{'clean' if side == 'clean' else what}: MGNet says {pname} ({p:.0%})",
+            )
             ui.figure(fig, f"corruption {'clean' if side == 'clean' else 'corrupted'}", key=f"fig-cor-{side}")
     ui.registry().images["corrupted-photo"] = result.bad
     show_rows(prediction_rows(models, result.clean, result.hit), "corruption predictions")
@@ -190,8 +235,12 @@ def render_corruption(photo, entry, models, settings):
         result = corruption_compute(request, photo, models, n)
     corruption_show(request, result, entry, models)
     corruption_saliency(entry, models, result, n)
-    ui.registry().settings["corruption"] = {"name": request.name, "severity": request.severity,
-                                            "seed": request.seed, "working_side": corruptions.WORK_SIDE}
+    ui.registry().settings["corruption"] = {
+        "name": request.name,
+        "severity": request.severity,
+        "seed": request.seed,
+        "working_side": corruptions.WORK_SIDE,
+    }
     ui.explain(
         f"- ImageNet-C corruptions (Hendrycks & Dietterich, 2019): 15 benchmark types in 4 groups plus 4 extra, "
         f"each at severity 1 (mild) to 5 (severe). They are applied to the photo at ImageNet scale (shorter side "
@@ -199,7 +248,8 @@ def render_corruption(photo, entry, models, settings):
         f"image.\n"
         "- Left: MGNet's glimpses on the clean image; right: on the corrupted one. The table gives every chosen "
         "model's prediction before and after, and how much confidence the clean prediction kept.\n"
-        "- Same seed, same corruption: the noise is reproducible.")
+        "- Same seed, same corruption: the noise is reproducible."
+    )
 
 
 def corruption_saliency(entry, models, result: CorruptionResult, n):
@@ -211,11 +261,14 @@ def corruption_saliency(entry, models, result: CorruptionResult, n):
     if not c1.toggle("Saliency, clean vs corrupted", value=False, key="cor_saliency", **QP):
         return
     fast = [m for m in explain.available_methods(entry.model) if not explain.METHODS[m].slow]
-    method = c2.selectbox("Method", fast, index=0, key="cor_method", format_func=lambda m: explain.METHODS[m].label,
-                          **QP)
+    method = c2.selectbox(
+        "Method", fast, index=0, key="cor_method", format_func=lambda m: explain.METHODS[m].label, **QP
+    )
     label = explain.METHODS[method].label
-    sides = {"clean": (result.work, result.work_key, result.clean[entry.name]),
-             "corrupted": (result.bad, result.bad_key, result.hit[entry.name])}
+    sides = {
+        "clean": (result.work, result.work_key, result.clean[entry.name]),
+        "corrupted": (result.bad, result.bad_key, result.hit[entry.name]),
+    }
     maps = {side: {} for side in sides}
     for side, (img, key, a) in sides.items():
         if not entry.is_baseline:
@@ -224,11 +277,14 @@ def corruption_saliency(entry, models, result: CorruptionResult, n):
             target = result.clean[e.name].predicted()  # explain the clean prediction on both images
             maps[side][f"{e.short}<br>{label}"] = services.explain_image(e, img, key, method, target, n).map
     boxes = {side: a.boxes for side, (_, _, a) in sides.items()} if not entry.is_baseline else None
-    fig = plots.attribution_grid(result.work, maps, row_images={"corrupted": result.bad}, row_boxes=boxes,
-                                 cell_height=250)
+    fig = plots.attribution_grid(
+        result.work, maps, row_images={"corrupted": result.bad}, row_boxes=boxes, cell_height=250
+    )
     ui.figure(fig, "corruption saliency", key="fig-cor-saliency")
-    st.caption("Each column explains one model's prediction on the clean image, on both images, on the shared "
-               "colour scale. White outlines: MGNet's glimpses on that image.")
+    st.caption(
+        "Each column explains one model's prediction on the clean image, on both images, on the shared "
+        "colour scale. White outlines: MGNet's glimpses on that image."
+    )
 
 
 # -- attack ----------------------------------------------------------------------------------------------
@@ -241,14 +297,36 @@ def run_attack(source, photo, cfg: dict, y: int, progress=None) -> np.ndarray:
         s_grad = 1.0 if (cfg["true_grad"] and not source.is_baseline) else None
         n = None if source.is_baseline else cfg["n_glimpses"]
         if cfg["method"] == "paper_pgd":  # the attacks hold the shared model's lock themselves
-            x_adv = attacks.paper_pgd(source.model, x, y, eps=cfg["eps"], step=cfg["step_size"] or 1.0,
-                                      steps=cfg["steps"], n_glimpses=n, s_grad=s_grad, progress=progress)
+            x_adv = attacks.paper_pgd(
+                source.model,
+                x,
+                y,
+                eps=cfg["eps"],
+                step=cfg["step_size"] or 1.0,
+                steps=cfg["steps"],
+                n_glimpses=n,
+                s_grad=s_grad,
+                progress=progress,
+            )
         else:
-            x_adv = attacks.attack(source.model, x, y, method=cfg["method"], eps=cfg["eps"], steps=cfg["steps"],
-                                   step_size=cfg["step_size"] or None, norm=cfg["norm"],
-                                   random_start=cfg["random_start"], targeted=cfg["targeted"], s_grad=s_grad,
-                                   n_glimpses=n, seed=cfg["seed"], progress=progress)
+            x_adv = attacks.attack(
+                source.model,
+                x,
+                y,
+                method=cfg["method"],
+                eps=cfg["eps"],
+                steps=cfg["steps"],
+                step_size=cfg["step_size"] or None,
+                norm=cfg["norm"],
+                random_start=cfg["random_start"],
+                targeted=cfg["targeted"],
+                s_grad=s_grad,
+                n_glimpses=n,
+                seed=cfg["seed"],
+                progress=progress,
+            )
         return to_uint8(x_adv)[0]
+
     return services.memo("attack", key, compute)
 
 
@@ -257,42 +335,85 @@ def attack_form(photo, entry, models, a) -> tuple[AttackRequest, bool]:
     with st.form("attack_form"):
         c1, c2, c3, c4 = st.columns(4)
         method = c1.selectbox("Attack", list(ATTACKS), index=0, format_func=ATTACKS.get, key="atk_method", **QP)
-        eps = c2.number_input("eps (in 1/255)", 0.0, 64.0, value=4.0, step=0.5, key="atk_eps", **QP,
-                              help="Largest change per pixel (L∞) or L2 norm of the change, in units of 1/255.")
-        steps = c3.number_input("Steps", 1, 200, value=10, step=1, key="atk_steps", **QP,
-                                help="PGD iterations (FGSM: 1).")
-        step = c4.number_input("Step size (0 = auto)", 0.0, 64.0, value=0.0, step=0.25, key="atk_step", **QP,
-                               help="Per-step change in 1/255. Auto: 2.5·eps/steps (paper PGD: 1).")
+        eps = c2.number_input(
+            "eps (in 1/255)",
+            0.0,
+            64.0,
+            value=4.0,
+            step=0.5,
+            key="atk_eps",
+            **QP,
+            help="Largest change per pixel (L∞) or L2 norm of the change, in units of 1/255.",
+        )
+        steps = c3.number_input(
+            "Steps", 1, 200, value=10, step=1, key="atk_steps", **QP, help="PGD iterations (FGSM: 1)."
+        )
+        step = c4.number_input(
+            "Step size (0 = auto)",
+            0.0,
+            64.0,
+            value=0.0,
+            step=0.25,
+            key="atk_step",
+            **QP,
+            help="Per-step change in 1/255. Auto: 2.5·eps/steps (paper PGD: 1).",
+        )
         c1, c2, c3, c4 = st.columns(4)
-        source = c1.selectbox("Craft on (attacked model)", names, index=0, key="atk_source", **QP,
-                              format_func=lambda n: next(m.short for m in models if m.name == n),
-                              help="The attack sees this model's gradients. Every other model is then tested on "
-                                   "the same image: a transfer attack.")
-        norm = c2.selectbox("Norm", ["linf", "l2"], index=0, key="atk_norm", **QP,
-                            format_func={"linf": "L∞", "l2": "L2"}.get)
-        true_grad = c3.checkbox("True gradients", value=False, key="atk_truegrad", **QP,
-                                help="MGNet damps gradients through its localisation path 50× (s_grad = 0.02). "
-                                     "Tick to attack with that re-scaling switched off: a stronger, more honest "
-                                     "white-box test (it rules out gradient masking).")
+        source = c1.selectbox(
+            "Craft on (attacked model)",
+            names,
+            index=0,
+            key="atk_source",
+            **QP,
+            format_func=lambda n: next(m.short for m in models if m.name == n),
+            help="The attack sees this model's gradients. Every other model is then tested on "
+            "the same image: a transfer attack.",
+        )
+        norm = c2.selectbox(
+            "Norm", ["linf", "l2"], index=0, key="atk_norm", **QP, format_func={"linf": "L∞", "l2": "L2"}.get
+        )
+        true_grad = c3.checkbox(
+            "True gradients",
+            value=False,
+            key="atk_truegrad",
+            **QP,
+            help="MGNet damps gradients through its localisation path 50× (s_grad = 0.02). "
+            "Tick to attack with that re-scaling switched off: a stronger, more honest "
+            "white-box test (it rules out gradient masking).",
+        )
         random_start = c4.checkbox("Random start", value=True, key="atk_random", **QP)
         c1, c2, c3 = st.columns([1, 2, 1])
         targeted = c1.checkbox("Targeted", value=False, key="atk_targeted", **QP)
         target = c2.selectbox("Target class (targeted only)", a.classes, index=0, key="atk_target", **QP)
         seed = c3.number_input("Seed", 0, 2**31 - 1, value=0, step=1, key="atk_seed", **QP)
         submitted = st.form_submit_button("Run attack", type="primary")
-    request = AttackRequest(method, float(eps), int(steps), float(step), norm, bool(random_start), bool(targeted),
-                            bool(true_grad), int(seed), target, source, names, photo.key, entry.key)
+    request = AttackRequest(
+        method,
+        float(eps),
+        int(steps),
+        float(step),
+        norm,
+        bool(random_start),
+        bool(targeted),
+        bool(true_grad),
+        int(seed),
+        target,
+        source,
+        names,
+        photo.key,
+        entry.key,
+    )
     return request, submitted
 
 
 @dataclass
 class AttackResult:
-    source: object                # the crafting model's entry
-    label: int                    # the class pushed away from (untargeted) or towards (targeted)
-    adversarial: np.ndarray       # uint8, the source's input size
-    clean_small: np.ndarray       # the clean photo at that size
-    clean: dict                   # model name -> analysis of the photo
-    hit: dict                     # model name -> analysis of the adversarial image
+    source: object  # the crafting model's entry
+    label: int  # the class pushed away from (untargeted) or towards (targeted)
+    adversarial: np.ndarray  # uint8, the source's input size
+    clean_small: np.ndarray  # the clean photo at that size
+    clean: dict  # model name -> analysis of the photo
+    hit: dict  # model name -> analysis of the adversarial image
 
 
 def attack_compute(request: AttackRequest, photo, entry, models, n, progress=None) -> AttackResult:
@@ -313,20 +434,32 @@ def attack_show(result: AttackResult, photo, entry, models):
     peak = float(np.abs(adv.astype(np.int16) - clean_small.astype(np.int16)).max())
     c1, c2, c3 = st.columns(3)
     with c1:
-        ui.image(plots.nearest_upscale(clean_small, 256), "attack clean input",
-                 caption=f"Clean, as the model sees it ({source.model.image_size}px)")
+        ui.image(
+            plots.nearest_upscale(clean_small, 256),
+            "attack clean input",
+            caption=f"Clean, as the model sees it ({source.model.image_size}px)",
+        )
     with c2:
         ui.image(plots.nearest_upscale(adv, 256), "attack adversarial input", caption="Adversarial (8-bit)")
     with c3:
-        ui.image(plots.nearest_upscale(amp_img, 256), "attack perturbation",
-                 caption=f"Perturbation ×{amp:.0f} (largest change {peak:.0f}/255; grey = no change)")
+        ui.image(
+            plots.nearest_upscale(amp_img, 256),
+            "attack perturbation",
+            caption=f"Perturbation ×{amp:.0f} (largest change {peak:.0f}/255; grey = no change)",
+        )
     roles = {e.name: ("white-box" if e.name == source.name else f"transfer from {source.short}") for e in models}
     show_rows(prediction_rows(models, result.clean, result.hit, roles), "attack predictions")
     if not entry.is_baseline:
         a0, a1 = result.clean[entry.name], result.hit[entry.name]
         moved = geometry.to_original(a1.boxes_model, a1.image_size, photo.width, photo.height)
-        fig = plots.movement_figure(services.picture(photo), a0.boxes, moved, labels=("clean", "adversarial"),
-                                    title="How MGNet's glimpses moved (solid: clean, dashed: adversarial)", height=460)
+        fig = plots.movement_figure(
+            services.picture(photo),
+            a0.boxes,
+            moved,
+            labels=("clean", "adversarial"),
+            title="How MGNet's glimpses moved (solid: clean, dashed: adversarial)",
+            height=460,
+        )
         ui.figure(fig, "glimpse movement", key="fig-atk-move")
     ui.registry().images["adversarial-input"] = adv
 
@@ -344,12 +477,14 @@ def render_attack(photo, entry, models, a, settings):
         st.info("The photo or model changed. Press **Run attack** to attack this one.")
         return
     bar = st.progress(0.0, text="attacking…")
-    result = attack_compute(request, photo, entry, models, n,
-                            lambda d, t: bar.progress(d / t, text=f"attack step {d}/{t}"))
+    result = attack_compute(
+        request, photo, entry, models, n, lambda d, t: bar.progress(d / t, text=f"attack step {d}/{t}")
+    )
     bar.progress(1.0, text="attack done")
     attack_show(result, photo, entry, models)
-    ui.registry().settings["attack"] = dict(request.run_config(n), source=result.source.name,
-                                            source_sha256=result.source.sha256, label=int(result.label))
+    ui.registry().settings["attack"] = dict(
+        request.run_config(n), source=result.source.name, source_sha256=result.source.sha256, label=int(result.label)
+    )
     ui.explain(
         "- The attack changes the image as the model sees it (its input resolution) within a budget of eps/255 "
         "per pixel (L∞) or in L2 norm. Untargeted attacks push away from the crafting model's clean prediction; "
@@ -362,24 +497,33 @@ def render_attack(photo, entry, models, a, settings):
         "- **Paper PGD** reproduces the authors' evaluation (perturbation in normalised units, no random start, "
         "no clamp), which is about 4× weaker than pixel-space PGD at the same eps.\n"
         "- Predictions are on the 8-bit adversarial image (what you can download), so rounding can weaken a "
-        "very small perturbation slightly. The perturbation is amplified to be visible; its true size is given.")
+        "very small perturbation slightly. The perturbation is amplified to be visible; its true size is given."
+    )
 
 
 # -- sweep -----------------------------------------------------------------------------------------------
 @dataclass
 class SweepResult:
     xs: list
-    series: dict                  # model short name -> confidence in its clean prediction at each x
-    correct: dict                 # model short name -> still predicts that class at each x
+    series: dict  # model short name -> confidence in its clean prediction at each x
+    correct: dict  # model short name -> still predicts that class at each x
     xlabel: str
 
 
 def sweep_form(photo, entry, models) -> tuple[SweepRequest, bool]:
     c1, c2 = st.columns([2, 1])
-    kind = c1.radio("Sweep", ["eps", "severity"], index=0, key="sweep_kind", horizontal=True, **QP,
-                    format_func={"eps": "attack strength (eps)", "severity": "corruption severity"}.get)
-    max_eps = c2.select_slider("Largest eps", [1.0, 2.0, 4.0, 8.0, 16.0], value=8.0, key="sweep_max_eps", **QP,
-                               disabled=kind != "eps")
+    kind = c1.radio(
+        "Sweep",
+        ["eps", "severity"],
+        index=0,
+        key="sweep_kind",
+        horizontal=True,
+        **QP,
+        format_func={"eps": "attack strength (eps)", "severity": "corruption severity"}.get,
+    )
+    max_eps = c2.select_slider(
+        "Largest eps", [1.0, 2.0, 4.0, 8.0, 16.0], value=8.0, key="sweep_max_eps", **QP, disabled=kind != "eps"
+    )
     submitted = st.button("Run sweep", key="sweep_run", type="primary")
     # the other sub-tabs' last requests (never their widgets); their defaults when they have not run yet
     attack = st.session_state.get("atk_request") or AttackRequest()
@@ -402,8 +546,15 @@ def sweep_eps(request: SweepRequest, photo, models, n, progress) -> SweepResult:
                 res = clean
             else:
                 cfg = request.attack.white_box_sweep(eps).run_config(n)
-                adv = run_attack(m, photo, cfg, y, lambda d, t, done=done, eps=eps, m=m: progress(
-                    (done + d / t) / total, f"{m.short}: eps {eps:g}, step {d}/{t}"))
+                adv = run_attack(
+                    m,
+                    photo,
+                    cfg,
+                    y,
+                    lambda d, t, done=done, eps=eps, m=m: progress(
+                        (done + d / t) / total, f"{m.short}: eps {eps:g}, step {d}/{t}"
+                    ),
+                )
                 res = services.analyze_image(m, adv, image_hash(adv), n)
             ys.append(float(res.probs[-1, y]))
             ok.append(res.predicted() == y)
@@ -436,23 +587,32 @@ def render_sweep(photo, entry, models, a, settings):
         st.session_state["sweep_request"] = request
     request = st.session_state.get("sweep_request")
     if not request or request.photo != photo.key or request.model != entry.key:
-        st.info("Press **Run sweep**: every chosen model on this photo, as the attack (each model attacked "
-                "white-box with the Attack tab's last settings) or the corruption (the Corruption tab's type) "
-                "grows.")
+        st.info(
+            "Press **Run sweep**: every chosen model on this photo, as the attack (each model attacked "
+            "white-box with the Attack tab's last settings) or the corruption (the Corruption tab's type) "
+            "grows."
+        )
         return
     chosen = [m for m in models if m.name in request.models] or [entry]
     bar = st.progress(0.0, text=f"sweeping {request.kind}…")
     compute = sweep_eps if request.kind == "eps" else sweep_severity
     result = compute(request, photo, chosen, n, lambda fraction, text: bar.progress(fraction, text=text))
     bar.progress(1.0, text="sweep done")
-    fig = plots.sweep_figure(result.xs, result.series, result.xlabel, correct=result.correct,
-                             title="Confidence in the clean prediction on this photo")
+    fig = plots.sweep_figure(
+        result.xs,
+        result.series,
+        result.xlabel,
+        correct=result.correct,
+        title="Confidence in the clean prediction on this photo",
+    )
     ui.figure(fig, "sweep", key="fig-sweep")
     ui.registry().settings["sweep"] = {"kind": request.kind, "x": list(result.xs), "series": result.series}
-    ui.explain("- Each line follows one model's confidence in the class it predicted on the clean photo. "
-               "Filled markers: it still predicts that class; open markers: it changed its mind.\n"
-               "- One photo is an anecdote, not a benchmark: use `python -m mgnet.evaluate` for accuracy over a "
-               "data set.")
+    ui.explain(
+        "- Each line follows one model's confidence in the class it predicted on the clean photo. "
+        "Filled markers: it still predicts that class; open markers: it changed its mind.\n"
+        "- One photo is an anecdote, not a benchmark: use `python -m mgnet.evaluate` for accuracy over a "
+        "data set."
+    )
 
 
 def render(photo, entry, a, cat, settings):

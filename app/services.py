@@ -8,6 +8,7 @@
   the cached function, so it may drive progress bars (Streamlit would otherwise try to replay those
   UI updates on a cache hit).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -29,9 +30,9 @@ from mgnet.utils import device_label, pick_device
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = Path(__file__).resolve().parent / "examples"
 CHECKPOINT_SUFFIXES = (".pt", ".ckpt", ".pth")
-RESULT_TTL = 3600          # seconds a cached result lives
-RESULT_ENTRIES = 256       # cached results (analyses, maps, attacks) per process
-IMAGE_ENTRIES = 8          # decoded photos kept per process (a 12 MP photo is 36 MB; at most 120 MP = 360 MB)
+RESULT_TTL = 3600  # seconds a cached result lives
+RESULT_ENTRIES = 256  # cached results (analyses, maps, attacks) per process
+IMAGE_ENTRIES = 8  # decoded photos kept per process (a 12 MP photo is 36 MB; at most 120 MP = 360 MB)
 
 
 # -- device and checkpoints ------------------------------------------------------------------------------
@@ -60,7 +61,7 @@ class ModelEntry:
 
     path: Path
     model: Any
-    key: str                           # path|mtime|size: names this file's contents in result caches
+    key: str  # path|mtime|size: names this file's contents in result caches
 
     @property
     def name(self) -> str:
@@ -99,7 +100,7 @@ class ModelEntry:
 @dataclass
 class Catalog:
     models: list[ModelEntry] = field(default_factory=list)
-    errors: list[tuple[str, str]] = field(default_factory=list)   # (file name, message)
+    errors: list[tuple[str, str]] = field(default_factory=list)  # (file name, message)
     folder: Path | None = None
 
     def by_name(self, name: str | None) -> ModelEntry | None:
@@ -138,8 +139,13 @@ def catalog(folder: Path | None = None) -> Catalog:
     folder = folder or checkpoint_dir()
     cat = Catalog(folder=folder)
     if not folder.is_dir():
-        cat.errors.append((str(folder), "The checkpoint folder does not exist. Put .pt/.ckpt files there, or "
-                                        "point MGNET_CHECKPOINTS at a folder that has them."))
+        cat.errors.append(
+            (
+                str(folder),
+                "The checkpoint folder does not exist. Put .pt/.ckpt files there, or "
+                "point MGNET_CHECKPOINTS at a folder that has them.",
+            )
+        )
         return cat
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in CHECKPOINT_SUFFIXES)
     dev = str(device())
@@ -151,8 +157,9 @@ def catalog(folder: Path | None = None) -> Catalog:
         else:
             cat.models.append(ModelEntry(path, loaded.model, f"{path.resolve()}|{stat.st_mtime_ns}|{stat.st_size}"))
     # MGNets first, then baselines; the project's defaults first within each, then its other checkpoints.
-    cat.models.sort(key=lambda m: (m.is_baseline, m.name not in DEFAULT_CHECKPOINTS, "imagenette" not in m.name,
-                                   m.name))
+    cat.models.sort(
+        key=lambda m: (m.is_baseline, m.name not in DEFAULT_CHECKPOINTS, "imagenette" not in m.name, m.name)
+    )
     return cat
 
 
@@ -196,12 +203,12 @@ def memo(kind: str, key: tuple, compute: Callable[[], Any]):
 # -- photos ----------------------------------------------------------------------------------------------
 @dataclass
 class Photo:
-    image: np.ndarray            # RGB uint8, full resolution
-    key: str                     # content hash of the decoded pixels (mgnet.data.image_hash)
+    image: np.ndarray  # RGB uint8, full resolution
+    key: str  # content hash of the decoded pixels (mgnet.data.image_hash)
     name: str
-    source: str                  # "example", "upload" or "camera"
+    source: str  # "example", "upload" or "camera"
     file_sha256: str
-    data: bytes = b""            # the file as given (for the export bundle)
+    data: bytes = b""  # the file as given (for the export bundle)
 
     @property
     def width(self) -> int:
@@ -216,7 +223,7 @@ class Photo:
 def _decode(file_sha: str, _data: bytes) -> tuple[np.ndarray, str]:
     """Decoded once per file content and shared without copying (large photos are hundreds of MB), so the
     array is made read-only. An evicted photo is simply decoded again from the session's bytes."""
-    image = load_image(_data)    # ValueError with a readable message on anything hostile
+    image = load_image(_data)  # ValueError with a readable message on anything hostile
     image.flags.writeable = False
     return image, image_hash(image)
 
@@ -231,6 +238,7 @@ def decode(data: bytes, name: str, source: str) -> Photo:
 def picture(photo: Photo, max_side: int = 640):
     """The photo downscaled and encoded once for figures (a 12 MP photo takes ~100 ms to prepare)."""
     from mgnet import plots
+
     return memo("picture", (photo.key, max_side), lambda: plots.picture(photo.image, max_side))
 
 
@@ -252,17 +260,29 @@ def model_input(entry: ModelEntry, photo: Photo) -> torch.Tensor:
 
 def analyze(entry: ModelEntry, photo: Photo, n_glimpses: int | None = None) -> analysis.GlimpseAnalysis:
     n = None if entry.is_baseline else n_glimpses
-    return memo("analyze", (entry.key, photo.key, n),
-                lambda: analysis.analyze(entry.model, photo.image, n_glimpses=n))
+    return memo("analyze", (entry.key, photo.key, n), lambda: analysis.analyze(entry.model, photo.image, n_glimpses=n))
 
 
 def location_check(entry: ModelEntry, photo: Photo, n_glimpses: int | None = None, n_random: int = 8):
-    return memo("location", (entry.key, photo.key, n_glimpses, n_random),
-                lambda: analysis.location_check(entry.model, photo.image, n_glimpses, n_random))
+    return memo(
+        "location",
+        (entry.key, photo.key, n_glimpses, n_random),
+        lambda: analysis.location_check(entry.model, photo.image, n_glimpses, n_random),
+    )
 
 
-def explain_image(entry: ModelEntry, image: np.ndarray, image_key: str, method: str, target: int | None,
-                  n_glimpses=None, s_grad=None, seed: int = 0, progress=None, options: dict | None = None):
+def explain_image(
+    entry: ModelEntry,
+    image: np.ndarray,
+    image_key: str,
+    method: str,
+    target: int | None,
+    n_glimpses=None,
+    s_grad=None,
+    seed: int = 0,
+    progress=None,
+    options: dict | None = None,
+):
     """Captum attribution (mgnet.explain) of the model's final logit of ``target`` (None: its prediction).
     ``options``: that method's options (mgnet.explain.METHODS[method].defaults)."""
     from mgnet import explain
@@ -274,12 +294,13 @@ def explain_image(entry: ModelEntry, image: np.ndarray, image_key: str, method: 
 
     def compute():
         x = to_model_input(image, entry.model.image_size).to(analysis.model_device(entry.model))
-        return explain.explain(entry.model, x, method, target=target, n_glimpses=n, s_grad=sg, seed=seed,
-                          progress=progress, **opts)
+        return explain.explain(
+            entry.model, x, method, target=target, n_glimpses=n, s_grad=sg, seed=seed, progress=progress, **opts
+        )
+
     return memo("explain", key, compute)
 
 
 def analyze_image(entry: ModelEntry, image: np.ndarray, image_key: str, n_glimpses: int | None = None):
     n = None if entry.is_baseline else n_glimpses
-    return memo("analyze", (entry.key, image_key, n),
-                lambda: analysis.analyze(entry.model, image, n_glimpses=n))
+    return memo("analyze", (entry.key, image_key, n), lambda: analysis.analyze(entry.model, image, n_glimpses=n))

@@ -1,4 +1,5 @@
 """Small UI helpers shared by the panels: fault isolation, figures with downloads, explanations."""
+
 from __future__ import annotations
 
 import logging
@@ -48,8 +49,10 @@ def panel(name: str):
         if isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower():
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-            st.error(f"**{name}** ran out of memory. Try fewer methods, fewer steps or a smaller setting; "
-                     f"the rest of the page still works.")
+            st.error(
+                f"**{name}** ran out of memory. Try fewer methods, fewer steps or a smaller setting; "
+                f"the rest of the page still works."
+            )
         else:
             st.error(f"**{name}** failed: {type(exc).__name__}: {exc}. The rest of the page still works.")
 
@@ -70,11 +73,18 @@ def _exporter(fig: go.Figure, fmt: str):
         except static_export.ExportError as exc:
             # A deferred download cannot show Streamlit messages; the file says what happened.
             return f"Static export failed: {exc}\n".encode()
+
     return make
 
 
-def figure(fig: go.Figure, name: str, key: str | None = None, height: int | None = None, downloads: bool = True,
-           config: dict | None = None):
+def figure(
+    fig: go.Figure,
+    name: str,
+    key: str | None = None,
+    height: int | None = None,
+    downloads: bool = True,
+    config: dict | None = None,
+):
     """Draw a plotly figure, register it for the bundle, and offer PNG/SVG/PDF/HTML downloads.
 
     Files are rendered only when a button is clicked (deferred), so drawing the page stays fast.
@@ -82,24 +92,45 @@ def figure(fig: go.Figure, name: str, key: str | None = None, height: int | None
     reg = registry()
     base = slug(name)
     reg.figures[base] = fig
-    st.plotly_chart(fig, key=key or f"fig-{base}", height=height if height else "content", theme=None,
-                    config=dict(displaylogo=False, toImageButtonOptions=dict(filename=base, scale=2), **(config or {})))
+    st.plotly_chart(
+        fig,
+        key=key or f"fig-{base}",
+        height=height if height else "content",
+        theme=None,
+        config=dict(displaylogo=False, toImageButtonOptions=dict(filename=base, scale=2), **(config or {})),
+    )
     if downloads:
         export_buttons(fig, base)
 
 
 def export_buttons(fig: go.Figure, base: str):
-    with st.popover("⬇ download", help="PNG, SVG and PDF are rendered by kaleido (headless Chromium); "
-                                        "HTML is the interactive figure."):
+    with st.popover(
+        "⬇ download",
+        help="PNG, SVG and PDF are rendered by kaleido (headless Chromium); HTML is the interactive figure.",
+    ):
         if not export_available():
-            st.caption(f"Static export is unavailable here: {export_problem()} Use HTML, or the camera icon in "
-                       f"the figure's toolbar for a PNG.")
+            st.caption(
+                f"Static export is unavailable here: {export_problem()} Use HTML, or the camera icon in "
+                f"the figure's toolbar for a PNG."
+            )
         else:
             for fmt in ("png", "svg", "pdf"):
-                st.download_button(fmt.upper(), _exporter(fig, fmt), file_name=f"{base}.{fmt}",
-                                   mime=static_export.EXPORT_FORMATS[fmt], key=f"dl-{base}-{fmt}", on_click="ignore")
-        st.download_button("HTML", lambda: static_export.figure_html(fig), file_name=f"{base}.html", mime="text/html",
-                           key=f"dl-{base}-html", on_click="ignore")
+                st.download_button(
+                    fmt.upper(),
+                    _exporter(fig, fmt),
+                    file_name=f"{base}.{fmt}",
+                    mime=static_export.EXPORT_FORMATS[fmt],
+                    key=f"dl-{base}-{fmt}",
+                    on_click="ignore",
+                )
+        st.download_button(
+            "HTML",
+            lambda: static_export.figure_html(fig),
+            file_name=f"{base}.html",
+            mime="text/html",
+            key=f"dl-{base}-html",
+            on_click="ignore",
+        )
 
 
 @st.cache_resource(show_spinner=False, ttl=60)

@@ -8,6 +8,7 @@ analysed and location-checked), glimpse step (moving the slider). Through the li
 makes: each Captum method on the baseline and on MGNet, PGD-10, and the location check. Writes
 benchmarks/results/app_latency.md and .json.
 """
+
 import argparse
 import io
 import json
@@ -58,7 +59,10 @@ def app_timings(repeats):
     for i in range(repeats):
         data = photo_bytes(i)
         out["upload_to_first_result_s"].append(
-            timed(lambda i=i, data=data: at.file_uploader(key="upload").set_value((f"p{i}.jpg", data, "image/jpeg")).run()))
+            timed(
+                lambda i=i, data=data: at.file_uploader(key="upload").set_value((f"p{i}.jpg", data, "image/jpeg")).run()
+            )
+        )
         assert not at.exception, at.exception
         for step in (1, 2, 3):
             out["glimpse_step_s"].append(timed(lambda step=step: at.slider(key="step").set_value(step).run()))
@@ -69,17 +73,22 @@ def library_timings(repeats):
     mg = load_checkpoint(ROOT / "checkpoints/mgnet-resnet18-imagenette.pt")
     base = load_checkpoint(ROOT / "checkpoints/baseline-resnet18-imagenette.pt")
     x = to_model_input(load_image(ROOT / "app/examples/parachute_1.jpg"), mg.image_size).to(
-        next(mg.parameters()).device)
+        next(mg.parameters()).device
+    )
     y = torch.tensor([9], device=x.device)
     out = {}
     for name, model in (("baseline", base), ("mgnet", mg)):
         for method in METHODS:
-            out[f"{method} on {name}_s"] = [timed(lambda model=model, method=method: explain(model, x, method)) for _ in range(repeats)]
-        out[f"PGD-10 on {name}_s"] = [timed(lambda model=model: attack(model, x, y, "pgd", eps=4, steps=10))
-                                      for _ in range(repeats)]
+            out[f"{method} on {name}_s"] = [
+                timed(lambda model=model, method=method: explain(model, x, method)) for _ in range(repeats)
+            ]
+        out[f"PGD-10 on {name}_s"] = [
+            timed(lambda model=model: attack(model, x, y, "pgd", eps=4, steps=10)) for _ in range(repeats)
+        ]
     image = load_image(ROOT / "app/examples/parachute_1.jpg")
-    out["location check on mgnet (centred + 8 random)_s"] = [timed(lambda: location_check(mg, image))
-                                                             for _ in range(repeats)]
+    out["location check on mgnet (centred + 8 random)_s"] = [
+        timed(lambda: location_check(mg, image)) for _ in range(repeats)
+    ]
     return out
 
 
@@ -88,16 +97,25 @@ def main():
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
     rows = {**app_timings(args.repeats), **library_timings(args.repeats)}
-    res = {"hardware": hardware(), "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d"),
-           "command": "python benchmarks/app_latency.py " + " ".join(sys.argv[1:]),
-           "seconds": {k: [round(v, 3) for v in vals] for k, vals in rows.items()}}
+    res = {
+        "hardware": hardware(),
+        "threads": torch.get_num_threads(),
+        "date": time.strftime("%Y-%m-%d"),
+        "command": "python benchmarks/app_latency.py " + " ".join(sys.argv[1:]),
+        "seconds": {k: [round(v, 3) for v in vals] for k, vals in rows.items()},
+    }
     out = ROOT / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
     (out / "app_latency.json").write_text(json.dumps(res, indent=2))
-    lines = ["# App latency with the default checkpoints", "",
-             f"`{res['command']}` on {res['date']}: {res['hardware']}, {res['threads']} threads. "
-             "Median (and max) of the repeats; the cold start is measured once.", "",
-             "| what | median s | max s |", "|---|---|---|"]
+    lines = [
+        "# App latency with the default checkpoints",
+        "",
+        f"`{res['command']}` on {res['date']}: {res['hardware']}, {res['threads']} threads. "
+        "Median (and max) of the repeats; the cold start is measured once.",
+        "",
+        "| what | median s | max s |",
+        "|---|---|---|",
+    ]
     for k, vals in rows.items():
         lines.append(f"| {k[:-2].replace('_', ' ')} | {statistics.median(vals):.3f} | {max(vals):.3f} |")
     (out / "app_latency.md").write_text("\n".join(lines) + "\n")

@@ -1,4 +1,5 @@
 """Pieces the app benchmarks share: the checkpoints they serve and what they record about the machine."""
+
 from __future__ import annotations
 
 import os
@@ -22,8 +23,10 @@ def describe() -> str:
             mem = f"{int(f.readline().split()[1]) / 2**20:.0f} GiB RAM"
     except (OSError, ValueError, IndexError):
         pass
-    return (f"{platform.machine()}, {os.cpu_count()} CPU cores, {mem}, {gpu}; "
-            f"Python {platform.python_version()}, torch {torch.__version__}")
+    return (
+        f"{platform.machine()}, {os.cpu_count()} CPU cores, {mem}, {gpu}; "
+        f"Python {platform.python_version()}, torch {torch.__version__}"
+    )
 
 
 def busy_processes(ignore: tuple[str, ...] = ()) -> list[str]:
@@ -50,10 +53,12 @@ def tiny_checkpoints(work: Path) -> Path:
     ckpts = work / "checkpoints"
     ckpts.mkdir()
     torch.manual_seed(0)
-    save_checkpoint(build_model("mgnet", num_classes=len(classes), image_size=64), ckpts / "mgnet-tiny.pt",
-                    classes=classes)
-    save_checkpoint(build_model("baseline", num_classes=len(classes), image_size=64), ckpts / "baseline-tiny.pt",
-                    classes=classes)
+    save_checkpoint(
+        build_model("mgnet", num_classes=len(classes), image_size=64), ckpts / "mgnet-tiny.pt", classes=classes
+    )
+    save_checkpoint(
+        build_model("baseline", num_classes=len(classes), image_size=64), ckpts / "baseline-tiny.pt", classes=classes
+    )
     return ckpts
 
 

@@ -15,6 +15,7 @@ Variants (the levers of issue 13), each cumulative over the one before:
 The headline table is the last variant at `--threads`; the lever table repeats the variants at each
 of `--lever-threads`. Writes benchmarks/results/latency.md and latency.json.
 """
+
 import argparse
 import copy
 import json
@@ -69,8 +70,12 @@ def variant_models(mg, base):
         fold_batchnorm(f.backbone)
         folded[n] = f.to(memory_format=torch.channels_last)
     fast = {"mg": prepare_for_inference(mg), "base": prepare_for_inference(base)}
-    return {"before": (before, torch.no_grad), "channels_last": (cl, torch.no_grad),
-            "bn_folded": (folded, torch.no_grad), "inference_mode": (fast, torch.inference_mode)}
+    return {
+        "before": (before, torch.no_grad),
+        "channels_last": (cl, torch.no_grad),
+        "bn_folded": (folded, torch.no_grad),
+        "inference_mode": (fast, torch.inference_mode),
+    }
 
 
 def fusion_ms(model, device, repeats):
@@ -116,43 +121,70 @@ def measure(device, repeats, threads_list):
     table = {}
     for threads in threads_list:
         for name in VARIANTS:
-            rows = {row: statistics.median(times[(threads, name, row)]) for (th, n, row) in times
-                    if th == threads and n == name}
-            table[f"{threads}|{name}"] = {row: {"median_ms": round(ms, 2), "vs_baseline": round(ms / rows["baseline"], 3)}
-                                         for row, ms in rows.items()}
+            rows = {
+                row: statistics.median(times[(threads, name, row)])
+                for (th, n, row) in times
+                if th == threads and n == name
+            }
+            table[f"{threads}|{name}"] = {
+                row: {"median_ms": round(ms, 2), "vs_baseline": round(ms / rows["baseline"], 3)}
+                for row, ms in rows.items()
+            }
     return {"table": table, "fusion_ms": fusion_ms(variants["inference_mode"][0]["mg"], device, repeats)}
 
 
 def render(results, threads):
-    lines = ["# Single-image latency (batch 1, 128 px, fp32, no gradients)", "",
-             f"`{results['command']}` on {results['date']}: {results['hardware']}.",
-             "Every row and variant was timed in the same run, interleaved; median per call. "
-             "`x baseline` is the ratio to the baseline's time for the same variant and thread count.", ""]
+    lines = [
+        "# Single-image latency (batch 1, 128 px, fp32, no gradients)",
+        "",
+        f"`{results['command']}` on {results['date']}: {results['hardware']}.",
+        "Every row and variant was timed in the same run, interleaved; median per call. "
+        "`x baseline` is the ratio to the baseline's time for the same variant and thread count.",
+        "",
+    ]
     if results.get("busy"):
-        lines += ["Other processes were busy during this run (timings are noisy; ratios measured in one run "
-                  "still compare): " + "; ".join(results["busy"]), ""]
+        lines += [
+            "Other processes were busy during this run (timings are noisy; ratios measured in one run "
+            "still compare): " + "; ".join(results["busy"]),
+            "",
+        ]
     for dev, res in results["devices"].items():
         head = res["table"][f"{threads}|inference_mode"]
         before = res["table"][f"{threads}|before"]
-        lines += [f"## {dev.upper()}: what the app's analysis runs now ({threads} threads)", "",
-                  "| model | ms | x baseline | before (this run) ms | before x baseline | issue 13 ms | "
-                  "issue 13 x baseline | authors' x baseline |", "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"## {dev.upper()}: what the app's analysis runs now ({threads} threads)",
+            "",
+            "| model | ms | x baseline | before (this run) ms | before x baseline | issue 13 ms | "
+            "issue 13 x baseline | authors' x baseline |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for row, r in head.items():
             issue = ISSUE_MS.get(row)
             issue_ratio = f"{issue / ISSUE_MS['baseline']:.2f}" if issue else ""
-            lines.append(f"| {row.replace('mgnet', 'MGNet,') + (' glimpses' if row != 'baseline' else '')} | "
-                         f"{r['median_ms']} | {r['vs_baseline']:.2f} | {before[row]['median_ms']} | "
-                         f"{before[row]['vs_baseline']:.2f} | {issue if issue else ''} | "
-                         f"{issue_ratio} | "
-                         f"{AUTHORS_RATIO.get(row, '')} |")
-        lines += ["", f"## {dev.upper()}: levers (cumulative; ms, and x baseline in brackets)", "",
-                  "| threads | variant | baseline | MGNet 1 | MGNet 2 | MGNet 3 | MGNet 4 |", "|---|---|---|---|---|---|---|"]
+            lines.append(
+                f"| {row.replace('mgnet', 'MGNet,') + (' glimpses' if row != 'baseline' else '')} | "
+                f"{r['median_ms']} | {r['vs_baseline']:.2f} | {before[row]['median_ms']} | "
+                f"{before[row]['vs_baseline']:.2f} | {issue if issue else ''} | "
+                f"{issue_ratio} | "
+                f"{AUTHORS_RATIO.get(row, '')} |"
+            )
+        lines += [
+            "",
+            f"## {dev.upper()}: levers (cumulative; ms, and x baseline in brackets)",
+            "",
+            "| threads | variant | baseline | MGNet 1 | MGNet 2 | MGNet 3 | MGNet 4 |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for key, rows in res["table"].items():
             th, name = key.split("|")
             cells = [f"{rows[r]['median_ms']} ({rows[r]['vs_baseline']:.2f})" for r in rows]
             lines.append(f"| {th} | {name} | " + " | ".join(cells) + " |")
-        lines += ["", "Fusion (attention over the t tokens so far + LayerNorm, inference copy), ms per step: "
-                  + ", ".join(f"t={t}: {ms}" for t, ms in res["fusion_ms"].items()), ""]
+        lines += [
+            "",
+            "Fusion (attention over the t tokens so far + LayerNorm, inference copy), ms per step: "
+            + ", ".join(f"t={t}: {ms}" for t, ms in res["fusion_ms"].items()),
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -160,19 +192,31 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--threads", type=int, default=2, help="CPU threads of the headline table (the app's: 2)")
-    p.add_argument("--lever-threads", type=int, nargs="+", default=None,
-                   help="thread counts of the lever table (default: --threads only)")
+    p.add_argument(
+        "--lever-threads",
+        type=int,
+        nargs="+",
+        default=None,
+        help="thread counts of the lever table (default: --threads only)",
+    )
     p.add_argument("--notes", default="", help="a paragraph appended to latency.md (e.g. lever decisions)")
     args = p.parse_args()
     threads_list = sorted(set([args.threads] + (args.lever_threads or [])))
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     busy = busy_processes(ignore=("benchmarks/latency.py",))
-    results = {"hardware": hardware(), "threads": args.threads, "lever_threads": threads_list,
-               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-               "command": "python benchmarks/latency.py " + " ".join(sys.argv[1:]), "busy": busy,
-               "issue_13_ms": ISSUE_MS, "authors_ratio": AUTHORS_RATIO,
-               "devices": {d.type: measure(d, args.repeats, threads_list if d.type == "cpu" else [args.threads])
-                           for d in devices}}
+    results = {
+        "hardware": hardware(),
+        "threads": args.threads,
+        "lever_threads": threads_list,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "command": "python benchmarks/latency.py " + " ".join(sys.argv[1:]),
+        "busy": busy,
+        "issue_13_ms": ISSUE_MS,
+        "authors_ratio": AUTHORS_RATIO,
+        "devices": {
+            d.type: measure(d, args.repeats, threads_list if d.type == "cpu" else [args.threads]) for d in devices
+        },
+    }
     out = ROOT / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
     (out / "latency.json").write_text(json.dumps(results, indent=2))

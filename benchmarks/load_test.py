@@ -20,6 +20,7 @@ Resident memory (RSS) of the server and everything it started (same process grou
 Writes benchmarks/results/load_test.md and load_test.json (latency percentiles per step, errors, peak RSS,
 the command, the machine, and whether other heavy processes were running).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,11 +45,18 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from common import busy_processes, checkpoint_folder, describe, tiny_checkpoints  # noqa: E402  (benchmarks/common.py)
+
 RESULTS = ROOT / "benchmarks" / "results"
 IGNORE = ("load_test.py", "chromium", "streamlit")  # our own processes, not other load
 CHROMIUM = os.environ.get("MGNET_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--no-first-run"]
+BROWSER_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
 STEPS = ("open", "upload", "compare", "attack")
 ERROR_WORDS = ("failed", "could not be used", "ran out of memory", "No usable checkpoint")
 
@@ -105,11 +113,21 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = dict(os.environ, MGNET_CHECKPOINTS=str(checkpoints), MGNET_DEVICE=device)
-        self.cmd = [str(Path(sys.executable).with_name("streamlit")), "run", "app/main.py", "--server.port",
-                    str(self.port), "--server.address", "127.0.0.1", "--server.headless", "true"]
+        self.cmd = [
+            str(Path(sys.executable).with_name("streamlit")),
+            "run",
+            "app/main.py",
+            "--server.port",
+            str(self.port),
+            "--server.address",
+            "127.0.0.1",
+            "--server.headless",
+            "true",
+        ]
         self.log = open(log, "w")
-        self.proc = subprocess.Popen(self.cmd, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.cmd, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         self.samples: list[tuple[float, float, float]] = []  # (t, leader MB, group MB)
         self._stop = threading.Event()
         self._t0 = time.time()
@@ -190,8 +208,9 @@ async def page_errors(page) -> list[str]:
     return found
 
 
-async def session(browser, url: str, idx: int, photos: dict, rounds: int, timeout_s: float, start: asyncio.Event,
-                  record):
+async def session(
+    browser, url: str, idx: int, photos: dict, rounds: int, timeout_s: float, start: asyncio.Event, record
+):
     ctx = await browser.new_context(viewport={"width": 1400, "height": 1800})
     page = await ctx.new_page()
     page.set_default_timeout(timeout_s * 1000)
@@ -253,8 +272,10 @@ async def drive(url: str, sessions: int, rounds: int, photos: dict, timeout_s: f
     async with async_playwright() as p:
         browser = await p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
         start = asyncio.Event()
-        tasks = [asyncio.create_task(session(browser, url, i, photos, rounds, timeout_s, start, record))
-                 for i in range(sessions)]
+        tasks = [
+            asyncio.create_task(session(browser, url, i, photos, rounds, timeout_s, start, record))
+            for i in range(sessions)
+        ]
         await asyncio.sleep(0.5)
         t0 = time.perf_counter()
         start.set()
@@ -269,59 +290,81 @@ def percentiles(values: list[float]) -> dict:
     if not values:
         return {"n": 0}
     v = np.asarray(values)
-    return {"n": int(v.size), "p50": round(float(np.percentile(v, 50)), 2), "p90": round(float(np.percentile(v, 90)), 2),
-            "p95": round(float(np.percentile(v, 95)), 2), "p99": round(float(np.percentile(v, 99)), 2),
-            "max": round(float(v.max()), 2), "mean": round(statistics.fmean(v), 2)}
+    return {
+        "n": int(v.size),
+        "p50": round(float(np.percentile(v, 50)), 2),
+        "p90": round(float(np.percentile(v, 90)), 2),
+        "p95": round(float(np.percentile(v, 95)), 2),
+        "p99": round(float(np.percentile(v, 99)), 2),
+        "max": round(float(v.max()), 2),
+        "mean": round(statistics.fmean(v), 2),
+    }
 
 
 def write_report(result: dict, out: Path):
     out.mkdir(parents=True, exist_ok=True)
     (out / "load_test.json").write_text(json.dumps(result, indent=2) + "\n")
-    lines = ["# Load test: concurrent browser sessions against one Streamlit server", "",
-             f"Reproduce: `{result['command']}`", "",
-             f"- Date (UTC): {result['date']}; commit `{result['commit'][:12]}`",
-             f"- Machine: {result['machine']}",
-             f"- Checkpoints: {result['checkpoints']} (device {result['device']})",
-             f"- Each session: open the page, then {result['rounds']} round(s) of: upload its own photo "
-             f"({result['photo_side']} px wide, different for every session and round), compute the Compare tab's "
-             "default maps, run the default PGD-10 attack.",
-             f"- Other busy processes during the run: {', '.join(result['busy_during']) or 'none'}", "",
-             "| sessions | step | n | p50 s | p90 s | p95 s | p99 s | max s | errors |",
-             "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "# Load test: concurrent browser sessions against one Streamlit server",
+        "",
+        f"Reproduce: `{result['command']}`",
+        "",
+        f"- Date (UTC): {result['date']}; commit `{result['commit'][:12]}`",
+        f"- Machine: {result['machine']}",
+        f"- Checkpoints: {result['checkpoints']} (device {result['device']})",
+        f"- Each session: open the page, then {result['rounds']} round(s) of: upload its own photo "
+        f"({result['photo_side']} px wide, different for every session and round), compute the Compare tab's "
+        "default maps, run the default PGD-10 attack.",
+        f"- Other busy processes during the run: {', '.join(result['busy_during']) or 'none'}",
+        "",
+        "| sessions | step | n | p50 s | p90 s | p95 s | p99 s | max s | errors |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for level in result["levels"]:
         for step in STEPS:
             p = level["latency"][step]
             errs = sum(1 for e in level["errors"] if e["step"] == step)
             if p.get("n"):
-                lines.append(f"| {level['sessions']} | {step} | {p['n']} | {p['p50']} | {p['p90']} | {p['p95']} | "
-                             f"{p['p99']} | {p['max']} | {errs} |")
+                lines.append(
+                    f"| {level['sessions']} | {step} | {p['n']} | {p['p50']} | {p['p90']} | {p['p95']} | "
+                    f"{p['p99']} | {p['max']} | {errs} |"
+                )
             else:
                 lines.append(f"| {level['sessions']} | {step} | 0 | | | | | | {errs} |")
-    lines += ["", "| sessions | wall time s | errors | server alive after | server CPU s (share of all cores) | "
-              "idle RSS MB | peak RSS MB (server) | peak RSS MB (server + children) |",
-              "|---:|---:|---:|---|---:|---:|---:|---:|"]
+    lines += [
+        "",
+        "| sessions | wall time s | errors | server alive after | server CPU s (share of all cores) | "
+        "idle RSS MB | peak RSS MB (server) | peak RSS MB (server + children) |",
+        "|---:|---:|---:|---|---:|---:|---:|---:|",
+    ]
     for level in result["levels"]:
-        lines.append(f"| {level['sessions']} | {level['wall_s']} | {len(level['errors'])} | "
-                     f"{'yes' if level['server_alive'] else 'NO'} | {level['server_cpu_s']} "
-                     f"({level['server_cpu_share']:.0%}) | {level['idle_rss_mb']} | {level['peak_rss_mb']} | "
-                     f"{level['peak_group_rss_mb']} |")
+        lines.append(
+            f"| {level['sessions']} | {level['wall_s']} | {len(level['errors'])} | "
+            f"{'yes' if level['server_alive'] else 'NO'} | {level['server_cpu_s']} "
+            f"({level['server_cpu_share']:.0%}) | {level['idle_rss_mb']} | {level['peak_rss_mb']} | "
+            f"{level['peak_group_rss_mb']} |"
+        )
     errors = [e for level in result["levels"] for e in level["errors"]]
     lines += ["", f"**Errors: {len(errors)}.**" + ("" if not errors else " First ones:")]
     for e in errors[:10]:
         lines.append(f"- sessions={e.get('level')}, session {e['session']}, {e['step']}: {e['error']}")
-    lines += ["", "Latency is wall time from the click (or page load) until the text that shows the result is on the "
-              "page. All sessions share one process and its cached models; each model's operations run one at a "
-              "time under the model's lock, so on a CPU-only machine latency grows with the number of sessions that "
-              "ask for computation at the same moment, while the server stays up and every request completes. "
-              "RSS is sampled every 0.25 s from /proc. The browser (one Chromium, one context per session) runs on the "
-              "same machine as the server, so on a small machine it takes a large part of the CPU: the server's own "
-              "CPU time and share are given; the rest of the cores went to the browser and other processes."]
+    lines += [
+        "",
+        "Latency is wall time from the click (or page load) until the text that shows the result is on the "
+        "page. All sessions share one process and its cached models; each model's operations run one at a "
+        "time under the model's lock, so on a CPU-only machine latency grows with the number of sessions that "
+        "ask for computation at the same moment, while the server stays up and every request completes. "
+        "RSS is sampled every 0.25 s from /proc. The browser (one Chromium, one context per session) runs on the "
+        "same machine as the server, so on a small machine it takes a large part of the CPU: the server's own "
+        "CPU time and share are given; the rest of the cores went to the browser and other processes.",
+    ]
     (out / "load_test.md").write_text("\n".join(lines) + "\n")
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--sessions", type=int, nargs="+", default=[8, 16], help="concurrent sessions (default 8 16)")
     ap.add_argument("--rounds", type=int, default=1, help="upload/compare/attack rounds per session (default 1)")
     ap.add_argument("--checkpoints", help="checkpoint folder (default: checkpoints/ with the trained models)")
@@ -367,25 +410,49 @@ def main(argv=None) -> int:
                 server.stop()
             for e in errors:
                 e["level"] = n
-            level = {"sessions": n, "wall_s": round(wall, 1), "latency": {s: percentiles(latencies[s]) for s in STEPS},
-                     "raw_latency_s": latencies, "errors": errors, "server_alive": alive, "idle_rss_mb": idle,
-                     "peak_rss_mb": max(s[1] for s in samples), "peak_group_rss_mb": max(s[2] for s in samples),
-                     "server_cpu_s": round(server_cpu, 1),
-                     "server_cpu_share": round(server_cpu / wall / (os.cpu_count() or 1), 2),
-                     "rss_samples": samples[::4]}
+            level = {
+                "sessions": n,
+                "wall_s": round(wall, 1),
+                "latency": {s: percentiles(latencies[s]) for s in STEPS},
+                "raw_latency_s": latencies,
+                "errors": errors,
+                "server_alive": alive,
+                "idle_rss_mb": idle,
+                "peak_rss_mb": max(s[1] for s in samples),
+                "peak_group_rss_mb": max(s[2] for s in samples),
+                "server_cpu_s": round(server_cpu, 1),
+                "server_cpu_share": round(server_cpu / wall / (os.cpu_count() or 1), 2),
+                "rss_samples": samples[::4],
+            }
             levels.append(level)
-            print(json.dumps({k: level[k] for k in ("sessions", "wall_s", "latency", "peak_rss_mb",
-                                                    "peak_group_rss_mb")}), flush=True)
+            print(
+                json.dumps(
+                    {k: level[k] for k in ("sessions", "wall_s", "latency", "peak_rss_mb", "peak_group_rss_mb")}
+                ),
+                flush=True,
+            )
             print(f"errors: {len(errors)}", flush=True)
         from mgnet.utils import git_commit
 
         cmd = "python benchmarks/load_test.py " + " ".join(
-            (["--sessions"] + [str(s) for s in args.sessions]) + (["--rounds", str(args.rounds)] if args.rounds != 1 else [])
-            + (["--tiny"] if args.tiny else []) + (["--checkpoints", args.checkpoints] if args.checkpoints else [])
-            + (["--photo-side", str(args.photo_side)] if args.photo_side != 1600 else []))
-        result = {"command": cmd, "date": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "commit": os.environ.get("MGNET_COMMIT") or git_commit(),
-                  "machine": describe(), "checkpoints": ckpt_text, "device": args.device, "rounds": args.rounds,
-                  "photo_side": args.photo_side, "busy_during": sorted(busy), "levels": levels}
+            (["--sessions"] + [str(s) for s in args.sessions])
+            + (["--rounds", str(args.rounds)] if args.rounds != 1 else [])
+            + (["--tiny"] if args.tiny else [])
+            + (["--checkpoints", args.checkpoints] if args.checkpoints else [])
+            + (["--photo-side", str(args.photo_side)] if args.photo_side != 1600 else [])
+        )
+        result = {
+            "command": cmd,
+            "date": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+            "commit": os.environ.get("MGNET_COMMIT") or git_commit(),
+            "machine": describe(),
+            "checkpoints": ckpt_text,
+            "device": args.device,
+            "rounds": args.rounds,
+            "photo_side": args.photo_side,
+            "busy_during": sorted(busy),
+            "levels": levels,
+        }
         write_report(result, Path(args.out))
         total = sum(len(level["errors"]) for level in levels)
         print(f"wrote {Path(args.out) / 'load_test.md'}; errors: {total}")

@@ -15,6 +15,7 @@ band, and the band of the second half of the run must sit where the first half's
 5 % or 50 MB). Writes benchmarks/results/memory_soak.md, memory_soak.json and memory_soak.png (``--name``
 changes the file names, e.g. for a longer run).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,6 +34,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from common import busy_processes, checkpoint_folder, describe, tiny_checkpoints  # noqa: E402  (benchmarks/common.py)
+
 RESULTS = ROOT / "benchmarks" / "results"
 
 
@@ -57,8 +59,12 @@ def photo_bytes(i: int, side: int, examples: list[Path]) -> bytes:
 
 
 def bad_bytes(i: int) -> tuple[str, bytes]:
-    kinds = [("notes.jpg", b"plain text, not a photo\n" * 50), ("cut.jpg", None), ("random.png", os.urandom(5000)),
-             ("drawing.png", b"<svg xmlns='http://www.w3.org/2000/svg'/>")]
+    kinds = [
+        ("notes.jpg", b"plain text, not a photo\n" * 50),
+        ("cut.jpg", None),
+        ("random.png", os.urandom(5000)),
+        ("drawing.png", b"<svg xmlns='http://www.w3.org/2000/svg'/>"),
+    ]
     name, data = kinds[i % len(kinds)]
     if data is None:
         buf = io.BytesIO()
@@ -76,12 +82,17 @@ def plateau(rss: list[float]) -> dict:
     half = max(1, n // 2)
     a, b = v[:half], v[half:] if n > half else v[-1:]
     slope = float(np.polyfit(np.arange(half, n), b, 1)[0]) * 100 if len(b) >= 2 else float("nan")
-    return {"first_half_median_mb": round(float(np.median(a)), 1), "second_half_median_mb": round(float(np.median(b)), 1),
-            "first_half_peak_mb": round(float(a.max()), 1), "second_half_peak_mb": round(float(b.max()), 1),
-            "median_growth_mb": round(float(np.median(b) - np.median(a)), 1),
-            "peak_growth_mb": round(float(b.max() - a.max()), 1),
-            "slope_second_half_mb_per_100": round(slope, 1), "peak_mb": round(float(v.max()), 1),
-            "band_second_half_mb": [round(float(b.min()), 1), round(float(b.max()), 1)]}
+    return {
+        "first_half_median_mb": round(float(np.median(a)), 1),
+        "second_half_median_mb": round(float(np.median(b)), 1),
+        "first_half_peak_mb": round(float(a.max()), 1),
+        "second_half_peak_mb": round(float(b.max()), 1),
+        "median_growth_mb": round(float(np.median(b) - np.median(a)), 1),
+        "peak_growth_mb": round(float(b.max() - a.max()), 1),
+        "slope_second_half_mb_per_100": round(slope, 1),
+        "peak_mb": round(float(v.max()), 1),
+        "band_second_half_mb": [round(float(b.min()), 1), round(float(b.max()), 1)],
+    }
 
 
 def plot(result: dict, path: Path):
@@ -95,8 +106,14 @@ def plot(result: dict, path: Path):
     fig, ax = plt.subplots(figsize=(7, 3.6), dpi=150)
     ax.plot(x, [p["rss_mb"] for p in s], lw=1.5, label="resident memory (RSS)")
     bad = [p for p in s if p["bad"]]
-    ax.scatter([p["upload"] for p in bad], [p["rss_mb"] for p in bad], s=10, c="tab:red", zorder=3,
-               label="broken upload (error path)")
+    ax.scatter(
+        [p["upload"] for p in bad],
+        [p["rss_mb"] for p in bad],
+        s=10,
+        c="tab:red",
+        zorder=3,
+        label="broken upload (error path)",
+    )
     ax.axhline(result["rss_before_mb"], color="grey", lw=0.8, ls=":", label="after opening the page")
     ax.set_xlabel("upload number (each: decode + MGNet analysis + glimpse view)")
     ax.set_ylabel("RSS (MB)")
@@ -182,20 +199,37 @@ def main(argv=None) -> int:
     from mgnet.utils import git_commit
 
     busy = busy_processes(("memory_soak",))
-    cmd = "python benchmarks/memory_soak.py" + (" --tiny" if args.tiny else "") + (
-        f" --uploads {args.uploads}" if args.uploads != 200 else "") + (f" --side {args.side}" if args.side != 1600 else "") + (
-        f" --name {args.name}" if args.name != "memory_soak" else "")
+    cmd = (
+        "python benchmarks/memory_soak.py"
+        + (" --tiny" if args.tiny else "")
+        + (f" --uploads {args.uploads}" if args.uploads != 200 else "")
+        + (f" --side {args.side}" if args.side != 1600 else "")
+        + (f" --name {args.name}" if args.name != "memory_soak" else "")
+    )
     result = {
-        "command": cmd, "date": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "commit": os.environ.get("MGNET_COMMIT") or git_commit(),
+        "command": cmd,
+        "date": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+        "commit": os.environ.get("MGNET_COMMIT") or git_commit(),
         "machine": describe(),
-        "checkpoints": sorted(p.name for p in ckpts.iterdir() if p.suffix in (".pt", ".ckpt", ".pth")), "checkpoints_short": short,
-        "uploads": args.uploads, "photo": f"{args.side}x{args.side * 3 // 4} JPEG", "bad_every": args.bad_every,
-        "caches": {"decoded photos (max_entries)": services.IMAGE_ENTRIES, "results (max_entries)": services.RESULT_ENTRIES,
-                   "ttl_s": services.RESULT_TTL, "max_pixels": MAX_PIXELS},
-        "rss_before_mb": round(rss_before, 1), "plateau": stats, "bounded": bool(bounded),
+        "checkpoints": sorted(p.name for p in ckpts.iterdir() if p.suffix in (".pt", ".ckpt", ".pth")),
+        "checkpoints_short": short,
+        "uploads": args.uploads,
+        "photo": f"{args.side}x{args.side * 3 // 4} JPEG",
+        "bad_every": args.bad_every,
+        "caches": {
+            "decoded photos (max_entries)": services.IMAGE_ENTRIES,
+            "results (max_entries)": services.RESULT_ENTRIES,
+            "ttl_s": services.RESULT_TTL,
+            "max_pixels": MAX_PIXELS,
+        },
+        "rss_before_mb": round(rss_before, 1),
+        "plateau": stats,
+        "bounded": bool(bounded),
         "seconds_total": round(time.time() - start, 1),
         "seconds_per_upload_median": round(float(np.median([s["seconds"] for s in samples])), 3),
-        "problems": problems, "busy_during": busy, "samples": samples,
+        "problems": problems,
+        "busy_during": busy,
+        "samples": samples,
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -203,7 +237,10 @@ def main(argv=None) -> int:
     plot(result, out / f"{args.name}.png")
     at_marks = {k: rss[k - 1] for k in (1, 25, 50, 100, 150, 200) if k <= len(rss)}
     lines = [
-        "# Memory soak: one long session, many uploads", "", f"Reproduce: `{cmd}`", "",
+        "# Memory soak: one long session, many uploads",
+        "",
+        f"Reproduce: `{cmd}`",
+        "",
         f"- Date (UTC): {result['date']}; commit `{result['commit'][:12]}`; {result['machine']}",
         f"- Checkpoints: {', '.join(result['checkpoints'])} ({short})",
         f"- {args.uploads} uploads through the real app (AppTest, in one process): each a different "
@@ -211,10 +248,12 @@ def main(argv=None) -> int:
         f"{args.bad_every}th upload is a broken file (error message path).",
         f"- Cache bounds: decoded photos max_entries={services.IMAGE_ENTRIES}, results "
         f"max_entries={services.RESULT_ENTRIES}, ttl={services.RESULT_TTL} s.",
-        f"- Other busy processes: {', '.join(busy) or 'none'}", "",
+        f"- Other busy processes: {', '.join(busy) or 'none'}",
+        "",
         "| after upload | " + " | ".join(str(k) for k in at_marks) + " |",
         "|---|" + "---:|" * len(at_marks),
-        "| RSS (MB) | " + " | ".join(f"{v:.0f}" for v in at_marks.values()) + " |", "",
+        "| RSS (MB) | " + " | ".join(f"{v:.0f}" for v in at_marks.values()) + " |",
+        "",
         f"- RSS after opening the page: {rss_before:.0f} MB; peak {stats['peak_mb']:.0f} MB.",
         f"- Uploads 1-{len(rss) // 2}: median {stats['first_half_median_mb']:.0f} MB, peak "
         f"{stats['first_half_peak_mb']:.0f} MB. Uploads {len(rss) // 2 + 1}-{len(rss)}: median "
@@ -225,7 +264,8 @@ def main(argv=None) -> int:
         "(median and peak of the second half within 5 % or 50 MB of the first half's).",
         f"- **{'Plateau: memory is bounded' if bounded else 'NO plateau: memory kept growing'}.** "
         f"Problems: {len(problems)}.",
-        f"- Median time per upload {result['seconds_per_upload_median']} s; total {result['seconds_total']} s.", "",
+        f"- Median time per upload {result['seconds_per_upload_median']} s; total {result['seconds_total']} s.",
+        "",
         f"![RSS over uploads]({args.name}.png)",
     ]
     for p in problems[:10]:

@@ -1,4 +1,5 @@
 """Run MGNet on a photo and return plain results the app and the figure CLI draw."""
+
 from __future__ import annotations
 
 import threading
@@ -22,17 +23,17 @@ class GlimpseAnalysis:
     """What MGNet did on one photo. Boxes are in edge coordinates of the original photo."""
 
     classes: list
-    probs: np.ndarray          # [T, C] softmax after each glimpse
-    params: np.ndarray         # [T, 3] (scale, tx, ty)
-    boxes: np.ndarray          # [T, 4] in the original photo
-    boxes_model: np.ndarray    # [T, 4] in the model input
-    seen: np.ndarray           # [T, h, h, 3] uint8: the glimpses at the resolution the network saw
+    probs: np.ndarray  # [T, C] softmax after each glimpse
+    params: np.ndarray  # [T, 3] (scale, tx, ty)
+    boxes: np.ndarray  # [T, 4] in the original photo
+    boxes_model: np.ndarray  # [T, 4] in the model input
+    seen: np.ndarray  # [T, h, h, 3] uint8: the glimpses at the resolution the network saw
     width: int
     height: int
     image_size: int
     glimpse_size: int
-    gflops: list               # cumulative, after each glimpse
-    baseline_gflops: float     # one full-resolution pass of the same backbone
+    gflops: list  # cumulative, after each glimpse
+    baseline_gflops: float  # one full-resolution pass of the same backbone
     seconds: float
     image_hash: str = ""
     extra: dict = field(default_factory=dict)
@@ -89,8 +90,9 @@ def analyze(model, image: np.ndarray, n_glimpses: int | None = None, s_grad=None
     return result
 
 
-def analyze_batch(model, images: list[np.ndarray], n_glimpses: int | None = None, batch_size: int = 8,
-                  progress=None) -> list[GlimpseAnalysis]:
+def analyze_batch(
+    model, images: list[np.ndarray], n_glimpses: int | None = None, batch_size: int = 8, progress=None
+) -> list[GlimpseAnalysis]:
     """``analysis.analyze`` for many photos, ``batch_size`` at a time on the model's device.
 
     Per photo, the same as ``analyze`` up to float rounding of batched kernels; ``seconds`` is 0 so that
@@ -100,24 +102,35 @@ def analyze_batch(model, images: list[np.ndarray], n_glimpses: int | None = None
     dev = model_device(model)
     cumulative, base = gflops(model)
     for lo in range(0, len(images), batch_size):
-        chunk = images[lo:lo + batch_size]
+        chunk = images[lo : lo + batch_size]
         x = torch.cat([to_model_input(im, model.image_size) for im in chunk]).to(dev)
         with eval_mode(model), torch.inference_mode():
-            res = inference_model(model)(x, n_glimpses=n_glimpses if not model.is_baseline else None,
-                                         return_crops=True)
-        probs = res.logits.float().softmax(-1).cpu().numpy()                                  # [T, B, C]
-        params = res.glimpses.float().cpu().numpy()                                           # [T, B, 3]
+            res = inference_model(model)(x, n_glimpses=n_glimpses if not model.is_baseline else None, return_crops=True)
+        probs = res.logits.float().softmax(-1).cpu().numpy()  # [T, B, C]
+        params = res.glimpses.float().cpu().numpy()  # [T, B, 3]
         seen = (res.crops.float().clamp(0, 1) * 255 + 0.5).byte().permute(1, 0, 3, 4, 2).cpu().numpy()
         h = seen.shape[2]
         for b, image in enumerate(chunk):
             boxes_model = geometry.glimpse_boxes(params[:, b], model.image_size, h)
             height, width = image.shape[:2]
-            out.append(GlimpseAnalysis(
-                classes=list(model.classes), probs=probs[:, b], params=params[:, b],
-                boxes=geometry.to_original(boxes_model, model.image_size, width, height), boxes_model=boxes_model,
-                seen=seen[b], width=width, height=height, image_size=model.image_size, glimpse_size=h,
-                gflops=cumulative[:probs.shape[0]], baseline_gflops=base, seconds=0.0,
-                image_hash=image_hash(image)))
+            out.append(
+                GlimpseAnalysis(
+                    classes=list(model.classes),
+                    probs=probs[:, b],
+                    params=params[:, b],
+                    boxes=geometry.to_original(boxes_model, model.image_size, width, height),
+                    boxes_model=boxes_model,
+                    seen=seen[b],
+                    width=width,
+                    height=height,
+                    image_size=model.image_size,
+                    glimpse_size=h,
+                    gflops=cumulative[: probs.shape[0]],
+                    baseline_gflops=base,
+                    seconds=0.0,
+                    image_hash=image_hash(image),
+                )
+            )
         if progress is not None:
             progress(len(chunk))
     return out
@@ -133,16 +146,17 @@ class LocationCheck:
     """
 
     target: int
-    own: np.ndarray            # [T]
-    centre: np.ndarray         # [T] glimpses 2..T centred on the image
-    moved: np.ndarray          # [K, T] glimpses 2..T at uniformly random positions inside the image
-    moved_params: np.ndarray   # [K, T, 3] the (scale, tx, ty) of those runs, glimpse 1 included
-    final_class: dict          # {"own": i, "centre": i, "moved": [i] * K}: the final prediction of each run
+    own: np.ndarray  # [T]
+    centre: np.ndarray  # [T] glimpses 2..T centred on the image
+    moved: np.ndarray  # [K, T] glimpses 2..T at uniformly random positions inside the image
+    moved_params: np.ndarray  # [K, T, 3] the (scale, tx, ty) of those runs, glimpse 1 included
+    final_class: dict  # {"own": i, "centre": i, "moved": [i] * K}: the final prediction of each run
     seed: int
 
 
-def location_check(model, image: np.ndarray, n_glimpses: int | None = None, n_random: int = 8,
-                   seed: int = 0) -> LocationCheck:
+def location_check(
+    model, image: np.ndarray, n_glimpses: int | None = None, n_random: int = 8, seed: int = 0
+) -> LocationCheck:
     """Run MGNet on ``image`` with its own glimpses, with glimpses 2..T centred, and with them at
     ``n_random`` random positions (same scales), in one batch."""
     steps = model.n_glimpses if n_glimpses is None else int(n_glimpses)
@@ -155,22 +169,26 @@ def location_check(model, image: np.ndarray, n_glimpses: int | None = None, n_ra
     with eval_mode(model), torch.inference_mode():
         fast = inference_model(model)
         own = fast(x, n_glimpses=steps)
-        later = own.glimpses[1:].float().cpu()                                      # [T-1, 1, 3]
+        later = own.glimpses[1:].float().cpu()  # [T-1, 1, 3]
         scale = later[..., :1].expand(-1, n_random, 1)
         gen = torch.Generator().manual_seed(seed)
         where = (torch.rand(later.shape[0], n_random, 2, generator=gen) * 2 - 1) * (1 - scale)
         centre = later.clone()
         centre[..., 1:] = 0.0
-        params = torch.cat([centre, torch.cat([scale, where], -1)], 1)             # [T-1, 1+K, 3]
+        params = torch.cat([centre, torch.cat([scale, where], -1)], 1)  # [T-1, 1+K, 3]
         out = fast(x.expand(1 + n_random, -1, -1, -1), n_glimpses=steps, glimpse_params=params.to(dev))
     target = int(own.logits[-1, 0].argmax())
-    probs = out.logits.float().softmax(-1).cpu().numpy()                            # [T, 1+K, C]
+    probs = out.logits.float().softmax(-1).cpu().numpy()  # [T, 1+K, C]
     finals = probs[-1].argmax(-1)
     return LocationCheck(
-        target=target, own=own.logits[:, 0].float().softmax(-1)[:, target].cpu().numpy(),
-        centre=probs[:, 0, target], moved=probs[:, 1:, target].T.copy(),
+        target=target,
+        own=own.logits[:, 0].float().softmax(-1)[:, target].cpu().numpy(),
+        centre=probs[:, 0, target],
+        moved=probs[:, 1:, target].T.copy(),
         moved_params=out.glimpses[:, 1:].float().cpu().numpy().transpose(1, 0, 2).copy(),
-        final_class={"own": target, "centre": int(finals[0]), "moved": [int(v) for v in finals[1:]]}, seed=seed)
+        final_class={"own": target, "centre": int(finals[0]), "moved": [int(v) for v in finals[1:]]},
+        seed=seed,
+    )
 
 
 def display_crop(image: np.ndarray, box, size: int = 256) -> np.ndarray:
@@ -194,7 +212,7 @@ def focus_map(boxes, width: int, height: int, skip_first: bool = True, blur: flo
     glimpse (the whole image) carries no location and is skipped by default. A light Gaussian blur
     (sigma = ``blur`` x the longer side) softens box edges.
     """
-    boxes = np.asarray(boxes)[1 if skip_first and len(boxes) > 1 else 0:]
+    boxes = np.asarray(boxes)[1 if skip_first and len(boxes) > 1 else 0 :]
     out = np.zeros((height, width), np.float32)
     for box in boxes:
         m = geometry.box_mask(box, width, height)

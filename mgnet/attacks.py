@@ -36,6 +36,7 @@ Why the steps are written here rather than taken from ``captum.robust`` (captum 
 For L-infinity without random start the update is the same as captum's (step, clip to the ball, clamp
 to [0, 1]); the tests check that our PGD matches ``captum.robust.PGD`` with ``zero_thresh = 0``.
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -86,8 +87,9 @@ def _check_pixels(x: torch.Tensor) -> torch.Tensor:
     x = x.detach().clone()  # also turns an inference-mode tensor into a normal one
     lo, hi = float(x.min()), float(x.max())
     if lo < -1e-6 or hi > 1 + 1e-6:
-        raise ValueError(f"x must hold pixels in [0, 1] (not ImageNet-normalised values); got range "
-                         f"[{lo:.3f}, {hi:.3f}]")
+        raise ValueError(
+            f"x must hold pixels in [0, 1] (not ImageNet-normalised values); got range [{lo:.3f}, {hi:.3f}]"
+        )
     return x.clamp_(0, 1)
 
 
@@ -113,8 +115,14 @@ def _loss_gradient(model, x, y, targeted, n_glimpses, s_grad) -> torch.Tensor:
     return -grad if targeted else grad
 
 
-def input_gradient(model: nn.Module, x: torch.Tensor, y, targeted: bool = False, s_grad: float | None = None,
-                   n_glimpses: int | None = None) -> torch.Tensor:
+def input_gradient(
+    model: nn.Module,
+    x: torch.Tensor,
+    y,
+    targeted: bool = False,
+    s_grad: float | None = None,
+    n_glimpses: int | None = None,
+) -> torch.Tensor:
     """Gradient of the summed cross-entropy on the final prediction w.r.t. the pixels ``x``.
 
     This is the gradient every attack here follows (negated when ``targeted``). With MGNet's default
@@ -128,10 +136,22 @@ def input_gradient(model: nn.Module, x: torch.Tensor, y, targeted: bool = False,
 
 
 # -- attacks ----------------------------------------------------------------------------------------
-def attack(model: nn.Module, x: torch.Tensor, y, method: str = "pgd", eps: float = 4.0, steps: int = 10,
-           step_size: float | None = None, norm: str = "linf", random_start: bool = True, targeted: bool = False,
-           s_grad: float | None = None, n_glimpses: int | None = None, seed: int = 0,
-           progress: Progress | None = None) -> torch.Tensor:
+def attack(
+    model: nn.Module,
+    x: torch.Tensor,
+    y,
+    method: str = "pgd",
+    eps: float = 4.0,
+    steps: int = 10,
+    step_size: float | None = None,
+    norm: str = "linf",
+    random_start: bool = True,
+    targeted: bool = False,
+    s_grad: float | None = None,
+    n_glimpses: int | None = None,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> torch.Tensor:
     """Adversarial examples in pixel space; returns ``x_adv`` clamped to [0, 1], same shape as ``x``.
 
     Args:
@@ -210,9 +230,18 @@ def attack(model: nn.Module, x: torch.Tensor, y, method: str = "pgd", eps: float
     return x_adv.detach()
 
 
-def paper_pgd(model: nn.Module, x: torch.Tensor, y, eps: float = 4.0, step: float = 1.0, steps: int = 10, *,
-              n_glimpses: int | None = None, s_grad: float | None = None,
-              progress: Progress | None = None) -> torch.Tensor:
+def paper_pgd(
+    model: nn.Module,
+    x: torch.Tensor,
+    y,
+    eps: float = 4.0,
+    step: float = 1.0,
+    steps: int = 10,
+    *,
+    n_glimpses: int | None = None,
+    s_grad: float | None = None,
+    progress: Progress | None = None,
+) -> torch.Tensor:
     """The authors' PGD, for reproducing their robustness table only.
 
     It perturbs the ImageNet-NORMALISED image: ``eps/255`` and ``step/255`` are measured in normalised
@@ -250,8 +279,9 @@ def paper_pgd(model: nn.Module, x: torch.Tensor, y, eps: float = 4.0, step: floa
     return (xn_adv * std + mean).detach()
 
 
-def transfer_attack(source: nn.Module, target: nn.Module, x: torch.Tensor, y, *,
-                    target_n_glimpses: int | None = None, **attack_kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+def transfer_attack(
+    source: nn.Module, target: nn.Module, x: torch.Tensor, y, *, target_n_glimpses: int | None = None, **attack_kwargs
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Craft adversarial examples on ``source`` with :func:`attack`, then evaluate them on ``target``.
 
     ``attack_kwargs`` go to :func:`attack` (``n_glimpses`` and ``s_grad`` there apply to the source).

@@ -3,6 +3,7 @@
 Every file is loaded with ``torch.load(weights_only=True)``; the only class allowed beyond plain
 containers and tensors is ``argparse.Namespace`` (the authors' hyper-parameters).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,6 +30,7 @@ class CheckpointError(ValueError):
 # The project's default pair in checkpoints/: the app opens on these.
 DEFAULT_CHECKPOINTS = ("mgnet-resnet18-imagenette.pt", "baseline-resnet18-imagenette.pt")
 
+
 def file_sha256(path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -53,15 +55,18 @@ def read_checkpoint_file(path) -> dict:
         if found:
             raise CheckpointError(
                 f"{path.name} was refused: it holds a Python object ({found.group(1)}) besides weights and plain "
-                "settings. Such files can run code when loaded, so it was not unpickled.") from None
-        raise CheckpointError(f"{path.name} is not a readable PyTorch checkpoint (damaged or another kind of "
-                              "file).") from None
+                "settings. Such files can run code when loaded, so it was not unpickled."
+            ) from None
+        raise CheckpointError(
+            f"{path.name} is not a readable PyTorch checkpoint (damaged or another kind of file)."
+        ) from None
     except MemoryError:
         raise CheckpointError(f"{path.name} is too large to load in memory.") from None
     except Exception as exc:  # torch.load fails in many ways on damaged input; none of them is ours to leak
         detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path.name} is not a readable PyTorch checkpoint (truncated, damaged or another "
-                              f"kind of file): {detail}.") from None
+        raise CheckpointError(
+            f"{path.name} is not a readable PyTorch checkpoint (truncated, damaged or another kind of file): {detail}."
+        ) from None
     if not isinstance(blob, dict):
         raise CheckpointError(f"{path.name} holds a {type(blob).__name__}, not a checkpoint dictionary.")
     return blob
@@ -82,17 +87,21 @@ def _load_weights(model: MGNet, state: dict, name: str):
         if missing:
             parts.append(f"missing keys ({len(missing)}): {', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}")
         if unexpected:
-            parts.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected[:6])}"
-                         f"{' ...' if len(unexpected) > 6 else ''}")
-        raise CheckpointError(f"{name} does not match an MGNet with backbone {model.backbone_name}: "
-                              + "; ".join(parts) + ".")
+            parts.append(
+                f"unexpected keys ({len(unexpected)}): {', '.join(unexpected[:6])}"
+                f"{' ...' if len(unexpected) > 6 else ''}"
+            )
+        raise CheckpointError(
+            f"{name} does not match an MGNet with backbone {model.backbone_name}: " + "; ".join(parts) + "."
+        )
     for key, value in state.items():
         if not isinstance(value, torch.Tensor):
             raise CheckpointError(f"{name}: entry {key} is not a tensor.")
         if value.shape != own[key].shape:
             raise CheckpointError(
                 f"{name}: {key} has shape {tuple(value.shape)} but backbone {model.backbone_name} with "
-                f"{model.num_classes} classes needs {tuple(own[key].shape)} (wrong backbone or class count?).")
+                f"{model.num_classes} classes needs {tuple(own[key].shape)} (wrong backbone or class count?)."
+            )
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
 
 
@@ -101,16 +110,23 @@ def _from_authors(blob: dict, name: str) -> tuple[MGNet, dict]:
     backbone = _hparam(hp, "model", "resnet18")
     num_classes = int(_hparam(hp, "num_class", 100))
     n_iter = int(_hparam(hp, "n_iter", 4))
-    state = {k[len("model."):]: v for k, v in blob["state_dict"].items() if k.startswith("model.")}
+    state = {k[len("model.") :]: v for k, v in blob["state_dict"].items() if k.startswith("model.")}
     has_aux = any(k.startswith("glimpse_fc.") for k in state)
     trans = _hparam(hp, "trans_method", "tight-crop")
     if trans not in (None, "tight-crop"):
         raise CheckpointError(f"{name} uses translation method {trans!r}; only 'tight-crop' is supported.")
     try:
-        model = MGNet(backbone=backbone, num_classes=num_classes, n_glimpses=n_iter,
-                      scale=float(_hparam(hp, "scale", 2.33)), scale_min=float(_hparam(hp, "scale_min", 0.2)),
-                      scale_max=float(_hparam(hp, "scale_max", 0.5)), s_grad=float(_hparam(hp, "s", 0.02)),
-                      alpha=float(_hparam(hp, "alpha", 0.6)) if has_aux else 0.0, image_size=224)
+        model = MGNet(
+            backbone=backbone,
+            num_classes=num_classes,
+            n_glimpses=n_iter,
+            scale=float(_hparam(hp, "scale", 2.33)),
+            scale_min=float(_hparam(hp, "scale_min", 0.2)),
+            scale_max=float(_hparam(hp, "scale_max", 0.5)),
+            s_grad=float(_hparam(hp, "s", 0.02)),
+            alpha=float(_hparam(hp, "alpha", 0.6)) if has_aux else 0.0,
+            image_size=224,
+        )
     except ValueError as exc:
         raise CheckpointError(f"{name}: {exc}") from None
     if has_aux and model.glimpse_fc is None:
@@ -121,10 +137,16 @@ def _from_authors(blob: dict, name: str) -> tuple[MGNet, dict]:
         class_ids = [wnid for wnid, _ in IMAGENET100]
     else:
         class_ids = [str(i) for i in range(num_classes)]
-    info = {"format": "authors-lightning", "kind": "baseline" if model.is_baseline else "mgnet",
-            "class_ids": class_ids,
-            "provenance": {"source": "authors' published PyTorch-Lightning checkpoint",
-                           "epoch": blob.get("epoch"), "global_step": blob.get("global_step")}}
+    info = {
+        "format": "authors-lightning",
+        "kind": "baseline" if model.is_baseline else "mgnet",
+        "class_ids": class_ids,
+        "provenance": {
+            "source": "authors' published PyTorch-Lightning checkpoint",
+            "epoch": blob.get("epoch"),
+            "global_step": blob.get("global_step"),
+        },
+    }
     return model, info
 
 
@@ -141,8 +163,12 @@ def _from_ours(blob: dict, name: str) -> tuple[MGNet, dict]:
     if not isinstance(classes, list) or len(classes) != model.num_classes:
         raise CheckpointError(f"{name}: class list does not match its {model.num_classes} outputs.")
     model.classes = [str(c) for c in classes]
-    info = {"format": FORMAT, "kind": "baseline" if model.is_baseline else "mgnet",
-            "class_ids": list(blob.get("class_ids") or model.classes), "provenance": blob.get("provenance", {})}
+    info = {
+        "format": FORMAT,
+        "kind": "baseline" if model.is_baseline else "mgnet",
+        "class_ids": list(blob.get("class_ids") or model.classes),
+        "provenance": blob.get("provenance", {}),
+    }
     return model, info
 
 
@@ -162,7 +188,8 @@ def load_checkpoint(path, device=None) -> MGNet:
     else:
         raise CheckpointError(
             f"{path.name} is a PyTorch file but not an MGNet checkpoint (expected this project's format or the "
-            f"authors' Lightning .ckpt with 'state_dict' and 'hyper_parameters').")
+            f"authors' Lightning .ckpt with 'state_dict' and 'hyper_parameters')."
+        )
     info["sha256"] = file_sha256(path)
     info["path"] = str(path)
     info["name"] = path.stem
@@ -177,13 +204,19 @@ def load_checkpoint(path, device=None) -> MGNet:
 def save_checkpoint(model: MGNet, path, classes=None, class_ids=None, provenance=None, half: bool = True):
     """Write our format: fp16 weights, configuration, class names and provenance, atomically."""
     path = Path(path)
-    state = {k: (v.detach().half() if half and v.is_floating_point() else v.detach()).cpu().clone()
-             for k, v in model.state_dict().items()}
-    blob = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": model.config(),
-            "classes": list(classes or model.classes), "class_ids": list(class_ids or classes or model.classes),
-            "state_dict": state,
-            "provenance": {"saved": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                           **(provenance or {})}}
+    state = {
+        k: (v.detach().half() if half and v.is_floating_point() else v.detach()).cpu().clone()
+        for k, v in model.state_dict().items()
+    }
+    blob = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "config": model.config(),
+        "classes": list(classes or model.classes),
+        "class_ids": list(class_ids or classes or model.classes),
+        "state_dict": state,
+        "provenance": {"saved": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **(provenance or {})},
+    }
     atomic_save(blob, path)
     return path
 

@@ -30,6 +30,7 @@ module adds what an interactive app needs on top of it:
 
 Severity 0 means "no corruption" and returns a copy of the (RGB-converted) input.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -50,8 +51,9 @@ CORRUPTION_GROUPS: dict[str, tuple[str, ...]] = {
 }
 """ImageNet-C's four groups of the 15 benchmark corruptions, plus the 4 extra ones."""
 
-CORRUPTIONS: tuple[str, ...] = (CORRUPTION_GROUPS["noise"] + CORRUPTION_GROUPS["blur"]
-                                + CORRUPTION_GROUPS["weather"] + CORRUPTION_GROUPS["digital"])
+CORRUPTIONS: tuple[str, ...] = (
+    CORRUPTION_GROUPS["noise"] + CORRUPTION_GROUPS["blur"] + CORRUPTION_GROUPS["weather"] + CORRUPTION_GROUPS["digital"]
+)
 """The 15 ImageNet-C benchmark corruptions, in the paper's order."""
 
 EXTRA_CORRUPTIONS: tuple[str, ...] = CORRUPTION_GROUPS["extra"]
@@ -81,8 +83,13 @@ CORRUPTION_LABELS: dict[str, str] = {
     "saturate": "Saturate",
 }
 
-GROUP_LABELS: dict[str, str] = {"noise": "Noise", "blur": "Blur", "weather": "Weather",
-                                "digital": "Digital", "extra": "Extra"}
+GROUP_LABELS: dict[str, str] = {
+    "noise": "Noise",
+    "blur": "Blur",
+    "weather": "Weather",
+    "digital": "Digital",
+    "extra": "Extra",
+}
 
 SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
 
@@ -115,13 +122,15 @@ def _check_name(name) -> None:
 
 def _check_severity(severity) -> int:
     if isinstance(severity, bool) or not isinstance(severity, (int, np.integer)) or not 0 <= severity <= 5:
-        raise ValueError(f"severity must be an integer in 0..5 (0 = clean), got {severity!r}; "
-                         f"valid severities: 0, {', '.join(map(str, SEVERITIES))}")
+        raise ValueError(
+            f"severity must be an integer in 0..5 (0 = clean), got {severity!r}; "
+            f"valid severities: 0, {', '.join(map(str, SEVERITIES))}"
+        )
     return int(severity)
 
 
 def _check_seed(seed) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2 ** 32:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
         raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}")
     return int(seed)
 
@@ -137,8 +146,7 @@ def _as_rgb_uint8(image) -> np.ndarray:
     if image.ndim == 2:
         image = image[..., None]
     if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
-        raise ValueError(f"expected an image of shape [H, W], [H, W, 1], [H, W, 3] or [H, W, 4], "
-                         f"got {image.shape}")
+        raise ValueError(f"expected an image of shape [H, W], [H, W, 1], [H, W, 3] or [H, W, 4], got {image.shape}")
     if image.shape[0] < 1 or image.shape[1] < 1:
         raise ValueError(f"empty image of shape {image.shape}")
     if image.shape[2] == 1:
@@ -169,14 +177,18 @@ def _run_library(image: np.ndarray, name: str, severity: int, seed: int) -> np.n
     result = np.asarray(result)
     if result.dtype.kind == "f" and not np.isfinite(result).all():
         if name != "spatter":  # not seen in testing; refuse rather than return a wrong image
-            raise RuntimeError(f"imagecorruptions produced non-finite values for {name} "
-                               f"(severity {severity}, seed {seed}, image {image.shape})")
+            raise RuntimeError(
+                f"imagecorruptions produced non-finite values for {name} "
+                f"(severity {severity}, seed {seed}, image {image.shape})"
+            )
         # Spatter without droplets: the mask is 0/0 everywhere. No droplets means no change.
         result = np.where(np.isfinite(result), result, image.astype(result.dtype))
     out = np.uint8(result)
     if out.shape != image.shape:
-        raise RuntimeError(f"imagecorruptions returned shape {out.shape} for an image of shape {image.shape} "
-                           f"({name}, severity {severity})")
+        raise RuntimeError(
+            f"imagecorruptions returned shape {out.shape} for an image of shape {image.shape} "
+            f"({name}, severity {severity})"
+        )
     return out
 
 
@@ -207,7 +219,7 @@ def corrupt(image, name: str, severity: int, seed: int = 0) -> np.ndarray:
     if pad_h or pad_w:
         top, left = pad_h // 2, pad_w // 2
         padded = np.pad(rgb, ((top, pad_h - top), (left, pad_w - left), (0, 0)), mode="reflect")
-        return np.ascontiguousarray(_run_library(padded, name, severity, seed)[top:top + h, left:left + w])
+        return np.ascontiguousarray(_run_library(padded, name, severity, seed)[top : top + h, left : left + w])
     return _run_library(rgb, name, severity, seed)
 
 

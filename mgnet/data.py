@@ -1,4 +1,5 @@
 """Image loading (hostile-input safe), model-input conversion and cached ImageFolder datasets."""
+
 from __future__ import annotations
 
 import hashlib
@@ -62,7 +63,8 @@ def load_image(source, max_pixels: int = MAX_PIXELS) -> np.ndarray:
                 if width > MAX_SIDE or height > MAX_SIDE or width * height > max_pixels:
                     raise ValueError(
                         f"The image is {width}x{height} pixels, more than this app accepts "
-                        f"({max_pixels / 1e6:.0f} megapixels, {MAX_SIDE} px per side). Downscale it first.")
+                        f"({max_pixels / 1e6:.0f} megapixels, {MAX_SIDE} px per side). Downscale it first."
+                    )
                 img.seek(0)
                 img.load()
                 frame = ImageOps.exif_transpose(img)
@@ -182,8 +184,9 @@ def cached_folder(root, size: int, cache_dir=None, progress: bool = True):
         return classes, blob["images"], blob["labels"]
     images = torch.empty(len(samples), 3, size, size, dtype=torch.uint8)
     labels = torch.tensor([label for _, label in samples], dtype=torch.long)
-    for i, (path, _) in enumerate(tqdm(samples, desc=f"decoding {Path(root).name} at {size}px",
-                                       disable=not progress, unit="img")):
+    for i, (path, _) in enumerate(
+        tqdm(samples, desc=f"decoding {Path(root).name} at {size}px", disable=not progress, unit="img")
+    ):
         try:
             decoded = load_image(path)
         except ValueError as exc:  # say which of thousands of files it was

@@ -9,6 +9,7 @@ Prints accuracy after every glimpse with its cumulative compute, and writes the 
 Corruptions are applied at the data's stored resolution (224 px for ImageNet-C-style inputs) and
 the result is then resized to the model's input size, as a user's photo would be.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,12 +51,12 @@ def _run(model, images_u8, labels, batch_size=256, device=None, dtype=None, prog
     hits, used = [], []
     with eval_mode(model):
         for i in tqdm(range(0, len(images_u8), batch_size), desc="evaluating", disable=not progress, unit="batch"):
-            x = images_u8[i:i + batch_size].to(device)
+            x = images_u8[i : i + batch_size].to(device)
             x = x.float().div_(255.0) if x.dtype == torch.uint8 else x
-            kw = {} if glimpse_params is None else {"glimpse_params": glimpse_params[:, i:i + batch_size]}
+            kw = {} if glimpse_params is None else {"glimpse_params": glimpse_params[:, i : i + batch_size]}
             with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
                 out = model(x, **kw)
-            hits.append(out.logits.argmax(-1).cpu() == labels[i:i + batch_size])
+            hits.append(out.logits.argmax(-1).cpu() == labels[i : i + batch_size])
             used.append(out.glimpses.float().cpu())
     return torch.cat(hits, dim=1), torch.cat(used, dim=1)
 
@@ -94,10 +95,15 @@ def glimpse_statistics(params: torch.Tensor, bins: int = 16) -> list[dict]:
     for t in range(1, params.shape[0]):
         s, tx, ty = params[t].double().unbind(1)
         hist, _, _ = np.histogram2d(ty.numpy(), tx.numpy(), bins=bins, range=[[-1, 1], [-1, 1]])
-        stats.append({"glimpse": t + 1, "mean_scale": round(float(s.mean()), 4),
-                      "mean_offset": round(float((tx ** 2 + ty ** 2).sqrt().mean() / 2), 4),
-                      "covers_centre": round(float(((tx.abs() <= s) & (ty.abs() <= s)).double().mean()), 4),
-                      "centre_histogram": hist.astype(int).tolist()})
+        stats.append(
+            {
+                "glimpse": t + 1,
+                "mean_scale": round(float(s.mean()), 4),
+                "mean_offset": round(float((tx**2 + ty**2).sqrt().mean() / 2), 4),
+                "covers_centre": round(float(((tx.abs() <= s) & (ty.abs() <= s)).double().mean()), 4),
+                "centre_histogram": hist.astype(int).tolist(),
+            }
+        )
     return stats
 
 
@@ -110,10 +116,8 @@ def glimpse_overlap(params: torch.Tensor) -> float:
     ious = []
     for i in range(s.shape[0]):
         for j in range(i + 1, s.shape[0]):
-            w = ((torch.minimum(tx[i] + s[i], tx[j] + s[j]) - torch.maximum(tx[i] - s[i], tx[j] - s[j]))
-                 .clamp_min(0))
-            h = ((torch.minimum(ty[i] + s[i], ty[j] + s[j]) - torch.maximum(ty[i] - s[i], ty[j] - s[j]))
-                 .clamp_min(0))
+            w = (torch.minimum(tx[i] + s[i], tx[j] + s[j]) - torch.maximum(tx[i] - s[i], tx[j] - s[j])).clamp_min(0)
+            h = (torch.minimum(ty[i] + s[i], ty[j] + s[j]) - torch.maximum(ty[i] - s[i], ty[j] - s[j])).clamp_min(0)
             inter = w * h
             ious.append(inter / (4 * s[i] ** 2 + 4 * s[j] ** 2 - inter))
     return round(float(torch.stack(ious).mean()), 4)
@@ -133,11 +137,18 @@ def location_report(model, images_u8, labels, seed=0, batch_size=256, progress=F
     glimpse 2 lands (mean offset from the centre, share of the side) and how much glimpses 2..T overlap."""
     ablation = location_ablation(model, images_u8, labels, batch_size, seed, progress)
     correct, params = ablation["correct"], ablation["params"]
-    report = {"images": int(len(labels)), "seed": seed,
-              "accuracy": {m: [round(float(v), 4) for v in c.float().mean(1)] for m, c in correct.items()}}
+    report = {
+        "images": int(len(labels)),
+        "seed": seed,
+        "accuracy": {m: [round(float(v), 4) for v in c.float().mean(1)] for m, c in correct.items()},
+    }
     if params.shape[0] > 1:
-        report["gain_ci95"] = {f"{m}@{t + 1}": paired_difference(correct["learned"][t], c[t])
-                               for m, c in correct.items() if m != "learned" for t in sorted({1, params.shape[0] - 1})}
+        report["gain_ci95"] = {
+            f"{m}@{t + 1}": paired_difference(correct["learned"][t], c[t])
+            for m, c in correct.items()
+            if m != "learned"
+            for t in sorted({1, params.shape[0] - 1})
+        }
         stats = glimpse_statistics(params)
         report["glimpse2_offset"] = stats[0]["mean_offset"]
         report["glimpse2_scale"] = stats[0]["mean_scale"]
@@ -152,11 +163,14 @@ def format_location_report(report: dict) -> str:
         lines.append(f"{t + 1:>7}  " + "  ".join(f"{100 * a[t]:>8.2f}%" for a in report["accuracy"].values()))
     for key, (mean, low, high) in report.get("gain_ci95", {}).items():
         mode, t = key.split("@")
-        lines.append(f"own - {mode} after glimpse {t}: {100 * mean:+.1f} points (95% CI {100 * low:+.1f} to "
-                     f"{100 * high:+.1f})")
+        lines.append(
+            f"own - {mode} after glimpse {t}: {100 * mean:+.1f} points (95% CI {100 * low:+.1f} to {100 * high:+.1f})"
+        )
     if "glimpse2_offset" in report:
-        lines.append(f"glimpse 2: mean side {report['glimpse2_scale']:.3f}, mean offset from the centre "
-                     f"{report['glimpse2_offset']:.3f} of the side; mean IoU of glimpses 2..T {report['overlap_iou']:.3f}")
+        lines.append(
+            f"glimpse 2: mean side {report['glimpse2_scale']:.3f}, mean offset from the centre "
+            f"{report['glimpse2_offset']:.3f} of the side; mean IoU of glimpses 2..T {report['overlap_iou']:.3f}"
+        )
     return "\n".join(lines)
 
 
@@ -173,8 +187,10 @@ def label_map(model, folder_classes) -> torch.Tensor:
     lookup = {c: i for i, c in enumerate(ids)}
     missing = [c for c in folder_classes if c not in lookup]
     if missing:
-        raise ValueError(f"the data has classes the model does not know: {', '.join(missing[:5])}"
-                         f"{' ...' if len(missing) > 5 else ''} (model classes: {', '.join(ids[:5])} ...).")
+        raise ValueError(
+            f"the data has classes the model does not know: {', '.join(missing[:5])}"
+            f"{' ...' if len(missing) > 5 else ''} (model classes: {', '.join(ids[:5])} ...)."
+        )
     return torch.tensor([lookup[c] for c in folder_classes])
 
 
@@ -184,8 +200,9 @@ def load_eval_images(data, size, limit=0, cache_dir=None, progress=True):
     return classes, images[keep], labels[keep]
 
 
-def corrupt_batch(images_u8: torch.Tensor, name: str, severity: int, out_size: int, seed: int = 0,
-                  progress=True) -> torch.Tensor:
+def corrupt_batch(
+    images_u8: torch.Tensor, name: str, severity: int, out_size: int, seed: int = 0, progress=True
+) -> torch.Tensor:
     from tqdm import tqdm
 
     from .corruptions import corrupt
@@ -208,10 +225,14 @@ def attack_batch(model, images_u8, labels, batch_size=64, progress=True, source=
     device = next(source.parameters()).device
     adv = []
     method = attack_kwargs.pop("method", "pgd")
-    for i in tqdm(range(0, len(images_u8), batch_size), desc=f"{method} eps {attack_kwargs.get('eps')}",
-                  disable=not progress, unit="batch"):
-        x = images_u8[i:i + batch_size].to(device).float().div_(255.0)
-        y = labels[i:i + batch_size].to(device)
+    for i in tqdm(
+        range(0, len(images_u8), batch_size),
+        desc=f"{method} eps {attack_kwargs.get('eps')}",
+        disable=not progress,
+        unit="batch",
+    ):
+        x = images_u8[i : i + batch_size].to(device).float().div_(255.0)
+        y = labels[i : i + batch_size].to(device)
         if method == "paper-pgd":
             kw = {k: attack_kwargs[k] for k in ("eps", "steps") if k in attack_kwargs}
             adv.append(paper_pgd(source, x, y, **kw).detach().cpu())
@@ -220,8 +241,21 @@ def attack_batch(model, images_u8, labels, batch_size=64, progress=True, source=
     return torch.cat(adv)
 
 
-def evaluate(model, data, limit=0, attack=None, corruption=None, severity=3, transfer_from=None, batch_size=128,
-             seed=0, cache_dir=None, progress=True, off_centre=False, location=False) -> dict:
+def evaluate(
+    model,
+    data,
+    limit=0,
+    attack=None,
+    corruption=None,
+    severity=3,
+    transfer_from=None,
+    batch_size=128,
+    seed=0,
+    cache_dir=None,
+    progress=True,
+    off_centre=False,
+    location=False,
+) -> dict:
     """Accuracy after each glimpse of ``model`` on an ImageFolder, optionally corrupted or attacked.
 
     attack: None or dict(method=..., eps=..., steps=..., ...) for mgnet.attacks.attack ('paper-pgd' for the
@@ -250,18 +284,27 @@ def evaluate(model, data, limit=0, attack=None, corruption=None, severity=3, tra
     cumulative, base = gflops(model)
     acc = [round(float(c) / len(labels), 4) for c in correct.sum(1)]
     return {
-        "checkpoint": model.checkpoint_info.get("path"), "sha256": model.checkpoint_info.get("sha256"),
-        "kind": model.checkpoint_info.get("kind"), "data": str(data), "images": int(len(labels)),
-        "accuracy": acc[-1], "accuracy_per_glimpse": acc,
-        "gflops_per_glimpse": [round(g, 4) for g in cumulative], "gflops_per_image": round(cumulative[-1], 4),
+        "checkpoint": model.checkpoint_info.get("path"),
+        "sha256": model.checkpoint_info.get("sha256"),
+        "kind": model.checkpoint_info.get("kind"),
+        "data": str(data),
+        "images": int(len(labels)),
+        "accuracy": acc[-1],
+        "accuracy_per_glimpse": acc,
+        "gflops_per_glimpse": [round(g, 4) for g in cumulative],
+        "gflops_per_image": round(cumulative[-1], 4),
         "baseline_gflops": round(base, 4),
-        "attack": dict(attack) if attack else None, "transfer_from": (transfer_from.checkpoint_info.get("path")
-                                                                      if transfer_from is not None else None),
+        "attack": dict(attack) if attack else None,
+        "transfer_from": (transfer_from.checkpoint_info.get("path") if transfer_from is not None else None),
         "corruption": {"name": corruption, "severity": severity} if corruption else None,
         "off_centre": bool(off_centre),
-        "location": (location_report(model, adv if attack else images, labels, seed, batch_size)
-                     if location and model.n_glimpses > 1 else None),
-        "seed": seed, "seconds": round(time.time() - started, 1),
+        "location": (
+            location_report(model, adv if attack else images, labels, seed, batch_size)
+            if location and model.n_glimpses > 1
+            else None
+        ),
+        "seed": seed,
+        "seconds": round(time.time() - started, 1),
     }
 
 
@@ -277,8 +320,10 @@ def _stored_size(data) -> int:
 def format_table(result: dict) -> str:
     base = result["baseline_gflops"]
     data = " off-centre" if result.get("off_centre") else ""
-    lines = [f"{Path(result['checkpoint'] or '?').name}  ({result['kind']}, {result['images']}{data} images)",
-             f"{'glimpse':>7}  {'accuracy':>8}  {'GFLOPs':>7}  {'% of baseline':>13}"]
+    lines = [
+        f"{Path(result['checkpoint'] or '?').name}  ({result['kind']}, {result['images']}{data} images)",
+        f"{'glimpse':>7}  {'accuracy':>8}  {'GFLOPs':>7}  {'% of baseline':>13}",
+    ]
     for t, (a, g) in enumerate(zip(result["accuracy_per_glimpse"], result["gflops_per_glimpse"]), 1):
         lines.append(f"{t:>7}  {a * 100:>7.2f}%  {g:>7.3f}  {100 * g / base:>12.1f}%")
     return "\n".join(lines)
@@ -289,28 +334,39 @@ def write_json_atomic(obj, path):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m mgnet.evaluate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m mgnet.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--checkpoint", required=True, help="our .pt checkpoint or the authors' Lightning .ckpt")
     p.add_argument("--data", required=True, help="ImageFolder directory: DIR/<WordNet id>/<image>")
     p.add_argument("--limit", type=int, default=0, help="evaluate N images spread over the folder (0 = all)")
-    p.add_argument("--attack", choices=["fgsm", "pgd", "paper-pgd"],
-                   help="pixel-space FGSM/PGD (clamped to [0,1]) or the authors' normalised-space PGD")
+    p.add_argument(
+        "--attack",
+        choices=["fgsm", "pgd", "paper-pgd"],
+        help="pixel-space FGSM/PGD (clamped to [0,1]) or the authors' normalised-space PGD",
+    )
     p.add_argument("--eps", type=float, default=4.0, help="attack budget in 1/255 units (L-inf)")
     p.add_argument("--steps", type=int, default=10, help="PGD steps")
     p.add_argument("--step-size", type=float, default=None, help="PGD step in 1/255 units (default 2.5*eps/steps)")
     p.add_argument("--norm", choices=["linf", "l2"], default="linf")
-    p.add_argument("--true-gradients", action="store_true",
-                   help="attack MGNet with the 0.02 gradient re-scaling turned off")
+    p.add_argument(
+        "--true-gradients", action="store_true", help="attack MGNet with the 0.02 gradient re-scaling turned off"
+    )
     p.add_argument("--transfer-from", help="craft the attack on this checkpoint, test on --checkpoint")
     p.add_argument("--corruption", help="ImageNet-C corruption name (see mgnet.corruptions.CORRUPTIONS)")
     p.add_argument("--severity", type=int, default=3, help="corruption severity 1-5")
-    p.add_argument("--off-centre", action="store_true",
-                   help="evaluate on an off-centre version of the data: each photo shrunk to a random 40-60%% "
-                        "of the side and pasted at a random spot on a blurred other photo (fixed by --seed)")
-    p.add_argument("--location", action="store_true",
-                   help="MGNet: also compare its own glimpses with centred and shuffled ones (paired 95%% CI), "
-                        "and report where glimpse 2 lands and how much glimpses overlap")
+    p.add_argument(
+        "--off-centre",
+        action="store_true",
+        help="evaluate on an off-centre version of the data: each photo shrunk to a random 40-60%% "
+        "of the side and pasted at a random spot on a blurred other photo (fixed by --seed)",
+    )
+    p.add_argument(
+        "--location",
+        action="store_true",
+        help="MGNet: also compare its own glimpses with centred and shuffled ones (paired 95%% CI), "
+        "and report where glimpse 2 lands and how much glimpses overlap",
+    )
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda")
@@ -326,8 +382,7 @@ def main(argv=None) -> int:
 
         valid = list(CORRUPTIONS) + list(EXTRA_CORRUPTIONS)
         if args.corruption not in valid:
-            print(f"error: unknown corruption {args.corruption!r}; choose from {', '.join(valid)}",
-                  file=sys.stderr)
+            print(f"error: unknown corruption {args.corruption!r}; choose from {', '.join(valid)}", file=sys.stderr)
             return 2
         if not 1 <= args.severity <= 5:
             print("error: --severity must be between 1 and 5", file=sys.stderr)
@@ -335,14 +390,19 @@ def main(argv=None) -> int:
     if args.attack and args.eps < 0:
         print("error: --eps must be non-negative", file=sys.stderr)
         return 2
-    for flag, value, low in (("--limit", args.limit, 0), ("--batch-size", args.batch_size, 1),
-                             ("--steps", args.steps if args.attack in ("pgd", "paper-pgd") else 1, 1)):
+    for flag, value, low in (
+        ("--limit", args.limit, 0),
+        ("--batch-size", args.batch_size, 1),
+        ("--steps", args.steps if args.attack in ("pgd", "paper-pgd") else 1, 1),
+    ):
         if value < low:
             print(f"error: {flag} must be at least {low}, got {value}", file=sys.stderr)
             return 2
     if args.json and Path(args.json).is_dir():
-        print(f"error: --json {args.json} is a folder; give a file name such as {Path(args.json) / 'result.json'}",
-              file=sys.stderr)
+        print(
+            f"error: --json {args.json} is a folder; give a file name such as {Path(args.json) / 'result.json'}",
+            file=sys.stderr,
+        )
         return 2
     if not Path(args.data).is_dir():
         print(f"error: data folder {args.data} does not exist", file=sys.stderr)
@@ -358,9 +418,20 @@ def main(argv=None) -> int:
                 attack.update(norm=args.norm, step_size=args.step_size)
                 if args.true_gradients:
                     attack["s_grad"] = 1.0
-        result = evaluate(model, args.data, args.limit, attack, args.corruption, args.severity, source,
-                          args.batch_size, args.seed, args.cache_dir, off_centre=args.off_centre,
-                          location=args.location)
+        result = evaluate(
+            model,
+            args.data,
+            args.limit,
+            attack,
+            args.corruption,
+            args.severity,
+            source,
+            args.batch_size,
+            args.seed,
+            args.cache_dir,
+            off_centre=args.off_centre,
+            location=args.location,
+        )
     except (CheckpointError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -42,6 +42,7 @@ generators are shared by all models: without it, explanations of two models at o
 and a corruption, would reseed each other's noise half-way. Concurrent callers therefore get exactly
 the results they would get alone.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -107,8 +108,10 @@ def _using(model, seed: int | None = None):
     models (and by ``mgnet.corruptions``), so seeded work on two models must not interleave.
     """
     is_module = isinstance(model, nn.Module)
-    with (eval_mode(model) if is_module else model_lock(model)), \
-            (RNG_LOCK if seed is not None else contextlib.nullcontext()):
+    with (
+        eval_mode(model) if is_module else model_lock(model),
+        RNG_LOCK if seed is not None else contextlib.nullcontext(),
+    ):
         np_state = np.random.get_state() if seed is not None else None
         devices = []
         if is_module and seed is not None:
@@ -181,16 +184,30 @@ def _run_saliency(wrapper, x, target, opts, seed):
 
 
 def _run_integrated_gradients(wrapper, x, target, opts, seed):
-    return _captum().IntegratedGradients(wrapper).attribute(
-        x, baselines=torch.zeros_like(x), target=target, n_steps=opts["n_steps"],
-        internal_batch_size=opts["internal_batch_size"])
+    return (
+        _captum()
+        .IntegratedGradients(wrapper)
+        .attribute(
+            x,
+            baselines=torch.zeros_like(x),
+            target=target,
+            n_steps=opts["n_steps"],
+            internal_batch_size=opts["internal_batch_size"],
+        )
+    )
 
 
 def _run_smoothgrad(wrapper, x, target, opts, seed):
     captum = _captum()
     return captum.NoiseTunnel(captum.Saliency(wrapper)).attribute(
-        x, nt_type="smoothgrad", nt_samples=opts["nt_samples"], stdevs=opts["stdevs"],
-        nt_samples_batch_size=opts["nt_samples_batch_size"], target=target, abs=False)
+        x,
+        nt_type="smoothgrad",
+        nt_samples=opts["nt_samples"],
+        stdevs=opts["stdevs"],
+        nt_samples_batch_size=opts["nt_samples_batch_size"],
+        target=target,
+        abs=False,
+    )
 
 
 def _run_gradcam(wrapper, x, target, opts, seed):
@@ -203,9 +220,18 @@ def _run_gradcam(wrapper, x, target, opts, seed):
 
 def _run_occlusion(wrapper, x, target, opts, seed):
     window, stride = opts["window"], opts["stride"]
-    return _captum().Occlusion(wrapper).attribute(
-        x, sliding_window_shapes=(3, window, window), strides=(3, stride, stride), baselines=0.0, target=target,
-        perturbations_per_eval=opts["perturbations_per_eval"])
+    return (
+        _captum()
+        .Occlusion(wrapper)
+        .attribute(
+            x,
+            sliding_window_shapes=(3, window, window),
+            strides=(3, stride, stride),
+            baselines=0.0,
+            target=target,
+            perturbations_per_eval=opts["perturbations_per_eval"],
+        )
+    )
 
 
 def _cost_occlusion(opts: dict, batch: int, size: int) -> int:
@@ -215,8 +241,11 @@ def _cost_occlusion(opts: dict, batch: int, size: int) -> int:
 
 def _sizes_occlusion(opts: dict, size: int) -> dict:
     """The default patch is S/8 wide and moves by S/16."""
-    return dict(opts, window=int(opts["window"] or max(1, round(size / 8))),
-                stride=int(opts["stride"] or max(1, round(size / 16))))
+    return dict(
+        opts,
+        window=int(opts["window"] or max(1, round(size / 8))),
+        stride=int(opts["stride"] or max(1, round(size / 16))),
+    )
 
 
 def _run_guided_backprop(wrapper, x, target, opts, seed):
@@ -268,53 +297,92 @@ class MethodInfo:
     """One explanation method: everything the library, the app and the figure tool need to know of it.
     Adding a method is one entry of ``METHODS`` (plus its tests)."""
 
-    label: str                # readable name for the app
-    short: str                # column title of paper figures
-    shows: str                # one line: what the map shows
-    slow: bool                # many forward passes; the app shows progress and asks before recomputing
-    defaults: dict            # default options
-    run: Callable             # (wrapper, x, target, opts, seed) -> Captum's attribution
+    label: str  # readable name for the app
+    short: str  # column title of paper figures
+    shows: str  # one line: what the map shows
+    slow: bool  # many forward passes; the app shows progress and asks before recomputing
+    defaults: dict  # default options
+    run: Callable  # (wrapper, x, target, opts, seed) -> Captum's attribution
     cost: Callable = _one_pass  # (opts, batch, size) -> examples forwarded
-    random: bool = False      # draws noise from the global generators (seeded per call, under RNG_LOCK)
+    random: bool = False  # draws noise from the global generators (seeded per call, under RNG_LOCK)
     reduce: Callable = _reduce_pixels  # (raw attribution of one image, S) -> ([S, S] map, raw to keep)
-    sizes: Callable | None = None      # (opts, S) -> opts with size-dependent defaults filled in
-    needs_layer4: bool = False         # needs ``model.backbone.layer4``
-    tunable: Tunable | None = None     # the option the app lets a user change
+    sizes: Callable | None = None  # (opts, S) -> opts with size-dependent defaults filled in
+    needs_layer4: bool = False  # needs ``model.backbone.layer4``
+    tunable: Tunable | None = None  # the option the app lets a user change
 
 
 METHODS: dict[str, MethodInfo] = {
     "saliency": MethodInfo(
-        "Saliency (gradient)", "Saliency",
-        "How strongly each pixel's value changes the class score, to first order.", False, {}, _run_saliency),
+        "Saliency (gradient)",
+        "Saliency",
+        "How strongly each pixel's value changes the class score, to first order.",
+        False,
+        {},
+        _run_saliency,
+    ),
     "integrated_gradients": MethodInfo(
-        "Integrated Gradients", "Int. Grad.",
+        "Integrated Gradients",
+        "Int. Grad.",
         "Each pixel's share of the score gained going from a black image to this one.",
-        True, {"n_steps": 32, "internal_batch_size": 16}, _run_integrated_gradients,
+        True,
+        {"n_steps": 32, "internal_batch_size": 16},
+        _run_integrated_gradients,
         cost=lambda opts, batch, size: opts["n_steps"] * batch,
-        tunable=Tunable("n_steps", "Integrated Gradients: steps", 4, 256, 4)),
+        tunable=Tunable("n_steps", "Integrated Gradients: steps", 4, 256, 4),
+    ),
     "smoothgrad": MethodInfo(
-        "SmoothGrad", "SmoothGrad",
+        "SmoothGrad",
+        "SmoothGrad",
         "The gradient averaged over noisy copies of the image: a less speckled saliency map.",
-        True, {"nt_samples": 16, "stdevs": 0.1, "nt_samples_batch_size": 4}, _run_smoothgrad,
-        cost=lambda opts, batch, size: opts["nt_samples"] * batch, random=True,
-        tunable=Tunable("nt_samples", "SmoothGrad: noisy samples", 2, 128, 2)),
+        True,
+        {"nt_samples": 16, "stdevs": 0.1, "nt_samples_batch_size": 4},
+        _run_smoothgrad,
+        cost=lambda opts, batch, size: opts["nt_samples"] * batch,
+        random=True,
+        tunable=Tunable("nt_samples", "SmoothGrad: noisy samples", 2, 128, 2),
+    ),
     "gradcam": MethodInfo(
-        "Grad-CAM", "Grad-CAM", "Which regions of the last convolutional layer support the class (coarse; on "
-        "MGNet: the first, whole-image glimpse).", False, {}, _run_gradcam, reduce=_reduce_gradcam,
-        needs_layer4=True),
+        "Grad-CAM",
+        "Grad-CAM",
+        "Which regions of the last convolutional layer support the class (coarse; on "
+        "MGNet: the first, whole-image glimpse).",
+        False,
+        {},
+        _run_gradcam,
+        reduce=_reduce_gradcam,
+        needs_layer4=True,
+    ),
     "occlusion": MethodInfo(
-        "Occlusion", "Occlusion", "How much the class score drops when a black patch covers each region.",
-        True, {"window": None, "stride": None, "perturbations_per_eval": 64}, _run_occlusion,
-        cost=_cost_occlusion, sizes=_sizes_occlusion,
-        tunable=Tunable("window", "Occlusion: patch side in px (0 = 1/8 of the input)", 0, 128, 1)),
+        "Occlusion",
+        "Occlusion",
+        "How much the class score drops when a black patch covers each region.",
+        True,
+        {"window": None, "stride": None, "perturbations_per_eval": 64},
+        _run_occlusion,
+        cost=_cost_occlusion,
+        sizes=_sizes_occlusion,
+        tunable=Tunable("window", "Occlusion: patch side in px (0 = 1/8 of the input)", 0, 128, 1),
+    ),
     "guided_backprop": MethodInfo(
-        "Guided Backprop", "Guided BP", "Gradient with only positive signals passed back through ReLUs: sharp "
-        "edges and textures the network responds to.", False, {}, _run_guided_backprop),
+        "Guided Backprop",
+        "Guided BP",
+        "Gradient with only positive signals passed back through ReLUs: sharp "
+        "edges and textures the network responds to.",
+        False,
+        {},
+        _run_guided_backprop,
+    ),
     "gradient_shap": MethodInfo(
-        "GradientSHAP", "Grad. SHAP", "Expected gradient x (image - reference) over black and random-noise "
-        "references.", True, {"n_samples": 16, "n_baselines": 8, "stdevs": 0.0, "n_samples_batch_size": 8},
-        _run_gradient_shap, cost=lambda opts, batch, size: opts["n_samples"] * batch, random=True,
-        tunable=Tunable("n_samples", "GradientSHAP: samples", 2, 128, 2)),
+        "GradientSHAP",
+        "Grad. SHAP",
+        "Expected gradient x (image - reference) over black and random-noise references.",
+        True,
+        {"n_samples": 16, "n_baselines": 8, "stdevs": 0.0, "n_samples_batch_size": 8},
+        _run_gradient_shap,
+        cost=lambda opts, batch, size: opts["n_samples"] * batch,
+        random=True,
+        tunable=Tunable("n_samples", "GradientSHAP: samples", 2, 128, 2),
+    ),
 }
 
 
@@ -344,9 +412,18 @@ def _check_input(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def explain(model, x: torch.Tensor, method: str, target: int | None = None, *, n_glimpses: int | None = None,
-            s_grad: float | None = None, seed: int = 0, progress: Progress | None = None,
-            **options) -> Attribution:
+def explain(
+    model,
+    x: torch.Tensor,
+    method: str,
+    target: int | None = None,
+    *,
+    n_glimpses: int | None = None,
+    s_grad: float | None = None,
+    seed: int = 0,
+    progress: Progress | None = None,
+    **options,
+) -> Attribution:
     """Attribute the final logit of ``target`` to the pixels of ``x`` ([1, 3, S, S] in [0, 1]).
 
     ``method`` is a key of ``METHODS``; ``options`` are that method's options (``METHODS[m].defaults``):
@@ -383,8 +460,14 @@ def explain(model, x: torch.Tensor, method: str, target: int | None = None, *, n
             progress(total, total)
         seconds = time.perf_counter() - start
     used = dict(opts, n_glimpses=steps, s_grad=float(model.s_grad if s_grad is None else s_grad), seed=seed)
-    return Attribution(map=_normalise(reduced), raw=raw.cpu().numpy().astype(np.float32), method=method,
-                       target=target, seconds=seconds, options=used)
+    return Attribution(
+        map=_normalise(reduced),
+        raw=raw.cpu().numpy().astype(np.float32),
+        method=method,
+        target=target,
+        seconds=seconds,
+        options=used,
+    )
 
 
 def _steps_and_target(model, x: torch.Tensor, target: int | None, n_glimpses, s_grad) -> tuple[int, int]:

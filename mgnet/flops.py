@@ -4,6 +4,7 @@ Reported as GFLOPs in the multiply-accumulate convention of the ResNet and MGNet
 (ResNet-18 at 224 px = 1.82), i.e. half of the floating-point operations FlopCounterMode counts.
 Convolutions and matrix products are counted; element-wise work (BN, ReLU, sampling) is not.
 """
+
 from __future__ import annotations
 
 from functools import lru_cache

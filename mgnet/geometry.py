@@ -8,6 +8,7 @@ an H-pixel input that is c_i = (x + 1) / 2 * (H - 1); neighbouring samples are
 from half a step before the first sample to half a step after the last, in *edge* coordinates
 (0 = left edge of the image, H = right edge). The full-image glimpse (1, 0, 0) at h = H is [0, H].
 """
+
 from __future__ import annotations
 
 import cv2

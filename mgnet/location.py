@@ -10,6 +10,7 @@ candidates that lower the loss most, weighted by how much the location matters f
 Nothing here changes the model: the location network stays Linear(D + 3, 3) with a sigmoid and the
 forward pass is the paper's. The label is used in training only.
 """
+
 from __future__ import annotations
 
 import torch
@@ -44,8 +45,11 @@ def off_centre(images: torch.Tensor, seed: int = 0, side=(0.4, 0.6), blur: int =
     gen = torch.Generator().manual_seed(int(seed))
     x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
     # Background: another photo of the batch (the photo itself when it is alone).
-    donor = (torch.arange(n) + 1 + torch.randint(0, max(n - 1, 1), (n,), generator=gen)) % n if n > 1 \
+    donor = (
+        (torch.arange(n) + 1 + torch.randint(0, max(n - 1, 1), (n,), generator=gen)) % n
+        if n > 1
         else torch.zeros(1, dtype=torch.long)
+    )
     small = F.interpolate(x[donor], size=(blur, blur), mode="bilinear", antialias=True, align_corners=False)
     out = F.interpolate(small, size=(size, size), mode="bilinear", align_corners=False)
     shares = torch.empty(n).uniform_(side[0], side[1], generator=gen)
@@ -54,9 +58,10 @@ def off_centre(images: torch.Tensor, seed: int = 0, side=(0.4, 0.6), blur: int =
         side_px = max(2, int(round(float(shares[i]) * size)))
         x0 = int(torch.randint(0, size - side_px + 1, (1,), generator=gen))
         y0 = int(torch.randint(0, size - side_px + 1, (1,), generator=gen))
-        patch = F.interpolate(x[i:i + 1], size=(side_px, side_px), mode="bilinear", antialias=True,
-                              align_corners=False)
-        out[i, :, y0:y0 + side_px, x0:x0 + side_px] = patch[0]
+        patch = F.interpolate(
+            x[i : i + 1], size=(side_px, side_px), mode="bilinear", antialias=True, align_corners=False
+        )
+        out[i, :, y0 : y0 + side_px, x0 : x0 + side_px] = patch[0]
         boxes[i] = torch.tensor([x0, y0, x0 + side_px, y0 + side_px], dtype=torch.float)
     out = out.clamp_(0, 1)
     if images.dtype == torch.uint8:
@@ -96,7 +101,7 @@ def candidate_losses(model, x: torch.Tensor, y: torch.Tensor, grid: torch.Tensor
         imgs = torch.arange(batch).repeat(k)
         feats = []
         for i in range(0, k * batch, chunk):
-            cand, img = cands[i:i + chunk], imgs[i:i + chunk]
+            cand, img = cands[i : i + chunk], imgs[i : i + chunk]
             crops = model.sample(xn[img], params[cand], size)
             feats.append(model.backbone(crops.contiguous(memory_format=torch.channels_last)))
         feats = torch.cat(feats).view(k, batch, -1)
@@ -112,8 +117,9 @@ def candidate_losses(model, x: torch.Tensor, y: torch.Tensor, grid: torch.Tensor
     return torch.stack(losses)
 
 
-def location_loss(model, states: torch.Tensor, losses: torch.Tensor, grid: torch.Tensor,
-                  width: float = 0.02, temperature: float = 0.1) -> torch.Tensor:
+def location_loss(
+    model, states: torch.Tensor, losses: torch.Tensor, grid: torch.Tensor, width: float = 0.02, temperature: float = 0.1
+) -> torch.Tensor:
     """Pull the location network's output towards the candidates that help most.
 
     states: fused states z after glimpses 1..T-1 [T - 1, B, D] (with gradients); losses: [T - 1, B, K]
@@ -131,4 +137,3 @@ def location_loss(model, states: torch.Tensor, losses: torch.Tensor, grid: torch
     gain = (losses.mean(-1) - losses.min(-1).values).clamp_min(0)
     weight = gain / gain.mean().clamp_min(1e-8)
     return (weight * ce).mean()
-

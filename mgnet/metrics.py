@@ -12,6 +12,7 @@ and are scored here:
 Every function that runs a model holds its lock and eval mode through ``explain``'s shared-model
 hygiene (see :mod:`mgnet.explain`).
 """
+
 from __future__ import annotations
 
 import time
@@ -22,8 +23,17 @@ import numpy as np
 import torch
 
 from . import geometry
-from .explain import (METHODS, Attribution, Progress, _check_input, _device, _FinalLogits, _using, explain,
-                      resolve_options)
+from .explain import (
+    METHODS,
+    Attribution,
+    Progress,
+    _check_input,
+    _device,
+    _FinalLogits,
+    _using,
+    explain,
+    resolve_options,
+)
 
 
 # -- maps on photos and agreement with the glimpses ------------------------------------------------------
@@ -158,10 +168,21 @@ def blurred(x: torch.Tensor, sigma: float | None = None) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(out)).permute(2, 0, 1)[None].to(x.device, x.dtype)
 
 
-def deletion_insertion(model, x: torch.Tensor, saliency_map, target: int, steps: int = 20,
-                       mode: str = "deletion", baseline: str = "blur", n_glimpses: int | None = None,
-                       batch_size: int = 16, *, s_grad: float | None = None, blur_sigma: float | None = None,
-                       progress: Progress | None = None) -> Curve:
+def deletion_insertion(
+    model,
+    x: torch.Tensor,
+    saliency_map,
+    target: int,
+    steps: int = 20,
+    mode: str = "deletion",
+    baseline: str = "blur",
+    n_glimpses: int | None = None,
+    batch_size: int = 16,
+    *,
+    s_grad: float | None = None,
+    blur_sigma: float | None = None,
+    progress: Progress | None = None,
+) -> Curve:
     """Deletion or insertion curve of a saliency map (Petsiuk, Das & Saenko 2018, "RISE").
 
     Captum has no deletion/insertion metric, so this is written here. Pixels of the [S, S] model input
@@ -202,7 +223,7 @@ def deletion_insertion(model, x: torch.Tensor, saliency_map, target: int, steps:
         if progress is not None:
             progress(0, steps + 1)
         for lo in range(0, steps + 1, batch_size):
-            k = torch.from_numpy(counts[lo:lo + batch_size]).to(dev).view(-1, 1, 1, 1)
+            k = torch.from_numpy(counts[lo : lo + batch_size]).to(dev).view(-1, 1, 1, 1)
             changed = rank_t < k  # [b, 1, S, S]
             batch = torch.where(changed, first, second)
             logits = _final_logits(model, batch, n_glimpses, s_grad)
@@ -211,14 +232,33 @@ def deletion_insertion(model, x: torch.Tensor, saliency_map, target: int, steps:
                 progress(min(lo + batch_size, steps + 1), steps + 1)
     fractions = counts / n
     p = torch.cat(probs).numpy().astype(np.float64)
-    return Curve(fractions=fractions, probs=p, auc=_trapezoid(p, fractions), mode=mode, baseline=baseline,
-                 target=int(target), seconds=time.perf_counter() - start)
+    return Curve(
+        fractions=fractions,
+        probs=p,
+        auc=_trapezoid(p, fractions),
+        mode=mode,
+        baseline=baseline,
+        target=int(target),
+        seconds=time.perf_counter() - start,
+    )
 
 
 # -- Captum's metrics -------------------------------------------------------------------------------------
-def infidelity(model, x: torch.Tensor, method: str, target: int | None = None, *, n_glimpses: int | None = None,
-               s_grad: float | None = None, attribution: Attribution | None = None, n_perturb_samples: int = 10,
-               noise_std: float = 0.03, normalize: bool = True, seed: int = 0, **options) -> float:
+def infidelity(
+    model,
+    x: torch.Tensor,
+    method: str,
+    target: int | None = None,
+    *,
+    n_glimpses: int | None = None,
+    s_grad: float | None = None,
+    attribution: Attribution | None = None,
+    n_perturb_samples: int = 10,
+    noise_std: float = 0.03,
+    normalize: bool = True,
+    seed: int = 0,
+    **options,
+) -> float:
     """Captum's explanation infidelity (Yeh et al. 2019) of ``method`` at ``x``; lower is better.
 
     Perturbations are additive Gaussian noise I ~ N(0, noise_std^2) in pixel units; the score is
@@ -233,8 +273,7 @@ def infidelity(model, x: torch.Tensor, method: str, target: int | None = None, *
         raise ValueError("infidelity needs pixel-shaped attributions; Grad-CAM lives at layer4 resolution")
     x = _check_input(x)
     if attribution is None:
-        attribution = explain(model, x, method, target, n_glimpses=n_glimpses, s_grad=s_grad, seed=seed,
-                              **options)
+        attribution = explain(model, x, method, target, n_glimpses=n_glimpses, s_grad=s_grad, seed=seed, **options)
     elif attribution.method != method or (target is not None and int(target) != attribution.target):
         raise ValueError("the attribution passed was computed for another method or target")
     target = attribution.target
@@ -248,14 +287,25 @@ def infidelity(model, x: torch.Tensor, method: str, target: int | None = None, *
         xx = x.detach().to(dev, torch.float32)
         attr_t = torch.from_numpy(attribution.raw).to(dev)[None]
         wrapper = _FinalLogits(model, n_glimpses, s_grad)
-        score = captum_infidelity(wrapper, perturb, xx, attr_t, target=target,
-                                  n_perturb_samples=n_perturb_samples, normalize=normalize)
+        score = captum_infidelity(
+            wrapper, perturb, xx, attr_t, target=target, n_perturb_samples=n_perturb_samples, normalize=normalize
+        )
     return float(score[0])
 
 
-def sensitivity(model, x: torch.Tensor, method: str, target: int | None = None, *, n_glimpses: int | None = None,
-                s_grad: float | None = None, perturb_radius: float = 0.02, n_perturb_samples: int = 10,
-                seed: int = 0, **options) -> float:
+def sensitivity(
+    model,
+    x: torch.Tensor,
+    method: str,
+    target: int | None = None,
+    *,
+    n_glimpses: int | None = None,
+    s_grad: float | None = None,
+    perturb_radius: float = 0.02,
+    n_perturb_samples: int = 10,
+    seed: int = 0,
+    **options,
+) -> float:
     """Captum's max-sensitivity (Yeh et al. 2019): the largest relative change (Frobenius norm) of the
     raw attribution when ``x`` is perturbed uniformly within +-``perturb_radius`` (pixel units),
     over ``n_perturb_samples`` draws. Lower is more stable. Costs n_perturb_samples explanations.
@@ -279,6 +329,7 @@ def sensitivity(model, x: torch.Tensor, method: str, target: int | None = None, 
                 inputs = inputs.detach().clone().requires_grad_(True)
                 return (METHODS[method].run(wrapper, inputs, target, opts, seed).detach(),)  # tuple in, tuple out
 
-        score = sensitivity_max(explanation, xx, perturb_radius=perturb_radius,
-                                n_perturb_samples=n_perturb_samples, target=int(target))
+        score = sensitivity_max(
+            explanation, xx, perturb_radius=perturb_radius, n_perturb_samples=n_perturb_samples, target=int(target)
+        )
     return float(score[0])

@@ -3,6 +3,7 @@
 The module layout mirrors the authors' code so that their state_dict keys load directly
 (minus Lightning's ``model.`` prefix). Models take pixels in [0, 1] and normalise inside.
 """
+
 from __future__ import annotations
 
 import copy
@@ -104,8 +105,20 @@ class MGNet(nn.Module):
         mean, std: normalisation applied inside forward (inputs are pixels in [0, 1]).
     """
 
-    def __init__(self, backbone="resnet18", num_classes=100, n_glimpses=4, scale=2.33, scale_min=0.2,
-                 scale_max=0.5, s_grad=0.02, alpha=0.6, image_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    def __init__(
+        self,
+        backbone="resnet18",
+        num_classes=100,
+        n_glimpses=4,
+        scale=2.33,
+        scale_min=0.2,
+        scale_max=0.5,
+        s_grad=0.02,
+        alpha=0.6,
+        image_size=224,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+    ):
         super().__init__()
         if backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {backbone!r}; choose one of {sorted(BACKBONES)}")
@@ -157,10 +170,17 @@ class MGNet(nn.Module):
 
     def config(self) -> dict:
         return {
-            "backbone": self.backbone_name, "num_classes": self.num_classes, "n_glimpses": self.n_glimpses,
-            "scale": self.scale, "scale_min": self.scale_min, "scale_max": self.scale_max,
-            "s_grad": self.s_grad, "alpha": self.alpha, "image_size": self.image_size,
-            "mean": [float(v) for v in self.mean.flatten()], "std": [float(v) for v in self.std.flatten()],
+            "backbone": self.backbone_name,
+            "num_classes": self.num_classes,
+            "n_glimpses": self.n_glimpses,
+            "scale": self.scale,
+            "scale_min": self.scale_min,
+            "scale_max": self.scale_max,
+            "s_grad": self.s_grad,
+            "alpha": self.alpha,
+            "image_size": self.image_size,
+            "mean": [float(v) for v in self.mean.flatten()],
+            "std": [float(v) for v in self.std.flatten()],
         }
 
     def propose(self, z: torch.Tensor, s_grad: float) -> torch.Tensor:
@@ -184,9 +204,15 @@ class MGNet(nn.Module):
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
 
     # -- forward --------------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor, n_glimpses: int | None = None, s_grad: float | None = None,
-                return_crops: bool = False, glimpse_params: torch.Tensor | None = None,
-                return_states: bool = False) -> MGNetOutput:
+    def forward(
+        self,
+        x: torch.Tensor,
+        n_glimpses: int | None = None,
+        s_grad: float | None = None,
+        return_crops: bool = False,
+        glimpse_params: torch.Tensor | None = None,
+        return_states: bool = False,
+    ) -> MGNetOutput:
         """Run up to ``n_glimpses`` glimpses on pixels ``x`` in [0, 1], shape [B, 3, H, W], H == W.
 
         ``s_grad`` overrides the gradient re-scaling for this call only (1.0 gives true gradients);
@@ -204,8 +230,9 @@ class MGNet(nn.Module):
             raise ValueError("n_glimpses must be at least 1")
         s_grad = self.s_grad if s_grad is None else float(s_grad)
         if glimpse_params is not None and tuple(glimpse_params.shape) != (steps - 1, x.shape[0], 3):
-            raise ValueError(f"glimpse_params must have shape {(steps - 1, x.shape[0], 3)}, "
-                             f"got {tuple(glimpse_params.shape)}")
+            raise ValueError(
+                f"glimpse_params must have shape {(steps - 1, x.shape[0], 3)}, got {tuple(glimpse_params.shape)}"
+            )
         xn = (x - self.mean) / self.std
         size = self.glimpse_size(x.shape[-1])
         batch = x.shape[0]
@@ -230,10 +257,14 @@ class MGNet(nn.Module):
         glimpse_logits = None
         if self.glimpse_fc is not None and steps >= 2 and self.training:
             glimpse_logits = torch.stack([self.glimpse_fc(f) for f in feats[1:]])
-        return MGNetOutput(torch.stack(logits), torch.stack(used), glimpse_logits,
-                           torch.stack(crops) if return_crops else None,
-                           torch.stack(tokens) if return_states else None,
-                           torch.stack(states) if return_states else None)
+        return MGNetOutput(
+            torch.stack(logits),
+            torch.stack(used),
+            glimpse_logits,
+            torch.stack(crops) if return_crops else None,
+            torch.stack(tokens) if return_states else None,
+            torch.stack(states) if return_states else None,
+        )
 
     def loss(self, out: MGNetOutput, target: torch.Tensor, criterion=F.cross_entropy) -> torch.Tensor:
         """(1 - alpha) * mean_t CE(global) + alpha * mean_{t>=2} CE(glimpse_fc); plain mean CE otherwise.
@@ -245,8 +276,15 @@ class MGNet(nn.Module):
         return (1 - self.alpha) * ce + self.alpha * aux
 
 
-def build_model(kind: str = "mgnet", backbone: str = "resnet18", num_classes: int = 10, image_size: int = 128,
-                n_glimpses: int = 4, scale: float = 2.33, **kwargs) -> MGNet:
+def build_model(
+    kind: str = "mgnet",
+    backbone: str = "resnet18",
+    num_classes: int = 10,
+    image_size: int = 128,
+    n_glimpses: int = 4,
+    scale: float = 2.33,
+    **kwargs,
+) -> MGNet:
     """MGNet (``kind='mgnet'``) or its baseline (``kind='baseline'``: one glimpse at scale 1)."""
     if kind == "baseline":
         return MGNet(backbone, num_classes, n_glimpses=1, scale=1.0, image_size=image_size, **kwargs)
@@ -271,8 +309,12 @@ def fold_batchnorm(backbone: nn.Module) -> int:
                 setattr(module, bn_name, nn.Identity())
                 folded += 1
         down = getattr(module, "downsample", None)
-        if isinstance(down, nn.Sequential) and len(down) == 2 and isinstance(down[0], nn.Conv2d) \
-                and isinstance(down[1], nn.BatchNorm2d):
+        if (
+            isinstance(down, nn.Sequential)
+            and len(down) == 2
+            and isinstance(down[0], nn.Conv2d)
+            and isinstance(down[1], nn.BatchNorm2d)
+        ):
             module.downsample = nn.Sequential(fuse_conv_bn_eval(down[0], down[1]), nn.Identity())
             folded += 1
     return folded

@@ -7,6 +7,7 @@ images spread evenly over it (every class present). Corrupted images do not depe
 are cached (``--stage corrupt`` prepares them alone). Results go to checkpoints/modelcard.json; the
 README and PNG plots are rebuilt from that file.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,18 @@ from .checkpoints import atomic_save, load_checkpoint
 from .corruptions import CORRUPTIONS
 from .data import list_image_folder
 from .checkpoints import training_recipe
-from .evaluate import (_predict_correct, _stored_size, attack_batch, corrupt_batch, label_map, load_eval_images,
-                       location_report, paired_difference, spread_indices, write_json_atomic)
+from .evaluate import (
+    _predict_correct,
+    _stored_size,
+    attack_batch,
+    corrupt_batch,
+    label_map,
+    load_eval_images,
+    location_report,
+    paired_difference,
+    spread_indices,
+    write_json_atomic,
+)
 from .flops import gflops
 from .geometry import glimpse_boxes
 from .location import off_centre
@@ -60,8 +71,11 @@ def corrupted_sets(args, out_size: int) -> dict:
 
     size = _stored_size(args.data)
     load_eval_images(args.data, size, args.corruption_limit, _cache_dir(args))  # decode once, before forking
-    jobs = [(args.data, size, args.corruption_limit, n, s, args.seed, out_size, str(_cache_dir(args)))
-            for n in CORRUPTIONS for s in range(1, 6)]
+    jobs = [
+        (args.data, size, args.corruption_limit, n, s, args.seed, out_size, str(_cache_dir(args)))
+        for n in CORRUPTIONS
+        for s in range(1, 6)
+    ]
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
         paths = list(tqdm(pool.map(_corrupt_job, jobs), total=len(jobs), desc="corrupting", unit="set"))
     return {(j[3], j[4]): p for j, p in zip(jobs, paths)}
@@ -84,10 +98,16 @@ def _acc(correct: torch.Tensor) -> list:
 def _describe(model) -> dict:
     cumulative, full = gflops(model)
     info = model.checkpoint_info
-    return {"path": info["path"], "sha256": info["sha256"], "recipe": training_recipe(info),
-            "parameters": sum(p.numel() for p in model.parameters()), "config": model.config(),
-            "gflops_per_glimpse": [round(g, 4) for g in cumulative], "baseline_gflops": round(full, 4),
-            "provenance": info["provenance"]}
+    return {
+        "path": info["path"],
+        "sha256": info["sha256"],
+        "recipe": training_recipe(info),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "config": model.config(),
+        "gflops_per_glimpse": [round(g, 4) for g in cumulative],
+        "baseline_gflops": round(full, 4),
+        "provenance": info["provenance"],
+    }
 
 
 def _measure_clean(pair: dict, models: dict, args, folder_classes):
@@ -96,13 +116,20 @@ def _measure_clean(pair: dict, models: dict, args, folder_classes):
     for name, model in models.items():
         correct = _predict_correct(model, images, label_map(model, folder_classes)[labels], progress=True)
         n = correct.shape[1]
-        pair["clean"][name] = {"images": n, "accuracy_per_glimpse": _acc(correct),
-                               "ci95_final": wilson(float(correct[-1].sum()), n)}
+        pair["clean"][name] = {
+            "images": n,
+            "accuracy_per_glimpse": _acc(correct),
+            "ci95_final": wilson(float(correct[-1].sum()), n),
+        }
     # A small fixed sample that the test suite re-checks against the committed checkpoints.
     _, images, labels = load_eval_images(args.data, models["mgnet"].image_size, SAMPLE_CHECK, cache)
-    pair["sample_check"] = {"limit": SAMPLE_CHECK, **{
-        name: _acc(_predict_correct(model, images, label_map(model, folder_classes)[labels]))
-        for name, model in models.items()}}
+    pair["sample_check"] = {
+        "limit": SAMPLE_CHECK,
+        **{
+            name: _acc(_predict_correct(model, images, label_map(model, folder_classes)[labels]))
+            for name, model in models.items()
+        },
+    }
 
 
 def _measure_attacks(pair: dict, models: dict, args, folder_classes):
@@ -126,10 +153,18 @@ def _measure_attacks(pair: dict, models: dict, args, folder_classes):
     for name, model, y in (("mgnet", mg, y_mg), ("baseline", base, y_base)):
         adv = attack_batch(model, images, y, method="paper-pgd", eps=4.0, steps=10)
         paper[name] = _acc(_predict_correct(model, adv, y))
-    clean_subset = {n: _acc(_predict_correct(m, images, y)) for n, m, y in (("mgnet", mg, y_mg),
-                                                                           ("baseline", base, y_base))}
-    pair["attacks"] = {"images": len(images), "steps": 10, "norm": "linf", "epsilons": list(EPSILONS),
-                       "clean_on_subset": clean_subset, "pgd": attacks, "paper_pgd_eps4": paper}
+    clean_subset = {
+        n: _acc(_predict_correct(m, images, y)) for n, m, y in (("mgnet", mg, y_mg), ("baseline", base, y_base))
+    }
+    pair["attacks"] = {
+        "images": len(images),
+        "steps": 10,
+        "norm": "linf",
+        "epsilons": list(EPSILONS),
+        "clean_on_subset": clean_subset,
+        "pgd": attacks,
+        "paper_pgd_eps4": paper,
+    }
 
 
 def _measure_corruptions(pair: dict, models: dict, args, folder_classes):
@@ -140,8 +175,9 @@ def _measure_corruptions(pair: dict, models: dict, args, folder_classes):
     table = {}
     for (cname, sev), path in sets.items():
         bad = torch.load(path, weights_only=True)
-        table.setdefault(cname, {})[str(sev)] = {name: _acc(_predict_correct(model, bad, ys[name]))
-                                                 for name, model in models.items()}
+        table.setdefault(cname, {})[str(sev)] = {
+            name: _acc(_predict_correct(model, bad, ys[name])) for name, model in models.items()
+        }
     pair["corruptions"] = {"images": int(len(labels)), "table": table}
 
 
@@ -157,8 +193,13 @@ def _measure_locations(pair: dict, models: dict, args, folder_classes):
     pair["locations_off_centre"] = location_report(mg, off, y, seed=args.seed, progress=True)
     own = _predict_correct(mg, off, y)
     other = _predict_correct(base, off, label_map(base, folder_classes)[labels])
-    pair["off_centre"] = {"images": len(y), "seed": args.seed, "mgnet": _acc(own), "baseline": _acc(other),
-                          "mgnet_minus_baseline_ci95": paired_difference(own[-1], other[-1])}
+    pair["off_centre"] = {
+        "images": len(y),
+        "seed": args.seed,
+        "mgnet": _acc(own),
+        "baseline": _acc(other),
+        "mgnet_minus_baseline_ci95": paired_difference(own[-1], other[-1]),
+    }
 
 
 REUSABLE = ("clean", "sample_check", "attacks", "corruptions")
@@ -169,18 +210,26 @@ def _reusable(previous: dict | None, shas: dict, args) -> dict | None:
     if not previous:
         return None
     # Cards written before the limits were recorded show them as the number of images measured.
-    settings = {"data": previous.get("data"), "seed": previous.get("seed"),
-                "attack_limit": previous.get("attack_limit", (previous.get("attacks") or {}).get("images")),
-                "corruption_limit": previous.get("corruption_limit",
-                                                 (previous.get("corruptions") or {}).get("images"))}
-    same_settings = settings == {"data": str(args.data), "seed": args.seed, "attack_limit": args.attack_limit,
-                                 "corruption_limit": args.corruption_limit}
+    settings = {
+        "data": previous.get("data"),
+        "seed": previous.get("seed"),
+        "attack_limit": previous.get("attack_limit", (previous.get("attacks") or {}).get("images")),
+        "corruption_limit": previous.get("corruption_limit", (previous.get("corruptions") or {}).get("images")),
+    }
+    same_settings = settings == {
+        "data": str(args.data),
+        "seed": args.seed,
+        "attack_limit": args.attack_limit,
+        "corruption_limit": args.corruption_limit,
+    }
     for pair in (previous, previous.get("paper_recipe") or {}):
         have = {k: (pair.get("checkpoints", {}).get(k) or {}).get("sha256") for k in shas}
         if same_settings and have == shas and all(k in pair for k in REUSABLE):
-            return {**{k: pair[k] for k in REUSABLE},
-                    "measured": pair.get("measured") or {"date": previous.get("date"),
-                                                         "git_commit": previous.get("git_commit")}}
+            return {
+                **{k: pair[k] for k in REUSABLE},
+                "measured": pair.get("measured")
+                or {"date": previous.get("date"), "git_commit": previous.get("git_commit")},
+            }
     return None
 
 
@@ -206,9 +255,15 @@ def measure_pair(args, mgnet_path, baseline_path, folder_classes, previous: dict
 
 def measure(args, previous: dict | None = None) -> dict:
     folder_classes, _ = list_image_folder(args.data)
-    result = {"data": str(args.data), "git_commit": git_commit(), "hardware": hardware(),
-              "date": time.strftime("%Y-%m-%d"), "seed": args.seed, "attack_limit": args.attack_limit,
-              "corruption_limit": args.corruption_limit}
+    result = {
+        "data": str(args.data),
+        "git_commit": git_commit(),
+        "hardware": hardware(),
+        "date": time.strftime("%Y-%m-%d"),
+        "seed": args.seed,
+        "attack_limit": args.attack_limit,
+        "corruption_limit": args.corruption_limit,
+    }
     result.update(measure_pair(args, args.mgnet, args.baseline, folder_classes, previous))
     if args.paper_mgnet and args.paper_baseline:
         result["paper_recipe"] = measure_pair(args, args.paper_mgnet, args.paper_baseline, folder_classes, previous)
@@ -231,9 +286,16 @@ def glimpse_strip_rows(model, args, folder_classes) -> dict:
             out = model(batch.float().div(255.0))
         prob = out.logits[-1].softmax(-1)
         boxes = glimpse_boxes(out.glimpses.transpose(0, 1).numpy(), model.image_size, model.glimpse_size())
-        rows[name] = [{"index": int(i), "boxes": np.round(b, 2).tolist(), "true": model.classes[int(t)],
-                       "top1": model.classes[int(p.argmax())], "confidence": round(float(p.max()), 3)}
-                      for i, b, t, p in zip(pick, boxes, y, prob)]
+        rows[name] = [
+            {
+                "index": int(i),
+                "boxes": np.round(b, 2).tolist(),
+                "true": model.classes[int(t)],
+                "top1": model.classes[int(p.argmax())],
+                "confidence": round(float(p.max()), 3),
+            }
+            for i, b, t, p in zip(pick, boxes, y, prob)
+        ]
     return rows
 
 
@@ -245,18 +307,26 @@ def summarise(res: dict) -> dict:
     full = base["gflops_per_glimpse"][-1]
     share = [g / full for g in mg["gflops_per_glimpse"]]
     table = res["corruptions"]["table"]
-    per_type = {c: {m: float(np.mean([table[c][str(s)][m][-1] for s in range(1, 6)])) for m in ("mgnet", "baseline")}
-                for c in table}
-    per_severity = {s: {m: float(np.mean([table[c][str(s)][m][-1] for c in table])) for m in ("mgnet", "baseline")}
-                    for s in range(1, 6)}
-    mg_glimpse_mean = [float(np.mean([table[c][str(s)]["mgnet"][t] for c in table for s in range(1, 6)]))
-                       for t in range(len(acc_mg))]
+    per_type = {
+        c: {m: float(np.mean([table[c][str(s)][m][-1] for s in range(1, 6)])) for m in ("mgnet", "baseline")}
+        for c in table
+    }
+    per_severity = {
+        s: {m: float(np.mean([table[c][str(s)][m][-1] for c in table])) for m in ("mgnet", "baseline")}
+        for s in range(1, 6)
+    }
+    mg_glimpse_mean = [
+        float(np.mean([table[c][str(s)]["mgnet"][t] for c in table for s in range(1, 6)])) for t in range(len(acc_mg))
+    ]
     return {
-        "clean_mgnet_final": acc_mg[-1], "clean_baseline": acc_base,
+        "clean_mgnet_final": acc_mg[-1],
+        "clean_baseline": acc_base,
         "mgnet_after_2": acc_mg[1] if len(acc_mg) > 1 else None,
-        "compute_share_after_2": share[1] if len(share) > 1 else None, "compute_share": share,
+        "compute_share_after_2": share[1] if len(share) > 1 else None,
+        "compute_share": share,
         "corruption_mean": {m: float(np.mean([per_type[c][m] for c in per_type])) for m in ("mgnet", "baseline")},
-        "corruption_per_type": per_type, "corruption_per_severity": per_severity,
+        "corruption_per_type": per_type,
+        "corruption_per_severity": per_severity,
         "corruption_mgnet_per_glimpse": mg_glimpse_mean,
     }
 
@@ -300,33 +370,60 @@ def write_plots(res: dict, out_dir: Path) -> list[str]:
     figs = {}
     acc_mg = res["clean"]["mgnet"]["accuracy_per_glimpse"]
     fig = go.Figure()
-    fig.add_trace(go.Scatter(x=[100 * v for v in s["compute_share"]], y=[100 * a for a in acc_mg],
-                             mode="lines+markers+text", name="MGNet after glimpse t",
-                             text=[f"t={t}" for t in range(1, len(acc_mg) + 1)], textposition="top left"))
-    fig.add_trace(go.Scatter(x=[100], y=[100 * s["clean_baseline"]], mode="markers", name="baseline (1 pass)",
-                             marker=dict(size=12, symbol="diamond")))
-    fig.update_layout(title="Clean accuracy vs compute (Imagenette val)", xaxis_title="compute, % of one baseline pass",
-                      yaxis_title="top-1 accuracy (%)")
+    fig.add_trace(
+        go.Scatter(
+            x=[100 * v for v in s["compute_share"]],
+            y=[100 * a for a in acc_mg],
+            mode="lines+markers+text",
+            name="MGNet after glimpse t",
+            text=[f"t={t}" for t in range(1, len(acc_mg) + 1)],
+            textposition="top left",
+        )
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=[100],
+            y=[100 * s["clean_baseline"]],
+            mode="markers",
+            name="baseline (1 pass)",
+            marker=dict(size=12, symbol="diamond"),
+        )
+    )
+    fig.update_layout(
+        title="Clean accuracy vs compute (Imagenette val)",
+        xaxis_title="compute, % of one baseline pass",
+        yaxis_title="top-1 accuracy (%)",
+    )
     figs["accuracy_vs_glimpses.png"] = fig
 
     fig = go.Figure()
     eps = res["attacks"]["epsilons"]
     clean = res["attacks"]["clean_on_subset"]
-    for key, label in (("mgnet", "MGNet, standard gradient"), ("mgnet_true_gradients", "MGNet, true gradient"),
-                       ("baseline", "baseline"), ("transfer_baseline_to_mgnet", "MGNet, transfer from baseline")):
+    for key, label in (
+        ("mgnet", "MGNet, standard gradient"),
+        ("mgnet_true_gradients", "MGNet, true gradient"),
+        ("baseline", "baseline"),
+        ("transfer_baseline_to_mgnet", "MGNet, transfer from baseline"),
+    ):
         start = clean["baseline" if key == "baseline" else "mgnet"][-1]
         ys = [start] + [res["attacks"]["pgd"][str(e)][key][-1] for e in eps]
         fig.add_trace(go.Scatter(x=[0] + list(eps), y=[100 * v for v in ys], mode="lines+markers", name=label))
-    fig.update_layout(title=f"PGD-10 (L-inf, pixel space), {res['attacks']['images']} val images",
-                      xaxis_title="epsilon (/255)", yaxis_title="top-1 accuracy (%)")
+    fig.update_layout(
+        title=f"PGD-10 (L-inf, pixel space), {res['attacks']['images']} val images",
+        xaxis_title="epsilon (/255)",
+        yaxis_title="top-1 accuracy (%)",
+    )
     figs["accuracy_vs_eps.png"] = fig
 
     fig = go.Figure()
     for m, label in (("mgnet", "MGNet"), ("baseline", "baseline")):
         ys = [res["clean"][m]["accuracy_per_glimpse"][-1]] + [s["corruption_per_severity"][k][m] for k in range(1, 6)]
         fig.add_trace(go.Scatter(x=list(range(0, 6)), y=[100 * v for v in ys], mode="lines+markers", name=label))
-    fig.update_layout(title=f"Mean over 15 ImageNet-C corruptions, {res['corruptions']['images']} val images",
-                      xaxis_title="severity (0 = clean, full val)", yaxis_title="top-1 accuracy (%)")
+    fig.update_layout(
+        title=f"Mean over 15 ImageNet-C corruptions, {res['corruptions']['images']} val images",
+        xaxis_title="severity (0 = clean, full val)",
+        yaxis_title="top-1 accuracy (%)",
+    )
     figs["accuracy_vs_severity.png"] = fig
     if res.get("locations"):
         figs["location_ablation.png"] = _location_ablation_figure(res)
@@ -336,24 +433,39 @@ def write_plots(res: dict, out_dir: Path) -> list[str]:
         fig = go.Figure()
         for kind, rows in curves.items():
             colour = "#636efa" if kind == "mgnet" else "#00a67e"
-            fig.add_trace(go.Scatter(x=[r["x"] for r in rows], y=[100 * r["acc"][-1] for r in rows],
-                                     mode="lines+markers", line=dict(color=colour),
-                                     name="MGNet, all glimpses" if kind == "mgnet" else "baseline"))
+            fig.add_trace(
+                go.Scatter(
+                    x=[r["x"] for r in rows],
+                    y=[100 * r["acc"][-1] for r in rows],
+                    mode="lines+markers",
+                    line=dict(color=colour),
+                    name="MGNet, all glimpses" if kind == "mgnet" else "baseline",
+                )
+            )
             if kind == "mgnet" and len(rows[0]["acc"]) > 1:
-                fig.add_trace(go.Scatter(x=[r["x"] for r in rows], y=[100 * r["acc"][1] for r in rows], mode="lines",
-                                         line=dict(dash="dot", color=colour), name="MGNet, 2 glimpses"))
+                fig.add_trace(
+                    go.Scatter(
+                        x=[r["x"] for r in rows],
+                        y=[100 * r["acc"][1] for r in rows],
+                        mode="lines",
+                        line=dict(dash="dot", color=colour),
+                        name="MGNet, 2 glimpses",
+                    )
+                )
         starts = sorted({r["x"] for rows in curves.values() for r in rows if r["first_of_stage"] and r["x"] > 1})
         for x in starts:
             fig.add_vline(x=x - 0.5, line=dict(color="grey", dash="dash"))
-        fig.update_layout(title="Validation accuracy during training (dashed line: a new stage starts)",
-                          xaxis_title="epoch (all stages)", yaxis_title="top-1 accuracy (%)")
+        fig.update_layout(
+            title="Validation accuracy during training (dashed line: a new stage starts)",
+            xaxis_title="epoch (all stages)",
+            yaxis_title="top-1 accuracy (%)",
+        )
         figs["training_curves.png"] = fig
     written = []
     for name, fig in figs.items():
         wide = name in ("glimpse_locations.png", "location_ablation.png")
         height = 330 * len(_mgnet_rows(res)) + 80 if name == "glimpse_locations.png" else 420 if wide else 400
-        fig.update_layout(template="plotly_white", width=1100 if wide else 640, height=height,
-                          font=dict(size=13))
+        fig.update_layout(template="plotly_white", width=1100 if wide else 640, height=height, font=dict(size=13))
         path = out_dir / name
         fig.write_image(str(path), scale=1.5)
         written.append(name)
@@ -396,14 +508,26 @@ def _location_ablation_figure(res: dict):
             if not report:
                 continue
             for mode, acc in report["accuracy"].items():
-                fig.add_trace(go.Scatter(x=list(range(1, len(acc) + 1)), y=[100 * a for a in acc],
-                                         mode="lines+markers", line=dict(color=colours[key], dash=dashes[mode]),
-                                         name=f"{PAIR_LABELS[key]}: {names[mode]}", showlegend=col == 1,
-                                         legendgroup=f"{key}{mode}"), row=1, col=col)
+                fig.add_trace(
+                    go.Scatter(
+                        x=list(range(1, len(acc) + 1)),
+                        y=[100 * a for a in acc],
+                        mode="lines+markers",
+                        line=dict(color=colours[key], dash=dashes[mode]),
+                        name=f"{PAIR_LABELS[key]}: {names[mode]}",
+                        showlegend=col == 1,
+                        legendgroup=f"{key}{mode}",
+                    ),
+                    row=1,
+                    col=col,
+                )
         fig.update_xaxes(title_text="glimpses taken", dtick=1, row=1, col=col)
     fig.update_yaxes(title_text="top-1 accuracy (%)", row=1, col=1)
-    fig.update_layout(title="Does it matter where MGNet looks? Glimpses 2 onwards moved, same scales",
-                      legend=dict(orientation="h", y=-0.25, x=0, yanchor="top"), margin=dict(b=150))
+    fig.update_layout(
+        title="Does it matter where MGNet looks? Glimpses 2 onwards moved, same scales",
+        legend=dict(orientation="h", y=-0.25, x=0, yanchor="top"),
+        margin=dict(b=150),
+    )
     return fig
 
 
@@ -413,18 +537,34 @@ def _location_heatmaps(res: dict):
 
     rows = _mgnet_rows(res)
     steps = len(rows[0][2]["glimpses"])
-    titles = [f"{pair}, {data}: glimpse {g['glimpse']}, size {100 * g['mean_scale']:.0f}%"
-              for pair, data, report in rows for g in report["glimpses"]]
-    fig = make_subplots(rows=len(rows), cols=steps, horizontal_spacing=0.04, vertical_spacing=0.3 / len(rows),
-                        subplot_titles=titles)
+    titles = [
+        f"{pair}, {data}: glimpse {g['glimpse']}, size {100 * g['mean_scale']:.0f}%"
+        for pair, data, report in rows
+        for g in report["glimpses"]
+    ]
+    fig = make_subplots(
+        rows=len(rows), cols=steps, horizontal_spacing=0.04, vertical_spacing=0.3 / len(rows), subplot_titles=titles
+    )
     for r, (_, _, report) in enumerate(rows, 1):
         for c, g in enumerate(report["glimpses"], 1):
             hist = np.asarray(g["centre_histogram"], dtype=float)
             share = hist / max(hist.sum(), 1) * 100
-            mid = (np.linspace(0, 1, hist.shape[0] + 1)[:-1] + 0.5 / hist.shape[0])
+            mid = np.linspace(0, 1, hist.shape[0] + 1)[:-1] + 0.5 / hist.shape[0]
             k = (r - 1) * steps + c
-            fig.add_trace(go.Heatmap(z=share, x=mid, y=mid, zmin=0, zmax=25, colorscale="Viridis",
-                                     showscale=k == 1, colorbar=dict(title="% of images")), row=r, col=c)
+            fig.add_trace(
+                go.Heatmap(
+                    z=share,
+                    x=mid,
+                    y=mid,
+                    zmin=0,
+                    zmax=25,
+                    colorscale="Viridis",
+                    showscale=k == 1,
+                    colorbar=dict(title="% of images"),
+                ),
+                row=r,
+                col=c,
+            )
             fig.update_xaxes(range=[0, 1], constrain="domain", row=r, col=c)
             fig.update_yaxes(range=[1, 0], scaleanchor=f"x{k if k > 1 else ''}", row=r, col=c)
     fig.update_annotations(font_size=11)
@@ -452,12 +592,22 @@ def write_strip(res: dict, data, out_dir: Path, cache_dir=None) -> str | None:
             for pair in pairs.values():
                 cell = pair["strip"][which][i]
                 mark = "right" if cell["top1"] == cell["true"] else f"wrong (true: {cell['true']})"
-                row.append(dict(image=photos[which][cell["index"]].permute(1, 2, 0).numpy(), boxes=cell["boxes"],
-                                caption=f"{cell['top1']} {100 * cell['confidence']:.0f}%, {mark}"))
+                row.append(
+                    dict(
+                        image=photos[which][cell["index"]].permute(1, 2, 0).numpy(),
+                        boxes=cell["boxes"],
+                        caption=f"{cell['top1']} {100 * cell['confidence']:.0f}%, {mark}",
+                    )
+                )
         rows.append(row)
-    fig = plots.panel_grid_figure(rows, column_titles=titles, width=1000, font_size=9,
-                                  title="MGNet's glimpses (numbered in order; 1 is the whole photo) on "
-                                        f"{STRIP_PHOTOS} val photos spread over the folder")
+    fig = plots.panel_grid_figure(
+        rows,
+        column_titles=titles,
+        width=1000,
+        font_size=9,
+        title="MGNet's glimpses (numbered in order; 1 is the whole photo) on "
+        f"{STRIP_PHOTOS} val photos spread over the folder",
+    )
     fig.write_image(str(out_dir / "glimpse_strip.png"), scale=1.5)
     return "glimpse_strip.png"
 
@@ -480,22 +630,27 @@ def training_stages(provenance: dict) -> list[dict]:
         lr = (prov.get("args") or {}).get("lr")
         if lr is None and _flag(command, "--lr") is not None:
             lr = float(_flag(command, "--lr"))
-        chain.append({"command": command, "epochs": prov.get("epochs"), "lr": lr,
-                      "train_seconds": prov.get("train_seconds")})
+        chain.append(
+            {"command": command, "epochs": prov.get("epochs"), "lr": lr, "train_seconds": prov.get("train_seconds")}
+        )
         prov = prov.get("init_from")
     return chain[::-1]
 
 
 def _files_section(res: dict) -> list[str]:
-    lines = ["| file | kind | how it was trained | backbone | input | glimpses | glimpse size | parameters | sha256 |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| file | kind | how it was trained | backbone | input | glimpses | glimpse size | parameters | sha256 |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for pair in _pairs(res).values():
         for name, c in pair["checkpoints"].items():
             cfg = c["config"]
             size = int(math.floor(cfg["image_size"] / cfg["scale"] + 1e-9))
-            lines.append(f"| `{Path(c['path']).name}` | {name} | {c.get('recipe', '')} | {cfg['backbone']} | "
-                         f"{cfg['image_size']} px | {cfg['n_glimpses']} | {size} px | {c['parameters'] / 1e6:.2f} M | "
-                         f"`{c['sha256'][:12]}…` |")
+            lines.append(
+                f"| `{Path(c['path']).name}` | {name} | {c.get('recipe', '')} | {cfg['backbone']} | "
+                f"{cfg['image_size']} px | {cfg['n_glimpses']} | {size} px | {c['parameters'] / 1e6:.2f} M | "
+                f"`{c['sha256'][:12]}…` |"
+            )
     return lines
 
 
@@ -504,40 +659,50 @@ def _recipe_section(res: dict, out_dir: Path) -> list[str]:
     pm, pb = mg["provenance"], base["provenance"]
     a = pm.get("args", {})
     stages, stages_base = training_stages(pm), training_stages(pb)
-    lines = ["\n## Data and recipe\n",
-             f"- Training data: `{pm.get('data')}` (Imagenette train split, 9,469 images, 10 classes, stored at "
-             "224x224).",
-             f"- Validation: `{res['data']}` (1,966 images, half of the official Imagenette validation split).",
-             f"- Both models: ResNet-18 from random initialisation, batch {a.get('batch_size')}, SGD (Nesterov, "
-             f"momentum 0.9), weight decay {a.get('weight_decay')}, label smoothing {a.get('label_smoothing')}, "
-             f"RandomResizedCrop({a.get('image_size')}, scale=({a.get('min_crop')}, 1)) + horizontal flip, seed "
-             f"{a.get('seed')}; bf16 autocast on CPU. Evaluation input: the whole image resized to "
-             f"{a.get('image_size')} px (no crop), as the app does.",
-             f"- Schedule, {sum(st['epochs'] or 0 for st in stages)} epochs in {len(stages)} stages; each stage is a "
-             "one-cycle learning rate with 20% warm-up and a fresh optimiser, and each later stage starts from the "
-             "previous stage's exported weights (`--init-from`). The stages are the same for both models except "
-             "where a command below says otherwise:"]
+    lines = [
+        "\n## Data and recipe\n",
+        f"- Training data: `{pm.get('data')}` (Imagenette train split, 9,469 images, 10 classes, stored at 224x224).",
+        f"- Validation: `{res['data']}` (1,966 images, half of the official Imagenette validation split).",
+        f"- Both models: ResNet-18 from random initialisation, batch {a.get('batch_size')}, SGD (Nesterov, "
+        f"momentum 0.9), weight decay {a.get('weight_decay')}, label smoothing {a.get('label_smoothing')}, "
+        f"RandomResizedCrop({a.get('image_size')}, scale=({a.get('min_crop')}, 1)) + horizontal flip, seed "
+        f"{a.get('seed')}; bf16 autocast on CPU. Evaluation input: the whole image resized to "
+        f"{a.get('image_size')} px (no crop), as the app does.",
+        f"- Schedule, {sum(st['epochs'] or 0 for st in stages)} epochs in {len(stages)} stages; each stage is a "
+        "one-cycle learning rate with 20% warm-up and a fresh optimiser, and each later stage starts from the "
+        "previous stage's exported weights (`--init-from`). The stages are the same for both models except "
+        "where a command below says otherwise:",
+    ]
     for i, st in enumerate(stages, 1):
         lines.append(f"  - stage {i}: {st['epochs']} epochs, peak learning rate {st['lr']}.")
     if mg.get("recipe") == "location stage":
-        lines.append("- The last stage is the location stage (`docs/location-stage.md`): off-centre composites "
-                     f"replace {a.get('off_centre')} of every batch for both models, and MGNet adds the location-"
-                     f"target loss (weight {a.get('location_weight')}). The baseline gets the same data, so the "
-                     "comparison stays fair. The earlier stages are the paper's recipe (the paper-recipe checkpoints "
-                     "below stop there).")
-    lines.append(f"- MGNet: T = {mg['config']['n_glimpses']}, scale {mg['config']['scale']}, alpha "
-                 f"{mg['config']['alpha']}, s_grad {mg['config']['s_grad']}, scale range [{mg['config']['scale_min']}, "
-                 f"{mg['config']['scale_max']}]. The scale was chosen so that glimpses are 48 px: with the paper's "
-                 "2.33 (54 px at 128 px input) ResNet's stride rounding makes two glimpses cost 44% of a baseline "
-                 "pass instead of the paper's 37%.")
+        lines.append(
+            "- The last stage is the location stage (`docs/location-stage.md`): off-centre composites "
+            f"replace {a.get('off_centre')} of every batch for both models, and MGNet adds the location-"
+            f"target loss (weight {a.get('location_weight')}). The baseline gets the same data, so the "
+            "comparison stays fair. The earlier stages are the paper's recipe (the paper-recipe checkpoints "
+            "below stop there)."
+        )
+    lines.append(
+        f"- MGNet: T = {mg['config']['n_glimpses']}, scale {mg['config']['scale']}, alpha "
+        f"{mg['config']['alpha']}, s_grad {mg['config']['s_grad']}, scale range [{mg['config']['scale_min']}, "
+        f"{mg['config']['scale_max']}]. The scale was chosen so that glimpses are 48 px: with the paper's "
+        "2.33 (54 px at 128 px input) ResNet's stride rounding makes two glimpses cost 44% of a baseline "
+        "pass instead of the paper's 37%."
+    )
     tm, tb = (sum(st["train_seconds"] or 0 for st in chain) / 60 for chain in (stages, stages_base))
-    lines.append(f"- Training time: MGNet {tm:.0f} min, baseline {tb:.0f} min ({pm.get('hardware')}; both trained "
-                 "at the same time, one thread each).")
+    lines.append(
+        f"- Training time: MGNet {tm:.0f} min, baseline {tb:.0f} min ({pm.get('hardware')}; both trained "
+        "at the same time, one thread each)."
+    )
     lines.append("\nExact commands, in this order:\n```bash")
     for base_stage, mgnet_stage in zip(stages_base, stages):
         lines += [base_stage["command"], mgnet_stage["command"]]
-    lines += ["python -m mgnet.modelcard --data ../shared/data/imagenette2-224/val", "```",
-              "Re-running a training command resumes from `runs/<name>/last.pt` after an interruption.\n"]
+    lines += [
+        "python -m mgnet.modelcard --data ../shared/data/imagenette2-224/val",
+        "```",
+        "Re-running a training command resumes from `runs/<name>/last.pt` after an interruption.\n",
+    ]
     return lines + _curves_section(out_dir)
 
 
@@ -545,21 +710,27 @@ def _curves_section(out_dir: Path) -> list[str]:
     curves = training_curves(out_dir)
     if not curves:
         return []
-    lines = ["Validation accuracy was measured after every epoch to watch the runs; the last epoch of each stage "
-             "is what was exported, never a best-on-validation epoch. `history-<kind>.json` holds those per-epoch "
-             "records (`runs/<name>/history.json` of each stage, in order, tagged with the stage).\n",
-             "![training curves](training_curves.png)\n"]
+    lines = [
+        "Validation accuracy was measured after every epoch to watch the runs; the last epoch of each stage "
+        "is what was exported, never a best-on-validation epoch. `history-<kind>.json` holds those per-epoch "
+        "records (`runs/<name>/history.json` of each stage, in order, tagged with the stage).\n",
+        "![training curves](training_curves.png)\n",
+    ]
     ends = stage_ends(curves)
     if len(ends) > 1:
-        lines += ["Stage lengths and peak learning rates were fixed before each stage from the time available, and "
-                  "the last epoch was always exported. Validation accuracy at the end of each stage, as measured "
-                  "by the training run (with its bf16 autocast, so a few tenths off the fp32 tables below):\n",
-                  "| after stage | epochs | MGNet, 2 glimpses | MGNet, all glimpses | baseline |",
-                  "|---|---|---|---|---|"]
+        lines += [
+            "Stage lengths and peak learning rates were fixed before each stage from the time available, and "
+            "the last epoch was always exported. Validation accuracy at the end of each stage, as measured "
+            "by the training run (with its bf16 autocast, so a few tenths off the fp32 tables below):\n",
+            "| after stage | epochs | MGNet, 2 glimpses | MGNet, all glimpses | baseline |",
+            "|---|---|---|---|---|",
+        ]
         for e in ends:
-            lines.append(f"| {e['stage']} | {e['epochs']} | {_pct(e['mgnet'][1]) if e.get('mgnet') else ''} | "
-                         f"{_pct(e['mgnet'][-1]) if e.get('mgnet') else ''} | "
-                         f"{_pct(e['baseline'][-1]) if e.get('baseline') else ''} |")
+            lines.append(
+                f"| {e['stage']} | {e['epochs']} | {_pct(e['mgnet'][1]) if e.get('mgnet') else ''} | "
+                f"{_pct(e['mgnet'][-1]) if e.get('mgnet') else ''} | "
+                f"{_pct(e['baseline'][-1]) if e.get('baseline') else ''} |"
+            )
         lines.append("")
     return lines
 
@@ -568,16 +739,24 @@ def _clean_section(pair: dict, heading: str = "## Clean accuracy and compute") -
     s = summarise(pair)
     mg, base = pair["checkpoints"]["mgnet"], pair["checkpoints"]["baseline"]
     acc_mg = pair["clean"]["mgnet"]["accuracy_per_glimpse"]
-    lines = [f"{heading}\n", f"Whole validation folder ({pair['clean']['mgnet']['images']} images). GFLOPs are "
-             "multiply-accumulates (convolutions and matrix products), cumulative after each glimpse.\n",
-             "| model | after glimpse | top-1 | 95% CI (final) | GFLOPs | % of baseline |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"{heading}\n",
+        f"Whole validation folder ({pair['clean']['mgnet']['images']} images). GFLOPs are "
+        "multiply-accumulates (convolutions and matrix products), cumulative after each glimpse.\n",
+        "| model | after glimpse | top-1 | 95% CI (final) | GFLOPs | % of baseline |",
+        "|---|---|---|---|---|---|",
+    ]
     for t, (acc, g) in enumerate(zip(acc_mg, mg["gflops_per_glimpse"]), 1):
         ci = pair["clean"]["mgnet"]["ci95_final"] if t == len(acc_mg) else None
-        lines.append(f"| MGNet | {t} | {_pct(acc)} | {f'{_pct(ci[0])}–{_pct(ci[1])}' if ci else ''} | {g:.3f} | "
-                     f"{_pct(s['compute_share'][t - 1])} |")
+        lines.append(
+            f"| MGNet | {t} | {_pct(acc)} | {f'{_pct(ci[0])}–{_pct(ci[1])}' if ci else ''} | {g:.3f} | "
+            f"{_pct(s['compute_share'][t - 1])} |"
+        )
     ci = pair["clean"]["baseline"]["ci95_final"]
-    lines.append(f"| baseline | 1 | {_pct(s['clean_baseline'])} | {_pct(ci[0])}–{_pct(ci[1])} | "
-                 f"{base['gflops_per_glimpse'][0]:.3f} | 100% |")
+    lines.append(
+        f"| baseline | 1 | {_pct(s['clean_baseline'])} | {_pct(ci[0])}–{_pct(ci[1])} | "
+        f"{base['gflops_per_glimpse'][0]:.3f} | 100% |"
+    )
     return lines
 
 
@@ -586,19 +765,29 @@ def _issue3_section(res: dict) -> list[str]:
     checks = [
         ("Clean top-1 of MGNet >= 85%", s["clean_mgnet_final"] >= 0.85, _pct(s["clean_mgnet_final"])),
         ("Clean top-1 of baseline >= 85%", s["clean_baseline"] >= 0.85, _pct(s["clean_baseline"])),
-        ("MGNet compute after 2 glimpses <= 40% of baseline", s["compute_share_after_2"] <= 0.40,
-         _pct(s["compute_share_after_2"])),
-        ("MGNet after 2 glimpses within 3 points of baseline", s["mgnet_after_2"] >= s["clean_baseline"] - 0.03,
-         f"{100 * (s['mgnet_after_2'] - s['clean_baseline']):+.1f} points"),
-        ("MGNet after all glimpses >= baseline", s["clean_mgnet_final"] >= s["clean_baseline"],
-         f"{100 * (s['clean_mgnet_final'] - s['clean_baseline']):+.1f} points"),
+        (
+            "MGNet compute after 2 glimpses <= 40% of baseline",
+            s["compute_share_after_2"] <= 0.40,
+            _pct(s["compute_share_after_2"]),
+        ),
+        (
+            "MGNet after 2 glimpses within 3 points of baseline",
+            s["mgnet_after_2"] >= s["clean_baseline"] - 0.03,
+            f"{100 * (s['mgnet_after_2'] - s['clean_baseline']):+.1f} points",
+        ),
+        (
+            "MGNet after all glimpses >= baseline",
+            s["clean_mgnet_final"] >= s["clean_baseline"],
+            f"{100 * (s['clean_mgnet_final'] - s['clean_baseline']):+.1f} points",
+        ),
     ]
     return ["\n![accuracy vs glimpses](accuracy_vs_glimpses.png)\n", "### Targets of issue 3\n"] + _checks_table(checks)
 
 
 def _checks_table(checks) -> list[str]:
     return ["| target | met | measured |", "|---|---|---|"] + [
-        f"| {label} | {'yes' if ok else '**no**'} | {value} |" for label, ok, value in checks]
+        f"| {label} | {'yes' if ok else '**no**'} | {value} |" for label, ok, value in checks
+    ]
 
 
 def _gain(report: dict, key: str) -> tuple[float, float, float]:
@@ -618,30 +807,56 @@ def glimpse_goals(res: dict) -> list[tuple[str, bool, str]]:
     val, off = res["locations"], res["locations_off_centre"]
     last = len(val["accuracy"]["learned"])
     s = summarise(res)
-    paper = res.get("paper_recipe", {}).get("clean", {}).get("mgnet", {}).get("accuracy_per_glimpse", [PAPER_RECIPE_TOP1])
+    paper = (
+        res.get("paper_recipe", {}).get("clean", {}).get("mgnet", {}).get("accuracy_per_glimpse", [PAPER_RECIPE_TOP1])
+    )
     checks = []
     for key in ("centre@2", f"centre@{last}", "shuffled@2", f"shuffled@{last}"):
         mode, t = key.split("@")
         gain = _gain(val, key)
-        checks.append((f"1. Val: own beats {'centred' if mode == 'centre' else 'shuffled'} glimpses after glimpse "
-                       f"{t} by >= 3 points, CI above 0", gain[0] >= 0.03 and gain[1] > 0, _points(gain)))
+        checks.append(
+            (
+                f"1. Val: own beats {'centred' if mode == 'centre' else 'shuffled'} glimpses after glimpse "
+                f"{t} by >= 3 points, CI above 0",
+                gain[0] >= 0.03 and gain[1] > 0,
+                _points(gain),
+            )
+        )
     gain = _gain(off, f"centre@{last}")
-    checks.append(("2. Off-centre val: own beats centred after the last glimpse by >= 15 points", gain[0] >= 0.15,
-                   _points(gain)))
+    checks.append(
+        ("2. Off-centre val: own beats centred after the last glimpse by >= 15 points", gain[0] >= 0.15, _points(gain))
+    )
     diff = res["off_centre"]["mgnet_minus_baseline_ci95"]
-    checks.append(("2. Off-centre val: MGNet beats the baseline trained on the same data", diff[0] > 0 and diff[1] > 0,
-                   f"{_pct(res['off_centre']['mgnet'][-1])} vs {_pct(res['off_centre']['baseline'][-1])}: "
-                   + _points(diff)))
-    checks += [("3. Clean top-1 after the last glimpse >= 85%", s["clean_mgnet_final"] >= 0.85,
-                _pct(s["clean_mgnet_final"])),
-               (f"3. ... and never below the paper recipe's {_pct(paper[-1])}", s["clean_mgnet_final"] >= paper[-1],
-                f"{_pct(s['clean_mgnet_final'])} ({100 * (s['clean_mgnet_final'] - paper[-1]):+.2f} points)"),
-               ("3. Compute after 2 glimpses <= 40% of the baseline", s["compute_share_after_2"] <= 0.40,
-                _pct(s["compute_share_after_2"])),
-               ("4. Off-centre val: mean distance of glimpse 2's centre from the image centre >= 0.12 of the side",
-                off["glimpse2_offset"] >= 0.12, f"{off['glimpse2_offset']:.3f} (val as it is: {val['glimpse2_offset']:.3f})"),
-               ("4. Mean IoU between glimpses 2..T of the same image < 0.7", off["overlap_iou"] < 0.7 and
-                val["overlap_iou"] < 0.7, f"off-centre {off['overlap_iou']:.3f}, val {val['overlap_iou']:.3f}")]
+    checks.append(
+        (
+            "2. Off-centre val: MGNet beats the baseline trained on the same data",
+            diff[0] > 0 and diff[1] > 0,
+            f"{_pct(res['off_centre']['mgnet'][-1])} vs {_pct(res['off_centre']['baseline'][-1])}: " + _points(diff),
+        )
+    )
+    checks += [
+        ("3. Clean top-1 after the last glimpse >= 85%", s["clean_mgnet_final"] >= 0.85, _pct(s["clean_mgnet_final"])),
+        (
+            f"3. ... and never below the paper recipe's {_pct(paper[-1])}",
+            s["clean_mgnet_final"] >= paper[-1],
+            f"{_pct(s['clean_mgnet_final'])} ({100 * (s['clean_mgnet_final'] - paper[-1]):+.2f} points)",
+        ),
+        (
+            "3. Compute after 2 glimpses <= 40% of the baseline",
+            s["compute_share_after_2"] <= 0.40,
+            _pct(s["compute_share_after_2"]),
+        ),
+        (
+            "4. Off-centre val: mean distance of glimpse 2's centre from the image centre >= 0.12 of the side",
+            off["glimpse2_offset"] >= 0.12,
+            f"{off['glimpse2_offset']:.3f} (val as it is: {val['glimpse2_offset']:.3f})",
+        ),
+        (
+            "4. Mean IoU between glimpses 2..T of the same image < 0.7",
+            off["overlap_iou"] < 0.7 and val["overlap_iou"] < 0.7,
+            f"off-centre {off['overlap_iou']:.3f}, val {val['overlap_iou']:.3f}",
+        ),
+    ]
     return checks
 
 
@@ -650,12 +865,18 @@ def _pilots_section(out_dir: Path) -> list[str]:
     if not path.exists():
         return []
     doc = json.loads(path.read_text())
-    lines = ["### Pilots, failures included\n", doc["note"] + "\n",
-             "| pilot | command | steps | minutes | val: own vs centred | off-centre: own vs centred | glimpse-2 offset "
-             "| IoU 2..T | outcome |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "### Pilots, failures included\n",
+        doc["note"] + "\n",
+        "| pilot | command | steps | minutes | val: own vs centred | off-centre: own vs centred | glimpse-2 offset "
+        "| IoU 2..T | outcome |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for p in doc["pilots"]:
-        lines.append(f"| {p['name']} | `{p['command']}` | {p['steps']} | {p['minutes']} | {p['val']} | "
-                     f"{p['off_centre']} | {p['offset']} | {p['iou']} | {p['outcome']} |")
+        lines.append(
+            f"| {p['name']} | `{p['command']}` | {p['steps']} | {p['minutes']} | {p['val']} | "
+            f"{p['off_centre']} | {p['offset']} | {p['iou']} | {p['outcome']} |"
+        )
     return lines + [""]
 
 
@@ -666,77 +887,106 @@ def _location_tables(pair: dict) -> list[str]:
         if not report:
             continue
         acc = report["accuracy"]
-        lines += [f"\nOn {data} ({report['images']} images; seed {report['seed']}): glimpse 2 is on average "
-                  f"{_pct(report['glimpse2_scale'])} of the side and {report['glimpse2_offset']:.3f} of the side from "
-                  f"the centre; glimpses 2..T overlap with mean IoU {report['overlap_iou']:.3f}.\n",
-                  "| glimpses taken | own glimpses | centred | shuffled |", "|---|---|---|---|"]
+        lines += [
+            f"\nOn {data} ({report['images']} images; seed {report['seed']}): glimpse 2 is on average "
+            f"{_pct(report['glimpse2_scale'])} of the side and {report['glimpse2_offset']:.3f} of the side from "
+            f"the centre; glimpses 2..T overlap with mean IoU {report['overlap_iou']:.3f}.\n",
+            "| glimpses taken | own glimpses | centred | shuffled |",
+            "|---|---|---|---|",
+        ]
         for t in range(len(acc["learned"])):
-            lines.append(f"| {t + 1} | {_pct(acc['learned'][t])} | {_pct(acc['centre'][t])} | "
-                         f"{_pct(acc['shuffled'][t])} |")
-        lines.append("\n" + "; ".join(f"own minus {key.replace('@', ' after glimpse ')}: {_points(gain)}"
-                                      for key, gain in report["gain_ci95"].items()) + ".")
+            lines.append(
+                f"| {t + 1} | {_pct(acc['learned'][t])} | {_pct(acc['centre'][t])} | {_pct(acc['shuffled'][t])} |"
+            )
+        lines.append(
+            "\n"
+            + "; ".join(
+                f"own minus {key.replace('@', ' after glimpse ')}: {_points(gain)}"
+                for key, gain in report["gain_ci95"].items()
+            )
+            + "."
+        )
     return lines
 
 
 def _locations_section(res: dict, out_dir: Path) -> list[str]:
-    lines = ["\n## Where MGNet looks, and whether it matters\n",
-             "Glimpse 1 is always the whole image. To test whether the chosen locations carry information, the same "
-             "model is run with glimpses 2 onwards moved: to the image centre at the scales MGNet chose "
-             "(\"centred\"), or to the glimpses MGNet chose for another image, paired at random (\"shuffled\"). The "
-             "model is told the moved location, as if it had chosen it. Off-centre val: each val photo shrunk to a "
-             "random 40–60% of the side and pasted at a random position on a blurred other val photo "
-             "(`mgnet.location.off_centre`, `python -m mgnet.evaluate --off-centre`). Intervals are paired 95% "
-             "normal intervals over images.\n", "### Goals of issue 11 (default MGNet)\n"]
+    lines = [
+        "\n## Where MGNet looks, and whether it matters\n",
+        "Glimpse 1 is always the whole image. To test whether the chosen locations carry information, the same "
+        "model is run with glimpses 2 onwards moved: to the image centre at the scales MGNet chose "
+        '("centred"), or to the glimpses MGNet chose for another image, paired at random ("shuffled"). The '
+        "model is told the moved location, as if it had chosen it. Off-centre val: each val photo shrunk to a "
+        "random 40–60% of the side and pasted at a random position on a blurred other val photo "
+        "(`mgnet.location.off_centre`, `python -m mgnet.evaluate --off-centre`). Intervals are paired 95% "
+        "normal intervals over images.\n",
+        "### Goals of issue 11 (default MGNet)\n",
+    ]
     lines += _checks_table(glimpse_goals(res))
-    lines += ["\nGoal 4's distance was first set at 0.2 of the side; a glimpse centred exactly on every off-centre "
-              "object would sit 0.19 from the centre on average, so the card checks the corrected 0.12 "
-              "(`shared/notes/location-pilots.md`).\n", "### Default MGNet (location stage)"]
+    lines += [
+        "\nGoal 4's distance was first set at 0.2 of the side; a glimpse centred exactly on every off-centre "
+        "object would sit 0.19 from the centre on average, so the card checks the corrected 0.12 "
+        "(`shared/notes/location-pilots.md`).\n",
+        "### Default MGNet (location stage)",
+    ]
     lines += _location_tables(res)
     if res.get("paper_recipe"):
         lines += ["\n### Paper-recipe MGNet"] + _location_tables(res["paper_recipe"])
     lines += ["\n![location ablation](location_ablation.png)\n", "![glimpse locations](glimpse_locations.png)\n"]
     if (Path(out_dir) / "glimpse_strip.png").exists():
         lines.append("![glimpse strip](glimpse_strip.png)\n")
-    lines.append("Where own and centred glimpses score alike, the boxes the app draws say little about why the model "
-                 "decided, however plausible they look.\n")
+    lines.append(
+        "Where own and centred glimpses score alike, the boxes the app draws say little about why the model "
+        "decided, however plausible they look.\n"
+    )
     return lines + _pilots_section(out_dir)
 
 
 def _attacks_section(pair: dict, heading: str) -> list[str]:
     att = pair["attacks"]
-    lines = [f"\n{heading} (PGD-10, L-inf, pixel space, {att['images']} val images)\n",
-             "Step size 2.5·eps/10, random start, clamped to [0, 1], loss on the final prediction. \"Standard "
-             "gradient\" keeps MGNet's 0.02 backward re-scaling of the localisation path (what a naive white-box "
-             "attacker sees); \"true gradient\" turns it off; \"transfer\" crafts on the baseline and tests MGNet. "
-             "\"Lowest\" is MGNet's accuracy under the strongest of these three attacks, not a robustness "
-             "guarantee.\n",
-             "| eps (/255) | baseline | MGNet, standard gradient | MGNet, true gradient | MGNet, transfer from baseline "
-             "| MGNet, lowest |", "|---|---|---|---|---|---|",
-             f"| 0 (clean, same images) | {_pct(att['clean_on_subset']['baseline'][-1])} | "
-             f"{_pct(att['clean_on_subset']['mgnet'][-1])} | | | |"]
+    lines = [
+        f"\n{heading} (PGD-10, L-inf, pixel space, {att['images']} val images)\n",
+        'Step size 2.5·eps/10, random start, clamped to [0, 1], loss on the final prediction. "Standard '
+        "gradient\" keeps MGNet's 0.02 backward re-scaling of the localisation path (what a naive white-box "
+        'attacker sees); "true gradient" turns it off; "transfer" crafts on the baseline and tests MGNet. '
+        '"Lowest" is MGNet\'s accuracy under the strongest of these three attacks, not a robustness '
+        "guarantee.\n",
+        "| eps (/255) | baseline | MGNet, standard gradient | MGNet, true gradient | MGNet, transfer from baseline "
+        "| MGNet, lowest |",
+        "|---|---|---|---|---|---|",
+        f"| 0 (clean, same images) | {_pct(att['clean_on_subset']['baseline'][-1])} | "
+        f"{_pct(att['clean_on_subset']['mgnet'][-1])} | | | |",
+    ]
     for e in att["epsilons"]:
         r = att["pgd"][str(e)]
         worst = min(r["mgnet"][-1], r["mgnet_true_gradients"][-1], r["transfer_baseline_to_mgnet"][-1])
-        lines.append(f"| {e:g} | {_pct(r['baseline'][-1])} | {_pct(r['mgnet'][-1])} | "
-                     f"{_pct(r['mgnet_true_gradients'][-1])} | {_pct(r['transfer_baseline_to_mgnet'][-1])} | "
-                     f"{_pct(worst)} |")
+        lines.append(
+            f"| {e:g} | {_pct(r['baseline'][-1])} | {_pct(r['mgnet'][-1])} | "
+            f"{_pct(r['mgnet_true_gradients'][-1])} | {_pct(r['transfer_baseline_to_mgnet'][-1])} | "
+            f"{_pct(worst)} |"
+        )
     p = att["paper_pgd_eps4"]
-    lines.append(f"\nThe authors' normalised-space PGD (eps 4, step 1, 10 steps, no random start, no clamp): "
-                 f"baseline {_pct(p['baseline'][-1])}, MGNet {_pct(p['mgnet'][-1])}. It is weaker than pixel-space "
-                 "PGD at eps 1/255.\n")
+    lines.append(
+        f"\nThe authors' normalised-space PGD (eps 4, step 1, 10 steps, no random start, no clamp): "
+        f"baseline {_pct(p['baseline'][-1])}, MGNet {_pct(p['mgnet'][-1])}. It is weaker than pixel-space "
+        "PGD at eps 1/255.\n"
+    )
     return lines
 
 
 def _corruptions_section(pair: dict, heading: str) -> list[str]:
     s = summarise(pair)
     cor = pair["corruptions"]
-    lines = [f"{heading} (ImageNet-C, 15 types x 5 severities, {cor['images']} val images)\n",
-             "Corruptions are applied to the 224 px image, which is then resized to the model input. Mean = average "
-             "over severities 1–5 for each type, then over types (the authors' protocol).\n",
-             f"Mean accuracy: baseline **{_pct(s['corruption_mean']['baseline'])}**, MGNet "
-             f"**{_pct(s['corruption_mean']['mgnet'])}** (MGNet after each glimpse: "
-             + ", ".join(_pct(v) for v in s["corruption_mgnet_per_glimpse"]) + ").\n",
-             "| corruption | baseline | MGNet |", "|---|---|---|"]
+    lines = [
+        f"{heading} (ImageNet-C, 15 types x 5 severities, {cor['images']} val images)\n",
+        "Corruptions are applied to the 224 px image, which is then resized to the model input. Mean = average "
+        "over severities 1–5 for each type, then over types (the authors' protocol).\n",
+        f"Mean accuracy: baseline **{_pct(s['corruption_mean']['baseline'])}**, MGNet "
+        f"**{_pct(s['corruption_mean']['mgnet'])}** (MGNet after each glimpse: "
+        + ", ".join(_pct(v) for v in s["corruption_mgnet_per_glimpse"])
+        + ").\n",
+        "| corruption | baseline | MGNet |",
+        "|---|---|---|",
+    ]
     lines += [f"| {c} | {_pct(v['baseline'])} | {_pct(v['mgnet'])} |" for c, v in s["corruption_per_type"].items()]
     lines += ["\n| severity | baseline | MGNet |", "|---|---|---|"]
     lines += [f"| {k} | {_pct(v['baseline'])} | {_pct(v['mgnet'])} |" for k, v in s["corruption_per_severity"].items()]
@@ -746,21 +996,26 @@ def _corruptions_section(pair: dict, heading: str) -> list[str]:
 def _measured_note(pair: dict, res: dict) -> str:
     when = pair.get("measured") or {}
     if when and when.get("git_commit") != res.get("git_commit"):
-        return (f"Clean, attack and corruption numbers of this pair were measured on {when.get('date')} at commit "
-                f"`{str(when.get('git_commit'))[:10]}` and taken over unchanged: the weights (sha256) and settings "
-                "are the same (`--fresh` re-measures them).\n")
+        return (
+            f"Clean, attack and corruption numbers of this pair were measured on {when.get('date')} at commit "
+            f"`{str(when.get('git_commit'))[:10]}` and taken over unchanged: the weights (sha256) and settings "
+            "are the same (`--fresh` re-measures them).\n"
+        )
     return ""
 
 
 def _paper_recipe_section(res: dict) -> list[str]:
     pair = res["paper_recipe"]
     s = summarise(pair)
-    lines = ["\n## Paper-recipe checkpoints\n",
-             f"`{Path(pair['checkpoints']['mgnet']['path']).name}` and "
-             f"`{Path(pair['checkpoints']['baseline']['path']).name}` are the models before the location stage: "
-             "stages 1–3 above, trained with the paper's loss and data only. MGNet's glimpses there are one large "
-             f"centred box (see the location tables above). Clean top-1: MGNet {_pct(s['clean_mgnet_final'])}, "
-             f"baseline {_pct(s['clean_baseline'])}.\n", _measured_note(pair, res)]
+    lines = [
+        "\n## Paper-recipe checkpoints\n",
+        f"`{Path(pair['checkpoints']['mgnet']['path']).name}` and "
+        f"`{Path(pair['checkpoints']['baseline']['path']).name}` are the models before the location stage: "
+        "stages 1–3 above, trained with the paper's loss and data only. MGNet's glimpses there are one large "
+        f"centred box (see the location tables above). Clean top-1: MGNet {_pct(s['clean_mgnet_final'])}, "
+        f"baseline {_pct(s['clean_baseline'])}.\n",
+        _measured_note(pair, res),
+    ]
     lines += _clean_section(pair, "### Clean accuracy and compute (paper recipe)")
     lines += _attacks_section(pair, "### Adversarial accuracy, paper recipe")
     lines += _corruptions_section(pair, "\n### Common corruptions, paper recipe")
@@ -772,18 +1027,22 @@ def _provenance_section(res: dict) -> list[str]:
     for pair in _pairs(res).values():
         for name, c in pair["checkpoints"].items():
             pv, chain = c["provenance"], training_stages(c["provenance"])
-            lines.append(f"- `{Path(c['path']).name}` ({name}, {c.get('recipe', '')}): saved {pv.get('saved', '?')}, "
-                         f"recorded commit `{str(pv.get('git_commit', '?'))[:16]}`, "
-                         f"{sum(st['train_seconds'] or 0 for st in chain) / 60:.0f} min of training in "
-                         f"{len(chain)} stage(s), weights stored as fp16.")
+            lines.append(
+                f"- `{Path(c['path']).name}` ({name}, {c.get('recipe', '')}): saved {pv.get('saved', '?')}, "
+                f"recorded commit `{str(pv.get('git_commit', '?'))[:16]}`, "
+                f"{sum(st['train_seconds'] or 0 for st in chain) / 60:.0f} min of training in "
+                f"{len(chain)} stage(s), weights stored as fp16."
+            )
     return lines
 
 
 def write_readme(res: dict, out_dir: Path, template_extra: str = ""):
-    lines = ["# Default checkpoints: MGNet and its baseline on Imagenette\n",
-             "Generated by `python -m mgnet.modelcard --data ../shared/data/imagenette2-224/val` on "
-             f"{res['date']} at commit `{res['git_commit'][:10]}` ({res['hardware']}). Every number below comes from "
-             "`checkpoints/modelcard.json`, written by that command.\n"]
+    lines = [
+        "# Default checkpoints: MGNet and its baseline on Imagenette\n",
+        "Generated by `python -m mgnet.modelcard --data ../shared/data/imagenette2-224/val` on "
+        f"{res['date']} at commit `{res['git_commit'][:10]}` ({res['hardware']}). Every number below comes from "
+        "`checkpoints/modelcard.json`, written by that command.\n",
+    ]
     lines += _files_section(res)
     lines += _recipe_section(res, out_dir)
     lines += [_measured_note(res, res)] + _clean_section(res) + _issue3_section(res)
@@ -801,25 +1060,39 @@ def write_readme(res: dict, out_dir: Path, template_extra: str = ""):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m mgnet.modelcard", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m mgnet.modelcard", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--data", required=True, help="validation ImageFolder")
     p.add_argument("--mgnet", default="checkpoints/mgnet-resnet18-imagenette.pt")
     p.add_argument("--baseline", default="checkpoints/baseline-resnet18-imagenette.pt")
-    p.add_argument("--paper-mgnet", default="checkpoints/mgnet-resnet18-imagenette-paper-recipe.pt",
-                   help="the paper-recipe MGNet reported beside the default ('' to leave it out)")
-    p.add_argument("--paper-baseline", default="checkpoints/baseline-resnet18-imagenette-paper-recipe.pt",
-                   help="its baseline ('' to leave it out)")
+    p.add_argument(
+        "--paper-mgnet",
+        default="checkpoints/mgnet-resnet18-imagenette-paper-recipe.pt",
+        help="the paper-recipe MGNet reported beside the default ('' to leave it out)",
+    )
+    p.add_argument(
+        "--paper-baseline",
+        default="checkpoints/baseline-resnet18-imagenette-paper-recipe.pt",
+        help="its baseline ('' to leave it out)",
+    )
     p.add_argument("--no-strip", dest="strip", action="store_false", help="skip the glimpse strip figure")
-    p.add_argument("--fresh", action="store_true",
-                   help="re-measure everything, even pairs whose weights and settings match the last modelcard.json")
+    p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="re-measure everything, even pairs whose weights and settings match the last modelcard.json",
+    )
     p.add_argument("--out", default="checkpoints", help="folder for README.md, modelcard.json and plots")
     p.add_argument("--attack-limit", type=int, default=300)
     p.add_argument("--corruption-limit", type=int, default=300)
     p.add_argument("--workers", type=int, default=2, help="processes for corrupting images")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--stage", choices=["all", "corrupt", "report"], default="all",
-                   help="corrupt: only prepare corrupted images; report: rebuild README/plots from modelcard.json")
+    p.add_argument(
+        "--stage",
+        choices=["all", "corrupt", "report"],
+        default="all",
+        help="corrupt: only prepare corrupted images; report: rebuild README/plots from modelcard.json",
+    )
     p.add_argument("--cache-dir")
     return p.parse_args(argv)
 
@@ -833,8 +1106,11 @@ def main(argv=None) -> int:
     if args.stage == "all":
         for p in (args.mgnet, args.baseline, args.paper_mgnet, args.paper_baseline):
             if p and not Path(p).exists():
-                print(f"error: {p} does not exist; train it first (see checkpoints/README.md), or pass '' for a "
-                      "paper-recipe checkpoint you do not have", file=sys.stderr)
+                print(
+                    f"error: {p} does not exist; train it first (see checkpoints/README.md), or pass '' for a "
+                    "paper-recipe checkpoint you do not have",
+                    file=sys.stderr,
+                )
                 return 2
         card = out / "modelcard.json"
         previous = None if args.fresh or not card.exists() else json.loads(card.read_text())

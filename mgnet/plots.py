@@ -12,6 +12,7 @@ to files. Conventions shared by every builder:
   models and methods are comparable by colour.
 * Glimpse t (1-based in titles, 0-based in arguments) always has colour ``glimpse_color(t)``.
 """
+
 from __future__ import annotations
 
 import base64
@@ -30,8 +31,12 @@ GLIMPSE_COLORS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f
 SERIES_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 # Inferno-like, transparent at 0 so the photo shows through where a map is empty.
 HEAT_COLORSCALE = [
-    [0.0, "rgba(0,0,4,0)"], [0.1, "rgba(40,11,84,0.25)"], [0.3, "rgba(101,21,110,0.5)"],
-    [0.5, "rgba(159,42,99,0.65)"], [0.7, "rgba(212,72,66,0.75)"], [0.85, "rgba(245,125,21,0.82)"],
+    [0.0, "rgba(0,0,4,0)"],
+    [0.1, "rgba(40,11,84,0.25)"],
+    [0.3, "rgba(101,21,110,0.5)"],
+    [0.5, "rgba(159,42,99,0.65)"],
+    [0.7, "rgba(212,72,66,0.75)"],
+    [0.85, "rgba(245,125,21,0.82)"],
     [1.0, "rgba(252,255,164,0.9)"],
 ]
 FONT = dict(family="Inter, Helvetica, Arial, sans-serif", size=13)
@@ -76,7 +81,7 @@ class Picture:
     """
 
     uri: str
-    width: int      # of the full-resolution photo
+    width: int  # of the full-resolution photo
     height: int
     thumb_width: int
     thumb_height: int
@@ -102,15 +107,22 @@ def _image_trace(image, max_side: int | None = MAX_SIDE, name: str = "photo", fm
 def _photo_axes(fig: go.Figure, width: int, height: int, row=None, col=None):
     kw = {} if row is None else dict(row=row, col=col)
     fig.update_xaxes(range=[0, width], visible=False, constrain="domain", **kw)
-    fig.update_yaxes(range=[height, 0], visible=False, scaleanchor="x" if row is None else None,
-                     constrain="domain", **kw)
+    fig.update_yaxes(
+        range=[height, 0], visible=False, scaleanchor="x" if row is None else None, constrain="domain", **kw
+    )
 
 
 def _layout(fig: go.Figure, title: str | None, height: int | None = None, chart: bool = False, **kw) -> go.Figure:
     """Shared look. ``chart=True`` leaves room for axis titles and tick labels."""
     margin = dict(l=60, r=20, t=45 if title else 15, b=55) if chart else dict(l=10, r=10, t=40 if title else 10, b=10)
-    fig.update_layout(title=dict(text=title, x=0.01, xanchor="left", font=dict(size=15)) if title else None,
-                      font=FONT, margin=kw.pop("margin", margin), paper_bgcolor="white", plot_bgcolor="white", **kw)
+    fig.update_layout(
+        title=dict(text=title, x=0.01, xanchor="left", font=dict(size=15)) if title else None,
+        font=FONT,
+        margin=kw.pop("margin", margin),
+        paper_bgcolor="white",
+        plot_bgcolor="white",
+        **kw,
+    )
     if height:
         fig.update_layout(height=height)
     return fig
@@ -131,18 +143,29 @@ def _box_trace(box, t: int, current: int, show: bool) -> go.Scatter:
     x0, y0, x1, y1 = [float(v) for v in box]
     is_current = t == current
     if not show:
-        return go.Scatter(x=[None], y=[None], mode="lines", showlegend=False, hoverinfo="skip",
-                          name=f"glimpse {t + 1}")
+        return go.Scatter(x=[None], y=[None], mode="lines", showlegend=False, hoverinfo="skip", name=f"glimpse {t + 1}")
     return _rectangle_trace(
-        box, f"<b>{t + 1}</b>", textfont=dict(color=glimpse_color(t), size=16 if is_current else 12),
+        box,
+        f"<b>{t + 1}</b>",
+        textfont=dict(color=glimpse_color(t), size=16 if is_current else 12),
         line=dict(color=glimpse_color(t), width=4 if is_current else 2, dash=None if is_current else "dot"),
-        opacity=1.0 if is_current else 0.45, showlegend=False, name=f"glimpse {t + 1}",
-        hovertemplate=f"glimpse {t + 1}<br>x {x0:.0f}–{x1:.0f} px<br>y {y0:.0f}–{y1:.0f} px<extra></extra>")
+        opacity=1.0 if is_current else 0.45,
+        showlegend=False,
+        name=f"glimpse {t + 1}",
+        hovertemplate=f"glimpse {t + 1}<br>x {x0:.0f}–{x1:.0f} px<br>y {y0:.0f}–{y1:.0f} px<extra></extra>",
+    )
 
 
-def glimpse_figure(image: np.ndarray, boxes, step: int, title: str | None = None, max_side: int | None = MAX_SIDE,
-                   animate: bool = False, frame_titles: Sequence[str] | None = None,
-                   height: int | None = None) -> go.Figure:
+def glimpse_figure(
+    image: np.ndarray,
+    boxes,
+    step: int,
+    title: str | None = None,
+    max_side: int | None = MAX_SIDE,
+    animate: bool = False,
+    frame_titles: Sequence[str] | None = None,
+    height: int | None = None,
+) -> go.Figure:
     """The photo with glimpse boxes 1..step+1: the current one bold, earlier ones dotted and fainter.
 
     With ``animate=True`` the figure carries one frame per glimpse and a play button and slider that
@@ -162,44 +185,107 @@ def glimpse_figure(image: np.ndarray, boxes, step: int, title: str | None = None
     _layout(fig, title, height)
     if animate and n > 1:
         labels = list(frame_titles or [f"glimpse {i + 1}" for i in range(n)])
-        fig.frames = [go.Frame(data=traces(i), traces=list(range(1, n + 1)), name=str(i),
-                               layout=dict(title=dict(text=labels[i]))) for i in range(n)]
-        play = dict(label="▶ play", method="animate",
-                    args=[None, dict(frame=dict(duration=900, redraw=True), fromcurrent=False,
-                                     transition=dict(duration=0), mode="immediate")])
-        pause = dict(label="❚❚", method="animate",
-                     args=[[None], dict(frame=dict(duration=0, redraw=False), mode="immediate")])
+        fig.frames = [
+            go.Frame(data=traces(i), traces=list(range(1, n + 1)), name=str(i), layout=dict(title=dict(text=labels[i])))
+            for i in range(n)
+        ]
+        play = dict(
+            label="▶ play",
+            method="animate",
+            args=[
+                None,
+                dict(
+                    frame=dict(duration=900, redraw=True),
+                    fromcurrent=False,
+                    transition=dict(duration=0),
+                    mode="immediate",
+                ),
+            ],
+        )
+        pause = dict(
+            label="❚❚", method="animate", args=[[None], dict(frame=dict(duration=0, redraw=False), mode="immediate")]
+        )
         fig.update_layout(
-            updatemenus=[dict(type="buttons", direction="left", x=0, y=-0.02, xanchor="left", yanchor="top",
-                              showactive=False, buttons=[play, pause], pad=dict(t=4, r=4))],
-            sliders=[dict(active=step, x=0.22, y=-0.02, len=0.78, yanchor="top", pad=dict(t=4),
-                          currentvalue=dict(visible=False),
-                          steps=[dict(label=str(i + 1), method="animate",
-                                      args=[[str(i)], dict(frame=dict(duration=0, redraw=True), mode="immediate",
-                                                           transition=dict(duration=0))]) for i in range(n)])],
-            margin=dict(b=60))
+            updatemenus=[
+                dict(
+                    type="buttons",
+                    direction="left",
+                    x=0,
+                    y=-0.02,
+                    xanchor="left",
+                    yanchor="top",
+                    showactive=False,
+                    buttons=[play, pause],
+                    pad=dict(t=4, r=4),
+                )
+            ],
+            sliders=[
+                dict(
+                    active=step,
+                    x=0.22,
+                    y=-0.02,
+                    len=0.78,
+                    yanchor="top",
+                    pad=dict(t=4),
+                    currentvalue=dict(visible=False),
+                    steps=[
+                        dict(
+                            label=str(i + 1),
+                            method="animate",
+                            args=[
+                                [str(i)],
+                                dict(
+                                    frame=dict(duration=0, redraw=True), mode="immediate", transition=dict(duration=0)
+                                ),
+                            ],
+                        )
+                        for i in range(n)
+                    ],
+                )
+            ],
+            margin=dict(b=60),
+        )
         if title is None:
-            fig.update_layout(title=dict(text=labels[step], x=0.01, xanchor="left", font=dict(size=15)),
-                              margin=dict(t=40))
+            fig.update_layout(
+                title=dict(text=labels[step], x=0.01, xanchor="left", font=dict(size=15)), margin=dict(t=40)
+            )
     return fig
 
 
-def topk_figure(top: Sequence[tuple[str, float]], title: str | None = "Top-5 classes",
-                highlight: str | None = None, height: int | None = 260) -> go.Figure:
+def topk_figure(
+    top: Sequence[tuple[str, float]],
+    title: str | None = "Top-5 classes",
+    highlight: str | None = None,
+    height: int | None = 260,
+) -> go.Figure:
     """Horizontal bars of (class, probability), highest on top; ``highlight`` marks one class."""
     names = [str(n) for n, _ in top][::-1]
     probs = [float(p) for _, p in top][::-1]
     colors = ["#d62728" if n == highlight else "#1f77b4" for n in names]
-    fig = go.Figure(go.Bar(x=probs, y=names, orientation="h", marker_color=colors,
-                           text=[f"{p:.1%}" for p in probs], textposition="auto",
-                           hovertemplate="%{y}: %{x:.2%}<extra></extra>"))
+    fig = go.Figure(
+        go.Bar(
+            x=probs,
+            y=names,
+            orientation="h",
+            marker_color=colors,
+            text=[f"{p:.1%}" for p in probs],
+            textposition="auto",
+            hovertemplate="%{y}: %{x:.2%}<extra></extra>",
+        )
+    )
     fig.update_xaxes(range=[0, 1], tickformat=".0%", gridcolor="#eee")
     fig.update_yaxes(automargin=True)
     return _layout(fig, title, height, chart=True, margin=dict(l=10, r=20, t=45 if title else 15, b=40))
 
 
-def belief_figure(probs, classes: Sequence[str], step: int | None = None, k: int = 5,
-                  title: str | None = "Belief across glimpses", height: int | None = 300) -> go.Figure:
+def belief_figure(
+    probs,
+    classes: Sequence[str],
+    step: int | None = None,
+    k: int = 5,
+    title: str | None = "Belief across glimpses",
+    height: int | None = 300,
+) -> go.Figure:
     """Confidence of the ``k`` classes that were ever most believed, after each glimpse."""
     probs = np.asarray(probs, dtype=np.float64)
     n = probs.shape[0]
@@ -210,54 +296,115 @@ def belief_figure(probs, classes: Sequence[str], step: int | None = None, k: int
     xs = list(range(1, n + 1))
     fig = go.Figure()
     for j, c in enumerate(order):
-        fig.add_trace(go.Scatter(x=xs, y=probs[:, c], mode="lines+markers", name=str(classes[c]),
-                                 line=dict(color=SERIES_COLORS[j % len(SERIES_COLORS)], width=3 if c == final else 2),
-                                 hovertemplate=f"{classes[c]}<br>glimpse %{{x}}: %{{y:.1%}}<extra></extra>"))
+        fig.add_trace(
+            go.Scatter(
+                x=xs,
+                y=probs[:, c],
+                mode="lines+markers",
+                name=str(classes[c]),
+                line=dict(color=SERIES_COLORS[j % len(SERIES_COLORS)], width=3 if c == final else 2),
+                hovertemplate=f"{classes[c]}<br>glimpse %{{x}}: %{{y:.1%}}<extra></extra>",
+            )
+        )
     if step is not None:
         fig.add_vline(x=step + 1, line=dict(color="#888", dash="dash", width=1))
-    fig.update_xaxes(tickvals=xs, ticktext=[f"glimpse {x}" if n <= 4 else str(x) for x in xs], range=[0.8, n + 0.2],
-                     gridcolor="#eee")
+    fig.update_xaxes(
+        tickvals=xs, ticktext=[f"glimpse {x}" if n <= 4 else str(x) for x in xs], range=[0.8, n + 0.2], gridcolor="#eee"
+    )
     fig.update_yaxes(title="probability", range=[0, 1.02], tickformat=".0%", gridcolor="#eee")
-    return _layout(fig, title, height, chart=True, legend=dict(orientation="h", y=-0.15, x=0, yanchor="top"),
-                   margin=dict(l=60, r=20, t=45 if title else 15, b=100))
+    return _layout(
+        fig,
+        title,
+        height,
+        chart=True,
+        legend=dict(orientation="h", y=-0.15, x=0, yanchor="top"),
+        margin=dict(l=60, r=20, t=45 if title else 15, b=100),
+    )
 
 
-def location_check_figure(check, class_name: str, title: str | None = "Does the location matter here?",
-                          height: int | None = 300) -> go.Figure:
+def location_check_figure(
+    check, class_name: str, title: str | None = "Does the location matter here?", height: int | None = 300
+) -> go.Figure:
     """P(class) after each glimpse with MGNet's own glimpses, centred ones and randomly placed ones."""
     n = len(check.own)
     xs = list(range(1, n + 1))
     fig = go.Figure()
     for k, row in enumerate(check.moved):
-        fig.add_trace(go.Scatter(x=xs, y=row, mode="lines", line=dict(color="#bbb", width=1),
-                                 name="random positions", legendgroup="moved", showlegend=k == 0,
-                                 hovertemplate="random positions<br>glimpse %{x}: %{y:.1%}<extra></extra>"))
-    fig.add_trace(go.Scatter(x=xs, y=check.centre, mode="lines+markers", name="centred",
-                             line=dict(color=SERIES_COLORS[1], dash="dash", width=2),
-                             hovertemplate="centred<br>glimpse %{x}: %{y:.1%}<extra></extra>"))
-    fig.add_trace(go.Scatter(x=xs, y=check.own, mode="lines+markers", name="its own glimpses",
-                             line=dict(color=SERIES_COLORS[0], width=3),
-                             hovertemplate="its own glimpses<br>glimpse %{x}: %{y:.1%}<extra></extra>"))
-    fig.update_xaxes(tickvals=xs, ticktext=[f"glimpse {x}" if n <= 4 else str(x) for x in xs], range=[0.8, n + 0.2],
-                     gridcolor="#eee")
+        fig.add_trace(
+            go.Scatter(
+                x=xs,
+                y=row,
+                mode="lines",
+                line=dict(color="#bbb", width=1),
+                name="random positions",
+                legendgroup="moved",
+                showlegend=k == 0,
+                hovertemplate="random positions<br>glimpse %{x}: %{y:.1%}<extra></extra>",
+            )
+        )
+    fig.add_trace(
+        go.Scatter(
+            x=xs,
+            y=check.centre,
+            mode="lines+markers",
+            name="centred",
+            line=dict(color=SERIES_COLORS[1], dash="dash", width=2),
+            hovertemplate="centred<br>glimpse %{x}: %{y:.1%}<extra></extra>",
+        )
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=xs,
+            y=check.own,
+            mode="lines+markers",
+            name="its own glimpses",
+            line=dict(color=SERIES_COLORS[0], width=3),
+            hovertemplate="its own glimpses<br>glimpse %{x}: %{y:.1%}<extra></extra>",
+        )
+    )
+    fig.update_xaxes(
+        tickvals=xs, ticktext=[f"glimpse {x}" if n <= 4 else str(x) for x in xs], range=[0.8, n + 0.2], gridcolor="#eee"
+    )
     fig.update_yaxes(title=f"P({class_name})", range=[0, 1.02], tickformat=".0%", gridcolor="#eee")
-    return _layout(fig, title, height, chart=True, legend=dict(orientation="h", y=-0.15, x=0, yanchor="top"),
-                   margin=dict(l=60, r=20, t=45 if title else 15, b=100))
+    return _layout(
+        fig,
+        title,
+        height,
+        chart=True,
+        legend=dict(orientation="h", y=-0.15, x=0, yanchor="top"),
+        margin=dict(l=60, r=20, t=45 if title else 15, b=100),
+    )
 
 
-def compute_figure(cumulative_gflops: Sequence[float], baseline_gflops: float, step: int | None = None,
-                   title: str | None = "Compute spent so far", height: int | None = 260) -> go.Figure:
+def compute_figure(
+    cumulative_gflops: Sequence[float],
+    baseline_gflops: float,
+    step: int | None = None,
+    title: str | None = "Compute spent so far",
+    height: int | None = 260,
+) -> go.Figure:
     """Cumulative GFLOPs after each glimpse, against one full-resolution baseline pass."""
     ys = [float(v) for v in cumulative_gflops]
     xs = [str(i + 1) for i in range(len(ys))]
     colors = [glimpse_color(i) if step is None or i <= step else "#ccc" for i in range(len(ys))]
-    fig = go.Figure(go.Bar(x=xs, y=ys, marker_color=colors,
-                           text=[f"{v / baseline_gflops:.0%}" for v in ys], textposition="inside",
-                           hovertemplate="after glimpse %{x}: %{y:.3f} GFLOPs<extra></extra>", cliponaxis=False))
+    fig = go.Figure(
+        go.Bar(
+            x=xs,
+            y=ys,
+            marker_color=colors,
+            text=[f"{v / baseline_gflops:.0%}" for v in ys],
+            textposition="inside",
+            hovertemplate="after glimpse %{x}: %{y:.3f} GFLOPs<extra></extra>",
+            cliponaxis=False,
+        )
+    )
     fig.update_xaxes(title="after glimpse", type="category")
-    fig.add_hline(y=baseline_gflops, line=dict(color="#d62728", dash="dash"),
-                  annotation_text=f"one baseline pass: {baseline_gflops:.2f} GFLOPs",
-                  annotation_position="top left")
+    fig.add_hline(
+        y=baseline_gflops,
+        line=dict(color="#d62728", dash="dash"),
+        annotation_text=f"one baseline pass: {baseline_gflops:.2f} GFLOPs",
+        annotation_position="top left",
+    )
     fig.update_yaxes(title="GFLOPs", range=[0, max(max(ys), baseline_gflops) * 1.3], gridcolor="#eee")
     return _layout(fig, title, height, chart=True)
 
@@ -270,8 +417,9 @@ def _cells(heat: np.ndarray) -> np.ndarray:
     h, w = heat.shape
     if max(h, w) > HEAT_CELLS:
         f = HEAT_CELLS / max(h, w)
-        heat = np.asarray(Image.fromarray(heat, mode="F").resize((max(1, round(w * f)), max(1, round(h * f))),
-                                                                 Image.BOX))
+        heat = np.asarray(
+            Image.fromarray(heat, mode="F").resize((max(1, round(w * f)), max(1, round(h * f))), Image.BOX)
+        )
     return np.nan_to_num(heat)
 
 
@@ -279,13 +427,30 @@ def _heat_trace(heat: np.ndarray, width: int, height: int, showscale: bool, colo
     cells = _cells(heat)
     ch, cw = cells.shape
     dx, dy = width / cw, height / ch
-    return go.Heatmap(z=cells, x0=dx / 2, dx=dx, y0=dy / 2, dy=dy, zmin=0, zmax=1, colorscale=HEAT_COLORSCALE,
-                      showscale=showscale, hovertemplate="%{z:.2f}<extra></extra>",
-                      colorbar=dict(title=colorbar_title, thickness=12, len=0.8, tickvals=[0, 0.5, 1]))
+    return go.Heatmap(
+        z=cells,
+        x0=dx / 2,
+        dx=dx,
+        y0=dy / 2,
+        dy=dy,
+        zmin=0,
+        zmax=1,
+        colorscale=HEAT_COLORSCALE,
+        showscale=showscale,
+        hovertemplate="%{z:.2f}<extra></extra>",
+        colorbar=dict(title=colorbar_title, thickness=12, len=0.8, tickvals=[0, 0.5, 1]),
+    )
 
 
-def heatmap_figure(image: np.ndarray, heat: np.ndarray, title: str | None = None, boxes=None,
-                   max_side: int | None = MAX_SIDE, showscale: bool = True, height: int | None = None) -> go.Figure:
+def heatmap_figure(
+    image: np.ndarray,
+    heat: np.ndarray,
+    title: str | None = None,
+    boxes=None,
+    max_side: int | None = MAX_SIDE,
+    showscale: bool = True,
+    height: int | None = None,
+) -> go.Figure:
     """A map in [0, 1] over the photo, on the shared colour scale; optional glimpse boxes on top."""
     pic = _picture(image, max_side)
     w, h = pic.width, pic.height
@@ -298,11 +463,17 @@ def heatmap_figure(image: np.ndarray, heat: np.ndarray, title: str | None = None
     return _layout(fig, title, height)
 
 
-def attribution_grid(image: np.ndarray, maps: Mapping[str, Mapping[str, np.ndarray | None]],
-                     captions: Mapping[tuple[str, str], str] | None = None, title: str | None = None,
-                     max_side: int = 256, cell_height: int = 270, boxes=None,
-                     row_images: Mapping[str, np.ndarray] | None = None,
-                     row_boxes: Mapping[str, np.ndarray] | None = None) -> go.Figure:
+def attribution_grid(
+    image: np.ndarray,
+    maps: Mapping[str, Mapping[str, np.ndarray | None]],
+    captions: Mapping[tuple[str, str], str] | None = None,
+    title: str | None = None,
+    max_side: int = 256,
+    cell_height: int = 270,
+    boxes=None,
+    row_images: Mapping[str, np.ndarray] | None = None,
+    row_boxes: Mapping[str, np.ndarray] | None = None,
+) -> go.Figure:
     """Grid of heat maps: one row per model, one column per method, on one shared colour scale.
 
     ``maps[row][col]`` is a map in [0, 1] (or None for a cell that failed or was not asked for);
@@ -316,8 +487,14 @@ def attribution_grid(image: np.ndarray, maps: Mapping[str, Mapping[str, np.ndarr
     captions = captions or {}
     row_images, row_boxes = row_images or {}, row_boxes or {}
     n_rows, n_cols = len(rows), len(cols)
-    fig = make_subplots(rows=n_rows, cols=n_cols, column_titles=cols, row_titles=rows,
-                        horizontal_spacing=0.03, vertical_spacing=min(0.12, 0.45 / n_rows))
+    fig = make_subplots(
+        rows=n_rows,
+        cols=n_cols,
+        column_titles=cols,
+        row_titles=rows,
+        horizontal_spacing=0.03,
+        vertical_spacing=min(0.12, 0.45 / n_rows),
+    )
     first = True
     for i, r in enumerate(rows, 1):
         pic = _picture(row_images.get(r, image), max_side)
@@ -329,30 +506,50 @@ def attribution_grid(image: np.ndarray, maps: Mapping[str, Mapping[str, np.ndarr
             m = maps[r].get(c)
             if m is not None:
                 trace = _heat_trace(m, w, h, showscale=first)
-                trace.colorbar.update(orientation="h", y=-0.02, yanchor="top", x=0.5, xanchor="center",
-                                      len=0.5, thickness=10, title=dict(text="attribution (0–1)", side="top"))
+                trace.colorbar.update(
+                    orientation="h",
+                    y=-0.02,
+                    yanchor="top",
+                    x=0.5,
+                    xanchor="center",
+                    len=0.5,
+                    thickness=10,
+                    title=dict(text="attribution (0–1)", side="top"),
+                )
                 fig.add_trace(trace, row=i, col=j)
                 first = False
             if rb is not None:
                 for b in np.asarray(rb)[1:]:
-                    fig.add_trace(_rectangle_trace(b, line=dict(color="white", width=1), opacity=0.7,
-                                                   showlegend=False, hoverinfo="skip"), row=i, col=j)
+                    fig.add_trace(
+                        _rectangle_trace(
+                            b, line=dict(color="white", width=1), opacity=0.7, showlegend=False, hoverinfo="skip"
+                        ),
+                        row=i,
+                        col=j,
+                    )
             note = captions.get((r, c)) or ("" if m is not None else "not available")
             if note:
-                fig.add_annotation(text=note, x=w / 2, y=h, yshift=-3, showarrow=False, yanchor="top",
-                                   font=dict(size=12), row=i, col=j)
+                fig.add_annotation(
+                    text=note, x=w / 2, y=h, yshift=-3, showarrow=False, yanchor="top", font=dict(size=12), row=i, col=j
+                )
             _photo_axes(fig, w, h, row=i, col=j)
     for k in range(1, n_rows * n_cols + 1):
         suffix = "" if k == 1 else str(k)
         fig.layout[f"yaxis{suffix}"].scaleanchor = f"x{suffix}"
     wrapped = max((c.count("<br>") for c in cols), default=0)
-    _layout(fig, title, cell_height * n_rows + 110 + 16 * wrapped,
-            margin=dict(l=10, r=40, t=(60 if title else 35) + 16 * wrapped, b=70))
+    _layout(
+        fig,
+        title,
+        cell_height * n_rows + 110 + 16 * wrapped,
+        margin=dict(l=10, r=40, t=(60 if title else 35) + 16 * wrapped, b=70),
+    )
     return fig
 
 
 # -- robustness -----------------------------------------------------------------------------------------
-def perturbation_image(clean: np.ndarray, adversarial: np.ndarray, amplify: float | None = None) -> tuple[np.ndarray, float]:
+def perturbation_image(
+    clean: np.ndarray, adversarial: np.ndarray, amplify: float | None = None
+) -> tuple[np.ndarray, float]:
     """The difference adversarial - clean (both uint8 or float in [0, 1]) as a mid-grey image, amplified.
 
     Returns (uint8 image, amplification used). By default the largest change is stretched to half the
@@ -370,8 +567,15 @@ def perturbation_image(clean: np.ndarray, adversarial: np.ndarray, amplify: floa
     return (img * 255 + 0.5).astype(np.uint8), float(amplify)
 
 
-def movement_figure(image: np.ndarray, boxes_a, boxes_b, labels=("clean", "changed"), title: str | None = None,
-                    max_side: int | None = MAX_SIDE, height: int | None = None) -> go.Figure:
+def movement_figure(
+    image: np.ndarray,
+    boxes_a,
+    boxes_b,
+    labels=("clean", "changed"),
+    title: str | None = None,
+    max_side: int | None = MAX_SIDE,
+    height: int | None = None,
+) -> go.Figure:
     """How the glimpses moved: boxes of two runs on one photo, solid (a) vs dashed (b), with arrows."""
     pic = _picture(image, max_side)
     w, h = pic.width, pic.height
@@ -379,45 +583,93 @@ def movement_figure(image: np.ndarray, boxes_a, boxes_b, labels=("clean", "chang
     for name, boxes, dash in ((labels[0], boxes_a, None), (labels[1], boxes_b, "dash")):
         boxes = np.asarray(boxes, dtype=np.float64)
         for i, b in enumerate(boxes[1:], 1):
-            fig.add_trace(_rectangle_trace(b, f"{i + 1}", textfont=dict(color=glimpse_color(i)),
-                                           line=dict(color=glimpse_color(i), width=3, dash=dash),
-                                           name=f"{name} ({'solid' if dash is None else 'dashed'})",
-                                           legendgroup=name, showlegend=i == 1, hoverinfo="name"))
+            fig.add_trace(
+                _rectangle_trace(
+                    b,
+                    f"{i + 1}",
+                    textfont=dict(color=glimpse_color(i)),
+                    line=dict(color=glimpse_color(i), width=3, dash=dash),
+                    name=f"{name} ({'solid' if dash is None else 'dashed'})",
+                    legendgroup=name,
+                    showlegend=i == 1,
+                    hoverinfo="name",
+                )
+            )
     a, b = np.asarray(boxes_a, dtype=np.float64), np.asarray(boxes_b, dtype=np.float64)
     for i in range(1, min(len(a), len(b))):
         ca = ((a[i, 0] + a[i, 2]) / 2, (a[i, 1] + a[i, 3]) / 2)
         cb = ((b[i, 0] + b[i, 2]) / 2, (b[i, 1] + b[i, 3]) / 2)
         if np.hypot(cb[0] - ca[0], cb[1] - ca[1]) > 1e-3 * max(w, h):
-            fig.add_annotation(x=cb[0], y=cb[1], ax=ca[0], ay=ca[1], xref="x", yref="y", axref="x", ayref="y",
-                               showarrow=True, arrowhead=2, arrowwidth=2, arrowcolor=glimpse_color(i), text="")
+            fig.add_annotation(
+                x=cb[0],
+                y=cb[1],
+                ax=ca[0],
+                ay=ca[1],
+                xref="x",
+                yref="y",
+                axref="x",
+                ayref="y",
+                showarrow=True,
+                arrowhead=2,
+                arrowwidth=2,
+                arrowcolor=glimpse_color(i),
+                text="",
+            )
     _photo_axes(fig, w, h)
     return _layout(fig, title, height, legend=dict(orientation="h", y=-0.02, x=0, yanchor="top"))
 
 
-def prediction_compare_figure(rows: Sequence[Mapping], title: str | None = "Predictions before and after",
-                              height: int | None = None) -> go.Figure:
+def prediction_compare_figure(
+    rows: Sequence[Mapping], title: str | None = "Predictions before and after", height: int | None = None
+) -> go.Figure:
     """Grouped bars: for each model, confidence in the class it predicted on the clean photo, before and after.
 
     ``rows``: dicts with ``model``, ``before`` (prob), ``after`` (prob of the same class), and optionally
     ``before_label`` / ``after_label`` (the predicted class names) shown as hover text.
     """
     models = [str(r["model"]) for r in rows]
-    fig = go.Figure([
-        go.Bar(name="clean", x=models, y=[float(r["before"]) for r in rows], marker_color="#1f77b4",
-               text=[r.get("before_label", "") for r in rows], textposition="inside",
-               hovertemplate="%{x}<br>clean: %{y:.1%} (%{text})<extra></extra>"),
-        go.Bar(name="perturbed", x=models, y=[float(r["after"]) for r in rows], marker_color="#d62728",
-               text=[r.get("after_label", "") for r in rows], textposition="inside",
-               hovertemplate="%{x}<br>perturbed: %{y:.1%}; now predicts %{text}<extra></extra>"),
-    ])
+    fig = go.Figure(
+        [
+            go.Bar(
+                name="clean",
+                x=models,
+                y=[float(r["before"]) for r in rows],
+                marker_color="#1f77b4",
+                text=[r.get("before_label", "") for r in rows],
+                textposition="inside",
+                hovertemplate="%{x}<br>clean: %{y:.1%} (%{text})<extra></extra>",
+            ),
+            go.Bar(
+                name="perturbed",
+                x=models,
+                y=[float(r["after"]) for r in rows],
+                marker_color="#d62728",
+                text=[r.get("after_label", "") for r in rows],
+                textposition="inside",
+                hovertemplate="%{x}<br>perturbed: %{y:.1%}; now predicts %{text}<extra></extra>",
+            ),
+        ]
+    )
     fig.update_layout(barmode="group")
     fig.update_yaxes(title="confidence in clean class", range=[0, 1], tickformat=".0%", gridcolor="#eee")
-    return _layout(fig, title, height or 320, chart=True, legend=dict(orientation="h", y=1.02, x=1, xanchor="right", yanchor="bottom"))
+    return _layout(
+        fig,
+        title,
+        height or 320,
+        chart=True,
+        legend=dict(orientation="h", y=1.02, x=1, xanchor="right", yanchor="bottom"),
+    )
 
 
-def sweep_figure(xs: Sequence[float], series: Mapping[str, Sequence[float]], xlabel: str,
-                 ylabel: str = "confidence in the clean prediction", title: str | None = None,
-                 correct: Mapping[str, Sequence[bool]] | None = None, height: int | None = 340) -> go.Figure:
+def sweep_figure(
+    xs: Sequence[float],
+    series: Mapping[str, Sequence[float]],
+    xlabel: str,
+    ylabel: str = "confidence in the clean prediction",
+    title: str | None = None,
+    correct: Mapping[str, Sequence[bool]] | None = None,
+    height: int | None = 340,
+) -> go.Figure:
     """Lines of a quantity (usually confidence) against eps or severity, one per model.
 
     ``correct[name][i]`` marks points where the model still predicts its clean class (filled marker)
@@ -428,12 +680,22 @@ def sweep_figure(xs: Sequence[float], series: Mapping[str, Sequence[float]], xla
         color = SERIES_COLORS[j % len(SERIES_COLORS)]
         ok = list(correct[name]) if correct and name in correct else None
         symbols = ["circle" if (ok is None or o) else "circle-open" for o in (ok or [None] * len(ys))]
-        fig.add_trace(go.Scatter(x=list(xs), y=[float(v) for v in ys], mode="lines+markers", name=name,
-                                 line=dict(color=color, width=2), marker=dict(symbol=symbols, size=9, color=color),
-                                 hovertemplate=f"{name}<br>{xlabel} %{{x}}: %{{y:.1%}}<extra></extra>"))
+        fig.add_trace(
+            go.Scatter(
+                x=list(xs),
+                y=[float(v) for v in ys],
+                mode="lines+markers",
+                name=name,
+                line=dict(color=color, width=2),
+                marker=dict(symbol=symbols, size=9, color=color),
+                hovertemplate=f"{name}<br>{xlabel} %{{x}}: %{{y:.1%}}<extra></extra>",
+            )
+        )
     fig.update_xaxes(title=xlabel, gridcolor="#eee")
     fig.update_yaxes(title=ylabel, range=[0, 1.02], tickformat=".0%", gridcolor="#eee")
-    return _layout(fig, title, height, chart=True, legend=dict(orientation="h", y=1.02, x=1, xanchor="right", yanchor="bottom"))
+    return _layout(
+        fig, title, height, chart=True, legend=dict(orientation="h", y=1.02, x=1, xanchor="right", yanchor="bottom")
+    )
 
 
 # -- static export --------------------------------------------------------------------------------------
@@ -476,12 +738,12 @@ class _Grid:
     right: float
     top: float
     bottom: float
-    unit: float                 # height of every row's panels
-    col_w: list                 # width of each column's panels
-    col_x: list                 # left edge of each column
-    row_h: list                 # height of each row, captions and gap included
-    captions: list              # [row][column] -> caption lines
-    fpx: float                  # font size in px
+    unit: float  # height of every row's panels
+    col_w: list  # width of each column's panels
+    col_x: list  # left edge of each column
+    row_h: list  # height of each row, captions and gap included
+    captions: list  # [row][column] -> caption lines
+    fpx: float  # font size in px
     line_h: float
 
     @property
@@ -495,15 +757,16 @@ class _Grid:
         return 1 - (px - self.top) / (self.height - self.top - self.bottom)
 
 
-def _grid_layout(rows, n_cols: int, column_titles, row_labels, title, width: float, font_size: float, gap,
-                 colorbar: bool) -> _Grid:
+def _grid_layout(
+    rows, n_cols: int, column_titles, row_labels, title, width: float, font_size: float, gap, colorbar: bool
+) -> _Grid:
     fpx = pt_to_px(font_size)
     gap = fpx * 0.35 if gap is None else float(gap)
     line_h = fpx * 1.22
     aspect = []
     for j in range(n_cols):
         cell = next((r[j] for r in rows if r[j] is not None), None)
-        h, w = (cell["image"].shape[:2] if cell is not None else (1, 1))
+        h, w = cell["image"].shape[:2] if cell is not None else (1, 1)
         aspect.append(w / h)
     left = (2 * line_h + 2) if row_labels else 2.0
     right = (fpx * 4.2) if colorbar else 2.0
@@ -516,8 +779,13 @@ def _grid_layout(rows, n_cols: int, column_titles, row_labels, title, width: flo
     unit = avail / sum(aspect)
     col_w = [a * unit for a in aspect]
     col_x = [left + sum(col_w[:j]) + gap * j for j in range(n_cols)]
-    captions = [[_wrap_caption(text, max(4, int(col_w[j] / (fpx * 0.52)))) if text else []
-                 for j, text in enumerate((cell or {}).get("caption") or "" for cell in r)] for r in rows]
+    captions = [
+        [
+            _wrap_caption(text, max(4, int(col_w[j] / (fpx * 0.52)))) if text else []
+            for j, text in enumerate((cell or {}).get("caption") or "" for cell in r)
+        ]
+        for r in rows
+    ]
     row_h = [unit + (max(len(c) for c in caps) * line_h + 2 if any(caps) else 0) + gap for caps in captions]
     return _Grid(width, left, right, top, 2.0, unit, col_w, col_x, row_h, captions, fpx, line_h)
 
@@ -534,8 +802,12 @@ def _cell_ranges(w: int, h: int, cell_w: float, cell_h: float) -> tuple[list, li
 def _chip_corner(x0, y0, x1, y1, chip_w: float, chip_h: float, chips: list) -> tuple:
     """The first inside corner of a box whose number chip does not overlap an earlier chip (else the first):
     (x, y, xanchor, yanchor); the chip's own corner is appended to ``chips``."""
-    corners = [(x0, y0, "left", "top"), (x1, y0, "right", "top"), (x0, y1, "left", "bottom"),
-               (x1, y1, "right", "bottom")]
+    corners = [
+        (x0, y0, "left", "top"),
+        (x1, y0, "right", "top"),
+        (x0, y1, "left", "bottom"),
+        (x1, y1, "right", "bottom"),
+    ]
     for cx, cy, xa, ya in corners:
         chip_x = cx if xa == "left" else cx - chip_w
         chip_y = cy if ya == "top" else cy - chip_h
@@ -561,14 +833,29 @@ def _panel_boxes(cell, ax: str, w: int, h: int, ranges, size, fpx: float, shapes
         color = one_color or glimpse_color(t + first - 1)
         x0, y0, x1, y1 = [float(v) for v in b]
         x0, y0, x1, y1 = max(x0, ix), max(y0, iy), min(x1, w - ix), min(y1, h - iy)
-        shapes.append(dict(type="rect", xref=f"x{ax}", yref=f"y{ax}", x0=x0, y0=y0, x1=x1, y1=y1,
-                           line=dict(color=color, width=lw)))
+        shapes.append(
+            dict(
+                type="rect", xref=f"x{ax}", yref=f"y{ax}", x0=x0, y0=y0, x1=x1, y1=y1, line=dict(color=color, width=lw)
+            )
+        )
         if not one_color:
             chip_w, chip_h = fpx * 0.9 * ix / (lw / 2), fpx * 1.15 * iy / (lw / 2)  # chip size in data units
             cx, cy, xa, ya = _chip_corner(x0, y0, x1, y1, chip_w, chip_h, chips)
-            annotations.append(dict(text=f"<b>{t + first}</b>", x=cx, y=cy, xref=f"x{ax}", yref=f"y{ax}",
-                                    xanchor=xa, yanchor=ya, showarrow=False, bgcolor=color, borderpad=0.5,
-                                    font=dict(FONT, size=fpx * 0.85, color="white")))
+            annotations.append(
+                dict(
+                    text=f"<b>{t + first}</b>",
+                    x=cx,
+                    y=cy,
+                    xref=f"x{ax}",
+                    yref=f"y{ax}",
+                    xanchor=xa,
+                    yanchor=ya,
+                    showarrow=False,
+                    bgcolor=color,
+                    borderpad=0.5,
+                    font=dict(FONT, size=fpx * 0.85, color="white"),
+                )
+            )
 
 
 def _panel_heat(cell, ax: str, w: int, h: int, grid: _Grid, show_scale: bool, colorbar_title: str) -> go.Heatmap:
@@ -577,15 +864,34 @@ def _panel_heat(cell, ax: str, w: int, h: int, grid: _Grid, show_scale: bool, co
     heat.update(xaxis=f"x{ax}", yaxis=f"y{ax}", hoverinfo="skip", hovertemplate=None)
     if show_scale:
         plot_h, plot_w = grid.height - grid.top - grid.bottom, grid.width - grid.left - grid.right
-        heat.colorbar = dict(title=dict(text=colorbar_title, side="right", font=font), thickness=grid.fpx * 0.8,
-                             len=min(1.0, 3 * grid.unit / plot_h), lenmode="fraction",
-                             x=1 + 0.6 * grid.fpx / plot_w, xanchor="left", y=grid.fy(grid.top), yanchor="top",
-                             tickvals=[0, 0.5, 1], tickfont=font, outlinewidth=0)
+        heat.colorbar = dict(
+            title=dict(text=colorbar_title, side="right", font=font),
+            thickness=grid.fpx * 0.8,
+            len=min(1.0, 3 * grid.unit / plot_h),
+            lenmode="fraction",
+            x=1 + 0.6 * grid.fpx / plot_w,
+            xanchor="left",
+            y=grid.fy(grid.top),
+            yanchor="top",
+            tickvals=[0, 0.5, 1],
+            tickfont=font,
+            outlinewidth=0,
+        )
     return heat
 
 
-def _add_panel(fig: go.Figure, grid: _Grid, cell, k: int, j: int, y: float, heat_scale: bool, colorbar_title: str,
-               shapes: list, annotations: list) -> bool:
+def _add_panel(
+    fig: go.Figure,
+    grid: _Grid,
+    cell,
+    k: int,
+    j: int,
+    y: float,
+    heat_scale: bool,
+    colorbar_title: str,
+    shapes: list,
+    annotations: list,
+) -> bool:
     """Panel number ``k`` (column ``j``, top edge ``y``): axes, image, heat map, boxes, border. Returns
     whether it drew the colour scale."""
     ax = _axis_name(k)
@@ -594,10 +900,16 @@ def _add_panel(fig: go.Figure, grid: _Grid, cell, k: int, j: int, y: float, heat
     cell_w, cell_h = grid.col_w[j], grid.unit
     xrange, yrange = _cell_ranges(w, h, cell_w, cell_h)
     x_left = grid.col_x[j]
-    fig.layout[f"xaxis{ax}"] = dict(domain=[grid.fx(x_left), grid.fx(x_left + cell_w)], range=xrange, visible=False,
-                                    anchor=f"y{ax}", fixedrange=True)
-    fig.layout[f"yaxis{ax}"] = dict(domain=[grid.fy(y + cell_h), grid.fy(y)], range=yrange, visible=False,
-                                    anchor=f"x{ax}", fixedrange=True)
+    fig.layout[f"xaxis{ax}"] = dict(
+        domain=[grid.fx(x_left), grid.fx(x_left + cell_w)],
+        range=xrange,
+        visible=False,
+        anchor=f"y{ax}",
+        fixedrange=True,
+    )
+    fig.layout[f"yaxis{ax}"] = dict(
+        domain=[grid.fy(y + cell_h), grid.fy(y)], range=yrange, visible=False, anchor=f"x{ax}", fixedrange=True
+    )
     side = max(16, int(round(max(cell_w, cell_h) * 4)))  # enough pixels for 4x (384 dpi) output
     trace = _image_trace(img, side, fmt="png" if cell.get("lossless") else "jpeg")
     trace.update(xaxis=f"x{ax}", yaxis=f"y{ax}", zsmooth=False if cell.get("lossless") else "fast")
@@ -609,15 +921,33 @@ def _add_panel(fig: go.Figure, grid: _Grid, cell, k: int, j: int, y: float, heat
     if cell.get("boxes") is not None:
         _panel_boxes(cell, ax, w, h, (xrange, yrange), (cell_w, cell_h), grid.fpx, shapes, annotations)
     if cell.get("border"):
-        shapes.append(dict(type="rect", xref=f"x{ax}", yref=f"y{ax}", x0=0, y0=0, x1=w, y1=h,
-                           line=dict(color=cell["border"], width=max(1.5, grid.fpx * 0.22))))
+        shapes.append(
+            dict(
+                type="rect",
+                xref=f"x{ax}",
+                yref=f"y{ax}",
+                x0=0,
+                y0=0,
+                x1=w,
+                y1=h,
+                line=dict(color=cell["border"], width=max(1.5, grid.fpx * 0.22)),
+            )
+        )
     return drew_scale
 
 
-def panel_grid_figure(rows: Sequence[Sequence[Mapping | None]], *, column_titles: Sequence[str] | None = None,
-                      row_labels: Sequence[str] | None = None, title: str | None = None, width: float = 672,
-                      font_size: float = 8.0, gap: float | None = None, colorbar: bool = False,
-                      colorbar_title: str = "") -> go.Figure:
+def panel_grid_figure(
+    rows: Sequence[Sequence[Mapping | None]],
+    *,
+    column_titles: Sequence[str] | None = None,
+    row_labels: Sequence[str] | None = None,
+    title: str | None = None,
+    width: float = 672,
+    font_size: float = 8.0,
+    gap: float | None = None,
+    colorbar: bool = False,
+    colorbar_title: str = "",
+) -> go.Figure:
     """A grid of image panels laid out for print: exact cell sizes, aspect kept, captions under cells.
 
     ``rows[i][j]`` is None (empty cell) or a mapping with:
@@ -648,36 +978,92 @@ def panel_grid_figure(rows: Sequence[Sequence[Mapping | None]], *, column_titles
             if cell is None:
                 continue
             k += 1
-            shown_scale |= _add_panel(fig, grid, cell, k, j, y, colorbar and not shown_scale, colorbar_title,
-                                      shapes, annotations)
+            shown_scale |= _add_panel(
+                fig, grid, cell, k, j, y, colorbar and not shown_scale, colorbar_title, shapes, annotations
+            )
             if grid.captions[i][j]:
-                annotations.append(dict(text="<br>".join(grid.captions[i][j]),
-                                        x=grid.fx(grid.col_x[j] + grid.col_w[j] / 2), y=grid.fy(y + grid.unit + 1),
-                                        xref="paper", yref="paper", xanchor="center", yanchor="top",
-                                        showarrow=False, align="center", font=font))
+                annotations.append(
+                    dict(
+                        text="<br>".join(grid.captions[i][j]),
+                        x=grid.fx(grid.col_x[j] + grid.col_w[j] / 2),
+                        y=grid.fy(y + grid.unit + 1),
+                        xref="paper",
+                        yref="paper",
+                        xanchor="center",
+                        yanchor="top",
+                        showarrow=False,
+                        align="center",
+                        font=font,
+                    )
+                )
         if row_labels and i < len(row_labels) and row_labels[i]:
-            annotations.append(dict(text="<br>".join(_wrap_caption(row_labels[i], 10**6)), x=grid.fx(grid.line_h),
-                                    y=grid.fy(y + grid.unit / 2), xref="paper", yref="paper", xanchor="center",
-                                    yanchor="middle", textangle=-90, showarrow=False, font=font))
+            annotations.append(
+                dict(
+                    text="<br>".join(_wrap_caption(row_labels[i], 10**6)),
+                    x=grid.fx(grid.line_h),
+                    y=grid.fy(y + grid.unit / 2),
+                    xref="paper",
+                    yref="paper",
+                    xanchor="center",
+                    yanchor="middle",
+                    textangle=-90,
+                    showarrow=False,
+                    font=font,
+                )
+            )
         y += grid.row_h[i]
     for j, text in enumerate(column_titles or []):
         if j < n_cols and text:
-            annotations.append(dict(text=text, x=grid.fx(grid.col_x[j] + grid.col_w[j] / 2), y=grid.fy(grid.top - 1),
-                                    xref="paper", yref="paper", xanchor="center", yanchor="bottom", showarrow=False,
-                                    font=font))
+            annotations.append(
+                dict(
+                    text=text,
+                    x=grid.fx(grid.col_x[j] + grid.col_w[j] / 2),
+                    y=grid.fy(grid.top - 1),
+                    xref="paper",
+                    yref="paper",
+                    xanchor="center",
+                    yanchor="bottom",
+                    showarrow=False,
+                    font=font,
+                )
+            )
     height = grid.height
     fig.update_layout(
-        width=width, height=height, margin=dict(l=grid.left, r=grid.right, t=grid.top, b=grid.bottom, autoexpand=False),
-        font=font, paper_bgcolor="white", plot_bgcolor="white", showlegend=False,
-        annotations=annotations, shapes=shapes,
-        title=dict(text=title, x=0, xref="paper", xanchor="left", y=1 - 2 / height, yanchor="top",
-                   font=dict(FONT, size=grid.fpx * 1.25)) if title else None)
+        width=width,
+        height=height,
+        margin=dict(l=grid.left, r=grid.right, t=grid.top, b=grid.bottom, autoexpand=False),
+        font=font,
+        paper_bgcolor="white",
+        plot_bgcolor="white",
+        showlegend=False,
+        annotations=annotations,
+        shapes=shapes,
+        title=dict(
+            text=title,
+            x=0,
+            xref="paper",
+            xanchor="left",
+            y=1 - 2 / height,
+            yanchor="top",
+            font=dict(FONT, size=grid.fpx * 1.25),
+        )
+        if title
+        else None,
+    )
     return fig
 
 
-def glimpse_strip_figure(image: np.ndarray, boxes, crops: Sequence[np.ndarray], captions: Sequence[str], *,
-                         title: str | None = None, photo_caption: str = "", width: float = 336,
-                         font_size: float = 8.0) -> go.Figure:
+def glimpse_strip_figure(
+    image: np.ndarray,
+    boxes,
+    crops: Sequence[np.ndarray],
+    captions: Sequence[str],
+    *,
+    title: str | None = None,
+    photo_caption: str = "",
+    width: float = 336,
+    font_size: float = 8.0,
+) -> go.Figure:
     """One photo with its numbered glimpse boxes, then the crops the network saw, one caption each.
 
     ``boxes`` are in edge coordinates of ``image``; ``crops[t]`` is glimpse t as the network saw it
@@ -685,15 +1071,23 @@ def glimpse_strip_figure(image: np.ndarray, boxes, crops: Sequence[np.ndarray], 
     """
     row = [dict(image=image, boxes=boxes, caption=photo_caption)]
     for t, crop in enumerate(crops):
-        row.append(dict(image=crop, border=glimpse_color(t), lossless=True,
-                        caption=captions[t] if t < len(captions) else ""))
+        row.append(
+            dict(image=crop, border=glimpse_color(t), lossless=True, caption=captions[t] if t < len(captions) else "")
+        )
     titles = ["photo"] + [f"glimpse {t + 1}" for t in range(len(crops))]
     return panel_grid_figure([row], column_titles=titles, title=title, width=width, font_size=font_size)
 
 
-def comparison_grid_figure(rows: Sequence[Mapping], columns: Sequence[str], *, column_titles: Sequence[str] | None = None,
-                           photo_column: bool = True, width: float = 672, font_size: float = 8.0,
-                           title: str | None = None) -> go.Figure:
+def comparison_grid_figure(
+    rows: Sequence[Mapping],
+    columns: Sequence[str],
+    *,
+    column_titles: Sequence[str] | None = None,
+    photo_column: bool = True,
+    width: float = 672,
+    font_size: float = 8.0,
+    title: str | None = None,
+) -> go.Figure:
     """Rows are images, columns are maps (MGNet's focus map, then each model x method), one colour scale.
 
     ``rows[i]``: ``image`` (photo), ``label`` (row label), ``maps`` {column: map in [0, 1] or None},
@@ -711,19 +1105,39 @@ def comparison_grid_figure(rows: Sequence[Mapping], columns: Sequence[str], *, c
         for c in columns:
             m = (r.get("maps") or {}).get(c)
             cap = (r.get("captions") or {}).get(c, "")
-            cells.append(dict(image=r["image"], heat=m, boxes=thin, box_color="rgba(255,255,255,0.85)",
-                              caption=cap if m is not None else "n/a"))
+            cells.append(
+                dict(
+                    image=r["image"],
+                    heat=m,
+                    boxes=thin,
+                    box_color="rgba(255,255,255,0.85)",
+                    caption=cap if m is not None else "n/a",
+                )
+            )
         grid.append(cells)
         labels.append(r.get("label", ""))
     titles = list(column_titles or columns)
     if photo_column:
         titles = ["photo"] + titles
-    return panel_grid_figure(grid, column_titles=titles, row_labels=labels if any(labels) else None, title=title,
-                             width=width, font_size=font_size, colorbar=True)
+    return panel_grid_figure(
+        grid,
+        column_titles=titles,
+        row_labels=labels if any(labels) else None,
+        title=title,
+        width=width,
+        font_size=font_size,
+        colorbar=True,
+    )
 
 
-def robustness_grid_figure(rows: Sequence[Mapping], *, width: float = 672, font_size: float = 8.0,
-                           title: str | None = None, baseline_title: str = "baseline") -> go.Figure:
+def robustness_grid_figure(
+    rows: Sequence[Mapping],
+    *,
+    width: float = 672,
+    font_size: float = 8.0,
+    title: str | None = None,
+    baseline_title: str = "baseline",
+) -> go.Figure:
     """Rows are conditions (clean, corrupted, attacked); each shows MGNet's glimpses and predictions and
     the baseline's input and prediction.
 
@@ -739,30 +1153,53 @@ def robustness_grid_figure(rows: Sequence[Mapping], *, width: float = 672, font_
         cells = [dict(image=r["image"], boxes=r.get("boxes"))]
         for t in range(n):
             if t < len(r["crops"]):
-                cells.append(dict(image=r["crops"][t], border=glimpse_color(t), lossless=True,
-                                  caption=r["captions"][t] if t < len(r["captions"]) else ""))
+                cells.append(
+                    dict(
+                        image=r["crops"][t],
+                        border=glimpse_color(t),
+                        lossless=True,
+                        caption=r["captions"][t] if t < len(r["captions"]) else "",
+                    )
+                )
             else:
                 cells.append(None)
         if has_base:
             b = r.get("baseline_image")
-            cells.append(None if b is None else dict(image=b, caption=r.get("baseline_caption", ""),
-                                                     border="#555555"))
+            cells.append(None if b is None else dict(image=b, caption=r.get("baseline_caption", ""), border="#555555"))
         grid.append(cells)
     titles = ["MGNet's glimpses"] + [f"glimpse {t + 1}" for t in range(n)] + ([baseline_title] if has_base else [])
-    return panel_grid_figure(grid, column_titles=titles, row_labels=[r.get("label", "") for r in rows], title=title,
-                             width=width, font_size=font_size)
+    return panel_grid_figure(
+        grid,
+        column_titles=titles,
+        row_labels=[r.get("label", "") for r in rows],
+        title=title,
+        width=width,
+        font_size=font_size,
+    )
 
 
-def metric_bars_figure(values: Mapping[str, Mapping[str, tuple[float, float]]], ylabel: str, *,
-                       title: str | None = None, height: int | None = 360, yrange=None) -> go.Figure:
+def metric_bars_figure(
+    values: Mapping[str, Mapping[str, tuple[float, float]]],
+    ylabel: str,
+    *,
+    title: str | None = None,
+    height: int | None = 360,
+    yrange=None,
+) -> go.Figure:
     """Grouped bars with error bars: ``values[series][category] = (mean, error)``; one colour per series."""
     fig = go.Figure()
     for j, (series, points) in enumerate(values.items()):
         cats = list(points)
-        fig.add_trace(go.Bar(name=str(series), x=cats, y=[float(points[c][0]) for c in cats],
-                             error_y=dict(type="data", array=[float(points[c][1]) for c in cats], thickness=1),
-                             marker_color=SERIES_COLORS[j % len(SERIES_COLORS)],
-                             hovertemplate=f"{series}<br>%{{x}}: %{{y:.3f}}<extra></extra>"))
+        fig.add_trace(
+            go.Bar(
+                name=str(series),
+                x=cats,
+                y=[float(points[c][0]) for c in cats],
+                error_y=dict(type="data", array=[float(points[c][1]) for c in cats], thickness=1),
+                marker_color=SERIES_COLORS[j % len(SERIES_COLORS)],
+                hovertemplate=f"{series}<br>%{{x}}: %{{y:.3f}}<extra></extra>",
+            )
+        )
     fig.update_layout(barmode="group")
     fig.update_xaxes(tickangle=-30, automargin=True)
     fig.update_yaxes(title=ylabel, gridcolor="#eee", range=yrange)

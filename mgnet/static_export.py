@@ -4,6 +4,7 @@ Kept apart from the figure builders in :mod:`mgnet.plots` because it has process
 kaleido browser is started on first use and kept, and ``BROWSER_PATH`` is set in this process's
 environment when it is unset and a Chromium is installed at a usual place.
 """
+
 from __future__ import annotations
 
 import os
@@ -49,8 +50,9 @@ def export_problem() -> str | None:
     return None if found else "no Chrome or Chromium was found (install chromium, or set BROWSER_PATH)."
 
 
-def figure_bytes(fig: go.Figure, fmt: str = "png", width: int | None = None, height: int | None = None,
-                 scale: float = 2.0) -> bytes:
+def figure_bytes(
+    fig: go.Figure, fmt: str = "png", width: int | None = None, height: int | None = None, scale: float = 2.0
+) -> bytes:
     """Render a figure to PNG, SVG or PDF bytes with kaleido (which drives a headless Chrome).
 
     A Chrome is looked up through ``BROWSER_PATH`` (set to /usr/bin/chromium when that exists and the
@@ -76,9 +78,11 @@ def figure_bytes(fig: go.Figure, fmt: str = "png", width: int | None = None, hei
             warnings.simplefilter("ignore", UserWarning)
             return fig.to_image(format=fmt, width=width, height=height, scale=scale if fmt == "png" else 1)
     except Exception as exc:  # kaleido raises many types (no Chrome, timeouts, crashed browser)
-        raise ExportError(f"static export failed: {type(exc).__name__}: {exc}. Set BROWSER_PATH to a "
-                          f"Chrome/Chromium binary, or use the camera icon of the figure's toolbar "
-                          f"(PNG) or the HTML download.") from None
+        raise ExportError(
+            f"static export failed: {type(exc).__name__}: {exc}. Set BROWSER_PATH to a "
+            f"Chrome/Chromium binary, or use the camera icon of the figure's toolbar "
+            f"(PNG) or the HTML download."
+        ) from None
 
 
 def figure_html(fig: go.Figure) -> bytes:

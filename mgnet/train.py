@@ -7,6 +7,7 @@ Images are decoded once into a cached uint8 tensor. The run directory holds ``la
 same command again resumes from it exactly (mid-epoch included). Multi-process: launch with
 ``torchrun --nproc_per_node N -m mgnet.train ...`` (gloo on CPU, NCCL on GPU).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,9 @@ from .utils import command_line, device_label, git_commit, hardware, pick_device
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m mgnet.train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m mgnet.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--data", required=True, help="training ImageFolder: DIR/<class>/<image>")
     p.add_argument("--val", help="validation ImageFolder, evaluated after every epoch")
     p.add_argument("--kind", choices=["mgnet", "baseline"], default="mgnet")
@@ -47,36 +49,68 @@ def parse_args(argv=None):
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--min-crop", type=float, default=0.35, help="smallest RandomResizedCrop area fraction")
-    p.add_argument("--s-grad", type=float, default=0.02,
-                   help="MGNet: backward-only factor on the location gradient through glimpse sampling (paper: 0.02)")
+    p.add_argument(
+        "--s-grad",
+        type=float,
+        default=0.02,
+        help="MGNet: backward-only factor on the location gradient through glimpse sampling (paper: 0.02)",
+    )
     p.add_argument("--scale-min", type=float, default=0.2, help="MGNet: smallest glimpse scale s (paper: 0.2)")
     p.add_argument("--scale-max", type=float, default=0.5, help="MGNet: largest glimpse scale s (paper: 0.5)")
-    p.add_argument("--off-centre", type=float, default=0.0, metavar="SHARE",
-                   help="replace this share of every batch by off-centre composites (each photo shrunk to "
-                        "40-60%% of the side, pasted at a random spot on a blurred other photo); 0 = off")
+    p.add_argument(
+        "--off-centre",
+        type=float,
+        default=0.0,
+        metavar="SHARE",
+        help="replace this share of every batch by off-centre composites (each photo shrunk to "
+        "40-60%% of the side, pasted at a random spot on a blurred other photo); 0 = off",
+    )
     g = p.add_argument_group("location stage (MGNet; see mgnet/location.py)")
-    g.add_argument("--location-weight", type=float, default=0.0,
-                   help="weight of the location-target loss; 0 trains with the paper's loss alone")
-    g.add_argument("--location-grid", type=int, default=3,
-                   help="candidate positions per side; with 3 scales, 3 gives 27 candidates per step")
+    g.add_argument(
+        "--location-weight",
+        type=float,
+        default=0.0,
+        help="weight of the location-target loss; 0 trains with the paper's loss alone",
+    )
+    g.add_argument(
+        "--location-grid",
+        type=int,
+        default=3,
+        help="candidate positions per side; with 3 scales, 3 gives 27 candidates per step",
+    )
     g.add_argument("--location-width", type=float, default=0.02, help="kernel width of the candidate scores")
-    g.add_argument("--location-temperature", type=float, default=0.1,
-                   help="softmax temperature over candidate losses for the target")
-    g.add_argument("--location-detach", action="store_true",
-                   help="the location loss trains only the location network, not the features it reads")
+    g.add_argument(
+        "--location-temperature",
+        type=float,
+        default=0.1,
+        help="softmax temperature over candidate losses for the target",
+    )
+    g.add_argument(
+        "--location-detach",
+        action="store_true",
+        help="the location loss trains only the location network, not the features it reads",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="run directory (resume state and history)")
     p.add_argument("--export", help="write the final model in this project's checkpoint format here")
-    p.add_argument("--init-from", help="start from this checkpoint's weights (this project's format, same "
-                   "configuration and classes); the optimiser and the schedule start fresh")
+    p.add_argument(
+        "--init-from",
+        help="start from this checkpoint's weights (this project's format, same "
+        "configuration and classes); the optimiser and the schedule start fresh",
+    )
     p.add_argument("--no-resume", action="store_true", help="start over even if OUT/last.pt exists")
     p.add_argument("--save-every", type=int, default=50, help="save resume state every N steps")
-    p.add_argument("--amp", choices=["auto", "on", "off"], default="auto",
-                   help="mixed precision: auto = fp16 on CUDA, bf16 on CPUs that support it")
+    p.add_argument(
+        "--amp",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="mixed precision: auto = fp16 on CUDA, bf16 on CPUs that support it",
+    )
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch default)")
-    p.add_argument("--limit", type=int, default=0,
-                   help="use only N training images, spread over the classes (pilots, smoke tests)")
+    p.add_argument(
+        "--limit", type=int, default=0, help="use only N training images, spread over the classes (pilots, smoke tests)"
+    )
     p.add_argument("--max-steps", type=int, default=0, help="stop after this many optimiser steps (tests)")
     p.add_argument("--cache-dir", help="where decoded images are cached (default ~/.cache/mgnet)")
     return p.parse_args(argv)
@@ -87,8 +121,9 @@ def amp_dtype(device: torch.device, mode: str):
         return None
     if device.type == "cuda":
         return torch.float16
-    if mode == "on" or (mode == "auto" and torch.backends.mkldnn.is_available()
-                        and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+    if mode == "on" or (
+        mode == "auto" and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    ):
         return torch.bfloat16
     return None
 
@@ -135,8 +170,9 @@ def training_loss(model, net, x, y, criterion, stage: LocationStage | None = Non
     if stage is None:
         return loss, None
     states = out.states[:-1].float()
-    loc = location.location_loss(model, states.detach() if stage.detach else states, targets.float(),
-                                 stage.grid, stage.width, stage.temperature)
+    loc = location.location_loss(
+        model, states.detach() if stage.detach else states, targets.float(), stage.grid, stage.width, stage.temperature
+    )
     return loss + stage.weight * loc, loc.detach()
 
 
@@ -164,16 +200,27 @@ def init_weights(model, path, class_ids) -> dict:
     # The scale range and s_grad may change between stages: the weights fit any of them.
     differ = sorted(k for k in mine if mine[k] != theirs.get(k) and k not in ("s_grad", "scale_min", "scale_max"))
     if differ:
-        raise SystemExit(f"error: --init-from {path} was trained with a different configuration ("
-                         + ", ".join(f"{k}: {theirs.get(k)} here {mine[k]}" for k in differ)
-                         + "); pass the same --kind, --scale, --glimpses and --image-size.")
+        raise SystemExit(
+            f"error: --init-from {path} was trained with a different configuration ("
+            + ", ".join(f"{k}: {theirs.get(k)} here {mine[k]}" for k in differ)
+            + "); pass the same --kind, --scale, --glimpses and --image-size."
+        )
     if list(source.checkpoint_info.get("class_ids") or []) != list(class_ids):
         raise SystemExit(f"error: --init-from {path} has different classes from --data.")
     model.load_state_dict(source.state_dict())
     info = source.checkpoint_info
     prov = info.get("provenance") or {}
-    keep = ("git_commit", "saved", "command", "epochs", "train_seconds", "total_epochs", "total_train_seconds",
-            "init_from", "hardware")
+    keep = (
+        "git_commit",
+        "saved",
+        "command",
+        "epochs",
+        "train_seconds",
+        "total_epochs",
+        "total_train_seconds",
+        "init_from",
+        "hardware",
+    )
     return {"path": str(path), "sha256": info["sha256"], **{k: prov[k] for k in keep if k in prov}}
 
 
@@ -189,10 +236,12 @@ def main(argv=None):
     seed_everything(args.seed)
 
     train_size = int(round(args.image_size * 1.14))
+
     def load_data():
         train = cached_folder(args.data, train_size, args.cache_dir, progress=main_proc)
-        return train, (cached_folder(args.val, args.image_size, args.cache_dir, progress=main_proc)
-                       if args.val else None)
+        return train, (
+            cached_folder(args.val, args.image_size, args.cache_dir, progress=main_proc) if args.val else None
+        )
 
     try:
         if world > 1 and not main_proc:
@@ -210,13 +259,31 @@ def main(argv=None):
         keep = torch.from_numpy(spread_indices(len(images), args.limit))
         images, labels = images[keep], labels[keep]
 
-    model = build_model(args.kind, args.backbone, num_classes=len(classes), image_size=args.image_size,
-                        n_glimpses=args.glimpses, scale=args.scale, alpha=args.alpha,
-                        **({} if args.kind == "baseline" else
-                           {"s_grad": args.s_grad, "scale_min": args.scale_min, "scale_max": args.scale_max})
-                        ).to(device)
-    stage = LocationStage(args.location_weight, args.location_grid, args.location_width,
-                          args.location_temperature, args.location_detach) if args.location_weight > 0 else None
+    model = build_model(
+        args.kind,
+        args.backbone,
+        num_classes=len(classes),
+        image_size=args.image_size,
+        n_glimpses=args.glimpses,
+        scale=args.scale,
+        alpha=args.alpha,
+        **(
+            {}
+            if args.kind == "baseline"
+            else {"s_grad": args.s_grad, "scale_min": args.scale_min, "scale_max": args.scale_max}
+        ),
+    ).to(device)
+    stage = (
+        LocationStage(
+            args.location_weight,
+            args.location_grid,
+            args.location_width,
+            args.location_temperature,
+            args.location_detach,
+        )
+        if args.location_weight > 0
+        else None
+    )
     if stage is not None and model.n_glimpses < 2:
         raise SystemExit("error: --location-weight needs MGNet with at least 2 glimpses.")
     parent = init_weights(model, args.init_from, classes) if args.init_from else None
@@ -231,8 +298,10 @@ def main(argv=None):
     if resume_file.exists() and not args.no_resume:
         saved = read_checkpoint_file(resume_file)
         if saved.get("args", {}).get("kind") != args.kind or saved.get("world") != world:
-            raise SystemExit(f"error: {resume_file} belongs to a different run (kind or process count differs); "
-                             "use another --out or --no-resume.")
+            raise SystemExit(
+                f"error: {resume_file} belongs to a different run (kind or process count differs); "
+                "use another --out or --no-resume."
+            )
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])
         sched.load_state_dict(saved["scheduler"])
@@ -243,20 +312,34 @@ def main(argv=None):
     net = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=model.n_glimpses == 1)
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=model.n_glimpses == 1,
+        )
     dtype = amp_dtype(device, args.amp)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
     if main_proc:
-        print(f"training {args.kind} ({args.backbone}, {args.image_size}px, T={model.n_glimpses}, "
-              f"glimpse {model.glimpse_size()}px) on {len(images)} images, {len(classes)} classes, "
-              f"{device_label(device)}, precision {dtype or 'fp32'}, {world} process(es)", flush=True)
+        print(
+            f"training {args.kind} ({args.backbone}, {args.image_size}px, T={model.n_glimpses}, "
+            f"glimpse {model.glimpse_size()}px) on {len(images)} images, {len(classes)} classes, "
+            f"{device_label(device)}, precision {dtype or 'fp32'}, {world} process(es)",
+            flush=True,
+        )
 
     def save_state():
         if main_proc:
-            atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                         "state": state, "args": vars(args), "world": world}, resume_file)
+            atomic_save(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "state": state,
+                    "args": vars(args),
+                    "world": world,
+                },
+                resume_file,
+            )
 
     from tqdm import tqdm
 
@@ -270,16 +353,25 @@ def main(argv=None):
         aug_gen = torch.Generator().manual_seed(args.seed * 1000 + epoch + 10_000_000 + rank)
         # Skip the augmentation draws of steps already done so a resumed epoch is identical.
         for _ in range(state["step_in_epoch"]):
-            location.mix_off_centre(augment(images[:1].expand(args.batch_size, -1, -1, -1), 8, aug_gen,
-                                            args.min_crop), args.off_centre, aug_gen)
+            location.mix_off_centre(
+                augment(images[:1].expand(args.batch_size, -1, -1, -1), 8, aug_gen, args.min_crop),
+                args.off_centre,
+                aug_gen,
+            )
         model.train()
-        bar = tqdm(total=steps_per_epoch, initial=state["step_in_epoch"], desc=f"epoch {epoch + 1}/{args.epochs}",
-                   disable=not main_proc, unit="step", dynamic_ncols=True)
+        bar = tqdm(
+            total=steps_per_epoch,
+            initial=state["step_in_epoch"],
+            desc=f"epoch {epoch + 1}/{args.epochs}",
+            disable=not main_proc,
+            unit="step",
+            dynamic_ncols=True,
+        )
         started = time.time()
         loss_sum, loss_n, loc_sum = 0.0, 0, 0.0
         while state["step_in_epoch"] < steps_per_epoch:
             s = state["step_in_epoch"]
-            idx = order[(s * world + rank) * args.batch_size:(s * world + rank + 1) * args.batch_size]
+            idx = order[(s * world + rank) * args.batch_size : (s * world + rank + 1) * args.batch_size]
             x = augment(images[idx], args.image_size, aug_gen, args.min_crop)
             x = location.mix_off_centre(x, args.off_centre, aug_gen).to(device, non_blocking=True)
             x = x.contiguous(memory_format=torch.channels_last)
@@ -298,8 +390,11 @@ def main(argv=None):
             loss_sum += float(loss.detach())
             loss_n += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{loss_sum / loss_n:.3f}", lr=f"{sched.get_last_lr()[0]:.4f}",
-                            **({"location": f"{loc_sum / loss_n:.2f}"} if stage else {}))
+            bar.set_postfix(
+                loss=f"{loss_sum / loss_n:.3f}",
+                lr=f"{sched.get_last_lr()[0]:.4f}",
+                **({"location": f"{loc_sum / loss_n:.2f}"} if stage else {}),
+            )
             if state["global_step"] % args.save_every == 0:
                 state["train_seconds"] += time.time() - started
                 started = time.time()
@@ -312,13 +407,19 @@ def main(argv=None):
         if stop:
             save_state()
             break
-        record = {"epoch": epoch + 1, "train_loss": loss_sum / max(loss_n, 1),
-                  "train_seconds": round(state["train_seconds"], 1)}
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": loss_sum / max(loss_n, 1),
+            "train_seconds": round(state["train_seconds"], 1),
+        }
         if val is not None and main_proc:
             acc = accuracy_per_glimpse(model, val[1], val[2], device=device, dtype=dtype, progress=False)
             record["val_accuracy_per_glimpse"] = acc
-            print(f"epoch {epoch + 1}: loss {record['train_loss']:.3f}, val accuracy per glimpse "
-                  + ", ".join(f"{a:.3f}" for a in acc), flush=True)
+            print(
+                f"epoch {epoch + 1}: loss {record['train_loss']:.3f}, val accuracy per glimpse "
+                + ", ".join(f"{a:.3f}" for a in acc),
+                flush=True,
+            )
         state["history"].append(record)
         state["epoch"] += 1
         state["step_in_epoch"] = 0
@@ -330,16 +431,23 @@ def main(argv=None):
         names = [IMAGENETTE.get(c, c) for c in classes]
         last = state["history"][-1] if state["history"] else {}
         provenance = {
-            "data": str(Path(args.data).resolve()), "val_data": str(Path(args.val).resolve()) if args.val else None,
-            "command": command_line(), "git_commit": code_version, "hardware": hardware(),
-            "processes": world, "epochs": args.epochs, "train_seconds": round(state["train_seconds"], 1),
-            "args": vars(args), "metrics": {"val_accuracy_per_glimpse": last.get("val_accuracy_per_glimpse")},
+            "data": str(Path(args.data).resolve()),
+            "val_data": str(Path(args.val).resolve()) if args.val else None,
+            "command": command_line(),
+            "git_commit": code_version,
+            "hardware": hardware(),
+            "processes": world,
+            "epochs": args.epochs,
+            "train_seconds": round(state["train_seconds"], 1),
+            "args": vars(args),
+            "metrics": {"val_accuracy_per_glimpse": last.get("val_accuracy_per_glimpse")},
         }
         if parent is not None:
             provenance["init_from"] = parent
             provenance["total_epochs"] = args.epochs + parent.get("total_epochs", parent.get("epochs") or 0)
             provenance["total_train_seconds"] = round(
-                state["train_seconds"] + parent.get("total_train_seconds", parent.get("train_seconds") or 0), 1)
+                state["train_seconds"] + parent.get("total_train_seconds", parent.get("train_seconds") or 0), 1
+            )
         save_checkpoint(model, args.export, classes=names, class_ids=classes, provenance=provenance)
         print(f"wrote {args.export}", flush=True)
     if world > 1:

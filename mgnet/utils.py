@@ -1,4 +1,5 @@
 """Small shared helpers: device choice, seeding, provenance."""
+
 from __future__ import annotations
 
 import os
@@ -60,8 +61,13 @@ def git_commit(mark_dirty: bool = False, repo=None) -> str:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
         sha = out.stdout.strip() or "unknown"
         if mark_dirty and sha != "unknown":
-            status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                                    capture_output=True, text=True, timeout=10)
+            status = subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                cwd=here,
+                capture_output=True,
+                text=True,
+                timeout=10,
+            )
             if status.stdout.strip():
                 sha += "-dirty"
         return sha

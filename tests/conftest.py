@@ -39,9 +39,15 @@ TINY_CLASSES = ["tench", "English springer", "cassette player"]
 TINY_IDS = ["n01440764", "n02102040", "n02979186"]
 
 
-def save_tiny_checkpoints(folder: Path, classes=TINY_CLASSES, class_ids=None, image_size: int = 64,
-                          n_glimpses: int | None = None, names=("mgnet-tiny.pt", "baseline-tiny.pt"),
-                          seed: int = 0) -> tuple[Path, Path]:
+def save_tiny_checkpoints(
+    folder: Path,
+    classes=TINY_CLASSES,
+    class_ids=None,
+    image_size: int = 64,
+    n_glimpses: int | None = None,
+    names=("mgnet-tiny.pt", "baseline-tiny.pt"),
+    seed: int = 0,
+) -> tuple[Path, Path]:
     """A random-weight MGNet and baseline (ResNet-18, ``image_size`` px) saved in our checkpoint format,
     seeded so every test run gets the same weights. Returns their paths (MGNet, baseline)."""
     import torch
@@ -52,10 +58,18 @@ def save_tiny_checkpoints(folder: Path, classes=TINY_CLASSES, class_ids=None, im
     torch.manual_seed(seed)
     mgnet_options = {} if n_glimpses is None else {"n_glimpses": n_glimpses}
     paths = (folder / names[0], folder / names[1])
-    save_checkpoint(build_model("mgnet", "resnet18", num_classes=len(classes), image_size=image_size,
-                                **mgnet_options), paths[0], classes=list(classes), class_ids=class_ids)
-    save_checkpoint(build_model("baseline", "resnet18", num_classes=len(classes), image_size=image_size),
-                    paths[1], classes=list(classes), class_ids=class_ids)
+    save_checkpoint(
+        build_model("mgnet", "resnet18", num_classes=len(classes), image_size=image_size, **mgnet_options),
+        paths[0],
+        classes=list(classes),
+        class_ids=class_ids,
+    )
+    save_checkpoint(
+        build_model("baseline", "resnet18", num_classes=len(classes), image_size=image_size),
+        paths[1],
+        classes=list(classes),
+        class_ids=class_ids,
+    )
     return paths
 
 
@@ -66,6 +80,7 @@ def tiny_checkpoints(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: takes more than a few seconds; `pytest -m \"not slow\"` skips it "
-                                       "for a quick loop (CI runs everything)")
-
+    config.addinivalue_line(
+        "markers",
+        'slow: takes more than a few seconds; `pytest -m "not slow"` skips it for a quick loop (CI runs everything)',
+    )

@@ -5,6 +5,7 @@ Used only by the parity tests. It works on ImageNet-normalised inputs and the au
 every glimpse with grid_sample (the first one too) and re-scales gradients with a detach trick,
 so it shares no code path with mgnet.model.
 """
+
 import math
 
 import torch
@@ -22,13 +23,19 @@ class ReferenceMGNet:
         self.n_iter, self.scale, self.smin, self.smax, self.s = n_iter, scale, scale_min, scale_max, s
         self.backbone = getattr(torchvision.models, backbone)(weights=None)
         self.backbone.fc = torch.nn.Identity()
-        self.backbone.load_state_dict({k[len("model.backbone."):]: v for k, v in state_dict.items()
-                                       if k.startswith("model.backbone.")})
+        self.backbone.load_state_dict(
+            {k[len("model.backbone.") :]: v for k, v in state_dict.items() if k.startswith("model.backbone.")}
+        )
         self.backbone.eval()
         dim = state_dict["model.feat_fusion.norm.weight"].shape[0]
         self.mha = torch.nn.MultiheadAttention(dim, 1)
-        self.mha.load_state_dict({k[len("model.feat_fusion.mha."):]: v for k, v in state_dict.items()
-                                  if k.startswith("model.feat_fusion.mha.")})
+        self.mha.load_state_dict(
+            {
+                k[len("model.feat_fusion.mha.") :]: v
+                for k, v in state_dict.items()
+                if k.startswith("model.feat_fusion.mha.")
+            }
+        )
         self.mha.eval()
 
     def __call__(self, x_norm):
@@ -48,8 +55,14 @@ class ReferenceMGNet:
             tokens.append(torch.cat([f, a.detach()], 1))
             seq = torch.stack(tokens)  # [t, B, D+3]
             att, _ = self.mha(seq, seq, seq)
-            z = F.relu(F.layer_norm(att, (seq.shape[-1],), self.sd["model.feat_fusion.norm.weight"],
-                                    self.sd["model.feat_fusion.norm.bias"])[-1])
+            z = F.relu(
+                F.layer_norm(
+                    att,
+                    (seq.shape[-1],),
+                    self.sd["model.feat_fusion.norm.weight"],
+                    self.sd["model.feat_fusion.norm.bias"],
+                )[-1]
+            )
             outs.append(_linear(self.sd, "global_fc.fc", z))
             params.append(a)
             u = torch.sigmoid(_linear(self.sd, "loc_network.fc", z))

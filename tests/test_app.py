@@ -4,6 +4,7 @@ The checkpoint folder is a temporary one (MGNET_CHECKPOINTS) holding a 32-pixel 
 and one broken file, so every flow runs in seconds on a CPU. Uploads go through
 ``file_uploader.set_value`` and photos through ``camera_input.set_value``.
 """
+
 from __future__ import annotations
 
 import io
@@ -24,8 +25,18 @@ torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app" / "main.py")
 EXAMPLE = ROOT / "app" / "examples" / "tench_1.jpg"
-CLASSES = ["tench", "English springer", "cassette player", "chain saw", "church", "French horn",
-           "garbage truck", "gas pump", "golf ball", "parachute"]
+CLASSES = [
+    "tench",
+    "English springer",
+    "cassette player",
+    "chain saw",
+    "church",
+    "French horn",
+    "garbage truck",
+    "gas pump",
+    "golf ball",
+    "parachute",
+]
 TIMEOUT = 180
 
 
@@ -108,8 +119,10 @@ def test_bad_checkpoint_is_listed_with_its_message(app):
     msgs = [e.value for e in app.error if "broken.pt" in e.value]
     assert msgs and "broken.pt" in msgs[0]
     # the picker says how each was trained (these tiny files record no training run)
-    assert app.selectbox(key="model").options == ["mgnet-tiny · recipe not recorded",
-                                                  "baseline-tiny · recipe not recorded"]
+    assert app.selectbox(key="model").options == [
+        "mgnet-tiny · recipe not recorded",
+        "baseline-tiny · recipe not recorded",
+    ]
     assert "CPU" in "\n".join(c.value for c in app.caption)
 
 
@@ -128,9 +141,17 @@ def test_empty_checkpoint_folder(tmp_path, monkeypatch):
 
 
 # -- input ----------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("fmt,mime,ext", [("JPEG", "image/jpeg", "jpg"), ("PNG", "image/png", "png"),
-                                          ("WEBP", "image/webp", "webp"), ("BMP", "image/bmp", "bmp"),
-                                          ("TIFF", "image/tiff", "tif"), ("GIF", "image/gif", "gif")])
+@pytest.mark.parametrize(
+    "fmt,mime,ext",
+    [
+        ("JPEG", "image/jpeg", "jpg"),
+        ("PNG", "image/png", "png"),
+        ("WEBP", "image/webp", "webp"),
+        ("BMP", "image/bmp", "bmp"),
+        ("TIFF", "image/tiff", "tif"),
+        ("GIF", "image/gif", "gif"),
+    ],
+)
 def test_upload_each_format(app, fmt, mime, ext):
     app.radio(key="source").set_value("Upload").run()
     app.file_uploader(key="upload").set_value((f"mine.{ext}", encoded(fmt), mime)).run()
@@ -139,12 +160,15 @@ def test_upload_each_format(app, fmt, mime, ext):
     assert not errors(app)
 
 
-@pytest.mark.parametrize("name,data,expect", [
-    ("notes.jpg", b"hello, I am text pretending to be a JPEG", "not an image format"),
-    ("empty.png", b"", "empty"),
-    ("drawing.png", b"<svg xmlns='http://www.w3.org/2000/svg'></svg>", "SVG"),
-    ("cut.png", None, "damaged or truncated"),
-])
+@pytest.mark.parametrize(
+    "name,data,expect",
+    [
+        ("notes.jpg", b"hello, I am text pretending to be a JPEG", "not an image format"),
+        ("empty.png", b"", "empty"),
+        ("drawing.png", b"<svg xmlns='http://www.w3.org/2000/svg'></svg>", "SVG"),
+        ("cut.png", None, "damaged or truncated"),
+    ],
+)
 def test_bad_upload_shows_message_and_app_keeps_working(app, name, data, expect):
     if data is None:
         data = encoded("PNG")[:200]
@@ -167,7 +191,7 @@ def _unusual(kind: str) -> tuple[bytes, str]:
         Image.new("RGB", (1, 1), (200, 10, 10)).save(buf, "PNG")
         return buf.getvalue(), "1×1"
     if kind == "16-bit":
-        arr = (np.asarray(base.convert("L"), dtype=np.uint16) * 257)
+        arr = np.asarray(base.convert("L"), dtype=np.uint16) * 257
         Image.fromarray(arr).save(buf, "PNG")
         return buf.getvalue(), "90×60"
     if kind == "cmyk":
@@ -204,9 +228,14 @@ def test_decompression_bomb_is_refused(app):
 
     def chunk(kind, body):
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
     # A valid PNG header declaring 100000 x 100000 pixels (10 gigapixels), with almost no data.
-    bomb = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 100000, 100000, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"\x00" * 1000)) + chunk(b"IEND", b""))
+    bomb = (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 100000, 100000, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 1000))
+        + chunk(b"IEND", b"")
+    )
     app.radio(key="source").set_value("Upload").run()
     app.file_uploader(key="upload").set_value(("bomb.png", bomb, "image/png")).run()
     assert not app.exception
@@ -309,6 +338,7 @@ def test_compare_cell_failure_stays_in_its_cell(app, monkeypatch):
         if method == "gradcam":
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
         return real(model, x, method, *a, **k)
+
     monkeypatch.setattr(mgnet.explain, "explain", flaky)
     switch(app, "Compare")
     app.multiselect(key="methods").set_value(["saliency", "gradcam"])
@@ -324,6 +354,7 @@ def test_panel_failure_leaves_the_page_working(app, monkeypatch):
 
     def boom(*a, **k):
         raise MemoryError("simulated out of memory")
+
     monkeypatch.setattr(plots, "belief_figure", boom)
     app.run()
     assert not app.exception
@@ -339,8 +370,12 @@ def test_corruption(app):
     assert not app.exception and not errors(app)
     table = app.dataframe[0].value
     assert list(table["model"]) == ["mgnet-tiny", "baseline-tiny"]
-    assert app.session_state["_registry"].settings["corruption"] == {"name": "fog", "severity": 2, "seed": 0,
-                                                                     "working_side": 224}
+    assert app.session_state["_registry"].settings["corruption"] == {
+        "name": "fog",
+        "severity": 2,
+        "seed": 0,
+        "working_side": 224,
+    }
 
 
 def test_corruption_saliency(app):
@@ -352,9 +387,15 @@ def test_corruption_saliency(app):
     assert len(figures["corruption-saliency"].layout.annotations) >= 2 + 3  # column + row titles
 
 
-@pytest.mark.parametrize("method,source,true_grad", [("fgsm", "mgnet-tiny.pt", False), ("pgd", "mgnet-tiny.pt", True),
-                                                     ("pgd", "baseline-tiny.pt", False),
-                                                     ("paper_pgd", "mgnet-tiny.pt", False)])
+@pytest.mark.parametrize(
+    "method,source,true_grad",
+    [
+        ("fgsm", "mgnet-tiny.pt", False),
+        ("pgd", "mgnet-tiny.pt", True),
+        ("pgd", "baseline-tiny.pt", False),
+        ("paper_pgd", "mgnet-tiny.pt", False),
+    ],
+)
 def test_attack(app, method, source, true_grad):
     from mgnet.utils import model_state_fingerprint
 
@@ -375,6 +416,7 @@ def test_attack(app, method, source, true_grad):
     assert settings["method"] == method and settings["true_grad"] == true_grad and settings["source_sha256"]
     # The shared models are left exactly as they were: eval mode, no hooks, no gradients.
     from app import services
+
     for entry in services.catalog(Path(services.checkpoint_dir())).models:
         fp = model_state_fingerprint(entry.model)
         assert fp["training"] is False and fp["hooks"] == 0 and fp["grads"] == 0
@@ -434,8 +476,14 @@ def test_bundle_contents(app, static):
         pytest.skip(f"no static export here: {static_export.export_problem()}")
     figures = {k: reg.figures[k] for k in list(reg.figures)[:2]}
     doc = reg.settings["figure_settings"]
-    data = build_bundle(figures, dict(reg.images), dict(reg.settings), static=static, figure_doc=doc,
-                        photo=("parachute_1.jpg", b"jpeg bytes"))
+    data = build_bundle(
+        figures,
+        dict(reg.images),
+        dict(reg.settings),
+        static=static,
+        figure_doc=doc,
+        photo=("parachute_1.jpg", b"jpeg bytes"),
+    )
     zf = zipfile.ZipFile(io.BytesIO(data))
     names = set(zf.namelist())
     settings = json.loads(zf.read("settings.json"))
@@ -469,7 +517,9 @@ def test_export_without_a_browser_degrades_gracefully(app, monkeypatch):
     finally:
         ui._export_probe.clear()
     # A deferred PNG download whose export fails returns a readable note instead of raising.
-    monkeypatch.setattr(static_export, "figure_bytes", lambda *a, **k: (_ for _ in ()).throw(static_export.ExportError("no Chrome")))
+    monkeypatch.setattr(
+        static_export, "figure_bytes", lambda *a, **k: (_ for _ in ()).throw(static_export.ExportError("no Chrome"))
+    )
     data = ui._exporter(next(iter(app.session_state["_registry"].figures.values())), "png")()
     assert b"Static export failed" in data and b"no Chrome" in data
 
@@ -485,8 +535,15 @@ def test_query_params_restore_compare_and_attack_settings(ckpt_dir, monkeypatch)
     assert at.multiselect(key="methods").value == ["occlusion", "guided_backprop"]
     assert at.selectbox(key="target").value == "church"
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
-    at.query_params.update({"view": "Robustness", "rob_view": "Attack", "atk_method": "FGSM (one step)",
-                            "atk_eps": "2.5", "atk_truegrad": "true"})
+    at.query_params.update(
+        {
+            "view": "Robustness",
+            "rob_view": "Attack",
+            "atk_method": "FGSM (one step)",
+            "atk_eps": "2.5",
+            "atk_truegrad": "true",
+        }
+    )
     at.run()
     assert not at.exception
     assert at.selectbox(key="atk_method").value == "fgsm"
@@ -518,12 +575,33 @@ def test_bundle_settings_reproduce_through_the_figure_cli(app, view, tmp_path):
         assert doc["methods"] == ["saliency"] and doc["target"] == "mgnet"
     else:
         assert doc["attacks"][0]["method"] == "fgsm" and doc["attacks"][0]["source"] == "mgnet"
-    data = build_bundle({}, {}, dict(reg.settings), static=False, figure_doc=doc,
-                        photo=("parachute_1.jpg", (ROOT / "app" / "examples" / "parachute_1.jpg").read_bytes()))
+    data = build_bundle(
+        {},
+        {},
+        dict(reg.settings),
+        static=False,
+        figure_doc=doc,
+        photo=("parachute_1.jpg", (ROOT / "app" / "examples" / "parachute_1.jpg").read_bytes()),
+    )
     zipfile.ZipFile(io.BytesIO(data)).extractall(tmp_path / "bundle")
-    out = subprocess.run([sys.executable, "-m", "mgnet.figures", "--settings", str(tmp_path / "bundle" / "settings.json"),
-                          "--out", str(tmp_path / "figs"), "--format", "html"], cwd=ROOT, capture_output=True,
-                         text=True, timeout=600, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mgnet.figures",
+            "--settings",
+            str(tmp_path / "bundle" / "settings.json"),
+            "--out",
+            str(tmp_path / "figs"),
+            "--format",
+            "html",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert list((tmp_path / "figs").glob("*.html")), out.stderr[-2000:]
 
@@ -559,8 +637,11 @@ def test_slow_method_options_reach_the_library(app, monkeypatch):
 
     seen = []
     real = mgnet.explain.explain
-    monkeypatch.setattr(mgnet.explain, "explain",
-                        lambda model, x, method, *a, **k: seen.append((method, k)) or real(model, x, method, *a, **k))
+    monkeypatch.setattr(
+        mgnet.explain,
+        "explain",
+        lambda model, x, method, *a, **k: seen.append((method, k)) or real(model, x, method, *a, **k),
+    )
     switch(app, "Compare")
     app.multiselect(key="methods").set_value(["integrated_gradients", "occlusion"])
     app.checkbox(key="self").set_value(False)
@@ -582,19 +663,34 @@ def test_the_picker_opens_on_the_default_checkpoints_and_says_how_each_was_train
     from mgnet import build_model, save_checkpoint
 
     paper = {"command": "python -m mgnet.train --kind mgnet", "args": {"off_centre": 0.0}}
-    located = {"command": "python -m mgnet.train --location-weight 0.05", "args": {"location_weight": 0.05},
-               "init_from": paper}
-    for name, kind, prov in (("mgnet-resnet18-imagenette-paper-recipe.pt", "mgnet", paper),
-                             ("mgnet-resnet18-imagenette.pt", "mgnet", located),
-                             ("baseline-resnet18-imagenette-paper-recipe.pt", "baseline", paper),
-                             ("baseline-resnet18-imagenette.pt", "baseline", {"args": {"off_centre": 0.4}}),
-                             ("another-mgnet.pt", "mgnet", paper)):
-        save_checkpoint(build_model(kind, num_classes=10, image_size=64), tmp_path / name, classes=CLASSES,
-                        provenance=prov)
+    located = {
+        "command": "python -m mgnet.train --location-weight 0.05",
+        "args": {"location_weight": 0.05},
+        "init_from": paper,
+    }
+    for name, kind, prov in (
+        ("mgnet-resnet18-imagenette-paper-recipe.pt", "mgnet", paper),
+        ("mgnet-resnet18-imagenette.pt", "mgnet", located),
+        ("baseline-resnet18-imagenette-paper-recipe.pt", "baseline", paper),
+        ("baseline-resnet18-imagenette.pt", "baseline", {"args": {"off_centre": 0.4}}),
+        ("another-mgnet.pt", "mgnet", paper),
+    ):
+        save_checkpoint(
+            build_model(kind, num_classes=10, image_size=64), tmp_path / name, classes=CLASSES, provenance=prov
+        )
     cat = services.catalog(tmp_path)
     assert [m.name for m in cat.models] == [
-        "mgnet-resnet18-imagenette.pt", "mgnet-resnet18-imagenette-paper-recipe.pt", "another-mgnet.pt",
-        "baseline-resnet18-imagenette.pt", "baseline-resnet18-imagenette-paper-recipe.pt"]
-    assert [m.recipe for m in cat.models] == ["location stage", "paper recipe", "paper recipe", "off-centre data",
-                                              "paper recipe"]
+        "mgnet-resnet18-imagenette.pt",
+        "mgnet-resnet18-imagenette-paper-recipe.pt",
+        "another-mgnet.pt",
+        "baseline-resnet18-imagenette.pt",
+        "baseline-resnet18-imagenette-paper-recipe.pt",
+    ]
+    assert [m.recipe for m in cat.models] == [
+        "location stage",
+        "paper recipe",
+        "paper recipe",
+        "off-centre data",
+        "paper recipe",
+    ]
     assert cat.models[0].label.endswith("; location stage)")

@@ -1,4 +1,5 @@
 """Tests for mgnet.attacks on tiny 32x32 MGNet / baseline models (random weights)."""
+
 import sys
 from pathlib import Path
 
@@ -163,8 +164,7 @@ def test_attacks_leave_the_model_untouched(models, data):
         flags = {n: p.requires_grad for n, p in model.named_parameters()}
         training = {n: m.training for n, m in model.named_modules()}
         state = {k: v.clone() for k, v in model.state_dict().items()}
-        hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
-                    for m in model.modules())
+        hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules())
         with torch.no_grad():  # must still work inside no_grad
             attack(model, x, y, steps=2)
         attack(model, x, y, steps=2, norm="l2", eps=32, s_grad=1.0)
@@ -179,8 +179,9 @@ def test_attacks_leave_the_model_untouched(models, data):
         # BatchNorm running statistics unchanged: the attack ran in eval mode.
         for k, v in model.state_dict().items():
             assert torch.equal(v, state[k]), k
-        assert hooks == sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
-                            for m in model.modules())
+        assert hooks == sum(
+            len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules()
+        )
     finally:
         model.backbone.conv1.weight.requires_grad_(True)
         model.eval()
@@ -191,6 +192,7 @@ def test_training_flags_restored_when_progress_raises(models, data):
     model = models["baseline"]
     model.train()
     try:
+
         def stop(step, total):
             raise KeyboardInterrupt
 
@@ -247,8 +249,9 @@ def test_linf_pgd_matches_captum(models, data):
 
     fgsm = FGSM(forward, loss, lower_bound=0.0, upper_bound=1.0)
     fgsm.zero_thresh = 0.0
-    assert torch.allclose(attack(model, x, y, method="fgsm", eps=4.0),
-                          fgsm.perturb(x, epsilon=4 / 255, target=y).detach(), atol=1e-6)
+    assert torch.allclose(
+        attack(model, x, y, method="fgsm", eps=4.0), fgsm.perturb(x, epsilon=4 / 255, target=y).detach(), atol=1e-6
+    )
     assert all(p.grad is None for p in model.parameters())
 
 

@@ -6,6 +6,7 @@ steps and plays the glimpses, takes a photo with Chromium's fake camera, checks 
 message, and saves screenshots under tests/_artifacts/ (git-ignored). Chromium: `apt-get install chromium` (/usr/bin/chromium), or set
 MGNET_CHROMIUM to another Chrome/Chromium binary. Playwright's own browser download is not used.
 """
+
 from __future__ import annotations
 
 import os
@@ -28,11 +29,28 @@ ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "tests" / "_artifacts"
 CHROMIUM = os.environ.get("MGNET_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 STREAMLIT = Path(sys.executable).with_name("streamlit")
-CLASSES = ["tench", "English springer", "cassette player", "chain saw", "church", "French horn",
-           "garbage truck", "gas pump", "golf ball", "parachute"]
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--no-first-run",
-        "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]  # a synthetic camera
+CLASSES = [
+    "tench",
+    "English springer",
+    "cassette player",
+    "chain saw",
+    "church",
+    "French horn",
+    "garbage truck",
+    "gas pump",
+    "golf ball",
+    "parachute",
+]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
+]  # a synthetic camera
 
 sync_api = pytest.importorskip("playwright.sync_api")
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"no Chromium at {CHROMIUM}")]
@@ -49,11 +67,23 @@ def server(tmp_path_factory):
     folder = tmp_path_factory.mktemp("checkpoints")
     save_tiny_checkpoints(folder, CLASSES, image_size=64)
     port = _free_port()
-    env = dict(os.environ, MGNET_CHECKPOINTS=str(folder), MGNET_DEVICE="cpu", OMP_NUM_THREADS="1",
-               BROWSER_PATH=CHROMIUM)
+    env = dict(
+        os.environ, MGNET_CHECKPOINTS=str(folder), MGNET_DEVICE="cpu", OMP_NUM_THREADS="1", BROWSER_PATH=CHROMIUM
+    )
     log = open(tmp_path_factory.mktemp("server") / "streamlit.log", "w")
-    cmd = [str(STREAMLIT) if STREAMLIT.exists() else "streamlit", "run", "app/main.py", "--server.port", str(port),
-           "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+    cmd = [
+        str(STREAMLIT) if STREAMLIT.exists() else "streamlit",
+        "run",
+        "app/main.py",
+        "--server.port",
+        str(port),
+        "--server.address",
+        "127.0.0.1",
+        "--server.headless",
+        "true",
+        "--browser.gatherUsageStats",
+        "false",
+    ]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -104,14 +134,15 @@ def _photo(path: Path) -> Path:
 
 def _no_exceptions(page):
     assert page.locator("[data-testid='stException']").count() == 0, page.locator(
-        "[data-testid='stException']").first.inner_text()
+        "[data-testid='stException']"
+    ).first.inner_text()
 
 
 def test_upload_and_glimpse_view(server, browser, tmp_path):
     page = browser.new_page(viewport={"width": 1440, "height": 2200})
     page.set_default_timeout(120_000)
     page.goto(server)
-    page.get_by_text("Compute so far").wait_for()           # the example is analysed on opening
+    page.get_by_text("Compute so far").wait_for()  # the example is analysed on opening
     _no_exceptions(page)
     page.screenshot(path=str(ARTIFACTS / "01-opening.png"))
 
@@ -122,7 +153,7 @@ def test_upload_and_glimpse_view(server, browser, tmp_path):
     _no_exceptions(page)
     plots = page.locator(".js-plotly-plot")
     plots.first.wait_for()
-    assert plots.count() >= 4                                 # glimpses, top-5, belief, compute, focus map
+    assert plots.count() >= 4  # glimpses, top-5, belief, compute, focus map
     assert page.locator(".js-plotly-plot image").count() >= 1  # the photo is drawn inside the figure
     assert page.locator("[data-testid='stImage'] img").count() >= 2  # zoomed crop + what the network saw
     page.screenshot(path=str(ARTIFACTS / "02-uploaded.png"))
@@ -147,7 +178,7 @@ def test_bad_file_message_then_recovery(server, browser, tmp_path):
     page.locator("input[type='file']").set_input_files(str(bad))
     page.get_by_text("broken.jpg could not be used").wait_for()
     _no_exceptions(page)
-    page.get_by_text("Compute so far").wait_for()            # the page keeps working (example shown)
+    page.get_by_text("Compute so far").wait_for()  # the page keeps working (example shown)
     page.screenshot(path=str(ARTIFACTS / "04-bad-file.png"))
     page.close()
 
@@ -161,8 +192,9 @@ def test_camera_photo_is_analysed(server, browser):
     page.get_by_text("Camera", exact=True).click()
     page.get_by_text("No photo yet: showing the selected example.").wait_for()
     # Chromium's fake camera streams a synthetic test pattern; a click before the first frame takes nothing.
-    page.wait_for_function("() => [...document.querySelectorAll('video')].some(v => v.readyState >= 2 "
-                           "&& v.videoWidth > 0)")
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('video')].some(v => v.readyState >= 2 && v.videoWidth > 0)"
+    )
     shot = page.get_by_text(re.compile(r"camera\.jpg · \d+×\d+ px"))
     for attempt in range(3):
         page.get_by_role("button", name="Take Photo").click()

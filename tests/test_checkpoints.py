@@ -11,8 +11,9 @@ from test_model import authors_checkpoint
 
 def test_own_format_round_trip_is_fp16_and_carries_metadata(tmp_path):
     model = build_model("mgnet", num_classes=3, image_size=64, n_glimpses=3, scale=2.5).eval()
-    path = save_checkpoint(model, tmp_path / "m.pt", classes=["a", "b", "c"], class_ids=["n1", "n2", "n3"],
-                           provenance={"command": "test"})
+    path = save_checkpoint(
+        model, tmp_path / "m.pt", classes=["a", "b", "c"], class_ids=["n1", "n2", "n3"], provenance={"command": "test"}
+    )
     raw = torch.load(path, weights_only=True)
     assert raw["state_dict"]["global_fc.fc.weight"].dtype == torch.float16
     loaded = load_checkpoint(path, device="cpu")
@@ -44,11 +45,14 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path, monkeypatch):
     assert not (tmp_path / "pwned_marker").exists()
 
 
-@pytest.mark.parametrize("content,match", [
-    (b"", "empty"),
-    (b"this is a text file\n", "not a readable"),
-    (os.urandom(4096), "not a readable"),
-])
+@pytest.mark.parametrize(
+    "content,match",
+    [
+        (b"", "empty"),
+        (b"this is a text file\n", "not a readable"),
+        (os.urandom(4096), "not a readable"),
+    ],
+)
 def test_non_checkpoints(tmp_path, content, match):
     path = tmp_path / "x.pt"
     path.write_bytes(content)
@@ -77,8 +81,17 @@ def test_missing_file_and_wrong_kind_of_dict(tmp_path):
 
 def test_mismatched_backbone_and_keys(tmp_path):
     state = authors_checkpoint(tmp_path / "a.ckpt")
-    hp = argparse.Namespace(n_iter=4, scale=2.33, scale_min=0.2, scale_max=0.5, trans_method="tight-crop",
-                            num_class=100, model="resnet50", alpha=0.6, s=0.02)
+    hp = argparse.Namespace(
+        n_iter=4,
+        scale=2.33,
+        scale_min=0.2,
+        scale_max=0.5,
+        trans_method="tight-crop",
+        num_class=100,
+        model="resnet50",
+        alpha=0.6,
+        s=0.02,
+    )
     torch.save({"state_dict": state, "hyper_parameters": hp}, tmp_path / "wrong.ckpt")
     with pytest.raises(CheckpointError, match="resnet50"):
         load_checkpoint(tmp_path / "wrong.ckpt")

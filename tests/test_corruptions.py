@@ -1,4 +1,5 @@
 """Tests for mgnet.corruptions: library equality, reproducibility, RNG hygiene, odd image sizes."""
+
 import sys
 import threading
 import warnings
@@ -16,8 +17,16 @@ import pytest  # noqa: E402
 from imagecorruptions import corruption_dict  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from mgnet.corruptions import (ALL_CORRUPTIONS, CORRUPTION_GROUPS, CORRUPTION_LABELS,  # noqa: E402
-                               CORRUPTIONS, EXTRA_CORRUPTIONS, corrupt, group_of, label)
+from mgnet.corruptions import (  # noqa: E402
+    ALL_CORRUPTIONS,
+    CORRUPTION_GROUPS,
+    CORRUPTION_LABELS,
+    CORRUPTIONS,
+    EXTRA_CORRUPTIONS,
+    corrupt,
+    group_of,
+    label,
+)
 
 NOISE = ("gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise")
 SEEDED_BY_KEYWORD = ("impulse_noise", "glass_blur")
@@ -140,7 +149,7 @@ def test_images_under_32_pixels_are_reflect_padded(shape):
         assert out.shape == image.shape and out.dtype == np.uint8, name
         if name == "spatter":
             continue  # the padded library result may hit the 0/0 case (black); ours is clean there
-        expected = library(padded, name, 2, seed=4)[ph // 2:ph // 2 + h, pw // 2:pw // 2 + w]
+        expected = library(padded, name, 2, seed=4)[ph // 2 : ph // 2 + h, pw // 2 : pw // 2 + w]
         np.testing.assert_array_equal(out, expected, err_msg=name)
 
 

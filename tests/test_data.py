@@ -66,21 +66,28 @@ def test_one_by_one_and_path_and_file_object(tmp_path):
 
 def png_header_only(width, height):
     """A PNG that declares a huge size but carries almost no data (a decompression bomb)."""
+
     def chunk(kind, payload):
         return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 100)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 100)) + chunk(b"IEND", b"")
+    )
 
 
-@pytest.mark.parametrize("data,match", [
-    (b"", "empty"),
-    (b"hello, I am a text file\n" * 10, "not an image format"),
-    (bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8)), "not an image format"),
-    (b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg"></svg>', "SVG or HTML"),
-    (b"<!DOCTYPE html><html><body>hi</body></html>", "SVG or HTML"),
-    (png_header_only(50_000, 50_000), "more than this app accepts|decompression bomb"),
-    (png_header_only(200_000, 10), "more than this app accepts"),
-])
+@pytest.mark.parametrize(
+    "data,match",
+    [
+        (b"", "empty"),
+        (b"hello, I am a text file\n" * 10, "not an image format"),
+        (bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8)), "not an image format"),
+        (b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg"></svg>', "SVG or HTML"),
+        (b"<!DOCTYPE html><html><body>hi</body></html>", "SVG or HTML"),
+        (png_header_only(50_000, 50_000), "more than this app accepts|decompression bomb"),
+        (png_header_only(200_000, 10), "more than this app accepts"),
+    ],
+)
 def test_hostile_inputs_raise_readable_value_errors(data, match):
     with pytest.raises(ValueError, match=match):
         load_image(data)

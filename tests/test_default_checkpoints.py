@@ -1,4 +1,5 @@
 """The committed default checkpoints load, know the 10 Imagenette classes and reach their reported accuracy."""
+
 import json
 
 import pytest
@@ -12,8 +13,18 @@ from conftest import DATA, ROOT
 CARD = ROOT / "checkpoints" / "modelcard.json"
 NAMES = {"mgnet": "mgnet-resnet18-imagenette.pt", "baseline": "baseline-resnet18-imagenette.pt"}
 PAPER = {kind: name.replace(".pt", "-paper-recipe.pt") for kind, name in NAMES.items()}
-IMAGENETTE = ["tench", "English springer", "cassette player", "chain saw", "church", "French horn",
-              "garbage truck", "gas pump", "golf ball", "parachute"]
+IMAGENETTE = [
+    "tench",
+    "English springer",
+    "cassette player",
+    "chain saw",
+    "church",
+    "French horn",
+    "garbage truck",
+    "gas pump",
+    "golf ball",
+    "parachute",
+]
 
 
 @pytest.mark.slow

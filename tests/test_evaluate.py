@@ -54,27 +54,45 @@ def test_limit_spreads_over_classes():
 def test_attack_and_corruption_options(tiny_folder, tiny_checkpoint):
     model = load_checkpoint(tiny_checkpoint, device="cpu")
     clean = evaluate(model, tiny_folder, limit=6, progress=False)
-    attacked = evaluate(model, tiny_folder, limit=6, attack={"method": "pgd", "eps": 8, "steps": 3},
-                        progress=False)
+    attacked = evaluate(model, tiny_folder, limit=6, attack={"method": "pgd", "eps": 8, "steps": 3}, progress=False)
     assert attacked["images"] == 6 and attacked["attack"]["eps"] == 8
     assert attacked["accuracy"] <= clean["accuracy"]
     corrupted = evaluate(model, tiny_folder, limit=6, corruption="gaussian_noise", severity=5, progress=False)
     assert corrupted["corruption"] == {"name": "gaussian_noise", "severity": 5}
-    transfer = evaluate(model, tiny_folder, limit=6, attack={"method": "fgsm", "eps": 4}, transfer_from=model,
-                        progress=False)
+    transfer = evaluate(
+        model, tiny_folder, limit=6, attack={"method": "fgsm", "eps": 4}, transfer_from=model, progress=False
+    )
     assert transfer["transfer_from"] == str(tiny_checkpoint)
 
 
-@pytest.mark.parametrize("extra,message", [
-    (["--corruption", "rain"], "unknown corruption"),
-    (["--corruption", "fog", "--severity", "9"], "between 1 and 5"),
-    (["--attack", "pgd", "--eps", "-1"], "non-negative"),
-])
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--corruption", "rain"], "unknown corruption"),
+        (["--corruption", "fog", "--severity", "9"], "between 1 and 5"),
+        (["--attack", "pgd", "--eps", "-1"], "non-negative"),
+    ],
+)
 @pytest.mark.slow
 def test_bad_arguments_exit_nonzero_without_output(tiny_folder, tiny_checkpoint, tmp_path, extra, message):
     out = tmp_path / "res.json"
-    res = subprocess.run([sys.executable, "-m", "mgnet.evaluate", "--checkpoint", str(tiny_checkpoint), "--data",
-                          str(tiny_folder), "--json", str(out)] + extra, cwd=ROOT, capture_output=True, text=True)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mgnet.evaluate",
+            "--checkpoint",
+            str(tiny_checkpoint),
+            "--data",
+            str(tiny_folder),
+            "--json",
+            str(out),
+        ]
+        + extra,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 2 and message in res.stderr
     assert not out.exists() and not list(tmp_path.glob("*.tmp"))
 
@@ -113,11 +131,10 @@ def test_location_ablation_moves_only_the_later_glimpses(tiny_folder, tiny_check
 def test_glimpse_statistics_of_known_glimpses():
     from mgnet.evaluate import glimpse_statistics
 
-    params = torch.tensor([[[1.0, 0.0, 0.0]] * 2,
-                           [[0.5, 0.5, -0.5], [0.3, 0.0, 0.0]]])  # [T=2, N=2, 3]
+    params = torch.tensor([[[1.0, 0.0, 0.0]] * 2, [[0.5, 0.5, -0.5], [0.3, 0.0, 0.0]]])  # [T=2, N=2, 3]
     (g,) = glimpse_statistics(params, bins=16)
     assert g["glimpse"] == 2 and g["mean_scale"] == 0.4
-    assert g["mean_offset"] == round((0.5 ** 0.5 / 2) / 2, 4)  # one centred, one at (0.5, -0.5)
+    assert g["mean_offset"] == round((0.5**0.5 / 2) / 2, 4)  # one centred, one at (0.5, -0.5)
     assert g["covers_centre"] == 1.0  # |0.5| <= 0.5: the first box just reaches the centre
     hist = torch.tensor(g["centre_histogram"])
     assert hist.sum() == 2 and hist[4, 12] == 1 and hist[8, 8] == 1  # row = y (top first), column = x

@@ -1,4 +1,5 @@
 """Tests for mgnet.explain on tiny random-weight models (the machine is shared with training jobs)."""
+
 import sys
 import threading
 import warnings
@@ -151,8 +152,9 @@ def test_seeded_methods_are_reproducible_and_leave_global_rng_alone(baseline):
 def test_progress_reports_real_steps(baseline):
     calls = []
     # 16 perturbations per forward (the default batches 64): one progress call per batch
-    att = ex.explain(baseline, image(32), "occlusion", perturbations_per_eval=16,
-                     progress=lambda d, t: calls.append((d, t)))
+    att = ex.explain(
+        baseline, image(32), "occlusion", perturbations_per_eval=16, progress=lambda d, t: calls.append((d, t))
+    )
     total = 1 + ((32 - 4) // 2 + 1) ** 2  # unoccluded pass + 15 x 15 windows of 4 px, stride 2
     assert att.options["window"] == 4 and att.options["stride"] == 2
     assert calls[0] == (0, total) and calls[-1] == (total, total)
@@ -167,13 +169,19 @@ def test_a_method_is_one_registry_entry(baseline, monkeypatch):
     from mgnet.figures.settings import FigureSettings
 
     def input_times_gradient(wrapper, x, target, opts, seed):
-        grad, = torch.autograd.grad(wrapper(x)[0, target], x)
+        (grad,) = torch.autograd.grad(wrapper(x)[0, target], x)
         return grad * x * opts["scale"]
 
-    entry = ex.MethodInfo("Input x gradient", "In. x grad.", "The gradient times the pixel values.", False,
-                          {"scale": 1.0, "passes": 1}, input_times_gradient,
-                          cost=lambda opts, batch, size: opts["passes"] * batch,
-                          tunable=ex.Tunable("passes", "Input x gradient: passes", 1, 4, 1))
+    entry = ex.MethodInfo(
+        "Input x gradient",
+        "In. x grad.",
+        "The gradient times the pixel values.",
+        False,
+        {"scale": 1.0, "passes": 1},
+        input_times_gradient,
+        cost=lambda opts, batch, size: opts["passes"] * batch,
+        tunable=ex.Tunable("passes", "Input x gradient: passes", 1, 4, 1),
+    )
     monkeypatch.setitem(ex.METHODS, "input_x_gradient", entry)
     x = image(32)
     seen = []
@@ -183,8 +191,9 @@ def test_a_method_is_one_registry_entry(baseline, monkeypatch):
     expected = ex.explain(baseline, x, "saliency", target=3).raw * x[0].numpy()
     np.testing.assert_allclose(att.raw, expected, rtol=1e-5, atol=1e-7)
     assert "input_x_gradient" in ex.available_methods(baseline)
-    FigureSettings(images=["x.jpg"], methods=["input_x_gradient"],
-                   method_options={"input_x_gradient": {"passes": 3}}).validate()
+    FigureSettings(
+        images=["x.jpg"], methods=["input_x_gradient"], method_options={"input_x_gradient": {"passes": 3}}
+    ).validate()
     with pytest.raises(ValueError, match="takes options"):
         ex.explain(baseline, x, "input_x_gradient", steps=3)
 
@@ -304,8 +313,9 @@ def test_deletion_and_insertion_by_hand():
     top_first = np.zeros((8, 8))
     top_first[:4] = 1
     # Deleting the top half first: p falls linearly from c to 0 at fraction 0.5, then stays 0.
-    curve = metrics.deletion_insertion(model, x, top_first, target=0, steps=20, mode="deletion", baseline="black",
-                                  batch_size=6)
+    curve = metrics.deletion_insertion(
+        model, x, top_first, target=0, steps=20, mode="deletion", baseline="black", batch_size=6
+    )
     assert curve.fractions.shape == curve.probs.shape == (21,)
     assert curve.fractions[0] == 0 and curve.fractions[-1] == 1
     expected = c * np.clip(1 - 2 * curve.fractions, 0, 1)
@@ -375,6 +385,7 @@ def test_occlusion_on_the_inference_copy_matches_captum_on_the_exact_model():
     x = image(32, 5)
     att = ex.explain(model, x, "occlusion", target=4, window=8, stride=8)
     exact = Occlusion(lambda inp: model(inp).logits[-1]).attribute(
-        x, sliding_window_shapes=(3, 8, 8), strides=(3, 8, 8), baselines=0.0, target=4)
+        x, sliding_window_shapes=(3, 8, 8), strides=(3, 8, 8), baselines=0.0, target=4
+    )
     np.testing.assert_allclose(att.raw, exact[0].numpy(), atol=1e-4, rtol=1e-4)
     assert np.abs(att.raw).max() > 1e-3

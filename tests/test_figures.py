@@ -3,6 +3,7 @@
 Tiny random-weight checkpoints (64 px, 3 glimpses) and a 3-image folder keep this fast; static export
 needs kaleido + Chromium: without them the CLI writes HTML with a warning, and these tests check that.
 """
+
 import io
 import json
 import re
@@ -44,12 +45,41 @@ def env(tmp_path_factory):
 
 
 def base_args(env, out, *extra):
-    return ["--mgnet", str(env / "mg.pt"), "--baseline", str(env / "base.pt"), "--out", str(out), "--no-progress",
-            "--device", "cpu", *extra]
+    return [
+        "--mgnet",
+        str(env / "mg.pt"),
+        "--baseline",
+        str(env / "base.pt"),
+        "--out",
+        str(out),
+        "--no-progress",
+        "--device",
+        "cpu",
+        *extra,
+    ]
 
 
-FIG_ARGS = ("--images", "DATA", "--limit", "2", "--methods", "saliency", "gradcam", "--corruption", "gaussian_noise:2",
-            "--attack", "2", "--attack-method", "fgsm", "--format", "png", "svg", "pdf", "--dpi", "100")
+FIG_ARGS = (
+    "--images",
+    "DATA",
+    "--limit",
+    "2",
+    "--methods",
+    "saliency",
+    "gradcam",
+    "--corruption",
+    "gaussian_noise:2",
+    "--attack",
+    "2",
+    "--attack-method",
+    "fgsm",
+    "--format",
+    "png",
+    "svg",
+    "pdf",
+    "--dpi",
+    "100",
+)
 
 
 def fig_args(env, out):
@@ -130,17 +160,31 @@ def test_same_inputs_give_byte_identical_files(two_runs):
 
 def test_a_sidecar_reproduces_its_run(env):
     first, again = env / "side1", env / "side2"
-    assert figures.main(base_args(env, first, "--images", str(env / "data"), "--limit", "1", "--figures", "strip",
-                             "--format", "svg")) == 0
+    assert (
+        figures.main(
+            base_args(
+                env, first, "--images", str(env / "data"), "--limit", "1", "--figures", "strip", "--format", "svg"
+            )
+        )
+        == 0
+    )
     # the run's manifest is a settings file: feeding it back gives the same files
-    assert figures.main(["--settings", str(first / "figures.json"), "--out", str(again), "--no-progress",
-                    "--device", "cpu"]) == 0
+    assert (
+        figures.main(
+            ["--settings", str(first / "figures.json"), "--out", str(again), "--no-progress", "--device", "cpu"]
+        )
+        == 0
+    )
     assert files_of(first) == files_of(again)
 
 
 def test_checkpoint_hash_mismatch_is_refused(env, capsys):
-    settings = {"schema": figures.SCHEMA, "images": [str(env / "data")], "figures": ["strip"],
-                "checkpoints": {"mgnet": {"path": str(env / "mg.pt"), "sha256": "0" * 64}, "baseline": None}}
+    settings = {
+        "schema": figures.SCHEMA,
+        "images": [str(env / "data")],
+        "figures": ["strip"],
+        "checkpoints": {"mgnet": {"path": str(env / "mg.pt"), "sha256": "0" * 64}, "baseline": None},
+    }
     path = env / "bad-hash.json"
     path.write_text(json.dumps(settings))
     out = env / "never"
@@ -149,17 +193,20 @@ def test_checkpoint_hash_mismatch_is_refused(env, capsys):
     assert not out.exists()
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--methods", "nope"], "unknown method"),
-    (["--figures", "poster"], "unknown figure kind"),
-    (["--corruption", "rain:3"], "unknown corruption"),
-    (["--corruption", "fog:9"], "severity"),
-    (["--format", "gif"], "unknown format"),
-    (["--dpi", "5"], "--dpi"),
-    (["--width", "wide"], "--width"),
-    (["--target", "zebra"], "--target"),
-    (["--n-glimpses", "0"], "--n-glimpses"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--methods", "nope"], "unknown method"),
+        (["--figures", "poster"], "unknown figure kind"),
+        (["--corruption", "rain:3"], "unknown corruption"),
+        (["--corruption", "fog:9"], "severity"),
+        (["--format", "gif"], "unknown format"),
+        (["--dpi", "5"], "--dpi"),
+        (["--width", "wide"], "--width"),
+        (["--target", "zebra"], "--target"),
+        (["--n-glimpses", "0"], "--n-glimpses"),
+    ],
+)
 def test_bad_arguments_exit_2_and_write_nothing(env, capsys, extra, message):
     out = env / "bad-out"
     code = figures.main(base_args(env, out, "--images", str(env / "data"), "--figures", "strip", "grid", *extra))
@@ -194,8 +241,23 @@ def test_a_failure_midway_leaves_no_partial_output(env, monkeypatch):
 
     monkeypatch.setattr(plots, "comparison_grid_figure", boom)
     with pytest.raises(RuntimeError, match="simulated"):
-        figures.main(base_args(env, out, "--images", str(env / "data"), "--limit", "1", "--figures", "strip", "grid",
-                          "--methods", "saliency", "--format", "svg"))
+        figures.main(
+            base_args(
+                env,
+                out,
+                "--images",
+                str(env / "data"),
+                "--limit",
+                "1",
+                "--figures",
+                "strip",
+                "grid",
+                "--methods",
+                "saliency",
+                "--format",
+                "svg",
+            )
+        )
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]  # strips were staged, then discarded
 
 
@@ -215,8 +277,25 @@ def test_help_mentions_both_commands(capsys):
 def metric_runs(env):
     outs = [env / "m1", env / "m2"]
     for out in outs:
-        assert figures.main(["metrics", "--data", str(env / "data"), "--limit", "2", "--methods", "saliency",
-                        "--steps", "4", "--format", "svg", *base_args(env, out)]) == 0
+        assert (
+            figures.main(
+                [
+                    "metrics",
+                    "--data",
+                    str(env / "data"),
+                    "--limit",
+                    "2",
+                    "--methods",
+                    "saliency",
+                    "--steps",
+                    "4",
+                    "--format",
+                    "svg",
+                    *base_args(env, out),
+                ]
+            )
+            == 0
+        )
     return outs
 
 
@@ -271,7 +350,7 @@ def test_deletion_insertion_on_a_constructed_case():
     good = figures.map_curves({"toy": model}, {"toy": x}, {"toy": 0}, quadrant, steps=4, fill="black")["toy"]
     np.testing.assert_allclose(good["deletion"].probs, [1, 0, 0, 0, 0], atol=1e-6)
     np.testing.assert_allclose(good["insertion"].probs, [0, 1, 1, 1, 1], atol=1e-6)
-    assert good["deletion"].auc == pytest.approx(0.125, abs=1e-6)   # 0.25 * (1 + 0) / 2
+    assert good["deletion"].auc == pytest.approx(0.125, abs=1e-6)  # 0.25 * (1 + 0) / 2
     assert good["insertion"].auc == pytest.approx(0.875, abs=1e-6)  # 0.125 + 0.75
     # the opposite map removes the quadrant last
     bad = figures.map_curves({"toy": model}, {"toy": x}, {"toy": 0}, 1 - quadrant, steps=4, fill="black")["toy"]
@@ -280,8 +359,13 @@ def test_deletion_insertion_on_a_constructed_case():
 
 
 def test_summary_statistics_on_known_values():
-    records = [{"map": "a", "v": 0.2}, {"map": "a", "v": 0.4}, {"map": "b", "v": 0.5}, {"map": "b", "v": None},
-               {"map": "a", "v": float("nan")}]
+    records = [
+        {"map": "a", "v": 0.2},
+        {"map": "a", "v": 0.4},
+        {"map": "b", "v": 0.5},
+        {"map": "b", "v": None},
+        {"map": "a", "v": float("nan")},
+    ]
     rows = figures.summarise(records, ("map",), ("v",))
     assert [r["map"] for r in rows] == ["a", "b"]
     a, b = rows
@@ -316,8 +400,10 @@ def test_output_normalisers():
     pdf = b"%PDF-1.4\n/CreationDate (D:20261125031047+00'00')\n/ModDate (D:20261125031047+00'00')>>"
     fixed = figures.normalise_pdf(pdf)
     assert len(fixed) == len(pdf) and b"20261125" not in fixed and fixed.count(b"D:20000101000000") == 2
-    svg = (b'<svg><defs id="defs-a1b2c3"><clipPath id="clipa1b2c3xy"/><clipPath id="legenda1b2c3"/></defs>'
-           b'<g style="fill: url(\'#ga1b2c3-x\')"/><image href="data:image/png;base64,QUa1b2c3=="/></svg>')
+    svg = (
+        b'<svg><defs id="defs-a1b2c3"><clipPath id="clipa1b2c3xy"/><clipPath id="legenda1b2c3"/></defs>'
+        b'<g style="fill: url(\'#ga1b2c3-x\')"/><image href="data:image/png;base64,QUa1b2c3=="/></svg>'
+    )
     out = figures.normalise_svg(svg, "000000")
     assert out.count(b"a1b2c3") == 1 and out.count(b"000000") == 4  # the image data is left alone
 
@@ -325,10 +411,16 @@ def test_output_normalisers():
 def test_panel_grid_keeps_aspect_and_physical_size():
     wide = np.zeros((10, 20, 3), np.uint8)
     square = np.zeros((10, 10, 3), np.uint8)
-    fig = plots.panel_grid_figure([[{"image": wide, "boxes": [[0, 0, 20, 10], [2, 2, 8, 8]]}, {"image": square}],
-                                   [{"image": wide, "caption": "a long caption that wraps " * 4}, None]],
-                                  column_titles=["photo", "crop"], row_labels=["one", "two"], width=336,
-                                  font_size=8)
+    fig = plots.panel_grid_figure(
+        [
+            [{"image": wide, "boxes": [[0, 0, 20, 10], [2, 2, 8, 8]]}, {"image": square}],
+            [{"image": wide, "caption": "a long caption that wraps " * 4}, None],
+        ],
+        column_titles=["photo", "crop"],
+        row_labels=["one", "two"],
+        width=336,
+        font_size=8,
+    )
     assert fig.layout.width == 336
     lay = fig.layout
     plot_w = 336 - lay.margin.l - lay.margin.r
@@ -347,8 +439,14 @@ def test_panel_grid_keeps_aspect_and_physical_size():
 def test_without_chrome_figures_fall_back_to_html(env, monkeypatch, capsys):
     monkeypatch.setattr(static_export, "export_problem", lambda: "no Chrome or Chromium was found (simulated).")
     out = env / "no-chrome"
-    assert figures.main(base_args(env, out, "--images", str(env / "data"), "--limit", "1", "--figures", "strip",
-                             "--format", "png", "svg")) == 0
+    assert (
+        figures.main(
+            base_args(
+                env, out, "--images", str(env / "data"), "--limit", "1", "--figures", "strip", "--format", "png", "svg"
+            )
+        )
+        == 0
+    )
     assert "Writing interactive HTML" in capsys.readouterr().err
     names = sorted(p.name for p in out.iterdir())
     assert [n.rsplit(".", 1)[1] for n in names] == ["json", "html", "json"]
@@ -357,9 +455,29 @@ def test_without_chrome_figures_fall_back_to_html(env, monkeypatch, capsys):
 
 def test_metrics_with_captum_sensitivity(env):
     out = env / "m-sens"
-    assert figures.main(["metrics", "--data", str(env / "data"), "--limit", "1", "--methods", "saliency", "--models",
-                    "mgnet", "--steps", "2", "--sensitivity", "--no-infidelity", "--format", "html",
-                    *base_args(env, out)]) == 0
+    assert (
+        figures.main(
+            [
+                "metrics",
+                "--data",
+                str(env / "data"),
+                "--limit",
+                "1",
+                "--methods",
+                "saliency",
+                "--models",
+                "mgnet",
+                "--steps",
+                "2",
+                "--sensitivity",
+                "--no-infidelity",
+                "--format",
+                "html",
+                *base_args(env, out),
+            ]
+        )
+        == 0
+    )
     doc = json.loads((out / "metrics.json").read_text())
     row = next(r for r in doc["summary"]["captum"] if r["map"] == "MGNet · Saliency (gradient)")
     assert row["sensitivity"] is not None and row["sensitivity"] >= 0 and row["infidelity"] is None

@@ -1,4 +1,5 @@
 """The forward-only inference copy (BatchNorm folded, channels_last) gives the exact model's outputs."""
+
 import numpy as np
 import pytest
 import torch

@@ -1,5 +1,6 @@
 """The location stage changes nothing in the forward pass; its candidate scores, the off-centre data and the
 location report measure what they say."""
+
 import pytest
 import torch
 
@@ -22,10 +23,10 @@ def quadrant_batch(n, seed):
     half, dot = SIZE // 2, 2
     for i in range(n):
         r, c = divmod(int(quad[i]), 2)
-        x[i, :, r * half:(r + 1) * half, c * half:(c + 1) * half] = 0.6
+        x[i, :, r * half : (r + 1) * half, c * half : (c + 1) * half] = 0.6
         top, left = r * half + (half - dot) // 2, c * half + (half - dot) // 2
-        x[i, :, top:top + dot, left:left + dot] = 0.0
-        x[i, int(y[i]), top:top + dot, left:left + dot] = 1.0
+        x[i, :, top : top + dot, left : left + dot] = 0.0
+        x[i, int(y[i]), top : top + dot, left : left + dot] = 1.0
     return x.clamp(0, 1), y, quad
 
 
@@ -82,7 +83,7 @@ def test_candidate_losses_score_each_candidate_as_a_forced_glimpse(pretrained):
     assert losses.shape == (1, 4, len(grid))
     k = 3
     with torch.no_grad():
-        forced = model(x, glimpse_params=model.place(grid[k:k + 1]).expand(1, 4, 3).contiguous())
+        forced = model(x, glimpse_params=model.place(grid[k : k + 1]).expand(1, 4, 3).contiguous())
     expected = torch.nn.functional.cross_entropy(forced.logits[1], y, reduction="none")
     assert torch.allclose(losses[0, :, k], expected, atol=1e-5)
 
@@ -153,7 +154,7 @@ def stripes_batch(n, seed):
     for i in range(n):
         patch = wave[:, None].expand(OBJECT, OBJECT) if y[i] == 0 else wave[None, :].expand(OBJECT, OBJECT)
         r, c = divmod(int(quad[i]), 2)
-        x[i, :, r * 33:r * 33 + OBJECT, c * 33:c * 33 + OBJECT] = patch
+        x[i, :, r * 33 : r * 33 + OBJECT, c * 33 : c * 33 + OBJECT] = patch
     return x, y, quad
 
 
@@ -219,7 +220,8 @@ def where_it_looks(model):
 def test_a_short_location_stage_learns_to_look_at_the_object_and_the_paper_loss_alone_does_not(knows_the_classes):
     paper_on_object, paper_own, paper_centred = where_it_looks(continue_training(knows_the_classes, None))
     stage_on_object, stage_own, stage_centred = where_it_looks(
-        continue_training(knows_the_classes, LocationStage(weight=1.0)))
+        continue_training(knows_the_classes, LocationStage(weight=1.0))
+    )
     numbers = (paper_on_object, paper_own, paper_centred, stage_on_object, stage_own, stage_centred)
     # The same steps with the paper's loss alone leave glimpse 2 mostly off the object ...
     assert paper_on_object < 0.45, numbers

@@ -27,11 +27,30 @@ def authors_checkpoint(path, backbone="resnet18", baseline=False, num_class=100,
             elif name.endswith("running_var"):
                 b.uniform_(0.5, 1.5)
     state = {f"model.{k}": v for k, v in model.state_dict().items()}
-    hp = argparse.Namespace(n_iter=n_iter, scale=scale, scale_min=0.2, scale_max=0.5, trans_method="tight-crop",
-                            num_class=num_class, model=backbone, alpha=alpha, s=0.02, lr=0.1, batch_size=256,
-                            max_epochs=400, dataset="imagenet100")
-    blob = {"epoch": 399, "global_step": 1000, "pytorch-lightning_version": "1.0.8", "state_dict": state,
-            "hyper_parameters": hp, "optimizer_states": [], "lr_schedulers": []}
+    hp = argparse.Namespace(
+        n_iter=n_iter,
+        scale=scale,
+        scale_min=0.2,
+        scale_max=0.5,
+        trans_method="tight-crop",
+        num_class=num_class,
+        model=backbone,
+        alpha=alpha,
+        s=0.02,
+        lr=0.1,
+        batch_size=256,
+        max_epochs=400,
+        dataset="imagenet100",
+    )
+    blob = {
+        "epoch": 399,
+        "global_step": 1000,
+        "pytorch-lightning_version": "1.0.8",
+        "state_dict": state,
+        "hyper_parameters": hp,
+        "optimizer_states": [],
+        "lr_schedulers": [],
+    }
     torch.save(blob, path)
     return state
 
@@ -55,13 +74,20 @@ def run_both(model, ref, x, weights, s_grad=None):
     x_ref = ((x - model.mean) / model.std).detach().requires_grad_(True)
     ref_logits, ref_params = ref(x_ref)
     (ref_logits * weights).sum().backward()
-    return ((out.logits.detach(), out.glimpses.detach(), x_ours.grad),
-            (ref_logits.detach(), ref_params.detach(), x_ref.grad / model.std))
+    return (
+        (out.logits.detach(), out.glimpses.detach(), x_ours.grad),
+        (ref_logits.detach(), ref_params.detach(), x_ref.grad / model.std),
+    )
 
 
 def make_reference(state, model, dtype, s=0.02):
-    ref = ReferenceMGNet({k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()},
-                         backbone=model.backbone_name, n_iter=model.n_glimpses, scale=model.scale, s=s)
+    ref = ReferenceMGNet(
+        {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()},
+        backbone=model.backbone_name,
+        n_iter=model.n_glimpses,
+        scale=model.scale,
+        s=s,
+    )
     ref.backbone.to(dtype)
     ref.mha.to(dtype)
     return ref

@@ -1,5 +1,6 @@
 """The model card's bookkeeping: which checkpoint is which, when earlier measurements may be taken over, and
 how issue 11's goals are judged."""
+
 import argparse
 
 import pytest
@@ -27,8 +28,13 @@ def _args(**kw):
 
 
 def _card(mgnet_sha="a", baseline_sha="b"):
-    pair = {"checkpoints": {"mgnet": {"sha256": mgnet_sha}, "baseline": {"sha256": baseline_sha}},
-            "clean": {"mgnet": 1}, "sample_check": {}, "attacks": {"images": 300}, "corruptions": {"images": 300}}
+    pair = {
+        "checkpoints": {"mgnet": {"sha256": mgnet_sha}, "baseline": {"sha256": baseline_sha}},
+        "clean": {"mgnet": 1},
+        "sample_check": {},
+        "attacks": {"images": 300},
+        "corruptions": {"images": 300},
+    }
     return {"data": "val", "seed": 0, "date": "2026-11-25", "git_commit": "c0ffee", **pair}
 
 
@@ -52,19 +58,30 @@ def _report(gain, offset=0.15, iou=0.5):
 
 def _goal_card(val_gain, off_gain, final=0.86, offset=0.15, iou=0.5, beats_baseline=0.05):
     cfg = {"mgnet": {"gflops_per_glimpse": [0.1, 0.2, 0.3, 0.4]}, "baseline": {"gflops_per_glimpse": [0.6]}}
-    return {"checkpoints": cfg, "locations": _report(val_gain), "locations_off_centre": _report(off_gain, offset, iou),
-            "clean": {"mgnet": {"accuracy_per_glimpse": [0.7, 0.8, 0.85, final]},
-                      "baseline": {"accuracy_per_glimpse": [0.87]}},
-            "off_centre": {"mgnet": [0.7], "baseline": [0.6],
-                           "mgnet_minus_baseline_ci95": [beats_baseline, beats_baseline - 0.02, beats_baseline + 0.02]},
-            "corruptions": {"table": {"fog": {str(s): {"mgnet": [0.5] * 4, "baseline": [0.5]} for s in range(1, 6)}}}}
+    return {
+        "checkpoints": cfg,
+        "locations": _report(val_gain),
+        "locations_off_centre": _report(off_gain, offset, iou),
+        "clean": {
+            "mgnet": {"accuracy_per_glimpse": [0.7, 0.8, 0.85, final]},
+            "baseline": {"accuracy_per_glimpse": [0.87]},
+        },
+        "off_centre": {
+            "mgnet": [0.7],
+            "baseline": [0.6],
+            "mgnet_minus_baseline_ci95": [beats_baseline, beats_baseline - 0.02, beats_baseline + 0.02],
+        },
+        "corruptions": {"table": {"fog": {str(s): {"mgnet": [0.5] * 4, "baseline": [0.5]} for s in range(1, 6)}}},
+    }
 
 
 def test_glimpse_goals_are_met_only_when_every_number_clears_its_bar():
     met = [ok for _, ok, _ in glimpse_goals(_goal_card(0.05, 0.20))]
     assert all(met) and len(met) == 11
-    small = dict((label, ok) for label, ok, _ in glimpse_goals(_goal_card(0.02, 0.10, final=0.84, offset=0.1,
-                                                                         iou=0.8, beats_baseline=-0.01)))
+    small = dict(
+        (label, ok)
+        for label, ok, _ in glimpse_goals(_goal_card(0.02, 0.10, final=0.84, offset=0.1, iou=0.8, beats_baseline=-0.01))
+    )
     assert not any(ok for label, ok in small.items() if not label.startswith("3. Compute"))
 
 

@@ -1,4 +1,5 @@
 """Packaging: pyproject.toml is the one source of dependencies, and a built wheel works outside the checkout."""
+
 import os
 import subprocess
 import sys
@@ -46,14 +47,18 @@ def test_pyproject_declares_what_the_issue_asks_for():
 
 def test_version_is_exposed():
     import mgnet
+
     parts = mgnet.__version__.split(".")
     assert len(parts) == 3 and all(p.isdigit() for p in parts), mgnet.__version__
 
 
 @pytest.mark.timeout(900)
 def test_built_wheel_works_from_another_directory(tmp_path):
-    subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(tmp_path / "dist"),
-                    str(ROOT)], check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(tmp_path / "dist"), str(ROOT)],
+        check=True,
+        capture_output=True,
+    )
     (wheel,) = (tmp_path / "dist").glob("mgnet-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "mgnet/model.py" in names
@@ -65,22 +70,30 @@ def test_built_wheel_works_from_another_directory(tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = venv / "bin" / "python"
-    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          check=True, capture_output=True, text=True).stdout.strip()
+    site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     Path(site, "outer.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", str(wheel)], check=True)
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    code = ("import importlib.metadata, mgnet, sys\n"
-            "model = mgnet.load_checkpoint(sys.argv[1], device='cpu')\n"
-            "print(mgnet.__file__, mgnet.__version__, importlib.metadata.version('mgnet'), type(model).__name__)\n")
-    out = subprocess.run([str(python), "-c", code, str(CHECKPOINT)], cwd=elsewhere, env=env, check=True,
-                         capture_output=True, text=True).stdout.split()
+    code = (
+        "import importlib.metadata, mgnet, sys\n"
+        "model = mgnet.load_checkpoint(sys.argv[1], device='cpu')\n"
+        "print(mgnet.__file__, mgnet.__version__, importlib.metadata.version('mgnet'), type(model).__name__)\n"
+    )
+    out = subprocess.run(
+        [str(python), "-c", code, str(CHECKPOINT)], cwd=elsewhere, env=env, check=True, capture_output=True, text=True
+    ).stdout.split()
     assert Path(out[0]).is_relative_to(venv), out[0]
     assert out[1] == out[2] and out[3] == "MGNet", out
     for script in SCRIPTS:
-        done = subprocess.run([str(venv / "bin" / script), "--help"], cwd=elsewhere, env=env,
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            [str(venv / "bin" / script), "--help"], cwd=elsewhere, env=env, capture_output=True, text=True
+        )
         assert done.returncode == 0 and "usage" in done.stdout.lower(), (script, done.stderr[-2000:])

@@ -7,6 +7,7 @@ arguments) and tests/test_train.py (resume after SIGKILL); what is tested there 
 Models are tiny and random (ResNet-18, 3 classes, 64 px); torch runs on one thread so results are
 bit-exact and comparable between a solo run and a concurrent one.
 """
+
 from __future__ import annotations
 
 import io
@@ -79,8 +80,9 @@ class Snapshot:
         out = []
         now = model_state_fingerprint(m)
         if now != self.fingerprint:
-            changed = {k: (self.fingerprint[k], now[k]) for k in now if now[k] != self.fingerprint[k]
-                       and k != "requires_grad"}
+            changed = {
+                k: (self.fingerprint[k], now[k]) for k in now if now[k] != self.fingerprint[k] and k != "requires_grad"
+            }
             if now["requires_grad"] != self.fingerprint["requires_grad"]:
                 changed["requires_grad"] = "changed"
             out.append(f"fingerprint {changed}")
@@ -111,7 +113,10 @@ def jobs_for(models, image):
     for role, m in models.items():
         jobs[f"{role}/analyze"] = (m, lambda m=m: analyze(m, image).probs)
         for method, opts in LIGHT.items():
-            jobs[f"{role}/{method}"] = (m, lambda m=m, method=method, opts=opts: explain.explain(m, x, method, **opts).raw)
+            jobs[f"{role}/{method}"] = (
+                m,
+                lambda m=m, method=method, opts=opts: explain.explain(m, x, method, **opts).raw,
+            )
         jobs[f"{role}/pgd"] = (m, lambda m=m: attacks.attack(m, x, 1, steps=2, eps=8, seed=3).numpy())
         jobs[f"{role}/fgsm-l2"] = (m, lambda m=m: attacks.attack(m, x, 2, method="fgsm", norm="l2", eps=64).numpy())
     jobs["corrupt/gaussian_noise"] = (None, lambda: corruptions.corrupt(image, "gaussian_noise", 3, seed=5))
@@ -286,8 +291,10 @@ def test_seeded_explanations_of_two_models_at_once_keep_their_own_noise(models, 
     opts = dict(LIGHT[method])
     solo_a = explain.explain(mg, x, method, seed=11, **opts).raw
     solo_b = explain.explain(base, x, method, seed=11, **opts).raw
-    a, b = _interleave(lambda p: explain.explain(mg, x, method, seed=11, progress=p, **opts).raw,
-                       lambda p: explain.explain(base, x, method, seed=11, progress=p, **opts).raw)
+    a, b = _interleave(
+        lambda p: explain.explain(mg, x, method, seed=11, progress=p, **opts).raw,
+        lambda p: explain.explain(base, x, method, seed=11, progress=p, **opts).raw,
+    )
     np.testing.assert_array_equal(a, solo_a, err_msg="MGNet's explanation changed")
     np.testing.assert_array_equal(b, solo_b, err_msg="the baseline's explanation changed")
 
@@ -361,15 +368,18 @@ def test_every_operation_and_every_failure_leaves_the_shared_model_as_it_was(mod
         "analyze": lambda p: analyze(mg, image),
         "analyze baseline": lambda p: analyze(base, image),
         "deletion": lambda p: explanation_metrics.deletion_insertion(mg, x, att.map, att.target, steps=4, progress=p),
-        "insertion on baseline": lambda p: explanation_metrics.deletion_insertion(base, x, att.map, att.target, steps=4,
-                                                                   mode="insertion", progress=p),
+        "insertion on baseline": lambda p: explanation_metrics.deletion_insertion(
+            base, x, att.map, att.target, steps=4, mode="insertion", progress=p
+        ),
         "infidelity": lambda p: explanation_metrics.infidelity(mg, x, "saliency", attribution=att, n_perturb_samples=2),
         "paper pgd": lambda p: attacks.paper_pgd(mg, x, 0, steps=2, progress=p),
         "transfer": lambda p: attacks.transfer_attack(base, mg, x, 0, steps=2, progress=p),
         "pgd true gradients": lambda p: attacks.attack(mg, x, 0, steps=2, s_grad=1.0, progress=p),
     }
     for method, opts in LIGHT.items():
-        ops[f"explain {method}"] = lambda p, method=method, opts=opts: explain.explain(mg, x, method, progress=p, **opts)
+        ops[f"explain {method}"] = lambda p, method=method, opts=opts: explain.explain(
+            mg, x, method, progress=p, **opts
+        )
 
     def oom(done, total):
         if done > 0:
@@ -391,8 +401,9 @@ def test_every_operation_and_every_failure_leaves_the_shared_model_as_it_was(mod
         assert all(p.grad is None for p in mg.parameters()) and all(p.grad is None for p in base.parameters())
         for m in (mg, base):  # another session can take the lock at once
             got = []
-            t = threading.Thread(target=lambda m=m, got=got: got.append(model_lock(m).acquire(timeout=5)) or
-                                 model_lock(m).release())
+            t = threading.Thread(
+                target=lambda m=m, got=got: got.append(model_lock(m).acquire(timeout=5)) or model_lock(m).release()
+            )
             t.start()
             t.join(10)
             assert got == [True], f"{name}: the model's lock was not released"
@@ -437,17 +448,31 @@ def hostile_checkpoints(folder: Path, marker: Path) -> dict[str, Path]:
         files[name] = path
 
     # our own format, the payload hidden in the configuration; zip and legacy (pre-1.6) serialisation
-    ours = {"format": "mgnet-explorer-checkpoint", "format_version": 1, "classes": CLASSES,
-            "config": {"backbone": _Payload(os.system, touch)}, "state_dict": good_state}
+    ours = {
+        "format": "mgnet-explorer-checkpoint",
+        "format_version": 1,
+        "classes": CLASSES,
+        "config": {"backbone": _Payload(os.system, touch)},
+        "state_dict": good_state,
+    }
     save("ours-config-system.pt", ours)
     save("ours-legacy-format.pt", ours, _use_new_zipfile_serialization=False)
     # a weights entry that is not a tensor but a call to exec / eval
     save("ours-state-exec.pt", dict(ours, config={}, state_dict={"x": _Payload(builtins.exec, write)}))
-    save("authors-eval.ckpt", {"state_dict": {"model.a": _Payload(builtins.eval, write)},
-                               "hyper_parameters": {"model": "resnet18"}})
+    save(
+        "authors-eval.ckpt",
+        {"state_dict": {"model.a": _Payload(builtins.eval, write)}, "hyper_parameters": {"model": "resnet18"}},
+    )
     # argparse.Namespace is the one class allowed besides containers and tensors: smuggle a payload in it
-    save("authors-namespace.ckpt", {"state_dict": {}, "hyper_parameters": argparse.Namespace(
-        model="resnet18", trans_method=_Payload(sp.Popen, ["touch", str(marker)]))})
+    save(
+        "authors-namespace.ckpt",
+        {
+            "state_dict": {},
+            "hyper_parameters": argparse.Namespace(
+                model="resnet18", trans_method=_Payload(sp.Popen, ["touch", str(marker)])
+            ),
+        },
+    )
     # not a torch file at all: a bare pickle, protocols 0 and 5
     for proto in (0, 5):
         path = folder / f"bare-pickle-p{proto}.pth"
@@ -495,8 +520,11 @@ def app_folder(tmp_path, ckpts):
     folder = tmp_path / "checkpoints"
     folder.mkdir()
     torch.manual_seed(0)
-    save_checkpoint(build_model("mgnet", "resnet18", num_classes=3, image_size=32, n_glimpses=3),
-                    folder / "good-mgnet.pt", classes=CLASSES)
+    save_checkpoint(
+        build_model("mgnet", "resnet18", num_classes=3, image_size=32, n_glimpses=3),
+        folder / "good-mgnet.pt",
+        classes=CLASSES,
+    )
     marker = tmp_path / "pwned"
     hostile = hostile_checkpoints(folder, marker)
     return folder, marker, hostile
@@ -564,9 +592,15 @@ def hostile_image_files(folder: Path) -> list[Path]:
     Image.new("L", (1, 1)).save(bomb, "PNG")
     bomb = bytearray(bomb.getvalue())
     bomb[16:24] = (30000).to_bytes(4, "big") * 2  # IHDR claims 30000 x 30000 (the CRC is now wrong too)
-    samples = {"empty.png": b"", "truncated.png": good[: len(good) // 2], "random.jpg": os.urandom(3000),
-               "notes.png": b"just some text\n" * 20, "drawing.png": b"<svg xmlns='http://www.w3.org/2000/svg'/>",
-               "page.jpg": b"<!DOCTYPE html><html><script>alert(1)</script></html>", "bomb.png": bytes(bomb)}
+    samples = {
+        "empty.png": b"",
+        "truncated.png": good[: len(good) // 2],
+        "random.jpg": os.urandom(3000),
+        "notes.png": b"just some text\n" * 20,
+        "drawing.png": b"<svg xmlns='http://www.w3.org/2000/svg'/>",
+        "page.jpg": b"<!DOCTYPE html><html><script>alert(1)</script></html>",
+        "bomb.png": bytes(bomb),
+    }
     paths = []
     for name, data in samples.items():
         (folder / name).write_bytes(data)
@@ -603,8 +637,9 @@ def test_failed_loads_and_saves_leave_no_files_behind(tmp_path, private_tmp, ckp
 
     monkeypatch.setattr(torch, "save", failing_save)
     with pytest.raises(OSError):
-        save_checkpoint(build_model("baseline", "resnet18", num_classes=3, image_size=32), out / "model.pt",
-                        classes=CLASSES)
+        save_checkpoint(
+            build_model("baseline", "resnet18", num_classes=3, image_size=32), out / "model.pt", classes=CLASSES
+        )
     monkeypatch.undo()
     assert _listing(out) == {str(out): set()}, "a failed save left files behind"
     assert _listing(private_tmp) == {str(private_tmp): set()}, "temporary files were left behind"
@@ -626,8 +661,9 @@ def _run_evaluate(argv, capsys):
     return code, capsys.readouterr().err
 
 
-def test_evaluate_cli_refuses_bad_input_before_working_and_leaves_nothing(tmp_path, private_tmp, ckpts, eval_data,
-                                                                         capsys):
+def test_evaluate_cli_refuses_bad_input_before_working_and_leaves_nothing(
+    tmp_path, private_tmp, ckpts, eval_data, capsys
+):
     ck = str(ckpts / "mgnet-tiny.pt")
     cache = tmp_path / "cache"
     out_dir = tmp_path / "results"
@@ -643,8 +679,9 @@ def test_evaluate_cli_refuses_bad_input_before_working_and_leaves_nothing(tmp_pa
         (["--attack", "cw"], "invalid choice"),
     ]
     for extra, message in cases:
-        code, err = _run_evaluate(base + extra + (["--json", str(out_dir / "res.json")]
-                                                  if "--json" not in extra else []), capsys)
+        code, err = _run_evaluate(
+            base + extra + (["--json", str(out_dir / "res.json")] if "--json" not in extra else []), capsys
+        )
         assert code not in (0, None), extra
         assert message in err and "Traceback" not in err, (extra, err)
         assert _listing(out_dir) == {str(out_dir): {"old.json"}}, extra
@@ -665,8 +702,23 @@ figures_cli = pytest.importorskip("mgnet.figures", reason="the figure CLI (mgnet
 @pytest.mark.slow
 def test_figure_cli_failures_leave_no_output(tmp_path, private_tmp, ckpts, eval_data, capsys, monkeypatch):
     ck = str(ckpts / "mgnet-tiny.pt")
-    run = ["--mgnet", ck, "--baseline", "none", "--images", str(eval_data), "--figures", "strip", "--methods",
-           "none", "--format", "html", "--device", "cpu", "--no-progress"]
+    run = [
+        "--mgnet",
+        ck,
+        "--baseline",
+        "none",
+        "--images",
+        str(eval_data),
+        "--figures",
+        "strip",
+        "--methods",
+        "none",
+        "--format",
+        "html",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
     existing = tmp_path / "existing"
     existing.mkdir()
     (existing / "keep.txt").write_text("mine")
@@ -707,6 +759,7 @@ def test_figure_cli_failures_leave_no_output(tmp_path, private_tmp, ckpts, eval_
             figures_cli.main(run + ["--limit", "3", "--out", str(out)])
         assert len(calls) == 2
         outputs_untouched()
+
     # Ctrl-C half-way: exit status 130, a message, nothing written
     def interrupt(*a, **kw):
         raise KeyboardInterrupt
@@ -718,7 +771,13 @@ def test_figure_cli_failures_leave_no_output(tmp_path, private_tmp, ckpts, eval_
     # a damaged image among the inputs: named in the message, through the real command line
     victim = sorted(eval_data.rglob("*.png"))[1]
     victim.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
-    res = subprocess.run([sys.executable, "-m", "mgnet.figures"] + run + ["--out", str(fresh)], cwd=ROOT,
-                         capture_output=True, text=True, timeout=300, env=dict(os.environ, TMPDIR=str(private_tmp)))
+    res = subprocess.run(
+        [sys.executable, "-m", "mgnet.figures"] + run + ["--out", str(fresh)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, TMPDIR=str(private_tmp)),
+    )
     assert res.returncode == 2 and victim.name in res.stderr and "Traceback" not in res.stderr, res.stderr
     outputs_untouched()

@@ -1,5 +1,6 @@
 """The figure tool's typed settings (mgnet.figures.settings.FigureSettings): what the app exports is what
 the command line reads and runs, for every choice the app offers."""
+
 import json
 from types import SimpleNamespace
 
@@ -17,18 +18,37 @@ from app.export import figure_settings  # noqa: E402
 from app.robustness import AttackRequest  # noqa: E402
 
 
-def app_settings(view="Robustness", target=compare.PREDICTED, random_start=True, corruption_seed=5, attack_seed=7,
-                 method="pgd", paths=("m.pt", "b.pt")):
+def app_settings(
+    view="Robustness",
+    target=compare.PREDICTED,
+    random_start=True,
+    corruption_seed=5,
+    attack_seed=7,
+    method="pgd",
+    paths=("m.pt", "b.pt"),
+):
     """Settings the way the app builds them (app.export.figure_settings) from its requests."""
-    request = compare.CompareRequest(["saliency", "occlusion"], ["b.pt"], target, True, True,
-                                     {"occlusion.window": 6})
+    request = compare.CompareRequest(["saliency", "occlusion"], ["b.pt"], target, True, True, {"occlusion.window": 6})
     attack = AttackRequest(method=method, eps=3.0, steps=5, random_start=random_start, seed=attack_seed)
     return figure_settings(
-        view, "photo/x.jpg", CheckpointRef(str(paths[0]), "a" * 64), CheckpointRef(str(paths[1]), "b" * 64), 3,
+        view,
+        "photo/x.jpg",
+        CheckpointRef(str(paths[0]), "a" * 64),
+        CheckpointRef(str(paths[1]), "b" * 64),
+        3,
         compare=request if view == "Compare" else None,
         corruption=SimpleNamespace(name="fog", severity=2, seed=corruption_seed) if view == "Robustness" else None,
-        attack=Attack(method=attack.method, eps=attack.eps, steps=attack.steps, source="mgnet",
-                      random_start=attack.random_start, seed=attack.seed) if view == "Robustness" else None)
+        attack=Attack(
+            method=attack.method,
+            eps=attack.eps,
+            steps=attack.steps,
+            source="mgnet",
+            random_start=attack.random_start,
+            seed=attack.seed,
+        )
+        if view == "Robustness"
+        else None,
+    )
 
 
 def through_json(settings: FigureSettings) -> FigureSettings:
@@ -68,21 +88,25 @@ def test_attack_and_corruption_round_trip_with_their_own_seeds(random_start, met
 
 
 def test_a_spec_without_its_own_seed_takes_the_run_seed():
-    settings = FigureSettings.from_json({"images": ["x.jpg"], "seed": 11, "corruptions": ["fog:2"],
-                                         "attacks": [{"eps": 1}]})
+    settings = FigureSettings.from_json(
+        {"images": ["x.jpg"], "seed": 11, "corruptions": ["fog:2"], "attacks": [{"eps": 1}]}
+    )
     assert settings.corruption_seed(settings.corruptions[0]) == 11
     assert settings.attack_seed(settings.attacks[0]) == 11
     assert settings.attacks[0].random_start is True
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"methods": ["nope"]}, "unknown method"),
-    ({"corruptions": [Corruption("rain", 3)]}, "unknown corruption"),
-    ({"attacks": [Attack(norm="l3")]}, "norm"),
-    ({"n_glimpses": 0}, "--n-glimpses"),
-    ({"images": []}, "no images"),
-    ({"method_options": {"saliency": {"n_steps": 4}}}, "method_options"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"methods": ["nope"]}, "unknown method"),
+        ({"corruptions": [Corruption("rain", 3)]}, "unknown corruption"),
+        ({"attacks": [Attack(norm="l3")]}, "norm"),
+        ({"n_glimpses": 0}, "--n-glimpses"),
+        ({"images": []}, "no images"),
+        ({"method_options": {"saliency": {"n_steps": 4}}}, "method_options"),
+    ],
+)
 def test_validate_refuses_what_the_tool_cannot_run(change, message):
     settings = FigureSettings(images=["x.jpg"])
     settings.validate()
@@ -97,16 +121,33 @@ def test_the_cli_runs_the_app_settings_with_their_seeds_and_random_start(tiny_ch
     corruption with its own seed."""
     data = make_image_folder(tmp_path / "data", per_class=1, size=40)
     doc = app_settings(random_start=False, paths=tiny_checkpoints).to_json()
-    doc.update(images=[str(data)], limit=1, checkpoints={"mgnet": {"path": str(tiny_checkpoints[0])},
-                                                          "baseline": {"path": str(tiny_checkpoints[1])}})
+    doc.update(
+        images=[str(data)],
+        limit=1,
+        checkpoints={"mgnet": {"path": str(tiny_checkpoints[0])}, "baseline": {"path": str(tiny_checkpoints[1])}},
+    )
     (tmp_path / "settings.json").write_text(json.dumps(doc))
     attacked, corrupted = [], []
     real_attack, real_corrupt = runs.attack, runs.corruptions.corrupt
     monkeypatch.setattr(runs, "attack", lambda *a, **k: attacked.append(k) or real_attack(*a, **k))
     monkeypatch.setattr(runs.corruptions, "corrupt", lambda *a, **k: corrupted.append(k) or real_corrupt(*a, **k))
     torch.set_num_threads(1)
-    assert figures.main(["--settings", str(tmp_path / "settings.json"), "--out", str(tmp_path / "out"),
-                         "--format", "html", "--device", "cpu", "--no-progress"]) == 0
+    assert (
+        figures.main(
+            [
+                "--settings",
+                str(tmp_path / "settings.json"),
+                "--out",
+                str(tmp_path / "out"),
+                "--format",
+                "html",
+                "--device",
+                "cpu",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert attacked and all(k["random_start"] is False and k["seed"] == 7 for k in attacked)
     assert corrupted and all(k["seed"] == 5 for k in corrupted)
     sidecar = json.loads(next((tmp_path / "out").glob("robustness-*.json")).read_text())

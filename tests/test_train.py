@@ -16,9 +16,32 @@ TRAIN = [sys.executable, "-m", "mgnet.train"]
 
 
 def train_args(data, out, export, **extra):
-    args = ["--data", str(data), "--val", str(data), "--image-size", "64", "--epochs", "2", "--batch-size", "6",
-            "--glimpses", "3", "--scale", "2.0", "--threads", "1", "--out", str(out), "--export", str(export),
-            "--save-every", "1", "--amp", "off"]
+    args = [
+        "--data",
+        str(data),
+        "--val",
+        str(data),
+        "--image-size",
+        "64",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "6",
+        "--glimpses",
+        "3",
+        "--scale",
+        "2.0",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+        "--export",
+        str(export),
+        "--save-every",
+        "1",
+        "--amp",
+        "off",
+    ]
     for k, v in extra.items():
         args += [f"--{k.replace('_', '-')}", str(v)]
     return args
@@ -87,8 +110,18 @@ def test_killed_mid_epoch_training_resumes_to_the_same_weights(folder, tmp_path)
 
 @pytest.mark.slow
 def test_ddp_with_two_cpu_processes(folder, tmp_path):
-    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc_per_node", "2",
-            "-m", "mgnet.train"] + train_args(folder, tmp_path / "ddp", tmp_path / "ddp.pt", epochs=1)
+    args = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nnodes",
+        "1",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "mgnet.train",
+    ] + train_args(folder, tmp_path / "ddp", tmp_path / "ddp.pt", epochs=1)
     res = run(args)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "2 process(es)" in res.stdout
@@ -112,8 +145,9 @@ def test_init_from_starts_from_the_given_weights_and_records_the_chain(folder, t
 
     # With a zero learning rate, the second stage must export exactly the first stage's weights
     # (BatchNorm running statistics aside, which still update in train mode).
-    second = run(TRAIN + train_args(folder, tmp_path / "s2", tmp_path / "s2.pt", epochs=1, lr=0.0,
-                                    init_from=tmp_path / "s1.pt"))
+    second = run(
+        TRAIN + train_args(folder, tmp_path / "s2", tmp_path / "s2.pt", epochs=1, lr=0.0, init_from=tmp_path / "s1.pt")
+    )
     assert second.returncode == 0, second.stderr[-2000:]
     child = load_checkpoint(tmp_path / "s2.pt", device="cpu")
     weights = {k: v for k, v in parent.state_dict().items() if "running" not in k and "num_batches" not in k}
@@ -130,6 +164,7 @@ def test_init_from_starts_from_the_given_weights_and_records_the_chain(folder, t
     assert prov["total_epochs"] == 2
 
     from mgnet.modelcard import training_stages
+
     stages = training_stages(prov)
     assert [st["epochs"] for st in stages] == [1, 1]
     assert "--init-from" not in stages[0]["command"] and "--init-from" in stages[1]["command"]
@@ -140,8 +175,7 @@ def test_init_from_starts_from_the_given_weights_and_records_the_chain(folder, t
 def test_init_from_refuses_a_different_configuration(folder, tmp_path):
     first = run(TRAIN + train_args(folder, tmp_path / "s1", tmp_path / "s1.pt", kind="baseline", epochs=1))
     assert first.returncode == 0, first.stderr[-2000:]
-    res = run(TRAIN + train_args(folder, tmp_path / "s2", tmp_path / "s2.pt", epochs=1,
-                                 init_from=tmp_path / "s1.pt"))
+    res = run(TRAIN + train_args(folder, tmp_path / "s2", tmp_path / "s2.pt", epochs=1, init_from=tmp_path / "s1.pt"))
     assert res.returncode != 0 and "different configuration" in res.stderr and "--kind" in res.stderr
     assert not (tmp_path / "s2.pt").exists()
     res = run(TRAIN + train_args(folder, tmp_path / "s4", tmp_path / "s4.pt", init_from=tmp_path / "nope.pt"))
@@ -151,10 +185,12 @@ def test_init_from_refuses_a_different_configuration(folder, tmp_path):
 def test_model_card_training_curves_follow_the_stages(tmp_path):
     from mgnet.modelcard import training_curves
 
-    records = [{"epoch": 1, "stage": 1, "val_accuracy_per_glimpse": [0.3, 0.4]},
-               {"epoch": 2, "stage": 1, "val_accuracy_per_glimpse": [0.5, 0.6]},
-               {"epoch": 1, "stage": 2, "val_accuracy_per_glimpse": [0.55, 0.65]},
-               {"epoch": 2, "stage": 2}]  # an epoch without validation is skipped, not plotted as 0
+    records = [
+        {"epoch": 1, "stage": 1, "val_accuracy_per_glimpse": [0.3, 0.4]},
+        {"epoch": 2, "stage": 1, "val_accuracy_per_glimpse": [0.5, 0.6]},
+        {"epoch": 1, "stage": 2, "val_accuracy_per_glimpse": [0.55, 0.65]},
+        {"epoch": 2, "stage": 2},
+    ]  # an epoch without validation is skipped, not plotted as 0
     (tmp_path / "history-mgnet.json").write_text(json.dumps(records))
     curves = training_curves(tmp_path)
     assert list(curves) == ["mgnet"]
@@ -164,12 +200,17 @@ def test_model_card_training_curves_follow_the_stages(tmp_path):
 
     from mgnet.modelcard import stage_ends
 
-    records = [{"stage": 1, "val_accuracy_per_glimpse": [0.7]}, {"stage": 2, "val_accuracy_per_glimpse": [0.8]},
-               {"stage": 2, "val_accuracy_per_glimpse": [0.85]}]
+    records = [
+        {"stage": 1, "val_accuracy_per_glimpse": [0.7]},
+        {"stage": 2, "val_accuracy_per_glimpse": [0.8]},
+        {"stage": 2, "val_accuracy_per_glimpse": [0.85]},
+    ]
     (tmp_path / "history-baseline.json").write_text(json.dumps(records))
     ends = stage_ends(training_curves(tmp_path))
-    assert ends == [{"stage": 1, "epochs": 2, "mgnet": [0.5, 0.6], "baseline": [0.7]},
-                    {"stage": 2, "epochs": 3, "mgnet": [0.55, 0.65], "baseline": [0.85]}]
+    assert ends == [
+        {"stage": 1, "epochs": 2, "mgnet": [0.5, 0.6], "baseline": [0.7]},
+        {"stage": 2, "epochs": 3, "mgnet": [0.55, 0.65], "baseline": [0.85]},
+    ]
 
 
 def test_git_commit_marks_uncommitted_changes(tmp_path):

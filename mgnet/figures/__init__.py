@@ -33,11 +33,35 @@ The package: ``settings`` (the typed ``FigureSettings``, also built by the app),
 checkpoints, targets), ``staging`` (all-or-nothing output, reproducible PNG/SVG/PDF), ``runs`` (the
 figures command), ``metrics`` (the metrics command) and ``cli`` (argument parsing and ``main``).
 """
-from .. import plots  # noqa: F401  (tests patch figure builders through it)
-from ..checkpoints import file_sha256  # noqa: F401
-from .cli import figures_parser, main, metrics_parser  # noqa: F401
-from .metrics import map_curves, run_metrics, summarise  # noqa: F401
-from .runs import run_figures  # noqa: F401
-from .settings import (SCHEMA, Attack, CheckpointRef, Corruption, FigureSettings, Output,  # noqa: F401
-                       UsageError, build_settings)
-from .staging import Staging, normalise_pdf, normalise_svg, png_with_dpi  # noqa: F401
+
+from .. import plots  # tests patch figure builders through it
+from ..checkpoints import file_sha256
+from .cli import figures_parser, main, metrics_parser
+from .metrics import map_curves, run_metrics, summarise
+from .runs import run_figures
+from .settings import SCHEMA, Attack, CheckpointRef, Corruption, FigureSettings, Output, UsageError, build_settings
+from .staging import Staging, normalise_pdf, normalise_svg, png_with_dpi
+
+__all__ = [
+    "SCHEMA",
+    "Attack",
+    "CheckpointRef",
+    "Corruption",
+    "FigureSettings",
+    "Output",
+    "Staging",
+    "UsageError",
+    "build_settings",
+    "figures_parser",
+    "file_sha256",
+    "main",
+    "map_curves",
+    "metrics_parser",
+    "normalise_pdf",
+    "normalise_svg",
+    "plots",
+    "png_with_dpi",
+    "run_figures",
+    "run_metrics",
+    "summarise",
+]

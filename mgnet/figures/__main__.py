@@ -1,4 +1,5 @@
 """``python -m mgnet.figures``: see :mod:`mgnet.figures.cli`."""
+
 import sys
 
 from .cli import main

@@ -1,4 +1,5 @@
 """What a run reads: image files, checkpoints (their sha256 checked), true labels, and the target class."""
+
 from __future__ import annotations
 
 import re
@@ -19,8 +20,13 @@ def spread_indices(n: int, limit: int | None) -> np.ndarray:
 
 
 def _images_in(shown: str, folder: Path) -> list[tuple[str, Path]]:
-    inside = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-                    and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    inside = sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file()
+        and p.suffix.lower() in IMAGE_EXTENSIONS
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
     if not inside:
         raise UsageError(f"{shown} holds no images ({', '.join(IMAGE_EXTENSIONS)}).")
     return [(str(Path(shown) / p.relative_to(folder)), p) for p in inside]
@@ -61,8 +67,13 @@ def safe_name(text: str, limit: int = 40) -> str:
 
 def _load_one(role: str, ref, device, ignore_hash: bool):
     if not ref.file.is_file():
-        hint = (" Train one with python -m mgnet.train, or pass --" + role + " PATH"
-                + (" (or --baseline none)" if role == "baseline" else "") + ".")
+        hint = (
+            " Train one with python -m mgnet.train, or pass --"
+            + role
+            + " PATH"
+            + (" (or --baseline none)" if role == "baseline" else "")
+            + "."
+        )
         raise UsageError(f"{ROLE_LABELS[role]} checkpoint {ref.path} not found.{hint}")
     try:
         model = load_checkpoint(ref.file, device)
@@ -70,8 +81,10 @@ def _load_one(role: str, ref, device, ignore_hash: bool):
         raise UsageError(f"{ROLE_LABELS[role]} checkpoint: {exc}") from None
     sha = model.checkpoint_info["sha256"]
     if ref.sha256 and str(ref.sha256).lower() != sha:
-        message = (f"{ROLE_LABELS[role]} checkpoint {ref.path} has sha256 {sha[:12]}..., but the settings "
-                   f"ask for {str(ref.sha256)[:12]}...: it is not the model the settings were made with")
+        message = (
+            f"{ROLE_LABELS[role]} checkpoint {ref.path} has sha256 {sha[:12]}..., but the settings "
+            f"ask for {str(ref.sha256)[:12]}...: it is not the model the settings were made with"
+        )
         if not ignore_hash:
             raise UsageError(message + " (pass --ignore-hash to use it anyway).")
         note("warning: " + message + "; using it anyway (--ignore-hash).")
@@ -81,11 +94,15 @@ def _load_one(role: str, ref, device, ignore_hash: bool):
 
 def load_models(settings: FigureSettings, device, ignore_hash: bool = False) -> dict:
     """Load the checkpoints named in the settings; check sha256 values given there. Returns {role: model}."""
-    models = {role: _load_one(role, settings.checkpoints[role], device, ignore_hash)
-              for role in ROLES if settings.checkpoints.get(role) is not None}
+    models = {
+        role: _load_one(role, settings.checkpoints[role], device, ignore_hash)
+        for role in ROLES
+        if settings.checkpoints.get(role) is not None
+    }
     if models["mgnet"].is_baseline:
-        raise UsageError(f"--mgnet {settings.checkpoints['mgnet'].path} is a one-glimpse baseline; it needs a "
-                         f"multi-glimpse MGNet.")
+        raise UsageError(
+            f"--mgnet {settings.checkpoints['mgnet'].path} is a one-glimpse baseline; it needs a multi-glimpse MGNet."
+        )
     if "baseline" in models and list(models["baseline"].classes) != list(models["mgnet"].classes):
         raise UsageError("the MGNet and baseline checkpoints have different classes; they cannot be compared.")
     return models
@@ -110,5 +127,7 @@ def resolve_target(target, model, mgnet_prediction: int | None = None) -> int | 
         return target
     if str(target) in model.classes:
         return model.classes.index(str(target))
-    raise UsageError(f"--target {target!r} is neither 'mgnet', a class index nor a class name of the model "
-                     f"(e.g. {', '.join(model.classes[:3])}).")
+    raise UsageError(
+        f"--target {target!r} is neither 'mgnet', a class index nor a class name of the model "
+        f"(e.g. {', '.join(model.classes[:3])})."
+    )

@@ -3,6 +3,7 @@
 Every figure is drawn by a builder of :mod:`mgnet.plots`, the code the app uses, from numbers computed
 by the library (``analysis``, ``explain``, ``metrics``, ``corruptions``, ``attacks``).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -52,9 +53,16 @@ def progress_bar(total: int, desc: str, enabled: bool):
 def explain_with(settings: FigureSettings, model, x, method: str, target):
     """``explain.explain`` with the run's glimpses, s_grad, seed and method options (baselines take neither
     glimpses nor s_grad)."""
-    return explain.explain(model, x, method, target, n_glimpses=None if model.is_baseline else settings.n_glimpses,
-                           s_grad=None if model.is_baseline else settings.s_grad, seed=settings.seed,
-                           **settings.method_options.get(method, {}))
+    return explain.explain(
+        model,
+        x,
+        method,
+        target,
+        n_glimpses=None if model.is_baseline else settings.n_glimpses,
+        s_grad=None if model.is_baseline else settings.s_grad,
+        seed=settings.seed,
+        **settings.method_options.get(method, {}),
+    )
 
 
 @dataclass
@@ -63,8 +71,8 @@ class FigureRun:
 
     settings: FigureSettings
     models: dict
-    items: list                       # (display path, file) of each image
-    photos: list                      # decoded RGB uint8 photos
+    items: list  # (display path, file) of each image
+    photos: list  # decoded RGB uint8 photos
     staging: Staging
     device: object
     progress: bool = True
@@ -75,9 +83,17 @@ class FigureRun:
         self.exporter = Exporter(self.staging, settings.output.formats, settings.output.dpi)
         self.labels = true_labels(self.models["mgnet"], [p for _, p in self.items])
         self.names = [f"{i + 1:03d}-{safe_name(Path(shown).stem)}" for i, (shown, _) in enumerate(self.items)]
-        self.image_records = [{"path": shown, "file_sha256": file_sha256(path), "image_hash": image_hash(photo),
-                               "width": int(photo.shape[1]), "height": int(photo.shape[0]), "label": label}
-                              for (shown, path), photo, label in zip(self.items, self.photos, self.labels)]
+        self.image_records = [
+            {
+                "path": shown,
+                "file_sha256": file_sha256(path),
+                "image_hash": image_hash(photo),
+                "width": int(photo.shape[1]),
+                "height": int(photo.shape[0]),
+                "label": label,
+            }
+            for (shown, path), photo, label in zip(self.items, self.photos, self.labels)
+        ]
         self.public = settings.to_json()
         self.environment = environment(self.device)
 
@@ -87,14 +103,23 @@ class FigureRun:
     def write(self, fig, stem: str, kind: str, indices: list[int], data):
         """The figure in every format, and its sidecar: the settings, the images it shows, and its numbers."""
         files = self.exporter.write(fig, stem)
-        doc = dict(self.public, images=[self.items[i][0] for i in indices], figures=[kind], figure=kind, files=files,
-                   image_records=[self.image_records[i] for i in indices], data=data, environment=self.environment)
+        doc = dict(
+            self.public,
+            images=[self.items[i][0] for i in indices],
+            figures=[kind],
+            figure=kind,
+            files=files,
+            image_records=[self.image_records[i] for i in indices],
+            data=data,
+            environment=self.environment,
+        )
         self.staging.write_json(f"{stem}.json", doc)
         self.outputs.extend(files + [f"{stem}.json"])
 
 
-def run_figures(settings: FigureSettings, models: dict, items, photos, staging: Staging, device,
-                progress: bool = True) -> dict:
+def run_figures(
+    settings: FigureSettings, models: dict, items, photos, staging: Staging, device, progress: bool = True
+) -> dict:
     """Compute and write every figure; returns the manifest (also written as figures.json)."""
     run = FigureRun(settings, models, items, photos, staging, device, progress)
     bar = progress_bar(len(photos), "glimpses", progress)
@@ -106,8 +131,14 @@ def run_figures(settings: FigureSettings, models: dict, items, photos, staging: 
         write_grids(run, analyses)
     if "robustness" in settings.figures:
         write_robustness(run)
-    manifest = dict(run.public, images=[shown for shown, _ in items], image_records=run.image_records,
-                    files=sorted(run.outputs), export_problem=run.exporter.problem, environment=run.environment)
+    manifest = dict(
+        run.public,
+        images=[shown for shown, _ in items],
+        image_records=run.image_records,
+        files=sorted(run.outputs),
+        export_problem=run.exporter.problem,
+        environment=run.environment,
+    )
     staging.write_json("figures.json", manifest)
     return manifest
 
@@ -118,15 +149,31 @@ def write_strips(run: FigureRun, analyses):
         captions = [prediction_text(result.classes, result.probs[t]) for t in range(result.n_glimpses)]
         label = run.labels[i]
         fig = plots.glimpse_strip_figure(
-            run.photos[i], result.boxes, list(result.seen), captions,
+            run.photos[i],
+            result.boxes,
+            list(result.seen),
+            captions,
             title=run.items[i][0] if run.settings.output.titles else None,
-            photo_caption=f"true: {label}" if label else "", width=run.width_px("strip"),
-            font_size=run.settings.output.font_size)
-        run.write(fig, f"strip-{run.names[i]}", "strip", [i], {
-            "boxes": rounded(result.boxes.tolist(), 3), "glimpse_params": rounded(result.params.tolist()),
-            "glimpse_size": result.glimpse_size, "image_size": result.image_size,
-            "after_glimpse": [{"class": result.classes[int(np.argmax(p))], "index": int(np.argmax(p)),
-                               "prob": rounded(np.max(p))} for p in result.probs]})
+            photo_caption=f"true: {label}" if label else "",
+            width=run.width_px("strip"),
+            font_size=run.settings.output.font_size,
+        )
+        run.write(
+            fig,
+            f"strip-{run.names[i]}",
+            "strip",
+            [i],
+            {
+                "boxes": rounded(result.boxes.tolist(), 3),
+                "glimpse_params": rounded(result.params.tolist()),
+                "glimpse_size": result.glimpse_size,
+                "image_size": result.image_size,
+                "after_glimpse": [
+                    {"class": result.classes[int(np.argmax(p))], "index": int(np.argmax(p)), "prob": rounded(np.max(p))}
+                    for p in result.probs
+                ],
+            },
+        )
 
 
 # -- comparison grids ------------------------------------------------------------------------------------
@@ -150,10 +197,21 @@ def grid_row(run: FigureRun, i: int, result, mgnet_prediction: int) -> tuple[dic
             key = f"{role}:{method}"
             maps[key] = None if att.empty else att.map
             captions[key] = f"in boxes {inside:.0%}\nIoU {iou:.2f}"
-            record["maps"][key] = {"target": att.target, "target_class": model.classes[att.target],
-                                   "empty": att.empty, "mass_inside": rounded(inside), "topk_iou": rounded(iou)}
-    row = dict(image=photo, label=run.labels[i] or Path(run.items[i][0]).stem[:24], maps=maps,
-               boxes=result.boxes, captions=captions, photo_caption="")
+            record["maps"][key] = {
+                "target": att.target,
+                "target_class": model.classes[att.target],
+                "empty": att.empty,
+                "mass_inside": rounded(inside),
+                "topk_iou": rounded(iou),
+            }
+    row = dict(
+        image=photo,
+        label=run.labels[i] or Path(run.items[i][0]).stem[:24],
+        maps=maps,
+        boxes=result.boxes,
+        captions=captions,
+        photo_caption="",
+    )
     return row, record
 
 
@@ -161,8 +219,9 @@ def write_grids(run: FigureRun, analyses):
     settings = run.settings
     mgnet_predictions = [result.predicted() for result in analyses]
     columns = ["focus"] + [f"{r}:{m}" for r in settings.models for m in settings.methods]
-    titles = ["MGNet<br>focus map"] + [f"{ROLE_LABELS[r]}<br>{explain.METHODS[m].short}"
-                                       for r in settings.models for m in settings.methods]
+    titles = ["MGNet<br>focus map"] + [
+        f"{ROLE_LABELS[r]}<br>{explain.METHODS[m].short}" for r in settings.models for m in settings.methods
+    ]
     per_grid = settings.output.grid_rows
     bar = progress_bar(len(run.photos), "saliency maps", run.progress)
     for number, lo in enumerate(range(0, len(run.photos), per_grid), 1):
@@ -173,36 +232,71 @@ def write_grids(run: FigureRun, analyses):
             rows.append(row)
             records.append(record)
             bar.update(1)
-        fig = plots.comparison_grid_figure(rows, columns, column_titles=titles, width=run.width_px("grid"),
-                                           font_size=settings.output.font_size,
-                                           title="Focus vs saliency" if settings.output.titles else None)
-        run.write(fig, f"grid-{number:02d}", "grid", indices, {
-            "columns": columns, "caption_meaning": (
-                "in boxes: share of the map's mass inside MGNet's glimpse boxes 2..T; IoU: IoU of the top "
-                f"{settings.topk:.0%} pixels of the map and of MGNet's focus map; under the focus map: MGNet's "
-                "final prediction"), "rows": records})
+        fig = plots.comparison_grid_figure(
+            rows,
+            columns,
+            column_titles=titles,
+            width=run.width_px("grid"),
+            font_size=settings.output.font_size,
+            title="Focus vs saliency" if settings.output.titles else None,
+        )
+        run.write(
+            fig,
+            f"grid-{number:02d}",
+            "grid",
+            indices,
+            {
+                "columns": columns,
+                "caption_meaning": (
+                    "in boxes: share of the map's mass inside MGNet's glimpse boxes 2..T; IoU: IoU of the top "
+                    f"{settings.topk:.0%} pixels of the map and of MGNet's focus map; under the focus map: MGNet's "
+                    "final prediction"
+                ),
+                "rows": records,
+            },
+        )
     bar.close()
 
 
 # -- robustness grids ------------------------------------------------------------------------------------
-def adversarial_images(source, clean: list[np.ndarray], labels: list[int], spec: Attack, n_glimpses, seed: int,
-                       batch_size: int) -> list[np.ndarray]:
+def adversarial_images(
+    source, clean: list[np.ndarray], labels: list[int], spec: Attack, n_glimpses, seed: int, batch_size: int
+) -> list[np.ndarray]:
     """8-bit adversarial versions (source's input size) of the clean photos, crafted on ``source``."""
     device = next(source.parameters()).device
     s_grad = 1.0 if (spec.true_grad and not source.is_baseline) else None
     n = None if source.is_baseline else n_glimpses
     out = []
     for lo in range(0, len(clean), batch_size):
-        x = torch.cat([to_model_input(im, source.image_size) for im in clean[lo:lo + batch_size]]).to(device)
-        y = torch.tensor(labels[lo:lo + batch_size], device=device)
+        x = torch.cat([to_model_input(im, source.image_size) for im in clean[lo : lo + batch_size]]).to(device)
+        y = torch.tensor(labels[lo : lo + batch_size], device=device)
         with model_lock(source):
             if spec.method == "paper_pgd":
-                adv = paper_pgd(source, x, y, eps=spec.eps, step=spec.step_size or 1.0, steps=spec.steps,
-                                n_glimpses=n, s_grad=s_grad)
+                adv = paper_pgd(
+                    source,
+                    x,
+                    y,
+                    eps=spec.eps,
+                    step=spec.step_size or 1.0,
+                    steps=spec.steps,
+                    n_glimpses=n,
+                    s_grad=s_grad,
+                )
             else:
-                adv = attack(source, x, y, method=spec.method, eps=spec.eps, steps=spec.steps,
-                             step_size=spec.step_size, norm=spec.norm, random_start=spec.random_start,
-                             s_grad=s_grad, n_glimpses=n, seed=seed)
+                adv = attack(
+                    source,
+                    x,
+                    y,
+                    method=spec.method,
+                    eps=spec.eps,
+                    steps=spec.steps,
+                    step_size=spec.step_size,
+                    norm=spec.norm,
+                    random_start=spec.random_start,
+                    s_grad=s_grad,
+                    n_glimpses=n,
+                    seed=seed,
+                )
         out += to_uint8(adv)
     return out
 
@@ -222,8 +316,12 @@ def attack_condition(run: FigureRun, work: list, spec: Attack, clean_predictions
             raise UsageError("an attack crafted on the baseline needs a baseline checkpoint.")
         sources = ["mgnet"]
     seed = settings.attack_seed(spec)
-    adversarial = {r: adversarial_images(run.models[r], work, clean_predictions[r], spec, settings.n_glimpses, seed,
-                                         settings.batch_size) for r in sources}
+    adversarial = {
+        r: adversarial_images(
+            run.models[r], work, clean_predictions[r], spec, settings.n_glimpses, seed, settings.batch_size
+        )
+        for r in sources
+    }
     seen = {"mgnet": adversarial[sources[0]], "baseline": adversarial[sources[-1]]}
     return attack_label(spec), seen, dict(kind="attack", **dataclasses.asdict(spec) | {"seed": seed})
 
@@ -240,11 +338,20 @@ def conditions(run: FigureRun, work: list) -> list:
         for image in work:
             bad.append(corruptions.corrupt(image, spec.name, spec.severity, seed=seed))
             bar.update(1)
-        rows.append((f"{corruptions.label(spec.name)}<br>severity {spec.severity}", {"mgnet": bad, "baseline": bad},
-                     dict(kind="corruption", **dataclasses.asdict(spec) | {"seed": seed})))
-    predictions = {r: [a.predicted() for a in analyze_batch(model, work, None if r == "baseline"
-                                                             else settings.n_glimpses, settings.batch_size)]
-                   for r, model in run.models.items()}
+        rows.append(
+            (
+                f"{corruptions.label(spec.name)}<br>severity {spec.severity}",
+                {"mgnet": bad, "baseline": bad},
+                dict(kind="corruption", **dataclasses.asdict(spec) | {"seed": seed}),
+            )
+        )
+    predictions = {
+        r: [
+            a.predicted()
+            for a in analyze_batch(model, work, None if r == "baseline" else settings.n_glimpses, settings.batch_size)
+        ]
+        for r, model in run.models.items()
+    }
     for spec in settings.attacks:
         rows.append(attack_condition(run, work, spec, predictions))
         bar.update(len(work))
@@ -261,16 +368,23 @@ def _at_aspect(image: np.ndarray, width: int, height: int) -> np.ndarray:
 
 def robustness_row(label: str, images: dict, info: dict, mgnet_results, baseline_results, i: int, width, height):
     result = mgnet_results[i]
-    row = dict(label=label, image=_at_aspect(images["mgnet"][i], width, height),
-               boxes=geometry.to_original(result.boxes_model, result.image_size, width, height),
-               crops=list(result.seen),
-               captions=[prediction_text(result.classes, result.probs[t]) for t in range(result.n_glimpses)])
-    entry = {"condition": info, "mgnet": [{"class": result.classes[int(np.argmax(p))], "prob": rounded(np.max(p))}
-                                          for p in result.probs]}
+    row = dict(
+        label=label,
+        image=_at_aspect(images["mgnet"][i], width, height),
+        boxes=geometry.to_original(result.boxes_model, result.image_size, width, height),
+        crops=list(result.seen),
+        captions=[prediction_text(result.classes, result.probs[t]) for t in range(result.n_glimpses)],
+    )
+    entry = {
+        "condition": info,
+        "mgnet": [{"class": result.classes[int(np.argmax(p))], "prob": rounded(np.max(p))} for p in result.probs],
+    }
     if baseline_results is not None:
         base = baseline_results[i]
-        row.update(baseline_image=_at_aspect(images["baseline"][i], width, height),
-                   baseline_caption=prediction_text(base.classes, base.probs[-1]))
+        row.update(
+            baseline_image=_at_aspect(images["baseline"][i], width, height),
+            baseline_caption=prediction_text(base.classes, base.probs[-1]),
+        )
         entry["baseline"] = {"class": base.classes[base.predicted()], "prob": rounded(base.probs[-1].max())}
     return row, entry
 
@@ -282,16 +396,30 @@ def write_robustness(run: FigureRun):
     results = []
     for label, images, info in conditions(run, work):
         on_mgnet = analyze_batch(mgnet, images["mgnet"], settings.n_glimpses, settings.batch_size)
-        on_baseline = (analyze_batch(baseline, images["baseline"], None, settings.batch_size)
-                       if baseline is not None else None)
+        on_baseline = (
+            analyze_batch(baseline, images["baseline"], None, settings.batch_size) if baseline is not None else None
+        )
         results.append((label, images, info, on_mgnet, on_baseline))
     for i in range(len(run.photos)):
         height, width = work[i].shape[:2]
         rows, data = zip(*(robustness_row(*result, i, width, height) for result in results))
-        fig = plots.robustness_grid_figure(list(rows), width=run.width_px("robustness"),
-                                           font_size=settings.output.font_size,
-                                           title=run.items[i][0] if settings.output.titles else None)
-        run.write(fig, f"robustness-{run.names[i]}", "robustness", [i], {"rows": list(data), "note": (
-            "Corruptions are applied to the photo at shorter side 224 px; attacks change the model-size input "
-            "(8-bit, as saved), shown stretched back to the photo's aspect. Untargeted attacks push away from "
-            "the crafting model's clean prediction.")})
+        fig = plots.robustness_grid_figure(
+            list(rows),
+            width=run.width_px("robustness"),
+            font_size=settings.output.font_size,
+            title=run.items[i][0] if settings.output.titles else None,
+        )
+        run.write(
+            fig,
+            f"robustness-{run.names[i]}",
+            "robustness",
+            [i],
+            {
+                "rows": list(data),
+                "note": (
+                    "Corruptions are applied to the photo at shorter side 224 px; attacks change the model-size input "
+                    "(8-bit, as saved), shown stretched back to the photo's aspect. Untargeted attacks push away from "
+                    "the crafting model's clean prediction."
+                ),
+            },
+        )

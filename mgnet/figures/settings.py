@@ -5,6 +5,7 @@ export bundle; ``python -m mgnet.figures --settings`` reads it back with ``from_
 sidecar the tool writes is ``to_json()`` too, so a sidecar reproduces its run). The schema is described
 in docs/figures.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,8 +20,10 @@ from .. import explain
 
 REPO = Path(__file__).resolve().parent.parent.parent
 SCHEMA = "mgnet-figures/1"
-DEFAULT_CHECKPOINTS = {"mgnet": "checkpoints/mgnet-resnet18-imagenette.pt",
-                       "baseline": "checkpoints/baseline-resnet18-imagenette.pt"}
+DEFAULT_CHECKPOINTS = {
+    "mgnet": "checkpoints/mgnet-resnet18-imagenette.pt",
+    "baseline": "checkpoints/baseline-resnet18-imagenette.pt",
+}
 ROLES = ("mgnet", "baseline")
 ROLE_LABELS = {"mgnet": "MGNet", "baseline": "Baseline"}
 COMMANDS = ("figures", "metrics")
@@ -34,8 +37,17 @@ FILLS = ("blur", "black")
 DEFAULT_METHODS = ("saliency", "integrated_gradients", "gradcam")
 METRICS_LIMIT = 50  # images the metrics command uses by default
 # keys a sidecar or manifest holds besides the settings; reading one back ignores them quietly
-SIDECAR_ONLY = ("figure", "files", "image_records", "environment", "export_problem", "summary", "records", "data",
-                "app")
+SIDECAR_ONLY = (
+    "figure",
+    "files",
+    "image_records",
+    "environment",
+    "export_problem",
+    "summary",
+    "records",
+    "data",
+    "app",
+)
 
 
 class UsageError(Exception):
@@ -163,7 +175,7 @@ def width_inches(width) -> float | None:
 class Output:
     formats: list = field(default_factory=lambda: ["png", "svg"])
     dpi: int = 300
-    width: str | float | None = None     # 'column', 'page', inches, or None (column for strips, page for grids)
+    width: str | float | None = None  # 'column', 'page', inches, or None (column for strips, page for grids)
     font_size: float = 8.0
     grid_rows: int = 6
     titles: bool = False
@@ -278,8 +290,9 @@ class FigureSettings:
         s.topk = _get(doc, "topk", s.topk, float)
         s.batch_size = _get(doc, "batch_size", s.batch_size, int)
         if "corruptions" in doc or "corruption" in doc:
-            s.corruptions = [Corruption.from_json(c) for c in as_list(doc.get("corruptions", doc.get("corruption")),
-                                                                       "corruptions")]
+            s.corruptions = [
+                Corruption.from_json(c) for c in as_list(doc.get("corruptions", doc.get("corruption")), "corruptions")
+            ]
         if "attacks" in doc or "attack" in doc:
             s.attacks = [Attack.from_json(a) for a in as_list(doc.get("attacks", doc.get("attack")), "attacks")]
         s.steps = _get(doc, "steps", s.steps, int)
@@ -346,15 +359,26 @@ class FigureSettings:
     # -- writing ------------------------------------------------------------------------------------------
     def to_json(self) -> dict:
         """The settings as a JSON object: what sidecars and the app's export hold, and ``from_json`` reads."""
-        doc = {"schema": SCHEMA, "command": self.command,
-               "checkpoints": {r: (ref.to_json() if ref is not None else None) for r, ref in self.checkpoints.items()},
-               "images": list(self.images), "limit": self.limit}
+        doc = {
+            "schema": SCHEMA,
+            "command": self.command,
+            "checkpoints": {r: (ref.to_json() if ref is not None else None) for r, ref in self.checkpoints.items()},
+            "images": list(self.images),
+            "limit": self.limit,
+        }
         if self.command == "figures":
             doc["figures"] = list(self.figures)
-        doc.update(models=list(self.models), methods=list(self.methods),
-                   method_options={m: dict(o) for m, o in self.method_options.items()}, target=self.target,
-                   n_glimpses=self.n_glimpses, s_grad=self.s_grad, seed=self.seed, topk=self.topk,
-                   batch_size=self.batch_size)
+        doc.update(
+            models=list(self.models),
+            methods=list(self.methods),
+            method_options={m: dict(o) for m, o in self.method_options.items()},
+            target=self.target,
+            n_glimpses=self.n_glimpses,
+            s_grad=self.s_grad,
+            seed=self.seed,
+            topk=self.topk,
+            batch_size=self.batch_size,
+        )
         if self.command == "figures":
             doc["corruptions"] = [dataclasses.asdict(c) for c in self.corruptions]
             doc["attacks"] = [dataclasses.asdict(a) for a in self.attacks]
@@ -380,8 +404,11 @@ class FigureSettings:
         return self.seed if attack.seed is None else attack.seed
 
 
-_KNOWN_KEYS = ({f.name for f in dataclasses.fields(FigureSettings)} - {"image_files"}
-               | {"schema", "image", "corruption", "attack", "data"} | set(SIDECAR_ONLY))
+_KNOWN_KEYS = (
+    {f.name for f in dataclasses.fields(FigureSettings)} - {"image_files"}
+    | {"schema", "image", "corruption", "attack", "data"}
+    | set(SIDECAR_ONLY)
+)
 
 
 def _get(doc: dict, key: str, default, kind=None):
@@ -457,8 +484,13 @@ def command_line_values(args: argparse.Namespace, command: str) -> dict:
     if command == "figures":
         doc.update(_figure_values(args))
     else:
-        doc.update({k: getattr(args, k) for k in ("steps", "fill", "infidelity", "sensitivity")
-                    if getattr(args, k) is not None})
+        doc.update(
+            {
+                k: getattr(args, k)
+                for k in ("steps", "fill", "infidelity", "sensitivity")
+                if getattr(args, k) is not None
+            }
+        )
     return doc
 
 
@@ -473,9 +505,17 @@ def _figure_values(args: argparse.Namespace) -> dict:
             budgets = [float(e) for e in ([] if args.attack == ["none"] else args.attack)]
         except ValueError:
             raise UsageError(f"--attack takes eps values (in 1/255) or 'none', got {args.attack}.") from None
-        doc["attacks"] = [{"method": args.attack_method, "eps": eps, "steps": args.attack_steps,
-                           "norm": args.attack_norm, "source": args.attack_source,
-                           "true_grad": args.attack_true_grad} for eps in budgets]
+        doc["attacks"] = [
+            {
+                "method": args.attack_method,
+                "eps": eps,
+                "steps": args.attack_steps,
+                "norm": args.attack_norm,
+                "source": args.attack_source,
+                "true_grad": args.attack_true_grad,
+            }
+            for eps in budgets
+        ]
     return doc
 
 
@@ -495,8 +535,9 @@ def build_settings(args: argparse.Namespace, command: str) -> FigureSettings:
     cli = command_line_values(args, command)
     merged = {k: v for k, v in doc.items() if k != "command"}
     merged.update(cli)
-    merged["checkpoints"] = dict(doc.get("checkpoints") or {}) if isinstance(doc.get("checkpoints") or {}, dict) \
-        else doc["checkpoints"]
+    merged["checkpoints"] = (
+        dict(doc.get("checkpoints") or {}) if isinstance(doc.get("checkpoints") or {}, dict) else doc["checkpoints"]
+    )
     roles_from_cli = [r for r in ROLES if getattr(args, r, None) is not None]
     for role in roles_from_cli:
         path = getattr(args, role)

@@ -1,5 +1,6 @@
 """Where a run's files go: staged in a hidden folder and moved into place only when everything succeeded,
 written reproducibly (PNG with its dpi, SVG and PDF without Chrome's random ids and dates)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -19,6 +20,7 @@ import torch
 
 from .. import plots, static_export
 from .settings import UsageError, note
+
 
 class Staging:
     """Files are written into a hidden folder inside ``out`` and moved into place by :meth:`commit`;
@@ -70,8 +72,8 @@ def png_with_dpi(data: bytes, dpi: float) -> bytes:
     chunk = struct.pack(">I", len(body)) + b"pHYs" + body + struct.pack(">I", zlib.crc32(b"pHYs" + body) & 0xFFFFFFFF)
     parts, pos = [sig], 8
     while pos + 8 <= len(data):
-        length = struct.unpack(">I", data[pos:pos + 4])[0]
-        kind = data[pos + 4:pos + 8]
+        length = struct.unpack(">I", data[pos : pos + 4])[0]
+        kind = data[pos + 4 : pos + 8]
         end = pos + 12 + length
         if kind != b"pHYs":
             parts.append(data[pos:end])
@@ -98,11 +100,13 @@ _PDF_DATE = re.compile(rb"/(CreationDate|ModDate) \(D:[0-9]{14}[^)]*\)")
 
 def normalise_pdf(data: bytes) -> bytes:
     """Fix the creation and modification dates Chrome writes (same length, so offsets stay valid)."""
+
     def fixed(m):
         old = m.group(0)
         head = b"/" + m.group(1) + b" (D:20000101000000"
-        new = head + old[len(head):]
+        new = head + old[len(head) :]
         return new if len(new) == len(old) else old
+
     return _PDF_DATE.sub(fixed, data)
 
 
@@ -121,9 +125,11 @@ class Exporter:
 
     def _fail(self, problem: str):
         self.problem = problem
-        note(f"warning: PNG/SVG/PDF export is not possible here: {problem} Writing interactive HTML figures "
-              f"instead (open them in a browser; the camera icon saves a PNG). To get static files install "
-              f"Chromium (apt-get install chromium) or set BROWSER_PATH to a Chrome binary.")
+        note(
+            f"warning: PNG/SVG/PDF export is not possible here: {problem} Writing interactive HTML figures "
+            f"instead (open them in a browser; the camera icon saves a PNG). To get static files install "
+            f"Chromium (apt-get install chromium) or set BROWSER_PATH to a Chrome binary."
+        )
 
     def write(self, fig, stem: str) -> list[str]:
         names = []
@@ -136,8 +142,13 @@ class Exporter:
                 try:
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")
-                        data = static_export.figure_bytes(fig, fmt, width=fig.layout.width, height=fig.layout.height,
-                                                  scale=self.dpi / plots.PX_PER_INCH)
+                        data = static_export.figure_bytes(
+                            fig,
+                            fmt,
+                            width=fig.layout.width,
+                            height=fig.layout.height,
+                            scale=self.dpi / plots.PX_PER_INCH,
+                        )
                 except static_export.ExportError as exc:
                     self._fail(str(exc))
                 else:
