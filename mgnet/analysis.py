@@ -100,7 +100,7 @@ def analyze_batch(
     """
     out: list[GlimpseAnalysis] = []
     dev = model_device(model)
-    cumulative, base = gflops(model)
+    cumulative, base = gflops(model, n_glimpses=n_glimpses)
     for lo in range(0, len(images), batch_size):
         chunk = images[lo : lo + batch_size]
         x = torch.cat([to_model_input(im, model.image_size) for im in chunk]).to(dev)

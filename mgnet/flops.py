@@ -23,18 +23,22 @@ def _count(model: MGNet, n_glimpses: int, image_size: int) -> float:
 
 
 @lru_cache(maxsize=64)
-def _cached(config_key: tuple, image_size: int) -> tuple:
+def _cached(config_key: tuple, image_size: int, steps: int) -> tuple:
     cfg = dict(config_key)
     cfg["mean"], cfg["std"] = list(cfg["mean"]), list(cfg["std"])
     model = MGNet(**cfg).eval()
-    cumulative = tuple(_count(model, t, image_size) for t in range(1, model.n_glimpses + 1))
+    cumulative = tuple(_count(model, t, image_size) for t in range(1, steps + 1))
     baseline = MGNet(cfg["backbone"], cfg["num_classes"], n_glimpses=1, scale=1.0, image_size=image_size).eval()
     return cumulative, _count(baseline, 1, image_size)
 
 
-def gflops(model: MGNet, image_size: int | None = None) -> tuple[list[float], float]:
-    """(cumulative GFLOPs after each glimpse, GFLOPs of one full-resolution baseline pass)."""
+def gflops(model: MGNet, image_size: int | None = None, n_glimpses: int | None = None) -> tuple[list[float], float]:
+    """(cumulative GFLOPs after each glimpse, GFLOPs of one full-resolution baseline pass).
+
+    One entry per glimpse up to ``n_glimpses`` (default: the number it was trained with; MGNet may run
+    longer, as an anytime model, and a baseline always takes one look)."""
     size = image_size or model.image_size
     key = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in model.config().items()))
-    cumulative, baseline = _cached(key, size)
+    steps = 1 if model.is_baseline else max(1, int(n_glimpses or model.n_glimpses))
+    cumulative, baseline = _cached(key, size, steps)
     return list(cumulative), baseline

@@ -301,6 +301,19 @@ def test_fewer_glimpses_clamps_the_step(app):
     assert "after 2 glimpses" in text(app)
 
 
+def test_more_glimpses_than_trained_show_every_step(app):
+    """MGNet is an anytime model: running 6 glimpses when it was trained with 4 must give a panel, numbers
+    and a compute entry for each of them (an IndexError replaced the panel from glimpse 5 on)."""
+    app.slider(key="glimpses").set_value(6).run()
+    for step in (5, 6):
+        app.slider(key="step").set_value(step).run()
+        assert not app.exception, app.exception
+        assert not errors(app), errors(app)
+        assert f"Glimpse {step} of 6" in text(app)
+        assert "Compute so far" in [m.label for m in app.metric]
+        assert not any("Glimpses failed" in str(e.value) for e in app.error)
+
+
 def test_query_params_restore_a_view(ckpt_dir, monkeypatch):
     monkeypatch.setenv("MGNET_CHECKPOINTS", str(ckpt_dir))
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)

@@ -1,5 +1,6 @@
 import argparse
 
+import numpy as np
 import pytest
 import torch
 
@@ -216,3 +217,19 @@ def test_glimpse_params_override_the_proposed_glimpses():
         torch.testing.assert_close(out.crops[t], MGNet.sample(x, moved[t - 1], size), atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="glimpse_params must have shape"):
         model(x, glimpse_params=moved[:1])
+
+
+def test_compute_is_counted_for_every_glimpse_run_beyond_the_trained_number():
+    from mgnet.analysis import analyze
+    from mgnet.flops import gflops
+
+    model = build_model("mgnet", num_classes=3, image_size=64, n_glimpses=2).eval()
+    trained, base = gflops(model)
+    longer, base_again = gflops(model, n_glimpses=4)
+    assert len(trained) == 2 and len(longer) == 4 and base == base_again
+    assert longer[:2] == trained
+    step = longer[1] - longer[0]
+    # each later glimpse costs about as much (one more backbone pass; the fusion grows with the tokens)
+    assert step > 0 and longer[3] - longer[2] == pytest.approx(step, rel=0.1)
+    result = analyze(model, np.zeros((50, 70, 3), np.uint8), n_glimpses=4)
+    assert len(result.gflops) == result.probs.shape[0] == 4
