@@ -224,29 +224,14 @@ def init_weights(model, path, class_ids) -> dict:
     return {"path": str(path), "sha256": info["sha256"], **{k: prov[k] for k in keep if k in prov}}
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    rank, world, device = _setup_distributed(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    main_proc = rank == 0
-    code_version = git_commit(mark_dirty=True)  # the code this process runs, not HEAD at export time
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    seed_everything(args.seed)
-
+def load_training_data(args, world: int, main_proc: bool):
+    """(classes, images, labels, val) from the cached folders; rank 0 decodes first under torchrun."""
     train_size = int(round(args.image_size * 1.14))
-
-    def load_data():
-        train = cached_folder(args.data, train_size, args.cache_dir, progress=main_proc)
-        return train, (
-            cached_folder(args.val, args.image_size, args.cache_dir, progress=main_proc) if args.val else None
-        )
-
     try:
         if world > 1 and not main_proc:
             dist.barrier()  # rank 0 decodes and writes the cache first; the others then read it
-        (classes, images, labels), val = load_data()
+        classes, images, labels = cached_folder(args.data, train_size, args.cache_dir, progress=main_proc)
+        val = cached_folder(args.val, args.image_size, args.cache_dir, progress=main_proc) if args.val else None
         if world > 1 and main_proc:
             dist.barrier()
     except ValueError as exc:
@@ -258,7 +243,12 @@ def main(argv=None):
 
         keep = torch.from_numpy(spread_indices(len(images), args.limit))
         images, labels = images[keep], labels[keep]
+    return classes, images, labels, val
 
+
+def build_training_model(args, classes, device):
+    """(model, location stage or None, provenance of --init-from or None)."""
+    mgnet_options = {"s_grad": args.s_grad, "scale_min": args.scale_min, "scale_max": args.scale_max}
     model = build_model(
         args.kind,
         args.backbone,
@@ -267,189 +257,252 @@ def main(argv=None):
         n_glimpses=args.glimpses,
         scale=args.scale,
         alpha=args.alpha,
-        **(
-            {}
-            if args.kind == "baseline"
-            else {"s_grad": args.s_grad, "scale_min": args.scale_min, "scale_max": args.scale_max}
-        ),
+        **({} if args.kind == "baseline" else mgnet_options),
     ).to(device)
-    stage = (
-        LocationStage(
+    stage = None
+    if args.location_weight > 0:
+        stage = LocationStage(
             args.location_weight,
             args.location_grid,
             args.location_width,
             args.location_temperature,
             args.location_detach,
         )
-        if args.location_weight > 0
-        else None
-    )
-    if stage is not None and model.n_glimpses < 2:
-        raise SystemExit("error: --location-weight needs MGNet with at least 2 glimpses.")
+        if model.n_glimpses < 2:
+            raise SystemExit("error: --location-weight needs MGNet with at least 2 glimpses.")
     parent = init_weights(model, args.init_from, classes) if args.init_from else None
-    model = model.to(memory_format=torch.channels_last)
-    steps_per_epoch = max(1, len(images) // (args.batch_size * world))
-    total_steps = steps_per_epoch * args.epochs
-    opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=args.weight_decay, nesterov=True)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=total_steps, pct_start=0.2)
-    state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "train_seconds": 0.0, "history": []}
+    return model.to(memory_format=torch.channels_last), stage, parent
 
-    resume_file = out_dir / "last.pt"
-    if resume_file.exists() and not args.no_resume:
-        saved = read_checkpoint_file(resume_file)
-        if saved.get("args", {}).get("kind") != args.kind or saved.get("world") != world:
+
+@dataclass
+class Run:
+    """Everything one training process holds: settings, data, model, optimiser and resumable state."""
+
+    args: argparse.Namespace
+    rank: int
+    world: int
+    device: torch.device
+    images: torch.Tensor
+    labels: torch.Tensor
+    val: tuple | None
+    model: torch.nn.Module
+    stage: LocationStage | None
+    steps_per_epoch: int
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    state: dict
+    resume_file: Path
+    net: torch.nn.Module = None
+    dtype: torch.dtype | None = None
+
+    @property
+    def main_proc(self) -> bool:
+        return self.rank == 0
+
+    def save(self):
+        if self.main_proc:
+            blob = {
+                "model": self.model.state_dict(),
+                "optimizer": self.opt.state_dict(),
+                "scheduler": self.sched.state_dict(),
+                "state": self.state,
+                "args": vars(self.args),
+                "world": self.world,
+            }
+            atomic_save(blob, self.resume_file)
+
+    def resume(self):
+        """Continue from OUT/last.pt when it exists (and --no-resume is not given)."""
+        if not self.resume_file.exists() or self.args.no_resume:
+            return
+        saved = read_checkpoint_file(self.resume_file)
+        if saved.get("args", {}).get("kind") != self.args.kind or saved.get("world") != self.world:
             raise SystemExit(
-                f"error: {resume_file} belongs to a different run (kind or process count differs); "
+                f"error: {self.resume_file} belongs to a different run (kind or process count differs); "
                 "use another --out or --no-resume."
             )
-        model.load_state_dict(saved["model"])
-        opt.load_state_dict(saved["optimizer"])
-        sched.load_state_dict(saved["scheduler"])
-        state = saved["state"]
-        if main_proc:
-            print(f"resuming from {resume_file}: epoch {state['epoch'] + 1}, step {state['step_in_epoch']}", flush=True)
+        self.model.load_state_dict(saved["model"])
+        self.opt.load_state_dict(saved["optimizer"])
+        self.sched.load_state_dict(saved["scheduler"])
+        self.state = saved["state"]
+        if self.main_proc:
+            print(
+                f"resuming from {self.resume_file}: epoch {self.state['epoch'] + 1}, step "
+                f"{self.state['step_in_epoch']}",
+                flush=True,
+            )
 
-    net = model
+
+def train_steps(run: Run, epoch: int, scaler, criterion) -> tuple[float, int, bool]:
+    """The rest of epoch ``epoch``: (summed loss, steps, stopped by --max-steps). Saves every --save-every."""
+    from tqdm import tqdm
+
+    args, state = run.args, run.state
+    order = torch.randperm(len(run.images), generator=torch.Generator().manual_seed(args.seed * 1000 + epoch))
+    aug_gen = torch.Generator().manual_seed(args.seed * 1000 + epoch + 10_000_000 + run.rank)
+    # Skip the augmentation draws of steps already done so a resumed epoch is identical.
+    for _ in range(state["step_in_epoch"]):
+        skipped = augment(run.images[:1].expand(args.batch_size, -1, -1, -1), 8, aug_gen, args.min_crop)
+        location.mix_off_centre(skipped, args.off_centre, aug_gen)
+    run.model.train()
+    bar = tqdm(
+        total=run.steps_per_epoch,
+        initial=state["step_in_epoch"],
+        desc=f"epoch {epoch + 1}/{args.epochs}",
+        disable=not run.main_proc,
+        unit="step",
+        dynamic_ncols=True,
+    )
+    started = time.time()
+    loss_sum, loss_n, loc_sum, stop = 0.0, 0, 0.0, False
+    while state["step_in_epoch"] < run.steps_per_epoch and not stop:
+        first = (state["step_in_epoch"] * run.world + run.rank) * args.batch_size
+        idx = order[first : first + args.batch_size]
+        x = augment(run.images[idx], args.image_size, aug_gen, args.min_crop)
+        x = location.mix_off_centre(x, args.off_centre, aug_gen).to(run.device, non_blocking=True)
+        x = x.contiguous(memory_format=torch.channels_last)
+        y = run.labels[idx].to(run.device)
+        with torch.autocast(run.device.type, dtype=run.dtype or torch.float32, enabled=run.dtype is not None):
+            loss, loc = training_loss(run.model, run.net, x, y, criterion, run.stage)
+        loc_sum += float(loc) if loc is not None else 0.0
+        run.opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(run.opt)
+        scaler.update()
+        run.sched.step()
+        state["step_in_epoch"] += 1
+        state["global_step"] += 1
+        loss_sum += float(loss.detach())
+        loss_n += 1
+        bar.update(1)
+        shown = {"location": f"{loc_sum / loss_n:.2f}"} if run.stage else {}
+        bar.set_postfix(loss=f"{loss_sum / loss_n:.3f}", lr=f"{run.sched.get_last_lr()[0]:.4f}", **shown)
+        if state["global_step"] % args.save_every == 0:
+            state["train_seconds"] += time.time() - started
+            started = time.time()
+            run.save()
+        stop = bool(args.max_steps and state["global_step"] >= args.max_steps)
+    bar.close()
+    state["train_seconds"] += time.time() - started
+    return loss_sum, loss_n, stop
+
+
+def end_epoch(run: Run, epoch: int, loss_sum: float, loss_n: int, out_dir: Path):
+    """Record the epoch (with validation accuracy on rank 0), save, and write history.json."""
+    from .evaluate import accuracy_per_glimpse
+
+    state = run.state
+    record = {
+        "epoch": epoch + 1,
+        "train_loss": loss_sum / max(loss_n, 1),
+        "train_seconds": round(state["train_seconds"], 1),
+    }
+    if run.val is not None and run.main_proc:
+        acc = accuracy_per_glimpse(
+            run.model, run.val[1], run.val[2], device=run.device, dtype=run.dtype, progress=False
+        )
+        record["val_accuracy_per_glimpse"] = acc
+        print(
+            f"epoch {epoch + 1}: loss {record['train_loss']:.3f}, val accuracy per glimpse "
+            + ", ".join(f"{a:.3f}" for a in acc),
+            flush=True,
+        )
+    state["history"].append(record)
+    state["epoch"] += 1
+    state["step_in_epoch"] = 0
+    run.save()
+    if run.main_proc:
+        (out_dir / "history.json").write_text(json.dumps(state["history"], indent=1))
+
+
+def export(run: Run, classes, parent: dict | None, code_version: str):
+    """Write the trained model in this project's checkpoint format, with its provenance."""
+    args, state = run.args, run.state
+    last = state["history"][-1] if state["history"] else {}
+    provenance = {
+        "data": str(Path(args.data).resolve()),
+        "val_data": str(Path(args.val).resolve()) if args.val else None,
+        "command": command_line(),
+        "git_commit": code_version,
+        "hardware": hardware(),
+        "processes": run.world,
+        "epochs": args.epochs,
+        "train_seconds": round(state["train_seconds"], 1),
+        "args": vars(args),
+        "metrics": {"val_accuracy_per_glimpse": last.get("val_accuracy_per_glimpse")},
+    }
+    if parent is not None:
+        provenance["init_from"] = parent
+        provenance["total_epochs"] = args.epochs + parent.get("total_epochs", parent.get("epochs") or 0)
+        provenance["total_train_seconds"] = round(
+            state["train_seconds"] + parent.get("total_train_seconds", parent.get("train_seconds") or 0), 1
+        )
+    names = [IMAGENETTE.get(c, c) for c in classes]
+    save_checkpoint(run.model, args.export, classes=names, class_ids=classes, provenance=provenance)
+    print(f"wrote {args.export}", flush=True)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    rank, world, device = _setup_distributed(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    code_version = git_commit(mark_dirty=True)  # the code this process runs, not HEAD at export time
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(args.seed)
+    classes, images, labels, val = load_training_data(args, world, rank == 0)
+    model, stage, parent = build_training_model(args, classes, device)
+    steps_per_epoch = max(1, len(images) // (args.batch_size * world))
+    opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=args.weight_decay, nesterov=True)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=args.lr, total_steps=steps_per_epoch * args.epochs, pct_start=0.2
+    )
+    state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "train_seconds": 0.0, "history": []}
+    run = Run(
+        args,
+        rank,
+        world,
+        device,
+        images,
+        labels,
+        val,
+        model,
+        stage,
+        steps_per_epoch,
+        opt,
+        sched,
+        state,
+        out_dir / "last.pt",
+    )
+    run.resume()
+    run.net = model
     if world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(
+        run.net = torch.nn.parallel.DistributedDataParallel(
             model,
             device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=model.n_glimpses == 1,
         )
-    dtype = amp_dtype(device, args.amp)
-    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+    run.dtype = amp_dtype(device, args.amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=run.dtype == torch.float16)
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
-    if main_proc:
+    if run.main_proc:
         print(
             f"training {args.kind} ({args.backbone}, {args.image_size}px, T={model.n_glimpses}, "
             f"glimpse {model.glimpse_size()}px) on {len(images)} images, {len(classes)} classes, "
-            f"{device_label(device)}, precision {dtype or 'fp32'}, {world} process(es)",
+            f"{device_label(device)}, precision {run.dtype or 'fp32'}, {world} process(es)",
             flush=True,
         )
-
-    def save_state():
-        if main_proc:
-            atomic_save(
-                {
-                    "model": model.state_dict(),
-                    "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict(),
-                    "state": state,
-                    "args": vars(args),
-                    "world": world,
-                },
-                resume_file,
-            )
-
-    from tqdm import tqdm
-
-    from .evaluate import accuracy_per_glimpse
-
     stop = False
-    while state["epoch"] < args.epochs and not stop:
-        epoch = state["epoch"]
-        gen = torch.Generator().manual_seed(args.seed * 1000 + epoch)
-        order = torch.randperm(len(images), generator=gen)
-        aug_gen = torch.Generator().manual_seed(args.seed * 1000 + epoch + 10_000_000 + rank)
-        # Skip the augmentation draws of steps already done so a resumed epoch is identical.
-        for _ in range(state["step_in_epoch"]):
-            location.mix_off_centre(
-                augment(images[:1].expand(args.batch_size, -1, -1, -1), 8, aug_gen, args.min_crop),
-                args.off_centre,
-                aug_gen,
-            )
-        model.train()
-        bar = tqdm(
-            total=steps_per_epoch,
-            initial=state["step_in_epoch"],
-            desc=f"epoch {epoch + 1}/{args.epochs}",
-            disable=not main_proc,
-            unit="step",
-            dynamic_ncols=True,
-        )
-        started = time.time()
-        loss_sum, loss_n, loc_sum = 0.0, 0, 0.0
-        while state["step_in_epoch"] < steps_per_epoch:
-            s = state["step_in_epoch"]
-            idx = order[(s * world + rank) * args.batch_size : (s * world + rank + 1) * args.batch_size]
-            x = augment(images[idx], args.image_size, aug_gen, args.min_crop)
-            x = location.mix_off_centre(x, args.off_centre, aug_gen).to(device, non_blocking=True)
-            x = x.contiguous(memory_format=torch.channels_last)
-            y = labels[idx].to(device)
-            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                loss, loc = training_loss(model, net, x, y, criterion, stage)
-            if loc is not None:
-                loc_sum += float(loc)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            sched.step()
-            state["step_in_epoch"] += 1
-            state["global_step"] += 1
-            loss_sum += float(loss.detach())
-            loss_n += 1
-            bar.update(1)
-            bar.set_postfix(
-                loss=f"{loss_sum / loss_n:.3f}",
-                lr=f"{sched.get_last_lr()[0]:.4f}",
-                **({"location": f"{loc_sum / loss_n:.2f}"} if stage else {}),
-            )
-            if state["global_step"] % args.save_every == 0:
-                state["train_seconds"] += time.time() - started
-                started = time.time()
-                save_state()
-            if args.max_steps and state["global_step"] >= args.max_steps:
-                stop = True
-                break
-        bar.close()
-        state["train_seconds"] += time.time() - started
+    while run.state["epoch"] < args.epochs and not stop:
+        epoch = run.state["epoch"]
+        loss_sum, loss_n, stop = train_steps(run, epoch, scaler, criterion)
         if stop:
-            save_state()
-            break
-        record = {
-            "epoch": epoch + 1,
-            "train_loss": loss_sum / max(loss_n, 1),
-            "train_seconds": round(state["train_seconds"], 1),
-        }
-        if val is not None and main_proc:
-            acc = accuracy_per_glimpse(model, val[1], val[2], device=device, dtype=dtype, progress=False)
-            record["val_accuracy_per_glimpse"] = acc
-            print(
-                f"epoch {epoch + 1}: loss {record['train_loss']:.3f}, val accuracy per glimpse "
-                + ", ".join(f"{a:.3f}" for a in acc),
-                flush=True,
-            )
-        state["history"].append(record)
-        state["epoch"] += 1
-        state["step_in_epoch"] = 0
-        save_state()
-        if main_proc:
-            (out_dir / "history.json").write_text(json.dumps(state["history"], indent=1))
-
-    if main_proc and args.export and not stop:
-        names = [IMAGENETTE.get(c, c) for c in classes]
-        last = state["history"][-1] if state["history"] else {}
-        provenance = {
-            "data": str(Path(args.data).resolve()),
-            "val_data": str(Path(args.val).resolve()) if args.val else None,
-            "command": command_line(),
-            "git_commit": code_version,
-            "hardware": hardware(),
-            "processes": world,
-            "epochs": args.epochs,
-            "train_seconds": round(state["train_seconds"], 1),
-            "args": vars(args),
-            "metrics": {"val_accuracy_per_glimpse": last.get("val_accuracy_per_glimpse")},
-        }
-        if parent is not None:
-            provenance["init_from"] = parent
-            provenance["total_epochs"] = args.epochs + parent.get("total_epochs", parent.get("epochs") or 0)
-            provenance["total_train_seconds"] = round(
-                state["train_seconds"] + parent.get("total_train_seconds", parent.get("train_seconds") or 0), 1
-            )
-        save_checkpoint(model, args.export, classes=names, class_ids=classes, provenance=provenance)
-        print(f"wrote {args.export}", flush=True)
+            run.save()
+        else:
+            end_epoch(run, epoch, loss_sum, loss_n, out_dir)
+    if run.main_proc and args.export and not stop:
+        export(run, classes, parent, code_version)
     if world > 1:
         dist.destroy_process_group()
     return 0

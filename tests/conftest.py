@@ -35,7 +35,20 @@ def tiny_folder(tmp_path):
     return make_image_folder(tmp_path / "data")
 
 
-TINY_CLASSES = ["tench", "English springer", "cassette player"]
+# The 10 Imagenette classes in folder (wnid) order, as the default checkpoints name them.
+IMAGENETTE_CLASSES = [
+    "tench",
+    "English springer",
+    "cassette player",
+    "chain saw",
+    "church",
+    "French horn",
+    "garbage truck",
+    "gas pump",
+    "golf ball",
+    "parachute",
+]
+TINY_CLASSES = IMAGENETTE_CLASSES[:3]
 TINY_IDS = ["n01440764", "n02102040", "n02979186"]
 
 

@@ -18,25 +18,14 @@ import torch
 from PIL import Image
 
 pytest.importorskip("streamlit")
-from conftest import save_tiny_checkpoints  # noqa: E402
+from conftest import IMAGENETTE_CLASSES, save_tiny_checkpoints  # noqa: E402
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app" / "main.py")
 EXAMPLE = ROOT / "app" / "examples" / "tench_1.jpg"
-CLASSES = [
-    "tench",
-    "English springer",
-    "cassette player",
-    "chain saw",
-    "church",
-    "French horn",
-    "garbage truck",
-    "gas pump",
-    "golf ball",
-    "parachute",
-]
+CLASSES = IMAGENETTE_CLASSES
 TIMEOUT = 180
 
 

@@ -22,25 +22,14 @@ from pathlib import Path
 
 import pytest
 
-from conftest import save_tiny_checkpoints
+from conftest import IMAGENETTE_CLASSES, save_tiny_checkpoints
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "tests" / "_artifacts"
 CHROMIUM = os.environ.get("MGNET_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 STREAMLIT = Path(sys.executable).with_name("streamlit")
-CLASSES = [
-    "tench",
-    "English springer",
-    "cassette player",
-    "chain saw",
-    "church",
-    "French horn",
-    "garbage truck",
-    "gas pump",
-    "golf ball",
-    "parachute",
-]
+CLASSES = IMAGENETTE_CLASSES
 ARGS = [
     "--headless",
     "--no-sandbox",

@@ -8,23 +8,11 @@ from mgnet import load_checkpoint
 from mgnet.checkpoints import training_recipe
 from mgnet.data import list_image_folder
 from mgnet.evaluate import _predict_correct, label_map, load_eval_images
-from conftest import DATA, ROOT
+from conftest import DATA, IMAGENETTE_CLASSES, ROOT
 
 CARD = ROOT / "checkpoints" / "modelcard.json"
 NAMES = {"mgnet": "mgnet-resnet18-imagenette.pt", "baseline": "baseline-resnet18-imagenette.pt"}
 PAPER = {kind: name.replace(".pt", "-paper-recipe.pt") for kind, name in NAMES.items()}
-IMAGENETTE = [
-    "tench",
-    "English springer",
-    "cassette player",
-    "chain saw",
-    "church",
-    "French horn",
-    "garbage truck",
-    "gas pump",
-    "golf ball",
-    "parachute",
-]
 
 
 @pytest.mark.slow
@@ -34,7 +22,7 @@ def test_committed_checkpoint_loads_and_matches_the_model_card(kind, pair):
     path = ROOT / "checkpoints" / (NAMES if pair == "default" else PAPER)[kind]
     assert path.stat().st_size < 50 * 2**20
     model = load_checkpoint(path, device="cpu")
-    assert model.classes == IMAGENETTE and model.checkpoint_info["kind"] == kind
+    assert model.classes == IMAGENETTE_CLASSES and model.checkpoint_info["kind"] == kind
     assert model.checkpoint_info["provenance"]["git_commit"]
     recipe = training_recipe(model.checkpoint_info)
     if pair == "paper_recipe":
