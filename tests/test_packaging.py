@@ -62,6 +62,9 @@ def test_built_wheel_works_from_another_directory(tmp_path):
     (wheel,) = (tmp_path / "dist").glob("mgnet-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "mgnet/model.py" in names
+    # every module of the library, subpackages included (mgnet.figures is one)
+    for source in (ROOT / "mgnet").rglob("*.py"):
+        assert source.relative_to(ROOT).as_posix() in names, source
     assert not [n for n in names if n.endswith((".pt", ".ckpt")) or n.startswith(("app/", "tests/"))], names
 
     # A fresh venv that sees this environment's third-party packages (torch is not downloaded again) but not
