@@ -308,18 +308,7 @@ def belief_figure(
         )
     if step is not None:
         fig.add_vline(x=step + 1, line=dict(color="#888", dash="dash", width=1))
-    fig.update_xaxes(
-        tickvals=xs, ticktext=[f"glimpse {x}" if n <= 4 else str(x) for x in xs], range=[0.8, n + 0.2], gridcolor="#eee"
-    )
-    fig.update_yaxes(title="probability", range=[0, 1.02], tickformat=".0%", gridcolor="#eee")
-    return _layout(
-        fig,
-        title,
-        height,
-        chart=True,
-        legend=dict(orientation="h", y=-0.15, x=0, yanchor="top"),
-        margin=dict(l=60, r=20, t=45 if title else 15, b=100),
-    )
+    return _per_glimpse_chart(fig, n, "probability", title, height)
 
 
 def location_check_figure(
@@ -362,10 +351,16 @@ def location_check_figure(
             hovertemplate="its own glimpses<br>glimpse %{x}: %{y:.1%}<extra></extra>",
         )
     )
+    return _per_glimpse_chart(fig, n, f"P({class_name})", title, height)
+
+
+def _per_glimpse_chart(fig: go.Figure, n: int, ytitle: str, title: str | None, height: int | None) -> go.Figure:
+    """Axes and layout of a probability-per-glimpse chart (glimpses 1..n on x, 0-100% on y)."""
+    xs = list(range(1, n + 1))
     fig.update_xaxes(
         tickvals=xs, ticktext=[f"glimpse {x}" if n <= 4 else str(x) for x in xs], range=[0.8, n + 0.2], gridcolor="#eee"
     )
-    fig.update_yaxes(title=f"P({class_name})", range=[0, 1.02], tickformat=".0%", gridcolor="#eee")
+    fig.update_yaxes(title=ytitle, range=[0, 1.02], tickformat=".0%", gridcolor="#eee")
     return _layout(
         fig,
         title,
