@@ -226,24 +226,37 @@ def atomic_save(obj, path):
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
+def training_chain(provenance: dict) -> list[dict]:
+    """The provenance of every training stage behind a checkpoint, oldest first (its ``init_from`` chain)."""
+    chain, prov = [], provenance
+    while prov:
+        chain.append(prov)
+        prov = prov.get("init_from")
+    return chain[::-1]
+
+
+def stage_option(stage: dict, name: str):
+    """A training option of one stage: from its recorded args, else read off its command line (earlier
+    stages keep only their command); None when neither has it."""
+    value = (stage.get("args") or {}).get(name)
+    if value is None:
+        words = str(stage.get("command") or "").split()
+        flag = "--" + name.replace("_", "-")
+        value = words[words.index(flag) + 1] if flag in words[:-1] else None
+    return value
+
+
 def training_recipe(info: dict) -> str:
     """How a checkpoint was trained, in a few words, from its ``checkpoint_info``: the authors' release,
     a chain of stages that included the location stage, off-centre data only, or the paper's recipe."""
     if info.get("format") == "authors-lightning":
         return "authors' checkpoint"
-    used, recorded = set(), False
-    prov = info.get("provenance") or {}
-    while prov:  # every stage of the init_from chain (earlier stages keep their command, not their args)
-        args, words = prov.get("args") or {}, str(prov.get("command") or "").split()
-        recorded = recorded or bool(args or words)
-        for option in ("location_weight", "off_centre"):
-            flag = "--" + option.replace("_", "-")
-            value = args.get(option) or (words[words.index(flag) + 1] if flag in words[:-1] else 0)
-            if float(value) > 0:
-                used.add(option)
-        prov = prov.get("init_from") or {}
+    chain = training_chain(info.get("provenance") or {})
+    used = {o for stage in chain for o in ("location_weight", "off_centre") if float(stage_option(stage, o) or 0) > 0}
     if "location_weight" in used:
         return "location stage"
     if "off_centre" in used:
         return "off-centre data"
-    return "paper recipe" if recorded else "recipe not recorded"
+    return (
+        "paper recipe" if any(stage.get("args") or stage.get("command") for stage in chain) else "recipe not recorded"
+    )

@@ -11,6 +11,7 @@ README and PNG plots are rebuilt from that file.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import math
@@ -23,10 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoints import atomic_save, load_checkpoint
+from .checkpoints import atomic_save, load_checkpoint, stage_option, training_chain, training_recipe
 from .corruptions import CORRUPTIONS
 from .data import list_image_folder
-from .checkpoints import training_recipe
 from .evaluate import (
     _predict_correct,
     _stored_size,
@@ -181,14 +181,21 @@ def _measure_corruptions(pair: dict, models: dict, args, folder_classes):
     pair["corruptions"] = {"images": int(len(labels)), "table": table}
 
 
+@functools.lru_cache(maxsize=2)
+def val_sets(data: str, size: int, seed: int, cache_dir=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(val images uint8, labels, their off-centre composites with ``seed``), built once per run: the
+    location measurements of both pairs, the strip rows and the strip figure all use the same set."""
+    _, images, labels = load_eval_images(data, size, 0, cache_dir, progress=False)
+    return images, labels, off_centre(images, seed)[0]
+
+
 def _measure_locations(pair: dict, models: dict, args, folder_classes):
     """Where the MGNet looks and whether it matters, on val photos as they are and on an off-centre
     version of val (each photo shrunk to 40-60% of the side on a blurred other photo, seed args.seed);
     and both models' accuracy on the off-centre photos, with the paired difference after the last glimpse."""
     mg, base = models["mgnet"], models["baseline"]
-    _, images, labels = load_eval_images(args.data, mg.image_size, 0, _cache_dir(args))
+    images, labels, off = val_sets(str(args.data), mg.image_size, args.seed, _cache_dir(args))
     y = label_map(mg, folder_classes)[labels]
-    off = off_centre(images, args.seed)[0]
     pair["locations"] = location_report(mg, images, y, seed=args.seed, progress=True)
     pair["locations_off_centre"] = location_report(mg, off, y, seed=args.seed, progress=True)
     own = _predict_correct(mg, off, y)
@@ -276,9 +283,9 @@ STRIP_PHOTOS = 6
 def glimpse_strip_rows(model, args, folder_classes) -> dict:
     """MGNet's glimpses on STRIP_PHOTOS val photos spread over the folder (not picked by hand), as they are
     and off-centre: per photo, the boxes (model-input pixels) and the top-1 class after the last glimpse."""
-    _, images, labels = load_eval_images(args.data, model.image_size, 0, _cache_dir(args))
+    images, labels, off = val_sets(str(args.data), model.image_size, args.seed, _cache_dir(args))
     pick = torch.from_numpy(spread_indices(len(images), STRIP_PHOTOS))
-    off = off_centre(images, args.seed)[0][pick]  # the same composites as the off-centre evaluation
+    off = off[pick]  # the same composites as the off-centre evaluation
     y = label_map(model, folder_classes)[labels][pick]
     rows = {}
     for name, batch in (("val", images[pick]), ("off_centre", off)):
@@ -485,11 +492,11 @@ def _pairs(res: dict) -> dict:
 
 def _mgnet_rows(res: dict) -> list[tuple[str, str, dict]]:
     """(pair label, data label, location report) for every MGNet and data set measured."""
-    rows = []
-    for key, pair in _pairs(res).items():
+    pairs, rows = _pairs(res), []
+    for key, pair in pairs.items():
         for field, data in (("locations", "val"), ("locations_off_centre", "off-centre val")):
             if pair.get(field):
-                rows.append((PAIR_LABELS[key] if len(_pairs(res)) > 1 else "MGNet", data, pair[field]))
+                rows.append((PAIR_LABELS[key] if len(pairs) > 1 else "MGNet", data, pair[field]))
     return rows
 
 
@@ -580,8 +587,8 @@ def write_strip(res: dict, data, out_dir: Path, cache_dir=None) -> str | None:
     if not pairs or not Path(data).is_dir():
         return None
     size = next(iter(pairs.values()))["checkpoints"]["mgnet"]["config"]["image_size"]
-    _, images, _ = load_eval_images(data, size, 0, cache_dir, progress=False)
-    photos = {"val": images, "off_centre": off_centre(images, res["seed"])[0]}
+    images, _, off = val_sets(str(data), size, res["seed"], cache_dir)
+    photos = {"val": images, "off_centre": off}
     rows, titles = [], []
     for which in ("val", "off_centre"):
         for key in pairs:
@@ -616,25 +623,22 @@ def _pct(v):
     return f"{100 * v:.1f}%"
 
 
-def _flag(command: str, name: str):
-    words = command.split()
-    return words[words.index(name) + 1] if name in words[:-1] else None
-
-
 def training_stages(provenance: dict) -> list[dict]:
     """The training runs behind a checkpoint, oldest first, following its ``init_from`` chain."""
-    chain, prov = [], provenance
-    while prov:
+    stages = []
+    for prov in training_chain(provenance):
         # The first checkpoints recorded the module as "train"; the command is mgnet.train.
         command = prov.get("command", "?").replace("python -m train ", "python -m mgnet.train ")
-        lr = (prov.get("args") or {}).get("lr")
-        if lr is None and _flag(command, "--lr") is not None:
-            lr = float(_flag(command, "--lr"))
-        chain.append(
-            {"command": command, "epochs": prov.get("epochs"), "lr": lr, "train_seconds": prov.get("train_seconds")}
+        lr = stage_option(prov, "lr")
+        stages.append(
+            {
+                "command": command,
+                "epochs": prov.get("epochs"),
+                "lr": float(lr) if lr is not None else None,
+                "train_seconds": prov.get("train_seconds"),
+            }
         )
-        prov = prov.get("init_from")
-    return chain[::-1]
+    return stages
 
 
 def _files_section(res: dict) -> list[str]:
