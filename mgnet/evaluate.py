@@ -25,6 +25,8 @@ import torch
 from .checkpoints import CheckpointError, load_checkpoint
 from .data import cached_folder, list_image_folder, resize_rgb
 from .flops import gflops
+from .location import box_iou
+from .location import off_centre as make_off_centre
 from .utils import atomic_write, eval_mode, pick_device
 
 
@@ -112,14 +114,8 @@ def glimpse_overlap(params: torch.Tensor) -> float:
     (params [T, N, 3]); nan with fewer than two such glimpses."""
     if params.shape[0] < 3:
         return float("nan")
-    s, tx, ty = params[1:].double().unbind(-1)  # [T-1, N]; box = [t - s, t + s] in [-1, 1] coordinates
-    ious = []
-    for i in range(s.shape[0]):
-        for j in range(i + 1, s.shape[0]):
-            w = (torch.minimum(tx[i] + s[i], tx[j] + s[j]) - torch.maximum(tx[i] - s[i], tx[j] - s[j])).clamp_min(0)
-            h = (torch.minimum(ty[i] + s[i], ty[j] + s[j]) - torch.maximum(ty[i] - s[i], ty[j] - s[j])).clamp_min(0)
-            inter = w * h
-            ious.append(inter / (4 * s[i] ** 2 + 4 * s[j] ** 2 - inter))
+    later = params[1:].double()
+    ious = [box_iou(later[i], later[j]) for i in range(len(later)) for j in range(i + 1, len(later))]
     return round(float(torch.stack(ious).mean()), 4)
 
 
@@ -272,8 +268,6 @@ def evaluate(
         _, images, labels = load_eval_images(data, model.image_size, limit, cache_dir, progress)
     labels = to_model[labels]
     if off_centre:
-        from .location import off_centre as make_off_centre
-
         images = make_off_centre(images, seed)[0]
     if attack:
         torch.manual_seed(seed)

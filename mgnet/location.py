@@ -82,13 +82,29 @@ def mix_off_centre(images: torch.Tensor, share: float, gen: torch.Generator) -> 
     return out
 
 
+def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """IoU of glimpse boxes given as params (s, tx, ty) [..., 3] (box = [t - s, t + s] per axis in the
+    authors' [-1, 1] coordinates, not clipped to the image); broadcasts over the leading dimensions."""
+    sa, xa, ya = a.unbind(-1)
+    sb, xb, yb = b.unbind(-1)
+    w = (torch.minimum(xa + sa, xb + sb) - torch.maximum(xa - sa, xb - sb)).clamp_min(0)
+    h = (torch.minimum(ya + sa, yb + sb) - torch.maximum(ya - sa, yb - sb)).clamp_min(0)
+    inter = w * h
+    return inter / (4 * sa**2 + 4 * sb**2 - inter).clamp_min(1e-12)
+
+
 @torch.no_grad()
-def candidate_losses(model, x: torch.Tensor, y: torch.Tensor, grid: torch.Tensor, chunk: int = 512):
+def candidate_losses(
+    model, x: torch.Tensor, y: torch.Tensor, grid: torch.Tensor, overlap: float = 0.0, chunk: int = 512
+):
     """For each glimpse step t = 2..T, the loss after step t had glimpse t gone to each candidate, with
     glimpses 1..t-1 where the model itself put them. Eval mode, no gradients.
 
+    ``overlap`` > 0 adds overlap times the candidate's largest IoU with the model's own glimpses 2..t-1 (the
+    first glimpse, the whole photo, does not count), so later glimpses are pushed to look somewhere new.
+
     x: pixels [B, 3, S, S] in [0, 1]; y: labels [B]; grid: candidate u [K, 3].
-    Returns cross-entropy [T - 1, B, K].
+    Returns cross-entropy (plus the overlap cost) [T - 1, B, K].
     """
     with eval_mode(model):
         own = model(x, return_states=True)
@@ -112,8 +128,11 @@ def candidate_losses(model, x: torch.Tensor, y: torch.Tensor, grid: torch.Tensor
             seq = torch.cat([prefix[:, None].expand(t, k, batch, prefix.shape[-1]), cand_tokens[None]], dim=0)
             z = model.feat_fusion(seq.reshape(t + 1, k * batch, -1))
             logits = model.global_fc(z).view(k, batch, -1)
-            ce = F.cross_entropy(logits.reshape(k * batch, -1), y.repeat(k), reduction="none").view(k, batch)
-            losses.append(ce.T)
+            ce = F.cross_entropy(logits.reshape(k * batch, -1), y.repeat(k), reduction="none").view(k, batch).T
+            if overlap > 0 and t >= 2:
+                seen = own.glimpses[1:t]  # [t - 1, B, 3]
+                ce = ce + overlap * box_iou(seen[:, :, None, :], params[None, None]).amax(0)
+            losses.append(ce)
     return torch.stack(losses)
 
 

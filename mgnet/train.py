@@ -86,6 +86,13 @@ def parse_args(argv=None):
         help="softmax temperature over candidate losses for the target",
     )
     g.add_argument(
+        "--location-overlap",
+        type=float,
+        default=0.0,
+        help="add this times a candidate's largest IoU with the model's own earlier glimpses (2..t-1) to its "
+        "loss, so later glimpses look somewhere new; 0 = off",
+    )
+    g.add_argument(
         "--location-detach",
         action="store_true",
         help="the location loss trains only the location network, not the features it reads",
@@ -155,6 +162,7 @@ class LocationStage:
     width: float = 0.02
     temperature: float = 0.1
     detach: bool = False
+    overlap: float = 0.0
 
     def __post_init__(self):
         self.grid = location.candidate_grid(self.positions)
@@ -164,7 +172,7 @@ def training_loss(model, net, x, y, criterion, stage: LocationStage | None = Non
     """The paper's loss on batch (x, y): (1 - alpha) mean_t CE(global) + alpha mean_t CE(glimpse head), with
     ``criterion`` as CE; plus ``stage.weight`` times the location-target loss when a stage is given.
     Returns (loss, location loss or None). ``net`` is the model or its DDP wrapper."""
-    targets = location.candidate_losses(model, x, y, stage.grid) if stage else None
+    targets = location.candidate_losses(model, x, y, stage.grid, stage.overlap) if stage else None
     out = net(x, return_states=stage is not None)
     loss = model.loss(out, y, criterion)
     if stage is None:
@@ -267,6 +275,7 @@ def build_training_model(args, classes, device):
             args.location_width,
             args.location_temperature,
             args.location_detach,
+            args.location_overlap,
         )
         if model.n_glimpses < 2:
             raise SystemExit("error: --location-weight needs MGNet with at least 2 glimpses.")
