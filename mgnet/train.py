@@ -93,6 +93,12 @@ def parse_args(argv=None):
         "loss, so later glimpses look somewhere new; 0 = off",
     )
     g.add_argument(
+        "--location-lr-scale",
+        type=float,
+        default=1.0,
+        help="the location network's learning rate is this multiple of --lr, without weight decay; 1 = as the rest",
+    )
+    g.add_argument(
         "--location-detach",
         action="store_true",
         help="the location loss trains only the location network, not the features it reads",
@@ -182,6 +188,18 @@ def training_loss(model, net, x, y, criterion, stage: LocationStage | None = Non
         model, states.detach() if stage.detach else states, targets.float(), stage.grid, stage.width, stage.temperature
     )
     return loss + stage.weight * loc, loc.detach()
+
+
+def parameter_groups(model, args) -> tuple[list[dict], list[float]]:
+    """Optimiser groups and their peak learning rates: with --location-lr-scale, the location network
+    gets that multiple of --lr and no weight decay (decay pulls it towards one box for every photo)."""
+    scale = getattr(args, "location_lr_scale", 1.0)
+    if scale == 1.0 or model.is_baseline:
+        return [{"params": list(model.parameters())}], [args.lr]
+    loc = list(model.loc_network.parameters())
+    ids = {id(p) for p in loc}
+    rest = [p for p in model.parameters() if id(p) not in ids]
+    return [{"params": rest}, {"params": loc, "weight_decay": 0.0}], [args.lr, args.lr * scale]
 
 
 def _setup_distributed(device_arg):
@@ -463,9 +481,10 @@ def main(argv=None):
     classes, images, labels, val = load_training_data(args, world, rank == 0)
     model, stage, parent = build_training_model(args, classes, device)
     steps_per_epoch = max(1, len(images) // (args.batch_size * world))
-    opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=args.weight_decay, nesterov=True)
+    groups, peaks = parameter_groups(model, args)
+    opt = torch.optim.SGD(groups, lr=args.lr, momentum=0.9, weight_decay=args.weight_decay, nesterov=True)
     sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=args.lr, total_steps=steps_per_epoch * args.epochs, pct_start=0.2
+        opt, max_lr=peaks, total_steps=steps_per_epoch * args.epochs, pct_start=0.2
     )
     state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "train_seconds": 0.0, "history": []}
     run = Run(

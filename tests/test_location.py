@@ -1,13 +1,15 @@
 """The location stage changes nothing in the forward pass; its candidate scores, the off-centre data and the
 location report measure what they say."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
 from mgnet import location
 from mgnet.evaluate import glimpse_overlap, location_report
 from mgnet.model import build_model
-from mgnet.train import LocationStage, training_loss
+from mgnet.train import LocationStage, parameter_groups, training_loss
 
 SIZE = 64
 SCALE = 4.0  # 16 px glimpses: the first one sees the photo at a quarter of its resolution
@@ -86,6 +88,32 @@ def test_candidate_losses_score_each_candidate_as_a_forced_glimpse(pretrained):
         forced = model(x, glimpse_params=model.place(grid[k : k + 1]).expand(1, 4, 3).contiguous())
     expected = torch.nn.functional.cross_entropy(forced.logits[1], y, reduction="none")
     assert torch.allclose(losses[0, :, k], expected, atol=1e-5)
+
+
+def test_overlap_cost_adds_the_largest_iou_with_earlier_own_glimpses():
+    torch.manual_seed(0)
+    model = build_model("mgnet", num_classes=2, image_size=SIZE, n_glimpses=3, scale=SCALE).eval()
+    x, y, _ = quadrant_batch(3, 2)
+    grid = location.candidate_grid(2)
+    plain = location.candidate_losses(model, x, y, grid)
+    pushed = location.candidate_losses(model, x, y, grid, overlap=0.7)
+    assert torch.equal(plain[0], pushed[0])  # glimpse 2 has no earlier glimpse but the whole photo
+    with torch.no_grad():
+        own = model(x).glimpses[1]  # [B, 3]
+    iou = location.box_iou(own[:, None, :], model.place(grid)[None])  # [B, K]
+    assert torch.allclose(pushed[1] - plain[1], 0.7 * iou, atol=1e-5)
+    assert float(iou.max()) > 0
+
+
+def test_location_lr_scale_gives_the_location_network_its_own_rate_without_decay():
+    model = build_model("mgnet", num_classes=2, image_size=SIZE, n_glimpses=2, scale=SCALE)
+    args = SimpleNamespace(lr=0.02, location_lr_scale=10.0)
+    groups, peaks = parameter_groups(model, args)
+    assert peaks == [0.02, 0.2] and groups[1]["weight_decay"] == 0.0
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in model.loc_network.parameters()}
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    one, peak = parameter_groups(model, SimpleNamespace(lr=0.02, location_lr_scale=1.0))
+    assert peak == [0.02] and len(one) == 1
 
 
 def test_candidate_grid_covers_the_image_symmetrically():
