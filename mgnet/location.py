@@ -137,7 +137,13 @@ def candidate_losses(
 
 
 def location_loss(
-    model, states: torch.Tensor, losses: torch.Tensor, grid: torch.Tensor, width: float = 0.02, temperature: float = 0.1
+    model,
+    states: torch.Tensor,
+    losses: torch.Tensor,
+    grid: torch.Tensor,
+    width: float = 0.02,
+    temperature: float = 0.1,
+    objective: str = "match",
 ) -> torch.Tensor:
     """Pull the location network's output towards the candidates that help most.
 
@@ -146,11 +152,20 @@ def location_loss(
     ``width`` (squared distance in u space), a soft classification among candidates; the target is
     softmax(-loss / temperature). Each (image, step) is weighted by how much its best candidate beats the
     candidates' mean loss, normalised to mean 1, so images where the location matters dominate.
+
+    ``objective="cost"`` instead minimises the expected candidate loss under the kernel scores (each
+    image's losses centred on their mean). Matching a target spread over several good candidates is won
+    by a point between them; the expected cost is lowered by moving towards the nearest good one.
     """
     grid = grid.to(states)
     u = torch.sigmoid(model.loc_network(states))  # [T-1, B, 3]
     d2 = ((u[..., None, :] - grid) ** 2).sum(-1)  # [T-1, B, K]
     log_p = F.log_softmax(-d2 / width, dim=-1)
+    if objective == "cost":
+        centred = losses - losses.mean(-1, keepdim=True)
+        return (log_p.exp() * centred).sum(-1).mean()
+    if objective != "match":
+        raise ValueError(f"unknown location objective {objective!r}: use 'match' or 'cost'")
     target = F.softmax(-losses / temperature, dim=-1)
     ce = -(target * log_p).sum(-1)
     gain = (losses.mean(-1) - losses.min(-1).values).clamp_min(0)

@@ -93,6 +93,13 @@ def parse_args(argv=None):
         "loss, so later glimpses look somewhere new; 0 = off",
     )
     g.add_argument(
+        "--location-objective",
+        choices=["match", "cost"],
+        default="match",
+        help="match: pull the output towards the best candidates (soft classification); cost: lower the "
+        "expected candidate loss under the kernel scores (moves to the nearest good candidate, not between them)",
+    )
+    g.add_argument(
         "--location-lr-scale",
         type=float,
         default=1.0,
@@ -169,6 +176,7 @@ class LocationStage:
     temperature: float = 0.1
     detach: bool = False
     overlap: float = 0.0
+    objective: str = "match"
 
     def __post_init__(self):
         self.grid = location.candidate_grid(self.positions)
@@ -185,7 +193,13 @@ def training_loss(model, net, x, y, criterion, stage: LocationStage | None = Non
         return loss, None
     states = out.states[:-1].float()
     loc = location.location_loss(
-        model, states.detach() if stage.detach else states, targets.float(), stage.grid, stage.width, stage.temperature
+        model,
+        states.detach() if stage.detach else states,
+        targets.float(),
+        stage.grid,
+        stage.width,
+        stage.temperature,
+        stage.objective,
     )
     return loss + stage.weight * loc, loc.detach()
 
@@ -294,6 +308,7 @@ def build_training_model(args, classes, device):
             args.location_temperature,
             args.location_detach,
             args.location_overlap,
+            args.location_objective,
         )
         if model.n_glimpses < 2:
             raise SystemExit("error: --location-weight needs MGNet with at least 2 glimpses.")

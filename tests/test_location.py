@@ -105,6 +105,33 @@ def test_overlap_cost_adds_the_largest_iou_with_earlier_own_glimpses():
     assert float(iou.max()) > 0
 
 
+def test_cost_objective_moves_to_the_nearest_good_candidate_and_match_settles_between():
+    """Two equally good candidates left and right of a start just left of the middle: matching the soft
+    target ends between them, lowering the expected cost ends on the left one."""
+    grid = torch.tensor([[0.5, 0.1, 0.5], [0.5, 0.9, 0.5], [0.5, 0.5, 0.5], [0.5, 0.5, 0.1]])
+    losses = torch.tensor([0.2, 0.2, 1.0, 1.0]).expand(1, 8, 4)
+    states = torch.zeros(1, 8, 4)
+
+    def settle(objective):
+        torch.manual_seed(0)
+        head = torch.nn.Linear(4, 3)
+        with torch.no_grad():
+            head.weight.zero_()
+            head.bias.copy_(torch.logit(torch.tensor([0.5, 0.4, 0.5])))
+        model = SimpleNamespace(loc_network=head)
+        opt = torch.optim.SGD(head.parameters(), lr=0.05)
+        for _ in range(300):
+            opt.zero_grad()
+            location.location_loss(model, states, losses, grid, width=0.05, objective=objective).backward()
+            opt.step()
+        return float(torch.sigmoid(head.bias.detach()[1]))
+
+    assert settle("cost") < 0.2  # on the left candidate (0.1)
+    assert 0.35 < settle("match") < 0.65  # between the two
+    with pytest.raises(ValueError, match="unknown location objective"):
+        location.location_loss(SimpleNamespace(loc_network=torch.nn.Linear(4, 3)), states, losses, grid, objective="x")
+
+
 def test_location_lr_scale_gives_the_location_network_its_own_rate_without_decay():
     model = build_model("mgnet", num_classes=2, image_size=SIZE, n_glimpses=2, scale=SCALE)
     args = SimpleNamespace(lr=0.02, location_lr_scale=10.0)
