@@ -139,21 +139,69 @@ def _rectangle_trace(box, label: str | None = None, **style) -> go.Scatter:
 
 
 # -- glimpses -------------------------------------------------------------------------------------------
-def _box_trace(box, t: int, current: int, show: bool) -> go.Scatter:
-    x0, y0, x1, y1 = [float(v) for v in box]
-    is_current = t == current
-    if not show:
-        return go.Scatter(x=[None], y=[None], mode="lines", showlegend=False, hoverinfo="skip", name=f"glimpse {t + 1}")
-    return _rectangle_trace(
-        box,
-        f"<b>{t + 1}</b>",
-        textfont=dict(color=glimpse_color(t), size=16 if is_current else 12),
-        line=dict(color=glimpse_color(t), width=4 if is_current else 2, dash=None if is_current else "dot"),
-        opacity=1.0 if is_current else 0.45,
-        showlegend=False,
-        name=f"glimpse {t + 1}",
-        hovertemplate=f"glimpse {t + 1}<br>x {x0:.0f}–{x1:.0f} px<br>y {y0:.0f}–{y1:.0f} px<extra></extra>",
-    )
+def _iou(a, b) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def drawn_boxes(boxes, width: int, height: int, inset: float) -> np.ndarray:
+    """Boxes as drawn: kept ``inset`` inside the photo (the whole-image glimpse reaches half a sample past
+    its edges, and would be clipped away), and a box that nearly coincides with earlier ones (IoU > 0.8)
+    shrunk by ``inset`` per such box, so coincident glimpses show as nested outlines."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    out = boxes.copy()
+    for t, b in enumerate(boxes):
+        k = sum(_iou(b, boxes[j]) > 0.8 for j in range(t))
+        pad = inset * (1 + 2 * k)
+        out[t] = [max(b[0], pad), max(b[1], pad), min(b[2], width - pad), min(b[3], height - pad)]
+        if k:  # shrink about the centre as well, in case the box lies well inside the photo
+            shrink = np.array([1, 1, -1, -1]) * inset * 2 * k
+            inner = b + shrink
+            if inner[2] > inner[0] and inner[3] > inner[1]:
+                out[t] = [
+                    max(out[t][0], inner[0]),
+                    max(out[t][1], inner[1]),
+                    min(out[t][2], inner[2]),
+                    min(out[t][3], inner[3]),
+                ]
+    return out
+
+
+def _glimpse_boxes(fig: go.Figure, boxes, shown: int, current: int | None, w: int, h: int, chip: float):
+    """Boxes 1..``shown`` in their glimpse colours, each numbered in a chip of its colour at a corner no
+    other chip uses (the figure tool's strip language); ``current`` is drawn bold, the others thinner."""
+    side = max(w, h)
+    drawn = drawn_boxes(np.asarray(boxes)[:shown], w, h, inset=0.006 * side)
+    chips: list = []
+    for t, b in enumerate(drawn):
+        x0, y0, x1, y1 = [float(v) for v in b]
+        bold = current is None or t == current
+        fig.add_trace(
+            _rectangle_trace(
+                b,
+                line=dict(color=glimpse_color(t), width=4 if bold else 2),
+                opacity=1.0 if bold else 0.8,
+                showlegend=False,
+                name=f"glimpse {t + 1}",
+                hovertemplate=f"glimpse {t + 1}<br>x {x0:.0f}–{x1:.0f} px<br>y {y0:.0f}–{y1:.0f} px<extra></extra>",
+            )
+        )
+        cx, cy, xa, ya = _chip_corner(x0, y0, x1, y1, chip, chip * 1.2, chips)
+        fig.add_annotation(
+            text=f"<b>{t + 1}</b>",
+            x=cx,
+            y=cy,
+            xanchor=xa,
+            yanchor=ya,
+            showarrow=False,
+            bgcolor=glimpse_color(t),
+            borderpad=2,
+            opacity=1.0 if bold else 0.85,
+            font=dict(FONT, size=15 if bold else 13, color="white"),
+        )
 
 
 def glimpse_figure(
@@ -162,94 +210,20 @@ def glimpse_figure(
     step: int,
     title: str | None = None,
     max_side: int | None = MAX_SIDE,
-    animate: bool = False,
-    frame_titles: Sequence[str] | None = None,
     height: int | None = None,
 ) -> go.Figure:
-    """The photo with glimpse boxes 1..step+1: the current one bold, earlier ones dotted and fainter.
-
-    With ``animate=True`` the figure carries one frame per glimpse and a play button and slider that
-    step through them in the browser (no server round-trip); ``frame_titles`` label the frames.
-    """
+    """The photo with glimpse boxes 1..step+1, each in its glimpse colour with its number in a chip of that
+    colour (as in the figure tool's strip): the current one bold, earlier ones thinner. Glimpse 1 (the
+    whole photo) is drawn just inside the photo's edge; boxes that coincide are drawn nested, and their
+    chips take different corners."""
     boxes = np.asarray(boxes, dtype=np.float64)
     pic = _picture(image, max_side)
     w, h = pic.width, pic.height
-    n = len(boxes)
-    step = int(np.clip(step, 0, n - 1))
-
-    def traces(upto: int):
-        return [_box_trace(boxes[i], i, upto, i <= upto) for i in range(n)]
-
-    fig = go.Figure([_image_trace(pic)] + traces(step))
+    step = int(np.clip(step, 0, len(boxes) - 1))
+    fig = go.Figure([_image_trace(pic)])
+    _glimpse_boxes(fig, boxes, step + 1, step, w, h, chip=0.055 * max(w, h))
     _photo_axes(fig, w, h)
-    _layout(fig, title, height)
-    if animate and n > 1:
-        labels = list(frame_titles or [f"glimpse {i + 1}" for i in range(n)])
-        fig.frames = [
-            go.Frame(data=traces(i), traces=list(range(1, n + 1)), name=str(i), layout=dict(title=dict(text=labels[i])))
-            for i in range(n)
-        ]
-        play = dict(
-            label="▶ play",
-            method="animate",
-            args=[
-                None,
-                dict(
-                    frame=dict(duration=900, redraw=True),
-                    fromcurrent=False,
-                    transition=dict(duration=0),
-                    mode="immediate",
-                ),
-            ],
-        )
-        pause = dict(
-            label="❚❚", method="animate", args=[[None], dict(frame=dict(duration=0, redraw=False), mode="immediate")]
-        )
-        fig.update_layout(
-            updatemenus=[
-                dict(
-                    type="buttons",
-                    direction="left",
-                    x=0,
-                    y=-0.02,
-                    xanchor="left",
-                    yanchor="top",
-                    showactive=False,
-                    buttons=[play, pause],
-                    pad=dict(t=4, r=4),
-                )
-            ],
-            sliders=[
-                dict(
-                    active=step,
-                    x=0.22,
-                    y=-0.02,
-                    len=0.78,
-                    yanchor="top",
-                    pad=dict(t=4),
-                    currentvalue=dict(visible=False),
-                    steps=[
-                        dict(
-                            label=str(i + 1),
-                            method="animate",
-                            args=[
-                                [str(i)],
-                                dict(
-                                    frame=dict(duration=0, redraw=True), mode="immediate", transition=dict(duration=0)
-                                ),
-                            ],
-                        )
-                        for i in range(n)
-                    ],
-                )
-            ],
-            margin=dict(b=60),
-        )
-        if title is None:
-            fig.update_layout(
-                title=dict(text=labels[step], x=0.01, xanchor="left", font=dict(size=15)), margin=dict(t=40)
-            )
-    return fig
+    return _layout(fig, title, height)
 
 
 def topk_figure(
@@ -451,9 +425,7 @@ def heatmap_figure(
     w, h = pic.width, pic.height
     fig = go.Figure([_image_trace(pic), _heat_trace(heat, w, h, showscale)])
     if boxes is not None:
-        boxes = np.asarray(boxes)
-        for i, box in enumerate(boxes):
-            fig.add_trace(_box_trace(box, i, len(boxes) - 1, True))
+        _glimpse_boxes(fig, boxes, len(boxes), None, w, h, chip=0.055 * max(w, h))
     _photo_axes(fig, w, h)
     return _layout(fig, title, height)
 
@@ -809,6 +781,12 @@ def _chip_corner(x0, y0, x1, y1, chip_w: float, chip_h: float, chips: list) -> t
         if all(abs(chip_x - px) >= chip_w or abs(chip_y - py) >= chip_h for px, py in chips):
             chips.append((chip_x, chip_y))
             return cx, cy, xa, ya
+    # all four corners taken (boxes that coincide): the next free place along the top edge
+    for k in range(1, max(1, int((x1 - x0) / chip_w))):
+        chip_x = x0 + k * chip_w
+        if all(abs(chip_x - px) >= chip_w or abs(y0 - py) >= chip_h for px, py in chips):
+            chips.append((chip_x, y0))
+            return chip_x, y0, "left", "top"
     chips.append(corners[0][:2])
     return corners[0]
 

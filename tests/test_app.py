@@ -696,3 +696,40 @@ def test_the_picker_opens_on_the_default_checkpoints_and_says_how_each_was_train
         "paper recipe",
     ]
     assert cat.models[0].label.endswith("; location stage)")
+
+
+# -- issue 14: the app in front of a class ---------------------------------------------------------------
+def test_one_control_drives_the_glimpse_view(app):
+    """The glimpse figure has no play button or slider of its own that could run ahead of the page: it
+    shows the page's step, like the crops and numbers beside it."""
+    app.slider(key="step").set_value(2).run()
+    fig = app.session_state["_registry"].figures["glimpses-on-the-photo"]
+    assert not fig.frames and not fig.layout.updatemenus and not fig.layout.sliders
+    assert fig.layout.title.text.startswith("glimpse 2 of 4:")
+    assert "**Glimpse 2 of 4**" in text(app)
+    chips = [a.text for a in fig.layout.annotations]
+    assert chips == ["<b>1</b>", "<b>2</b>"]  # boxes 1..2 shown, numbered
+
+
+def test_one_glimpse_mgnet_is_not_called_a_baseline(app):
+    app.slider(key="glimpses").set_value(1).run()
+    assert not app.exception and not errors(app)
+    notes = "\n".join(i.value for i in app.info)
+    assert "baseline" not in notes.split("(A baseline")[0] and "1 glimpse" in notes
+    app.selectbox(key="model").set_value("baseline-tiny.pt").run()
+    assert "is a baseline" in "\n".join(i.value for i in app.info)
+
+
+def test_whole_photo_box_reads_as_the_photo(app):
+    """Glimpse 1's sampling grid reaches half a sample past the photo: the page says "the whole photo",
+    never x -1..W+1."""
+    app.slider(key="step").set_value(1).run()
+    para = next(m.value for m in app.markdown if "**Glimpse 1 of 4**" in m.value)
+    assert "the whole photo" in para and "`-" not in para
+
+
+def test_baseline_gets_no_focus_map_of_mgnet(app):
+    app.selectbox(key="model").set_value("baseline-tiny.pt").run()
+    assert not app.exception and not errors(app)
+    assert "focus-map" not in app.session_state["_registry"].figures
+    assert not any("where MGNet looked" in str(getattr(f, "proto", "")) for f in app.get("plotly_chart"))
