@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import streamlit as st
 
 from mgnet import geometry, plots
@@ -188,11 +189,45 @@ def show_focus(photo, a):
         )
 
 
+MATTERS = 0.05  # a change of P(class) under 5 points is "didn't matter"
+
+
+def location_verdict(check, classes) -> tuple[bool, str]:
+    """One line for this photo: did moving glimpses 2..T change the answer or the confidence?
+    Returns (mattered, sentence)."""
+    name = classes[check.target]
+    own = classes[check.final_class["own"]]
+    centre = classes[check.final_class["centre"]]
+    moved = [classes[c] for c in check.final_class["moved"]]
+    flipped = [c for c in moved if c != own]
+    swing = float(np.abs(np.concatenate([[check.centre[-1]], check.moved[:, -1]]) - check.own[-1]).max())
+    if centre != own:
+        return True, f"Where MGNet looked changed its answer: centred glimpses give '{centre}' instead of '{own}'."
+    if flipped:
+        others = ", ".join(f"'{c}'" for c in dict.fromkeys(flipped))
+        return True, (
+            f"Where MGNet looked changed its answer at {len(flipped)} of {len(moved)} random positions "
+            f"(they give {others} instead of '{own}')."
+        )
+    if swing >= MATTERS:
+        return True, (
+            f"Where MGNet looked changed its confidence, not its answer: P({name}) moves by up to "
+            f"{100 * swing:.0f} points when the glimpses go elsewhere."
+        )
+    return False, (
+        f"Where MGNet looked didn't matter here: P({name}) stays within ±{100 * swing:.0f} point"
+        f"{'' if round(100 * swing) == 1 else 's'} wherever the glimpses go, so the boxes show where it looked, "
+        "not why it decided."
+    )
+
+
 def location_row(photo, entry, a):
     """Counterfactual: the same photo with glimpses 2..T moved (same scales)."""
     with st.spinner("Moving the glimpses…"):
         check = services.location_check(entry, photo, a.n_glimpses)
     name = a.classes[check.target]
+    mattered, verdict = location_verdict(check, a.classes)
+    (st.warning if mattered else st.info)(f"**Location check:** {verdict}", icon="📍")
     c1, c2 = st.columns([1, 1], gap="medium")
     with c1:
         ui.figure(plots.location_check_figure(check, name), "location check", key="fig-location")

@@ -733,3 +733,36 @@ def test_baseline_gets_no_focus_map_of_mgnet(app):
     assert not app.exception and not errors(app)
     assert "focus-map" not in app.session_state["_registry"].figures
     assert not any("where MGNet looked" in str(getattr(f, "proto", "")) for f in app.get("plotly_chart"))
+
+
+def test_location_check_gives_a_one_line_verdict(app, ckpt_dir):
+    """The location check says in one visible line whether where MGNet looked mattered for this photo."""
+    from types import SimpleNamespace
+
+    from app.glimpses import location_verdict
+    from mgnet import load_checkpoint
+    from mgnet.analysis import location_check
+    from mgnet.data import load_image
+
+    model = load_checkpoint(ckpt_dir / "mgnet-tiny.pt", device="cpu")
+    check = location_check(model, load_image(ROOT / "app" / "examples" / "parachute_1.jpg"))
+    shown = [m.value for m in [*app.warning, *app.info] if "Location check:" in m.value]
+    assert shown == [f"**Location check:** {location_verdict(check, CLASSES)[1]}"]
+    # the sentence for each case
+    own = np.array([0.5, 0.6, 0.7])
+    calm = SimpleNamespace(
+        target=9,
+        own=own,
+        centre=own + 0.01,
+        moved=np.stack([own - 0.005] * 8),
+        final_class={"own": 9, "centre": 9, "moved": [9] * 8},
+    )
+    mattered, line = location_verdict(calm, CLASSES)
+    assert not mattered and "didn't matter here" in line and "±1 point " in line
+    centred = SimpleNamespace(**{**calm.__dict__, "final_class": {"own": 9, "centre": 8, "moved": [9] * 8}})
+    mattered, line = location_verdict(centred, CLASSES)
+    assert mattered and "centred glimpses give 'golf ball' instead of 'parachute'" in line
+    moved = SimpleNamespace(**{**calm.__dict__, "final_class": {"own": 9, "centre": 9, "moved": [9] * 6 + [0, 0]}})
+    assert "at 2 of 8 random positions" in location_verdict(moved, CLASSES)[1]
+    shaken = SimpleNamespace(**{**calm.__dict__, "centre": own - 0.2})
+    assert "up to 20 points" in location_verdict(shaken, CLASSES)[1]
