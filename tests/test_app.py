@@ -766,3 +766,45 @@ def test_location_check_gives_a_one_line_verdict(app, ckpt_dir):
     assert "at 2 of 8 random positions" in location_verdict(moved, CLASSES)[1]
     shaken = SimpleNamespace(**{**calm.__dict__, "centre": own - 0.2})
     assert "up to 20 points" in location_verdict(shaken, CLASSES)[1]
+
+
+def test_class_list_and_unlike_photo_warning(tmp_path, monkeypatch):
+    """Beside the prediction: the classes the model knows; and a warning when the photo scores above the
+    threshold calibrated on val (ood.json beside the checkpoints), only then."""
+    from conftest import make_image_folder
+    from mgnet import ood
+
+    folder = tmp_path / "checkpoints"
+    mg, base = save_tiny_checkpoints(folder, CLASSES, image_size=32)
+    doc = ood.calibrate([mg, base], make_image_folder(tmp_path / "val", per_class=4), per_kind=2)
+    monkeypatch.setenv("MGNET_CHECKPOINTS", str(folder))
+    monkeypatch.setenv("MGNET_DEVICE", "cpu")
+
+    def page(threshold=None):
+        if threshold is not None:
+            for n in doc["models"]["mgnet-tiny.pt"]["energy"]["thresholds"]:
+                doc["models"]["mgnet-tiny.pt"]["energy"]["thresholds"][n] = threshold
+        ood.write(doc, folder)
+        at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+        assert not at.exception and not errors(at)
+        return at, [w.value for w in at.warning if "looks unlike the photos" in w.value]
+
+    at, warned = page()
+    captions = "\n".join(c.value for c in at.caption)
+    assert "knows only these 10 classes and always picks one: " + ", ".join(CLASSES) in captions
+    assert "No unlike-photo check" not in captions
+    # the page's verdict is the library's for the same photo and checkpoint
+    from mgnet import load_checkpoint
+    from mgnet.analysis import analyze
+    from mgnet.data import load_image
+
+    res = analyze(load_checkpoint(mg, device="cpu"), load_image(ROOT / "app" / "examples" / "parachute_1.jpg"))
+    score, thr = ood.threshold_for(doc, doc["models"]["mgnet-tiny.pt"]["sha256"], 4)
+    assert bool(warned) == ood.is_unlike(res.logits[-1], score, thr)[0]
+    _, warned = page(threshold=-1e9)  # every photo is above it
+    assert len(warned) == 1 and "must answer with one of them" in warned[0]
+    _, warned = page(threshold=1e9)  # none is
+    assert not warned
+    (folder / "ood.json").unlink()
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    assert "No unlike-photo check" in "\n".join(c.value for c in at.caption)
