@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 import streamlit as st
 
-from mgnet import explain, metrics, plots
+from mgnet import explain, geometry, metrics, plots
 from mgnet.analysis import display_focus_map, focus_map
 
 from . import services, ui
@@ -177,6 +177,8 @@ def compute(request: CompareRequest, photo, entry, a, cat, n_glimpses, progress=
     s_grad = 1.0 if request.true_grad else None
     focus_model = focus_map(a.boxes_model, a.image_size, a.image_size)
     cells = [(label, e, m) for label, e in rows_of(request, entry, cat) for m in request.methods]
+    # what "in boxes" would be for a map spread evenly over the photo: the boxes' share of it
+    chance = geometry.area_share(a.boxes_model[1:], a.image_size, a.image_size) if a.n_glimpses > 1 else None
     result = CompareResult()
     for i, (label, e, method) in enumerate(cells):
         column = explain.METHODS[method].label
@@ -212,7 +214,7 @@ def compute(request: CompareRequest, photo, entry, a, cat, n_glimpses, progress=
         result.captions[(label, column)] = (
             "map is zero everywhere"
             if att.empty
-            else (f"in boxes {inside:.0%} · " if inside is not None else "") + f"IoU {iou:.2f}"
+            else (f"in boxes {inside:.0%} (chance {chance:.0%}) · " if inside is not None else "") + f"IoU {iou:.2f}"
         )
         result.records.append(
             {
@@ -220,6 +222,7 @@ def compute(request: CompareRequest, photo, entry, a, cat, n_glimpses, progress=
                 "method": column,
                 "class": e.model.classes[att.target],
                 "in glimpse boxes": inside,
+                "chance (boxes' share of the photo)": chance,
                 "IoU with focus map": iou,
                 "seconds": att.seconds,
             }
@@ -230,8 +233,8 @@ def compute(request: CompareRequest, photo, entry, a, cat, n_glimpses, progress=
 def show(result: CompareResult, photo, a):
     for message in result.failures:
         st.error(message)
-    fig = plots.attribution_grid(services.picture(photo, 320), result.maps, result.captions, boxes=a.boxes)
-    ui.figure(fig, "saliency grid", key="fig-cmp-grid")
+    fig = plots.saliency_grid_figure(plots.downscale(photo.image, 640), result.maps, result.captions, boxes=a.boxes)
+    ui.figure(fig, "saliency grid", key="fig-cmp-grid", width="content")
     if not result.records:
         return
     st.dataframe(
@@ -244,6 +247,12 @@ def show(result: CompareResult, photo, a):
                 min_value=0.0,
                 max_value=1.0,
                 help="Share of the map's mass inside MGNet's glimpse boxes 2..T",
+            ),
+            "chance (boxes' share of the photo)": st.column_config.ProgressColumn(
+                format="percent",
+                min_value=0.0,
+                max_value=1.0,
+                help="What 'in glimpse boxes' would be for a map spread evenly over the photo",
             ),
             "IoU with focus map": st.column_config.NumberColumn(
                 format="%.2f", help="IoU of the top-20% pixels of the map and of MGNet's focus map"
@@ -317,7 +326,8 @@ def render(photo, entry, a, cat, settings: dict):
         "the photo. Maps are made non-negative and scaled to a maximum of 1 (Grad-CAM: ReLU then upsampled), "
         "so colours mean the same thing in every cell.\n"
         "- **in boxes**: the share of the map's total weight that falls inside MGNet's glimpse boxes 2..T "
-        "(white outlines). If the map were spread uniformly it would equal the boxes' share of the image.\n"
+        "(white outlines), beside *chance*: what it would be for a map spread evenly, the boxes' share of the "
+        "photo. Well above chance: the map and the glimpses agree on where the evidence is.\n"
         "- **IoU**: overlap of the 20% highest pixels of the map with the 20% highest of MGNet's focus map "
         "(0 = disjoint, 1 = identical).\n"
         "- *Explain MGNet itself* runs Captum through all of MGNet's glimpses. Grad-CAM on MGNet uses the "

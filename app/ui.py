@@ -84,10 +84,12 @@ def figure(
     height: int | None = None,
     downloads: bool = True,
     config: dict | None = None,
+    width: str = "stretch",
 ):
     """Draw a plotly figure, register it for the bundle, and offer PNG/SVG/PDF/HTML downloads.
 
     Files are rendered only when a button is clicked (deferred), so drawing the page stays fast.
+    ``width="content"`` draws a figure laid out at a fixed width (the print grids) at exactly that width.
     """
     reg = registry()
     base = slug(name)
@@ -96,6 +98,7 @@ def figure(
         fig,
         key=key or f"fig-{base}",
         height=height if height else "content",
+        width=width,
         theme=None,
         config=dict(displaylogo=False, toImageButtonOptions=dict(filename=base, scale=2), **(config or {})),
     )

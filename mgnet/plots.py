@@ -723,6 +723,9 @@ class _Grid:
     def fy(self, px: float) -> float:  # figure px (from the top edge) -> paper fraction (0 = bottom)
         return 1 - (px - self.top) / (self.height - self.top - self.bottom)
 
+    def domain(self, a: float, b: float) -> list:  # an axis domain: fractions a rounding error past 0..1 clamped
+        return [min(1.0, max(0.0, a)), min(1.0, max(0.0, b))]
+
 
 def _grid_layout(
     rows, n_cols: int, column_titles, row_labels, title, width: float, font_size: float, gap, colorbar: bool
@@ -874,14 +877,18 @@ def _add_panel(
     xrange, yrange = _cell_ranges(w, h, cell_w, cell_h)
     x_left = grid.col_x[j]
     fig.layout[f"xaxis{ax}"] = dict(
-        domain=[grid.fx(x_left), grid.fx(x_left + cell_w)],
+        domain=grid.domain(grid.fx(x_left), grid.fx(x_left + cell_w)),
         range=xrange,
         visible=False,
         anchor=f"y{ax}",
         fixedrange=True,
     )
     fig.layout[f"yaxis{ax}"] = dict(
-        domain=[grid.fy(y + cell_h), grid.fy(y)], range=yrange, visible=False, anchor=f"x{ax}", fixedrange=True
+        domain=grid.domain(grid.fy(y + cell_h), grid.fy(y)),
+        range=yrange,
+        visible=False,
+        anchor=f"x{ax}",
+        fixedrange=True,
     )
     side = max(16, int(round(max(cell_w, cell_h) * 4)))  # enough pixels for 4x (384 dpi) output
     trace = _image_trace(img, side, fmt="png" if cell.get("lossless") else "jpeg")
@@ -1100,6 +1107,60 @@ def comparison_grid_figure(
         width=width,
         font_size=font_size,
         colorbar=True,
+    )
+
+
+def saliency_grid_figure(
+    image: np.ndarray,
+    maps: Mapping[str, Mapping[str, np.ndarray | None]],
+    captions: Mapping[tuple[str, str], str] | None = None,
+    boxes=None,
+    *,
+    max_width: float = 900,
+    cell: tuple[float, float] = (170, 260),
+    font_size: float = 10.0,
+    max_columns: int = 4,
+) -> go.Figure:
+    """The app's grid of saliency maps (``maps[model][method]``, as ``attribution_grid``) in the figure
+    tool's print layout (``panel_grid_figure``): every thumbnail between ``cell`` = (min, max) CSS px wide,
+    captions wrapped under their cells, the colour bar beside the grid, so nothing overlaps at any size.
+
+    Up to ``max_columns`` methods are columns and models are rows; with more methods the grid is
+    transposed (methods are rows) so thumbnails stay large. ``boxes`` (MGNet's glimpses, photo coordinates)
+    are outlined in white, the whole-photo first glimpse left out. The figure has a fixed width: draw it at
+    that width (not stretched) and the page shows what the export holds.
+    """
+    captions = captions or {}
+    rows = list(maps)
+    cols = list(dict.fromkeys(c for r in rows for c in maps[r]))
+    transpose = len(cols) > max_columns and len(cols) > len(rows)
+    row_keys, col_keys = (cols, rows) if transpose else (rows, cols)
+    photo = np.asarray(image)
+    small = downscale(photo, 2 * int(cell[1]))
+    sx, sy = small.shape[1] / photo.shape[1], small.shape[0] / photo.shape[0]
+    thin = None
+    if boxes is not None:
+        thin = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)[1:] * [sx, sy, sx, sy]
+    grid = []
+    for rk in row_keys:
+        cells = []
+        for ck in col_keys:
+            model, method = (ck, rk) if transpose else (rk, ck)
+            m = maps.get(model, {}).get(method)
+            note = captions.get((model, method)) or ("" if m is not None else "not available")
+            cells.append(dict(image=small, heat=m, boxes=thin, box_color="rgba(255,255,255,0.85)", caption=note))
+        grid.append(cells)
+    fpx = pt_to_px(font_size)
+    chrome = 2 * fpx * 1.22 + 2 + fpx * 4.2 + 8  # row labels, colour bar, gaps
+    per = min(cell[1], max(cell[0], (max_width - chrome) / len(col_keys)))
+    return panel_grid_figure(
+        grid,
+        column_titles=[c.replace("<br>", " ") for c in col_keys],
+        row_labels=[r.replace("<br>", " ") for r in row_keys],
+        width=per * len(col_keys) + chrome,
+        font_size=font_size,
+        colorbar=True,
+        colorbar_title="attribution (0–1)",
     )
 
 

@@ -65,6 +65,12 @@ def encoded(fmt: str, **save) -> bytes:
     return buf.getvalue()
 
 
+def services_dir(at) -> str:
+    import os
+
+    return os.environ["MGNET_CHECKPOINTS"]
+
+
 def switch(at, view: str, sub: str | None = None):
     at.session_state["view"] = view
     if sub:
@@ -328,7 +334,30 @@ def test_compare_methods_grid(app):
     assert table["IoU with focus map"].between(0, 1).all()
     assert table["in glimpse boxes"].between(0, 1).all()
     assert app.get("progress")  # progress bar shown
-    assert "saliency-grid" in app.session_state["_registry"].figures
+    grid = app.session_state["_registry"].figures["saliency-grid"]
+    # the print layout at a fixed width (page = export), thumbnails at least 160 px
+    assert grid.layout.width and grid.layout.width <= 900
+    m = grid.layout.margin
+    assert all(
+        (grid.layout[k].domain[1] - grid.layout[k].domain[0]) * (grid.layout.width - m.l - m.r) >= 160
+        for k in grid.layout
+        if k.startswith("xaxis")
+    )
+    # "in boxes" beside its chance level: the glimpse boxes' share of the photo
+    from mgnet import geometry
+
+    from mgnet import load_checkpoint
+    from mgnet.analysis import analyze
+    from mgnet.data import load_image
+
+    res = analyze(
+        load_checkpoint(Path(services_dir(app)) / "mgnet-tiny.pt", device="cpu"),
+        load_image(ROOT / "app" / "examples" / "parachute_1.jpg"),
+    )
+    chance = geometry.area_share(res.boxes_model[1:], res.image_size, res.image_size)
+    assert np.allclose(table["chance (boxes' share of the photo)"], chance)
+    captions = [t.text for t in grid.layout.annotations]
+    assert any(f"(chance {chance:.0%})" in c for c in captions), captions
 
 
 def test_compare_cell_failure_stays_in_its_cell(app, monkeypatch):

@@ -48,3 +48,54 @@ def test_static_exports_carry_no_play_controls(monkeypatch):
     assert static_export.figure_bytes(fig, "png") == b"png"
     assert not seen[0].layout.updatemenus and not seen[0].layout.sliders and not seen[0].frames
     assert fig.layout.updatemenus  # the figure on the page keeps its own
+
+
+def _panels(fig):
+    """(x0, y0, x1, y1) of every panel in CSS px of the figure (y down)."""
+    m, w, h = fig.layout.margin, fig.layout.width, fig.layout.height
+    pw, ph = w - m.l - m.r, h - m.t - m.b
+    out = []
+    for name in fig.layout:
+        if name.startswith("xaxis"):
+            xd = fig.layout[name].domain
+            yd = fig.layout["yaxis" + name[5:]].domain
+            out.append((m.l + xd[0] * pw, m.t + (1 - yd[1]) * ph, m.l + xd[1] * pw, m.t + (1 - yd[0]) * ph))
+    return out
+
+
+METHODS = [
+    "Saliency (gradient)",
+    "Integrated Gradients",
+    "Grad-CAM",
+    "Occlusion",
+    "GradientSHAP",
+    "SmoothGrad",
+    "Guided Backprop",
+]
+
+
+def test_saliency_grid_is_readable_at_1_3_and_7_methods():
+    """Thumbnails at least 160 px, titles and captions within their column, nothing overlapping, the colour
+    bar beside the panels: at a fixed width, so the page and its exports look the same."""
+    rng = np.random.default_rng(0)
+    models = ["MGNet: mgnet-resnet18-imagenette", "baseline-resnet18-imagenette"]
+    boxes = np.array([[-1, -1, 225, 225], [40, 40, 140, 140], [60, 50, 160, 150]])
+    for k in (1, 3, 7):
+        maps = {m: {c: rng.random((14, 14)) for c in METHODS[:k]} for m in models}
+        caps = {(m, c): "in boxes 76% (chance 23%) · IoU 0.41" for m in models for c in METHODS[:k]}
+        fig = plots.saliency_grid_figure(PHOTO, maps, caps, boxes=boxes)
+        panels = _panels(fig)
+        assert len(panels) == 2 * k and fig.layout.width <= 900
+        for x0, y0, x1, y1 in panels:
+            assert x1 - x0 >= 160 and y1 - y0 >= 160, (k, x1 - x0)
+        for i, a in enumerate(panels):
+            for b in panels[i + 1 :]:
+                assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1], "panels overlap"
+        col_w = min(x1 - x0 for x0, _, x1, _ in panels)
+        fpx = plots.pt_to_px(10)
+        for note in fig.layout.annotations:
+            longest = max(len(line) for line in note.text.split("<br>"))
+            if note.textangle != -90:  # titles and captions fit their column (about 0.5 em a character)
+                assert longest * 0.5 * fpx <= col_w, note.text
+        bar = next(t for t in fig.data if isinstance(t, go.Heatmap) and t.showscale)
+        assert bar.colorbar.x >= 1  # right of every panel, away from the captions
