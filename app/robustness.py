@@ -457,10 +457,19 @@ def attack_show(result: AttackResult, photo, entry, models):
             a0.boxes,
             moved,
             labels=("clean", "adversarial"),
-            title="How MGNet's glimpses moved (solid: clean, dashed: adversarial)",
+            title="How MGNet's glimpses moved (solid, n: clean; dashed, n′: adversarial)",
             height=460,
         )
         ui.figure(fig, "glimpse movement", key="fig-atk-move")
+        shift = geometry.centre_shift(a0.boxes, moved, photo.width, photo.height)
+        st.caption(
+            "Centre moved: "
+            + "; ".join(
+                f"glimpse {t + 1} {px:.0f} px ({share:.0%} of the photo's side)"
+                for t, (px, share) in enumerate(shift)
+                if t
+            )
+        )
     ui.registry().images["adversarial-input"] = adv
 
 

@@ -543,45 +543,71 @@ def movement_figure(
     max_side: int | None = MAX_SIDE,
     height: int | None = None,
 ) -> go.Figure:
-    """How the glimpses moved: boxes of two runs on one photo, solid (a) vs dashed (b), with arrows."""
+    """How the glimpses moved: glimpses 2..T of two runs on one photo, each in its glimpse colour, solid
+    with a filled number chip for run a and dashed with an outlined chip (number and a prime) for run b,
+    an arrow from each a-centre to its b-centre labelled with the distance moved. The legend shows the two
+    line styles in a neutral colour (the colours are the glimpses', as everywhere)."""
+    from .geometry import centre_shift
+
     pic = _picture(image, max_side)
     w, h = pic.width, pic.height
+    a, b = (np.asarray(x, dtype=np.float64).reshape(-1, 4) for x in (boxes_a, boxes_b))
     fig = go.Figure(_image_trace(pic))
-    for name, boxes, dash in ((labels[0], boxes_a, None), (labels[1], boxes_b, "dash")):
-        boxes = np.asarray(boxes, dtype=np.float64)
-        for i, b in enumerate(boxes[1:], 1):
+    for name, dash in ((labels[0], None), (labels[1], "dash")):  # legend keys: line style only
+        fig.add_trace(
+            go.Scatter(x=[None], y=[None], mode="lines", line=dict(color="#333", width=3, dash=dash), name=name)
+        )
+    chip = 0.05 * max(w, h)
+    chips: list = []
+    for run, boxes, dash in ((0, a, None), (1, b, "dash")):
+        for t, box in enumerate(boxes[1:], 1):
+            color = glimpse_color(t)
+            x0, y0, x1, y1 = [float(v) for v in box]
             fig.add_trace(
                 _rectangle_trace(
-                    b,
-                    f"{i + 1}",
-                    textfont=dict(color=glimpse_color(i)),
-                    line=dict(color=glimpse_color(i), width=3, dash=dash),
-                    name=f"{name} ({'solid' if dash is None else 'dashed'})",
-                    legendgroup=name,
-                    showlegend=i == 1,
-                    hoverinfo="name",
+                    box,
+                    line=dict(color=color, width=3, dash=dash),
+                    showlegend=False,
+                    name=f"{labels[run]}, glimpse {t + 1}",
+                    hovertemplate=f"{labels[run]}, glimpse {t + 1}<br>x {x0:.0f}–{x1:.0f}, y {y0:.0f}–{y1:.0f}"
+                    "<extra></extra>",
                 )
             )
-    a, b = np.asarray(boxes_a, dtype=np.float64), np.asarray(boxes_b, dtype=np.float64)
-    for i in range(1, min(len(a), len(b))):
-        ca = ((a[i, 0] + a[i, 2]) / 2, (a[i, 1] + a[i, 3]) / 2)
-        cb = ((b[i, 0] + b[i, 2]) / 2, (b[i, 1] + b[i, 3]) / 2)
-        if np.hypot(cb[0] - ca[0], cb[1] - ca[1]) > 1e-3 * max(w, h):
+            cx, cy, xa, ya = _chip_corner(x0, y0, x1, y1, chip, chip * 1.2, chips)
             fig.add_annotation(
-                x=cb[0],
-                y=cb[1],
-                ax=ca[0],
-                ay=ca[1],
-                xref="x",
-                yref="y",
-                axref="x",
-                ayref="y",
-                showarrow=True,
-                arrowhead=2,
-                arrowwidth=2,
-                arrowcolor=glimpse_color(i),
-                text="",
+                text=f"<b>{t + 1}{'′' if run else ''}</b>",
+                x=cx,
+                y=cy,
+                xanchor=xa,
+                yanchor=ya,
+                showarrow=False,
+                bgcolor=color if run == 0 else "white",
+                bordercolor=color,
+                borderwidth=2,
+                borderpad=1,
+                font=dict(FONT, size=13, color="white" if run == 0 else color),
             )
+    shift = centre_shift(a, b, w, h)
+    for t in range(1, len(shift)):
+        ca, cb = (a[t, :2] + a[t, 2:]) / 2, (b[t, :2] + b[t, 2:]) / 2
+        moved = shift[t, 0] > 1e-3 * max(w, h)
+        fig.add_annotation(
+            x=cb[0],
+            y=cb[1],
+            ax=ca[0],
+            ay=ca[1],
+            xref="x",
+            yref="y",
+            axref="x",
+            ayref="y",
+            showarrow=bool(moved),
+            arrowhead=2,
+            arrowwidth=2,
+            arrowcolor=glimpse_color(t),
+            text=f"{shift[t, 0]:.0f} px" if moved else "did not move",
+            font=dict(FONT, size=12, color="black"),
+            bgcolor="rgba(255,255,255,0.8)",
+        )
     _photo_axes(fig, w, h)
     return _layout(fig, title, height, legend=dict(orientation="h", y=-0.02, x=0, yanchor="top"))
 

@@ -99,3 +99,30 @@ def test_saliency_grid_is_readable_at_1_3_and_7_methods():
                 assert longest * 0.5 * fpx <= col_w, note.text
         bar = next(t for t in fig.data if isinstance(t, go.Heatmap) and t.showscale)
         assert bar.colorbar.x >= 1  # right of every panel, away from the captions
+
+
+def test_moved_glimpses_plot_tells_runs_apart_and_says_how_far():
+    """Clean and attacked boxes differ in line and chip style, each arrow gives the distance moved, and the
+    legend keys are the line styles in a neutral colour (not one glimpse's colour)."""
+    from mgnet.geometry import centre_shift
+
+    clean = np.array([[0, 0, 224, 224], [20, 20, 120, 120], [100, 100, 200, 200]], dtype=float)
+    attacked = np.array([[0, 0, 224, 224], [50, 60, 150, 160], [100, 100, 200, 200]], dtype=float)
+    fig = plots.movement_figure(PHOTO, clean, attacked, labels=("clean", "adversarial"))
+    legend = [t for t in fig.data if isinstance(t, go.Scatter) and t.showlegend is not False]
+    assert [(t.name, t.line.dash, t.line.color) for t in legend] == [
+        ("clean", None, "#333"),
+        ("adversarial", "dash", "#333"),
+    ]
+    boxes = [t for t in fig.data if isinstance(t, go.Scatter) and t.showlegend is False]
+    assert [t.line.dash for t in boxes] == [None, None, "dash", "dash"]
+    assert [t.line.color for t in boxes] == [plots.glimpse_color(t) for t in (1, 2, 1, 2)]
+    chips = {
+        a.text: a for a in fig.layout.annotations if not a.showarrow and "px" not in a.text and "move" not in a.text
+    }
+    assert set(chips) == {"<b>2</b>", "<b>3</b>", "<b>2′</b>", "<b>3′</b>"}
+    assert chips["<b>2</b>"].bgcolor == plots.glimpse_color(1) and chips["<b>2′</b>"].bgcolor == "white"
+    shift = centre_shift(clean, attacked, 224, 224)
+    assert np.isclose(shift[1, 0], np.hypot(30, 40)) and shift[2, 0] == 0
+    notes = [a.text for a in fig.layout.annotations if "px" in a.text or "move" in a.text]
+    assert notes == [f"{shift[1, 0]:.0f} px", "did not move"]
