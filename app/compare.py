@@ -171,6 +171,24 @@ def rows_of(request: CompareRequest, entry, cat) -> list[tuple[str, object]]:
     ]
 
 
+def estimate(request: CompareRequest, photo, entry, cat, n_glimpses) -> tuple[int, float]:
+    """(forward passes, rough seconds) of a request, known before it runs: each method's passes
+    (``explain.passes``) times the time of one analysis of the photo by that model (occlusion's passes
+    are forward-only, about half the cost of a gradient pass)."""
+    total, seconds = 0, 0.0
+    for _, e in rows_of(request, entry, cat):
+        per_pass = services.analyze(e, photo, n_glimpses).seconds
+        for m in request.methods:
+            k = explain.passes(m, e.model.image_size, request.options_of(m))
+            total += k
+            seconds += k * per_pass * (0.5 if m == "occlusion" else 1.0)
+    return total, seconds
+
+
+def duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+
 def compute(request: CompareRequest, photo, entry, a, cat, n_glimpses, progress=None) -> CompareResult:
     """Every model x method map, its agreement with the focus map, and the table rows; a failed cell is
     recorded and the others go on. ``progress(fraction, text)``."""
@@ -309,7 +327,9 @@ def render(photo, entry, a, cat, settings: dict):
         if not n_cells:
             st.warning("Nothing to compute: choose at least one method and one model.")
             return
-        bar = st.progress(0.0, text="computing saliency maps…")
+        passes, seconds = estimate(request, photo, entry, cat, settings.get("n_glimpses"))
+        about = f"{n_cells} map{'s' if n_cells > 1 else ''}, {passes} forward passes: about {duration(seconds)}"
+        bar = st.progress(0.0, text=f"computing saliency maps ({about})…")
         result = compute(
             request,
             photo,
@@ -317,7 +337,7 @@ def render(photo, entry, a, cat, settings: dict):
             a,
             cat,
             settings.get("n_glimpses"),
-            lambda fraction, text: bar.progress(min(fraction, 1.0), text=text),
+            lambda fraction, text: bar.progress(min(fraction, 1.0), text=f"{text} ({about} in all)"),
         )
         bar.progress(1.0, text=f"{len(result.records)} of {n_cells} maps ready")
         show(result, photo, a)

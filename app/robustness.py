@@ -133,6 +133,7 @@ def prediction_rows(models, clean: dict, changed: dict, roles: dict | None = Non
                 "changed": aname != cname,
                 "_before": cp,
                 "_after": float(xa.probs[-1, ci]),
+                "_after_new": ap,
                 "_before_label": cname,
                 "_after_label": aname,
             }
@@ -157,6 +158,7 @@ def show_rows(rows: list[dict], name: str):
                 "model": r["model"],
                 "before": r["_before"],
                 "after": r["_after"],
+                "after_new": r["_after_new"],
                 "before_label": r["_before_label"],
                 "after_label": r["_after_label"],
             }
@@ -485,9 +487,12 @@ def render_attack(photo, entry, models, a, settings):
     if request.photo != photo.key or request.model != entry.key:
         st.info("The photo or model changed. Press **Run attack** to attack this one.")
         return
-    bar = st.progress(0.0, text="attacking…")
+    # an attack step is a forward and a backward pass of the crafting model: about twice an analysis
+    source = next((m for m in models if m.name == request.source), entry)
+    about = f"about {2 * request.steps * services.analyze(source, photo, n).seconds:.0f} s"
+    bar = st.progress(0.0, text=f"attacking: {request.steps} step{'s' if request.steps > 1 else ''}, {about}…")
     result = attack_compute(
-        request, photo, entry, models, n, lambda d, t: bar.progress(d / t, text=f"attack step {d}/{t}")
+        request, photo, entry, models, n, lambda d, t: bar.progress(d / t, text=f"attack step {d}/{t} ({about} in all)")
     )
     bar.progress(1.0, text="attack done")
     attack_show(result, photo, entry, models)
@@ -589,6 +594,17 @@ def sweep_severity(request: SweepRequest, photo, models, n, progress) -> SweepRe
     return SweepResult(xs, series, correct, f"severity of {corruptions.label(name)}")
 
 
+def sweep_estimate(request: SweepRequest, photo, models, n) -> str:
+    """Rough time of a sweep before it starts: each model attacked at every eps of the grid (a step is
+    about two analyses), or analysed on every severity."""
+    per = sum(services.analyze(m, photo, n).seconds for m in models)
+    if request.kind == "eps":
+        steps = request.attack.white_box_sweep(1.0).run_config(n)["steps"]
+        runs = sum(1 for e in EPS_GRID if 0 < e <= request.max_eps)
+        return f"{runs * len(models)} attacks of {steps} steps: about {2 * runs * steps * per:.0f} s"
+    return f"{len(SEVERITIES)} severities: about {len(SEVERITIES) * per:.0f} s plus corrupting"
+
+
 def render_sweep(photo, entry, models, a, settings):
     n = settings.get("n_glimpses")
     request, submitted = sweep_form(photo, entry, models)
@@ -603,7 +619,7 @@ def render_sweep(photo, entry, models, a, settings):
         )
         return
     chosen = [m for m in models if m.name in request.models] or [entry]
-    bar = st.progress(0.0, text=f"sweeping {request.kind}…")
+    bar = st.progress(0.0, text=f"sweeping {request.kind} ({sweep_estimate(request, photo, chosen, n)})…")
     compute = sweep_eps if request.kind == "eps" else sweep_severity
     result = compute(request, photo, chosen, n, lambda fraction, text: bar.progress(fraction, text=text))
     bar.progress(1.0, text="sweep done")

@@ -615,10 +615,11 @@ def movement_figure(
 def prediction_compare_figure(
     rows: Sequence[Mapping], title: str | None = "Predictions before and after", height: int | None = None
 ) -> go.Figure:
-    """Grouped bars: for each model, confidence in the class it predicted on the clean photo, before and after.
+    """Grouped bars: for each model, confidence in the class it predicted on the clean photo, before and after,
+    and, for a model whose answer changed, a third bar: its new class and its confidence in it.
 
     ``rows``: dicts with ``model``, ``before`` (prob), ``after`` (prob of the same class), and optionally
-    ``before_label`` / ``after_label`` (the predicted class names) shown as hover text.
+    ``before_label`` / ``after_label`` (the predicted class names) and ``after_new`` (prob of the new class).
     """
     models = [str(r["model"]) for r in rows]
     fig = go.Figure(
@@ -643,8 +644,22 @@ def prediction_compare_figure(
             ),
         ]
     )
+    changed = [r.get("after_label") not in (None, r.get("before_label")) for r in rows]
+    if any(changed) and all("after_new" in r for r in rows):
+        # a fooled model's new answer, with its confidence, beside the class it lost
+        fig.add_trace(
+            go.Bar(
+                name="perturbed: its new class",
+                x=models,
+                y=[float(r["after_new"]) if c else 0.0 for r, c in zip(rows, changed)],
+                marker_color="#ff7f0e",
+                text=[f"now: {r['after_label']}" if c else "" for r, c in zip(rows, changed)],
+                textposition="auto",
+                hovertemplate="%{x}<br>%{text} (%{y:.1%})<extra></extra>",
+            )
+        )
     fig.update_layout(barmode="group")
-    fig.update_yaxes(title="confidence in clean class", range=[0, 1], tickformat=".0%", gridcolor="#eee")
+    fig.update_yaxes(title="confidence", range=[0, 1], tickformat=".0%", gridcolor="#eee")
     return _layout(
         fig,
         title,

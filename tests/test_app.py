@@ -8,6 +8,7 @@ and one broken file, so every flow runs in seconds on a CPU. Uploads go through
 from __future__ import annotations
 
 import io
+import re
 import json
 import zipfile
 from pathlib import Path
@@ -837,3 +838,39 @@ def test_class_list_and_unlike_photo_warning(tmp_path, monkeypatch):
     (folder / "ood.json").unlink()
     at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
     assert "No unlike-photo check" in "\n".join(c.value for c in at.caption)
+
+
+def test_slow_work_shows_an_estimate_before_it_starts(app, monkeypatch):
+    """Slow saliency methods and attacks open their progress bar with the work ahead and a time estimate."""
+    import streamlit as st
+
+    texts = []
+    real = st.progress
+    monkeypatch.setattr(st, "progress", lambda value, text=None, **k: texts.append(text) or real(value, text=text, **k))
+    switch(app, "Compare")
+    app.multiselect(key="methods").set_value(["occlusion"])
+    app.checkbox(key="self").set_value(False)
+    submit(app, "Compute maps")
+    first = next(t for t in texts if t and "saliency maps" in t)
+    assert re.search(r"1 map, \d+ forward passes: about \d+ (s|min)", first), first
+    switch(app, "Robustness", "Attack")
+    app.number_input(key="atk_steps").set_value(3)
+    submit(app, "Run attack")
+    first = next(t for t in texts if t and t.startswith("attacking"))
+    assert re.search(r"attacking: 3 steps, about \d+ s", first), first
+    assert not errors(app)
+
+
+def test_fooled_class_shows_in_the_attack_bar_chart(app, monkeypatch):
+    """When the attack changes a model's answer, its new class is a bar of the chart, not only in the table."""
+    switch(app, "Robustness", "Attack")
+    app.number_input(key="atk_eps").set_value(64.0)
+    app.number_input(key="atk_steps").set_value(3)
+    submit(app, "Run attack")
+    table = app.dataframe[0].value
+    fig = app.session_state["_registry"].figures["attack-predictions"]
+    changed = list(table["changed"])
+    assert any(changed), "eps 64/255 should fool the random tiny models"
+    new = next(t for t in fig.data if t.name == "perturbed: its new class")
+    for ok, label, text in zip(changed, table["perturbed prediction"], new.text):
+        assert (text == f"now: {label.rsplit(' (', 1)[0]}") if ok else text == ""

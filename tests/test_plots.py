@@ -126,3 +126,18 @@ def test_moved_glimpses_plot_tells_runs_apart_and_says_how_far():
     assert np.isclose(shift[1, 0], np.hypot(30, 40)) and shift[2, 0] == 0
     notes = [a.text for a in fig.layout.annotations if "px" in a.text or "move" in a.text]
     assert notes == [f"{shift[1, 0]:.0f} px", "did not move"]
+
+
+def test_fooled_models_new_class_is_in_the_bar_chart():
+    rows = [
+        dict(model="mgnet", before=0.9, after=0.2, before_label="parachute", after_label="golf ball", after_new=0.7),
+        dict(
+            model="baseline", before=0.8, after=0.75, before_label="parachute", after_label="parachute", after_new=0.75
+        ),
+    ]
+    fig = plots.prediction_compare_figure(rows)
+    new = fig.data[-1]
+    assert new.name == "perturbed: its new class"
+    assert list(new.y) == [0.7, 0.0] and list(new.text) == ["now: golf ball", ""]
+    calm = plots.prediction_compare_figure([{**rows[1]}])
+    assert len(calm.data) == 2  # nobody fooled: no third bar
