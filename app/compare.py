@@ -301,8 +301,8 @@ def current_request(photo, entry) -> CompareRequest | None:
 
 def render(photo, entry, a, cat, settings: dict):
     request, submitted = form(photo, entry, a, cat)
-    if submitted:
-        st.session_state["cmp_request"] = request
+    if submitted or (st.session_state.get("cmp_request") is None and services.was_done("compare", request)):
+        st.session_state["cmp_request"] = request  # a page address naming computed maps shows them at once
     left, right = st.columns([1, 3], gap="medium")
     with left:
         ui.figure(
@@ -340,6 +340,7 @@ def render(photo, entry, a, cat, settings: dict):
             lambda fraction, text: bar.progress(min(fraction, 1.0), text=f"{text} ({about} in all)"),
         )
         bar.progress(1.0, text=f"{len(result.records)} of {n_cells} maps ready")
+        services.mark_done("compare", request)
         show(result, photo, a)
     ui.explain(
         "- Each cell is one model's saliency map for the **target class** under one Captum method, overlaid on "

@@ -478,8 +478,8 @@ def attack_show(result: AttackResult, photo, entry, models):
 def render_attack(photo, entry, models, a, settings):
     n = settings.get("n_glimpses")
     request, submitted = attack_form(photo, entry, models, a)
-    if submitted:
-        st.session_state["atk_request"] = request
+    if submitted or (st.session_state.get("atk_request") is None and services.was_done("attack", request)):
+        st.session_state["atk_request"] = request  # a page address naming a computed attack shows it at once
     request = st.session_state.get("atk_request")
     if not request:
         st.info("Set the attack and press **Run attack**. PGD-10 takes a few seconds on a CPU.")
@@ -495,6 +495,7 @@ def render_attack(photo, entry, models, a, settings):
         request, photo, entry, models, n, lambda d, t: bar.progress(d / t, text=f"attack step {d}/{t} ({about} in all)")
     )
     bar.progress(1.0, text="attack done")
+    services.mark_done("attack", request)
     attack_show(result, photo, entry, models)
     ui.registry().settings["attack"] = dict(
         request.run_config(n), source=result.source.name, source_sha256=result.source.sha256, label=int(result.label)
@@ -608,7 +609,7 @@ def sweep_estimate(request: SweepRequest, photo, models, n) -> str:
 def render_sweep(photo, entry, models, a, settings):
     n = settings.get("n_glimpses")
     request, submitted = sweep_form(photo, entry, models)
-    if submitted:
+    if submitted or (st.session_state.get("sweep_request") is None and services.was_done("sweep", request)):
         st.session_state["sweep_request"] = request
     request = st.session_state.get("sweep_request")
     if not request or request.photo != photo.key or request.model != entry.key:
@@ -623,6 +624,7 @@ def render_sweep(photo, entry, models, a, settings):
     compute = sweep_eps if request.kind == "eps" else sweep_severity
     result = compute(request, photo, chosen, n, lambda fraction, text: bar.progress(fraction, text=text))
     bar.progress(1.0, text="sweep done")
+    services.mark_done("sweep", request)
     fig = plots.sweep_figure(
         result.xs,
         result.series,

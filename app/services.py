@@ -200,6 +200,27 @@ def memo(kind: str, key: tuple, compute: Callable[[], Any]):
     return _slot(kind, key, _value=compute())
 
 
+def _request_key(kind: str, request) -> tuple:
+    import dataclasses
+    import json
+
+    return (kind, json.dumps(dataclasses.asdict(request), sort_keys=True, default=str))
+
+
+def mark_done(kind: str, request):
+    """Remember (process-wide, as long as results are cached) that ``request`` was computed."""
+    memo("done", _request_key(kind, request), lambda: True)
+
+
+def was_done(kind: str, request) -> bool:
+    """Whether ``request`` (a tab's request dataclass: photo, model and every setting) was computed in this
+    process and its results are still cached: a page address that names it may show it without a click."""
+    try:
+        return bool(_slot("done", _request_key(kind, request)))
+    except _Miss:
+        return False
+
+
 # -- photos ----------------------------------------------------------------------------------------------
 @dataclass
 class Photo:

@@ -874,3 +874,30 @@ def test_fooled_class_shows_in_the_attack_bar_chart(app, monkeypatch):
     new = next(t for t in fig.data if t.name == "perturbed: its new class")
     for ok, label, text in zip(changed, table["perturbed prediction"], new.text):
         assert (text == f"now: {label.rsplit(' (', 1)[0]}") if ok else text == ""
+
+
+@pytest.mark.parametrize(
+    "params,button",
+    [
+        ({"view": "Compare", "methods": ["Guided Backprop"], "target": "church"}, "Compute maps"),
+        ({"view": "Robustness", "rob_view": "Attack", "atk_method": "FGSM (one step)", "atk_eps": "2.5"}, "Run attack"),
+    ],
+)
+def test_page_address_restores_computed_results(ckpt_dir, monkeypatch, params, button):
+    """A page address that names a Compare or Attack request already computed (its results are cached)
+    shows the results on opening, without a button press."""
+    monkeypatch.setenv("MGNET_CHECKPOINTS", str(ckpt_dir))
+    monkeypatch.setenv("MGNET_DEVICE", "cpu")
+    first = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    first.query_params.update(params)
+    first.run()
+    assert not first.dataframe  # nothing computed yet: the tab waits for the button
+    submit(first, button)
+    expected = first.dataframe[0].value
+    again = AppTest.from_file(APP, default_timeout=TIMEOUT)  # a new session opening the same address
+    again.query_params.update(params)
+    again.run()
+    assert not again.exception and not errors(again)
+    assert again.dataframe and again.dataframe[0].value.drop(columns="seconds", errors="ignore").equals(
+        expected.drop(columns="seconds", errors="ignore")
+    )
