@@ -270,7 +270,10 @@ def known_classes(entry, a):
             f"{check['threshold']:.2f} that {check['rate']:.0%} of validation photos exceed.)",
             icon="⚠️",
         )
-    st.caption(f"{entry.short} knows only these {len(classes)} classes and always picks one: {listed}.")
+    st.caption(
+        f"{entry.short} knows only these {len(classes)} classes and always picks one: {listed}. A confident "
+        "answer does not mean the photo shows one of them (the unlike-photo warning catches only some)."
+    )
     if check is None:
         st.caption(
             "No unlike-photo check for this checkpoint: it has no calibration in ood.json beside the checkpoints "

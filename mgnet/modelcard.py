@@ -1055,6 +1055,15 @@ def _ood_section(out_dir: Path) -> list[str]:
         "|---|---|---|---|---|" + "---|" * len(kinds),
     ]
     other = "msp" if score == "energy" else "energy"
+    caught = [m[score]["unlike_flagged"][str(m["trained_glimpses"] or 1)] for m in doc["models"].values()]
+    if max(caught) < 0.5:
+        lines.insert(
+            2,
+            f"At these thresholds the warning catches only {_pct(min(caught))}–{_pct(max(caught))} of the unlike "
+            "images: the models give most of them confident logits, so scores from the outputs alone cannot "
+            "flag them without also flagging many real photos. The warning is a hint, not a guard; the list "
+            "of known classes beside every prediction is the app's main message.\n",
+        )
     for name, m in doc["models"].items():
         n = str(m["trained_glimpses"] or 1)
         rec = m[score]
