@@ -232,7 +232,7 @@ def compute(request: CompareRequest, photo, entry, a, cat, n_glimpses, progress=
         result.captions[(label, column)] = (
             "map is zero everywhere"
             if att.empty
-            else (f"in boxes {inside:.0%} (chance {chance:.0%}) · " if inside is not None else "") + f"IoU {iou:.2f}"
+            else (f"in boxes {inside:.0%} (chance {chance:.0%})<br>" if inside is not None else "") + f"IoU {iou:.2f}"
         )
         result.records.append(
             {
@@ -312,7 +312,8 @@ def render(photo, entry, a, cat, settings: dict):
             "compare focus map",
             key="fig-cmp-focus",
         )
-        st.caption("Where MGNet looked (Glimpses tab). The maps on the right use the same colour scale.")
+        st.caption("Where MGNet looked (Glimpses tab). The maps below use the same colour scale.")
+    result = None
     with right:
         had_request = st.session_state.get("cmp_request") is not None
         request = current_request(photo, entry)
@@ -341,6 +342,7 @@ def render(photo, entry, a, cat, settings: dict):
         )
         bar.progress(1.0, text=f"{len(result.records)} of {n_cells} maps ready")
         services.mark_done("compare", request)
+    if result is not None:  # the grid at the page's full width: its print layout is never squeezed
         show(result, photo, a)
     ui.explain(
         "- Each cell is one model's saliency map for the **target class** under one Captum method, overlaid on "

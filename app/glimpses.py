@@ -227,7 +227,7 @@ def location_row(photo, entry, a):
         check = services.location_check(entry, photo, a.n_glimpses)
     name = a.classes[check.target]
     mattered, verdict = location_verdict(check, a.classes)
-    (st.warning if mattered else st.info)(f"**Location check:** {verdict}", icon="📍")
+    (st.warning if mattered else st.info)(f"**Location check:** {verdict}")
     c1, c2 = st.columns([1, 1], gap="medium")
     with c1:
         ui.figure(plots.location_check_figure(check, name), "location check", key="fig-location")

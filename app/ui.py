@@ -153,7 +153,15 @@ def export_problem() -> str:
 def image(img: np.ndarray, name: str, caption: str | None = None, width: int | str = "stretch"):
     """An image (st.image) registered for the bundle under ``name``."""
     registry().images[slug(name)] = img
-    st.image(img, caption=caption, width=width)
+    # inline (data URI), not a media file: a media file of an earlier run can be gone by the time the browser
+    # asks for it ("Image source error" 404s while stepping); these pictures are small
+    st.image(inline_uri(img), caption=caption, width=width)
+
+
+def inline_uri(img: np.ndarray) -> str:
+    from mgnet.plots import data_uri
+
+    return data_uri(np.asarray(img), "png")
 
 
 def pct(v: float) -> str:

@@ -170,6 +170,13 @@ def drawn_boxes(boxes, width: int, height: int, inset: float) -> np.ndarray:
     return out
 
 
+def _number_chip(fig: go.Figure, box, text: str, chips: list, chip: float, style: dict):
+    """A box's number in a chip at the first corner no earlier chip uses (``_chip_corner``); ``style``:
+    the annotation's colours, border, opacity and font."""
+    cx, cy, xa, ya = _chip_corner(*box, chip, chip * 1.2, chips)
+    fig.add_annotation(text=text, x=cx, y=cy, xanchor=xa, yanchor=ya, showarrow=False, **style)
+
+
 def _glimpse_boxes(fig: go.Figure, boxes, shown: int, current: int | None, w: int, h: int, chip: float):
     """Boxes 1..``shown`` in their glimpse colours, each numbered in a chip of its colour at a corner no
     other chip uses (the figure tool's strip language); ``current`` is drawn bold, the others thinner."""
@@ -189,18 +196,18 @@ def _glimpse_boxes(fig: go.Figure, boxes, shown: int, current: int | None, w: in
                 hovertemplate=f"glimpse {t + 1}<br>x {x0:.0f}–{x1:.0f} px<br>y {y0:.0f}–{y1:.0f} px<extra></extra>",
             )
         )
-        cx, cy, xa, ya = _chip_corner(x0, y0, x1, y1, chip, chip * 1.2, chips)
-        fig.add_annotation(
-            text=f"<b>{t + 1}</b>",
-            x=cx,
-            y=cy,
-            xanchor=xa,
-            yanchor=ya,
-            showarrow=False,
-            bgcolor=glimpse_color(t),
-            borderpad=2,
-            opacity=1.0 if bold else 0.85,
-            font=dict(FONT, size=15 if bold else 13, color="white"),
+        _number_chip(
+            fig,
+            (x0, y0, x1, y1),
+            f"<b>{t + 1}</b>",
+            chips,
+            chip,
+            dict(
+                bgcolor=glimpse_color(t),
+                borderpad=2,
+                opacity=1.0 if bold else 0.85,
+                font=dict(FONT, size=15 if bold else 13, color="white"),
+            ),
         )
 
 
@@ -573,19 +580,19 @@ def movement_figure(
                     "<extra></extra>",
                 )
             )
-            cx, cy, xa, ya = _chip_corner(x0, y0, x1, y1, chip, chip * 1.2, chips)
-            fig.add_annotation(
-                text=f"<b>{t + 1}{'′' if run else ''}</b>",
-                x=cx,
-                y=cy,
-                xanchor=xa,
-                yanchor=ya,
-                showarrow=False,
-                bgcolor=color if run == 0 else "white",
-                bordercolor=color,
-                borderwidth=2,
-                borderpad=1,
-                font=dict(FONT, size=13, color="white" if run == 0 else color),
+            _number_chip(
+                fig,
+                (x0, y0, x1, y1),
+                f"<b>{t + 1}{'′' if run else ''}</b>",
+                chips,
+                chip,
+                dict(
+                    bgcolor=color if run == 0 else "white",
+                    bordercolor=color,
+                    borderwidth=2,
+                    borderpad=1,
+                    font=dict(FONT, size=13, color="white" if run == 0 else color),
+                ),
             )
     shift = centre_shift(a, b, w, h)
     for t in range(1, len(shift)):
