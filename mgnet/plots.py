@@ -1164,7 +1164,7 @@ def saliency_grid_figure(
     captions: Mapping[tuple[str, str], str] | None = None,
     boxes=None,
     *,
-    max_width: float = 900,
+    max_width: float = 780,  # fits the main column of a 1280 px wide window beside the sidebar
     cell: tuple[float, float] = (170, 260),
     font_size: float = 10.0,
     max_columns: int = 4,
