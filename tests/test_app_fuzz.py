@@ -83,6 +83,12 @@ def _raw_options(widget, candidates) -> list:
     return out
 
 
+def _edgy(rng: random.Random, lo, hi, draw):
+    """A value in [lo, hi], half the time one of the ends (where off-by-one bugs live)."""
+    roll = rng.random()
+    return lo if roll < 0.25 else hi if roll < 0.5 else draw(lo, hi)
+
+
 def _actions(at, rng: random.Random, candidates, photos) -> list[tuple[str, callable]]:
     """(description, do) of everything a user can do on the page as drawn now."""
     acts = []
@@ -100,13 +106,14 @@ def _actions(at, rng: random.Random, candidates, photos) -> list[tuple[str, call
             v = rng.sample(raw, rng.randint(0, min(3, len(raw))))
             acts.append((f"multiselect {w.key}={v!r}", lambda w=w, v=v: w.set_value(v)))
     for w in at.slider:
-        lo, hi = w.min, w.max
-        v = rng.randint(int(lo), int(hi))
+        v = _edgy(rng, int(w.min), int(w.max), rng.randint)
         acts.append((f"slider {w.key}={v}", lambda w=w, v=v: w.set_value(v)))
     for w in at.number_input:
         lo, hi = CHEAP.get(w.key, (w.min, w.min + 2 * (w.step or 1)))
-        v = rng.uniform(lo, hi) if isinstance(w.value, float) else rng.randint(int(lo), int(hi))
-        v = round(v * 2) / 2 if isinstance(v, float) else v
+        if isinstance(w.value, float):
+            v = round(_edgy(rng, float(lo), float(hi), rng.uniform) * 2) / 2
+        else:
+            v = _edgy(rng, int(lo), int(hi), rng.randint)
         acts.append((f"number_input {w.key}={v}", lambda w=w, v=v: w.set_value(v)))
     for w in [*at.checkbox, *at.toggle]:
         v = rng.random() < 0.5
@@ -141,13 +148,9 @@ def _tab(at, rng: random.Random, visited: set) -> tuple[str, callable]:
     return f"tab {view}", lambda: at.session_state.__setitem__("view", view)
 
 
-TOUR = [
-    ("Compare", None),
-    ("Robustness", "Corruption"),
-    ("Robustness", "Attack"),
-    ("Robustness", "Sweep"),
-    ("Glimpses", None),
-]
+# every tab and sub-tab in turn, and the Glimpses tab (where stepping meets the glimpse count) every other time
+TOUR = [("Glimpses", None), ("Compare", None), ("Glimpses", None), ("Robustness", "Corruption")]
+TOUR += [("Glimpses", None), ("Robustness", "Attack"), ("Glimpses", None), ("Robustness", "Sweep")]
 
 
 def _tour(at, k: int) -> tuple[str, callable]:
@@ -192,13 +195,13 @@ def test_random_walk_over_every_widget(tmp_path, monkeypatch):
         offered |= {a[0].split("=")[0] for a in acts}
         fresh = [a for a in acts if a[0].split("=")[0] not in visited]
         roll = rng.random()
-        if step % 12 == 11:  # a tour: every tab and sub-tab in turn, so each one's widgets are met
-            what, do = _tour(at, step // 12)
+        if step % 8 == 7:  # a tour: every tab and sub-tab in turn, so each one's widgets are met
+            what, do = _tour(at, step // 8)
         elif roll < 0.05:
             what, do = "export bundle", lambda: _export(at)
         elif roll < 0.12:
             what, do = _tab(at, rng, visited)
-        elif fresh and rng.random() < 0.9:  # mostly something not done yet: every widget gets its turns
+        elif fresh:  # something not done yet first: every widget gets its turn
             what, do = rng.choice(fresh)
         else:
             what, do = rng.choice(acts)
