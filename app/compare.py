@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 import streamlit as st
 
-from mgnet import explain, metrics, plots
+from mgnet import explain, geometry, metrics, plots
 from mgnet.analysis import display_focus_map, focus_map
 
 from . import services, ui
@@ -171,12 +171,32 @@ def rows_of(request: CompareRequest, entry, cat) -> list[tuple[str, object]]:
     ]
 
 
+def estimate(request: CompareRequest, photo, entry, cat, n_glimpses) -> tuple[int, float]:
+    """(forward passes, rough seconds) of a request, known before it runs: each method's passes
+    (``explain.passes``) times the time of one analysis of the photo by that model (occlusion's passes
+    are forward-only, about half the cost of a gradient pass)."""
+    total, seconds = 0, 0.0
+    for _, e in rows_of(request, entry, cat):
+        per_pass = services.analyze(e, photo, n_glimpses).seconds
+        for m in request.methods:
+            k = explain.passes(m, e.model.image_size, request.options_of(m))
+            total += k
+            seconds += k * per_pass * (0.5 if m == "occlusion" else 1.0)
+    return total, seconds
+
+
+def duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+
 def compute(request: CompareRequest, photo, entry, a, cat, n_glimpses, progress=None) -> CompareResult:
     """Every model x method map, its agreement with the focus map, and the table rows; a failed cell is
     recorded and the others go on. ``progress(fraction, text)``."""
     s_grad = 1.0 if request.true_grad else None
     focus_model = focus_map(a.boxes_model, a.image_size, a.image_size)
     cells = [(label, e, m) for label, e in rows_of(request, entry, cat) for m in request.methods]
+    # what "in boxes" would be for a map spread evenly over the photo: the boxes' share of it
+    chance = geometry.area_share(a.boxes_model[1:], a.image_size, a.image_size) if a.n_glimpses > 1 else None
     result = CompareResult()
     for i, (label, e, method) in enumerate(cells):
         column = explain.METHODS[method].label
@@ -212,7 +232,7 @@ def compute(request: CompareRequest, photo, entry, a, cat, n_glimpses, progress=
         result.captions[(label, column)] = (
             "map is zero everywhere"
             if att.empty
-            else (f"in boxes {inside:.0%} · " if inside is not None else "") + f"IoU {iou:.2f}"
+            else (f"in boxes {inside:.0%} (chance {chance:.0%})<br>" if inside is not None else "") + f"IoU {iou:.2f}"
         )
         result.records.append(
             {
@@ -220,6 +240,7 @@ def compute(request: CompareRequest, photo, entry, a, cat, n_glimpses, progress=
                 "method": column,
                 "class": e.model.classes[att.target],
                 "in glimpse boxes": inside,
+                "chance (boxes' share of the photo)": chance,
                 "IoU with focus map": iou,
                 "seconds": att.seconds,
             }
@@ -230,8 +251,8 @@ def compute(request: CompareRequest, photo, entry, a, cat, n_glimpses, progress=
 def show(result: CompareResult, photo, a):
     for message in result.failures:
         st.error(message)
-    fig = plots.attribution_grid(services.picture(photo, 320), result.maps, result.captions, boxes=a.boxes)
-    ui.figure(fig, "saliency grid", key="fig-cmp-grid")
+    fig = plots.saliency_grid_figure(plots.downscale(photo.image, 640), result.maps, result.captions, boxes=a.boxes)
+    ui.figure(fig, "saliency grid", key="fig-cmp-grid", width="content")
     if not result.records:
         return
     st.dataframe(
@@ -244,6 +265,12 @@ def show(result: CompareResult, photo, a):
                 min_value=0.0,
                 max_value=1.0,
                 help="Share of the map's mass inside MGNet's glimpse boxes 2..T",
+            ),
+            "chance (boxes' share of the photo)": st.column_config.ProgressColumn(
+                format="percent",
+                min_value=0.0,
+                max_value=1.0,
+                help="What 'in glimpse boxes' would be for a map spread evenly over the photo",
             ),
             "IoU with focus map": st.column_config.NumberColumn(
                 format="%.2f", help="IoU of the top-20% pixels of the map and of MGNet's focus map"
@@ -274,8 +301,8 @@ def current_request(photo, entry) -> CompareRequest | None:
 
 def render(photo, entry, a, cat, settings: dict):
     request, submitted = form(photo, entry, a, cat)
-    if submitted:
-        st.session_state["cmp_request"] = request
+    if submitted or (st.session_state.get("cmp_request") is None and services.was_done("compare", request)):
+        st.session_state["cmp_request"] = request  # a page address naming computed maps shows them at once
     left, right = st.columns([1, 3], gap="medium")
     with left:
         ui.figure(
@@ -285,7 +312,8 @@ def render(photo, entry, a, cat, settings: dict):
             "compare focus map",
             key="fig-cmp-focus",
         )
-        st.caption("Where MGNet looked (Glimpses tab). The maps on the right use the same colour scale.")
+        st.caption("Where MGNet looked (Glimpses tab). The maps below use the same colour scale.")
+    result = None
     with right:
         had_request = st.session_state.get("cmp_request") is not None
         request = current_request(photo, entry)
@@ -300,7 +328,9 @@ def render(photo, entry, a, cat, settings: dict):
         if not n_cells:
             st.warning("Nothing to compute: choose at least one method and one model.")
             return
-        bar = st.progress(0.0, text="computing saliency maps…")
+        passes, seconds = estimate(request, photo, entry, cat, settings.get("n_glimpses"))
+        about = f"{n_cells} map{'s' if n_cells > 1 else ''}, {passes} forward passes: about {duration(seconds)}"
+        bar = st.progress(0.0, text=f"computing saliency maps ({about})…")
         result = compute(
             request,
             photo,
@@ -308,16 +338,19 @@ def render(photo, entry, a, cat, settings: dict):
             a,
             cat,
             settings.get("n_glimpses"),
-            lambda fraction, text: bar.progress(min(fraction, 1.0), text=text),
+            lambda fraction, text: bar.progress(min(fraction, 1.0), text=f"{text} ({about} in all)"),
         )
         bar.progress(1.0, text=f"{len(result.records)} of {n_cells} maps ready")
+        services.mark_done("compare", request)
+    if result is not None:  # the grid at the page's full width: its print layout is never squeezed
         show(result, photo, a)
     ui.explain(
         "- Each cell is one model's saliency map for the **target class** under one Captum method, overlaid on "
         "the photo. Maps are made non-negative and scaled to a maximum of 1 (Grad-CAM: ReLU then upsampled), "
         "so colours mean the same thing in every cell.\n"
         "- **in boxes**: the share of the map's total weight that falls inside MGNet's glimpse boxes 2..T "
-        "(white outlines). If the map were spread uniformly it would equal the boxes' share of the image.\n"
+        "(white outlines), beside *chance*: what it would be for a map spread evenly, the boxes' share of the "
+        "photo. Well above chance: the map and the glimpses agree on where the evidence is.\n"
         "- **IoU**: overlap of the 20% highest pixels of the map with the 20% highest of MGNet's focus map "
         "(0 = disjoint, 1 = identical).\n"
         "- *Explain MGNet itself* runs Captum through all of MGNet's glimpses. Grad-CAM on MGNet uses the "

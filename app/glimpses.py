@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import streamlit as st
 
 from mgnet import geometry, plots
@@ -26,12 +27,9 @@ def chosen_step() -> int | None:
     return st.session_state.get(STEP_KEY)
 
 
-def frame_titles(a) -> list[str]:
-    out = []
-    for t in range(a.n_glimpses):
-        name, p = a.top(t, 1)[0]
-        out.append(f"glimpse {t + 1} of {a.n_glimpses}: {name} ({p:.0%})")
-    return out
+def step_title(a, t: int) -> str:
+    name, p = a.top(t, 1)[0]
+    return f"glimpse {t + 1} of {a.n_glimpses}: {name} ({p:.0%})"
 
 
 def step_form(entry, n: int) -> int:
@@ -66,8 +64,13 @@ def step_form(entry, n: int) -> int:
             help="next glimpse",
             width="stretch",
         )
-    else:
+    elif entry.is_baseline:
         st.info(f"{entry.short} is a baseline: it takes one full-resolution look, so there is one step.")
+    else:
+        st.info(
+            f"{entry.short} runs 1 glimpse here: only its low-resolution look at the whole photo. Raise "
+            "**Glimpses** in the sidebar to let it zoom in."
+        )
     return st.session_state[STEP_KEY] - 1
 
 
@@ -88,12 +91,9 @@ def show_glimpse(photo, a, t: int):
             caption=f"What the network saw: {a.glimpse_size}×{a.glimpse_size} px",
         )
     s, tx, ty = (float(v) for v in a.params[t])
-    x0, y0, x1, y1 = (float(v) for v in box)
-    share = geometry.area_share([box], a.width, a.height)
     st.markdown(
         f"**Glimpse {t + 1} of {a.n_glimpses}** · scale s = `{s:.3f}`, tx = `{tx:+.3f}`, ty = `{ty:+.3f}`  \n"
-        f"Box in the photo: x `{x0:.0f}–{x1:.0f}`, y `{y0:.0f}–{y1:.0f}` px "
-        f"({x1 - x0:.0f}×{y1 - y0:.0f} px, {share:.0%} of the photo)"
+        + box_text(box, a.width, a.height)
     )
     spent = float(a.gflops[t])
     st.metric(
@@ -105,6 +105,20 @@ def show_glimpse(photo, a, t: int):
     )
     name, p = a.top(t, 1)[0]
     st.metric(f"Prediction after glimpse {t + 1}", name, f"{p:.1%} confidence", delta_color="off", delta_arrow="off")
+
+
+def box_text(box, width: int, height: int) -> str:
+    """The box's place in the photo. The sampling grid of a glimpse reaches half a sample past the
+    pixels it covers, so a whole-photo box reads -1..W+1: it is reported as the part inside the photo."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    x0, y0, x1, y1 = max(x0, 0.0), max(y0, 0.0), min(x1, float(width)), min(y1, float(height))
+    share = geometry.area_share([box], width, height)
+    if share > 0.995:
+        return f"Box: the whole photo ({width}×{height} px)"
+    return (
+        f"Box in the photo: x `{x0:.0f}–{x1:.0f}`, y `{y0:.0f}–{y1:.0f}` px "
+        f"({x1 - x0:.0f}×{y1 - y0:.0f} px, {share:.0%} of the photo)"
+    )
 
 
 def show_charts(a, t: int):
@@ -124,29 +138,38 @@ def render(photo, entry, a):
     t = step_form(entry, n)
     left, right = st.columns([3, 2], gap="medium")
     with left:
-        fig = plots.glimpse_figure(
-            services.picture(photo), a.boxes, t, animate=n > 1, frame_titles=frame_titles(a), height=520
-        )
+        fig = plots.glimpse_figure(services.picture(photo), a.boxes, t, title=step_title(a, t), height=520)
         ui.figure(fig, "glimpses on the photo", key="fig-glimpses")
         st.caption(
-            "Boxes are where each glimpse looked, numbered in order; the current one is bold, earlier ones "
-            "dotted. ▶ play animates all glimpses in your browser. Glimpse 1 is always the whole image."
+            "Each glimpse's box has its own colour and numbered tag, as in the figure tool's strips; the current "
+            "one is bold. Glimpse 1 is always the whole photo (the frame just inside its edge). Boxes that land "
+            "on the same place are drawn nested. The ◀ / slider / ▶ above drive everything on this tab."
         )
     with right:
         show_glimpse(photo, a, t)
     show_charts(a, t)
     show_focus(photo, a)
-    if n > 1:
+    if n > 1 and not entry.is_baseline:
         location_row(photo, entry, a)
 
 
 def show_focus(photo, a):
     c1, c2 = st.columns([1, 1], gap="medium")
     with c1:
-        fig = plots.heatmap_figure(
-            services.picture(photo), display_focus_map(a), "Focus map: where MGNet looked", boxes=a.boxes, height=420
-        )
-        ui.figure(fig, "focus map", key="fig-focus")
+        if a.n_glimpses > 1:
+            fig = plots.heatmap_figure(
+                services.picture(photo),
+                display_focus_map(a),
+                "Focus map: where MGNet looked",
+                boxes=a.boxes,
+                height=420,
+            )
+            ui.figure(fig, "focus map", key="fig-focus")
+        else:
+            st.info(
+                "No focus map: with a single look at the whole photo there is no chosen place to show. "
+                "(A baseline always takes one look; an MGNet needs 2 or more glimpses.)"
+            )
     with c2:
         ui.explain(
             "- **Glimpses.** MGNet first looks at the whole photo at low resolution, then chooses where to look "
@@ -166,11 +189,45 @@ def show_focus(photo, a):
         )
 
 
+MATTERS = 0.05  # a change of P(class) under 5 points is "didn't matter"
+
+
+def location_verdict(check, classes) -> tuple[bool, str]:
+    """One line for this photo: did moving glimpses 2..T change the answer or the confidence?
+    Returns (mattered, sentence)."""
+    name = classes[check.target]
+    own = classes[check.final_class["own"]]
+    centre = classes[check.final_class["centre"]]
+    moved = [classes[c] for c in check.final_class["moved"]]
+    flipped = [c for c in moved if c != own]
+    swing = float(np.abs(np.concatenate([[check.centre[-1]], check.moved[:, -1]]) - check.own[-1]).max())
+    if centre != own:
+        return True, f"Where MGNet looked changed its answer: centred glimpses give '{centre}' instead of '{own}'."
+    if flipped:
+        others = ", ".join(f"'{c}'" for c in dict.fromkeys(flipped))
+        return True, (
+            f"Where MGNet looked changed its answer at {len(flipped)} of {len(moved)} random positions "
+            f"(they give {others} instead of '{own}')."
+        )
+    if swing >= MATTERS:
+        return True, (
+            f"Where MGNet looked changed its confidence, not its answer: P({name}) moves by up to "
+            f"{100 * swing:.0f} points when the glimpses go elsewhere."
+        )
+    return False, (
+        f"Where MGNet looked didn't matter here: P({name}) stays within ±{100 * swing:.0f} point"
+        f"{'' if round(100 * swing) == 1 else 's'} wherever the glimpses go, so the boxes show where it looked, "
+        "not why it decided."
+    )
+
+
 def location_row(photo, entry, a):
     """Counterfactual: the same photo with glimpses 2..T moved (same scales)."""
     with st.spinner("Moving the glimpses…"):
         check = services.location_check(entry, photo, a.n_glimpses)
     name = a.classes[check.target]
+    mattered, verdict = location_verdict(check, a.classes)
+    (st.warning if mattered else st.info)(f"**Location check:** {verdict}")
     c1, c2 = st.columns([1, 1], gap="medium")
     with c1:
         ui.figure(plots.location_check_figure(check, name), "location check", key="fig-location")

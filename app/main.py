@@ -257,6 +257,30 @@ def sidebar_export(photo, entry, n, view, cat):
     )
 
 
+def known_classes(entry, a):
+    """Say which classes the model knows, and warn when the photo looks unlike its training photos."""
+    classes = list(a.classes)
+    listed = ", ".join(classes) if len(classes) <= 20 else ", ".join(classes[:20]) + f" and {len(classes) - 20} more"
+    check = services.unlike_check(entry, a)
+    if check is not None and check["flagged"]:
+        st.warning(
+            f"**This photo looks unlike the photos {entry.short} was trained on.** It knows only "
+            f"{len(classes)} classes and must answer with one of them, so '{a.classes[a.predicted()]}' may mean "
+            f"nothing here. (Score {check['score']} = {check['value']:.2f}, above the threshold "
+            f"{check['threshold']:.2f} that {check['rate']:.0%} of validation photos exceed.)",
+            icon="⚠️",
+        )
+    st.caption(
+        f"{entry.short} knows only these {len(classes)} classes and always picks one: {listed}. A confident "
+        "answer does not mean the photo shows one of them (the unlike-photo warning catches only some)."
+    )
+    if check is None:
+        st.caption(
+            "No unlike-photo check for this checkpoint: it has no calibration in ood.json beside the checkpoints "
+            "(`python -m mgnet.modelcard --stage ood` writes one)."
+        )
+
+
 def main():
     st.set_page_config(page_title="MGNet Explorer", page_icon="👁", layout="wide")
     ui.new_registry()
@@ -292,6 +316,8 @@ def main():
         f"{a.n_glimpses} glimpse{'s' if a.n_glimpses > 1 else ''} · {a.seconds * 1000:.0f} ms on "
         f"{services.device().type.upper()}"
     )
+    with ui.panel("Unlike-photo check"):
+        known_classes(entry, a)
     tabs = st.tabs(VIEWS, key="view", on_change="rerun", bind="query-params")
     view = next((v for v, t in zip(VIEWS, tabs) if t.open), VIEWS[0])
     settings = {"n_glimpses": n}

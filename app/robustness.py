@@ -133,6 +133,7 @@ def prediction_rows(models, clean: dict, changed: dict, roles: dict | None = Non
                 "changed": aname != cname,
                 "_before": cp,
                 "_after": float(xa.probs[-1, ci]),
+                "_after_new": ap,
                 "_before_label": cname,
                 "_after_label": aname,
             }
@@ -157,6 +158,7 @@ def show_rows(rows: list[dict], name: str):
                 "model": r["model"],
                 "before": r["_before"],
                 "after": r["_after"],
+                "after_new": r["_after_new"],
                 "before_label": r["_before_label"],
                 "after_label": r["_after_label"],
             }
@@ -457,18 +459,27 @@ def attack_show(result: AttackResult, photo, entry, models):
             a0.boxes,
             moved,
             labels=("clean", "adversarial"),
-            title="How MGNet's glimpses moved (solid: clean, dashed: adversarial)",
+            title="How MGNet's glimpses moved (solid, n: clean; dashed, n′: adversarial)",
             height=460,
         )
         ui.figure(fig, "glimpse movement", key="fig-atk-move")
+        shift = geometry.centre_shift(a0.boxes, moved, photo.width, photo.height)
+        st.caption(
+            "Centre moved: "
+            + "; ".join(
+                f"glimpse {t + 1} {px:.0f} px ({share:.0%} of the photo's side)"
+                for t, (px, share) in enumerate(shift)
+                if t
+            )
+        )
     ui.registry().images["adversarial-input"] = adv
 
 
 def render_attack(photo, entry, models, a, settings):
     n = settings.get("n_glimpses")
     request, submitted = attack_form(photo, entry, models, a)
-    if submitted:
-        st.session_state["atk_request"] = request
+    if submitted or (st.session_state.get("atk_request") is None and services.was_done("attack", request)):
+        st.session_state["atk_request"] = request  # a page address naming a computed attack shows it at once
     request = st.session_state.get("atk_request")
     if not request:
         st.info("Set the attack and press **Run attack**. PGD-10 takes a few seconds on a CPU.")
@@ -476,11 +487,15 @@ def render_attack(photo, entry, models, a, settings):
     if request.photo != photo.key or request.model != entry.key:
         st.info("The photo or model changed. Press **Run attack** to attack this one.")
         return
-    bar = st.progress(0.0, text="attacking…")
+    # an attack step is a forward and a backward pass of the crafting model: about twice an analysis
+    source = next((m for m in models if m.name == request.source), entry)
+    about = f"about {2 * request.steps * services.analyze(source, photo, n).seconds:.0f} s"
+    bar = st.progress(0.0, text=f"attacking: {request.steps} step{'s' if request.steps > 1 else ''}, {about}…")
     result = attack_compute(
-        request, photo, entry, models, n, lambda d, t: bar.progress(d / t, text=f"attack step {d}/{t}")
+        request, photo, entry, models, n, lambda d, t: bar.progress(d / t, text=f"attack step {d}/{t} ({about} in all)")
     )
     bar.progress(1.0, text="attack done")
+    services.mark_done("attack", request)
     attack_show(result, photo, entry, models)
     ui.registry().settings["attack"] = dict(
         request.run_config(n), source=result.source.name, source_sha256=result.source.sha256, label=int(result.label)
@@ -580,10 +595,21 @@ def sweep_severity(request: SweepRequest, photo, models, n, progress) -> SweepRe
     return SweepResult(xs, series, correct, f"severity of {corruptions.label(name)}")
 
 
+def sweep_estimate(request: SweepRequest, photo, models, n) -> str:
+    """Rough time of a sweep before it starts: each model attacked at every eps of the grid (a step is
+    about two analyses), or analysed on every severity."""
+    per = sum(services.analyze(m, photo, n).seconds for m in models)
+    if request.kind == "eps":
+        steps = request.attack.white_box_sweep(1.0).run_config(n)["steps"]
+        runs = sum(1 for e in EPS_GRID if 0 < e <= request.max_eps)
+        return f"{runs * len(models)} attacks of {steps} steps: about {2 * runs * steps * per:.0f} s"
+    return f"{len(SEVERITIES)} severities: about {len(SEVERITIES) * per:.0f} s plus corrupting"
+
+
 def render_sweep(photo, entry, models, a, settings):
     n = settings.get("n_glimpses")
     request, submitted = sweep_form(photo, entry, models)
-    if submitted:
+    if submitted or (st.session_state.get("sweep_request") is None and services.was_done("sweep", request)):
         st.session_state["sweep_request"] = request
     request = st.session_state.get("sweep_request")
     if not request or request.photo != photo.key or request.model != entry.key:
@@ -594,10 +620,11 @@ def render_sweep(photo, entry, models, a, settings):
         )
         return
     chosen = [m for m in models if m.name in request.models] or [entry]
-    bar = st.progress(0.0, text=f"sweeping {request.kind}…")
+    bar = st.progress(0.0, text=f"sweeping {request.kind} ({sweep_estimate(request, photo, chosen, n)})…")
     compute = sweep_eps if request.kind == "eps" else sweep_severity
     result = compute(request, photo, chosen, n, lambda fraction, text: bar.progress(fraction, text=text))
     bar.progress(1.0, text="sweep done")
+    services.mark_done("sweep", request)
     fig = plots.sweep_figure(
         result.xs,
         result.series,

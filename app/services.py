@@ -200,6 +200,27 @@ def memo(kind: str, key: tuple, compute: Callable[[], Any]):
     return _slot(kind, key, _value=compute())
 
 
+def _request_key(kind: str, request) -> tuple:
+    import dataclasses
+    import json
+
+    return (kind, json.dumps(dataclasses.asdict(request), sort_keys=True, default=str))
+
+
+def mark_done(kind: str, request):
+    """Remember (process-wide, as long as results are cached) that ``request`` was computed."""
+    memo("done", _request_key(kind, request), lambda: True)
+
+
+def was_done(kind: str, request) -> bool:
+    """Whether ``request`` (a tab's request dataclass: photo, model and every setting) was computed in this
+    process and its results are still cached: a page address that names it may show it without a click."""
+    try:
+        return bool(_slot("done", _request_key(kind, request)))
+    except _Miss:
+        return False
+
+
 # -- photos ----------------------------------------------------------------------------------------------
 @dataclass
 class Photo:
@@ -299,6 +320,31 @@ def explain_image(
         )
 
     return memo("explain", key, compute)
+
+
+# -- photos unlike the training data ---------------------------------------------------------------------
+@st.cache_data(show_spinner=False, ttl=RESULT_TTL)
+def _ood_doc(path: str, mtime_ns: int) -> dict | None:
+    from mgnet import ood
+
+    return ood.read(Path(path).parent)
+
+
+def unlike_check(entry: ModelEntry, a: analysis.GlimpseAnalysis) -> dict | None:
+    """How unlike the training photos this photo is for ``entry``, against the threshold calibrated on val
+    (``ood.json`` beside the checkpoints, keyed by sha256): {"flagged", "score", "value", "threshold",
+    "rate", "glimpses"}; None when this checkpoint (at this glimpse count) was not calibrated."""
+    from mgnet import ood
+
+    path = checkpoint_dir() / ood.FILE_NAME
+    doc = _ood_doc(str(path), path.stat().st_mtime_ns) if path.is_file() else None
+    n = None if entry.is_baseline else a.n_glimpses
+    found = ood.threshold_for(doc, entry.sha256, n)
+    if found is None or a.logits is None:
+        return None
+    score, threshold = found
+    flagged, value = ood.is_unlike(a.logits[-1], score, threshold)
+    return dict(flagged=flagged, score=score, value=value, threshold=threshold, rate=doc["rate"], glimpses=n)
 
 
 def analyze_image(entry: ModelEntry, image: np.ndarray, image_key: str, n_glimpses: int | None = None):

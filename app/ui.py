@@ -84,10 +84,12 @@ def figure(
     height: int | None = None,
     downloads: bool = True,
     config: dict | None = None,
+    width: str = "stretch",
 ):
     """Draw a plotly figure, register it for the bundle, and offer PNG/SVG/PDF/HTML downloads.
 
     Files are rendered only when a button is clicked (deferred), so drawing the page stays fast.
+    ``width="content"`` draws a figure laid out at a fixed width (the print grids) at exactly that width.
     """
     reg = registry()
     base = slug(name)
@@ -96,6 +98,7 @@ def figure(
         fig,
         key=key or f"fig-{base}",
         height=height if height else "content",
+        width=width,
         theme=None,
         config=dict(displaylogo=False, toImageButtonOptions=dict(filename=base, scale=2), **(config or {})),
     )
@@ -150,7 +153,15 @@ def export_problem() -> str:
 def image(img: np.ndarray, name: str, caption: str | None = None, width: int | str = "stretch"):
     """An image (st.image) registered for the bundle under ``name``."""
     registry().images[slug(name)] = img
-    st.image(img, caption=caption, width=width)
+    # inline (data URI), not a media file: a media file of an earlier run can be gone by the time the browser
+    # asks for it ("Image source error" 404s while stepping); these pictures are small
+    st.image(inline_uri(img), caption=caption, width=width)
+
+
+def inline_uri(img: np.ndarray) -> str:
+    from mgnet.plots import data_uri
+
+    return data_uri(np.asarray(img), "png")
 
 
 def pct(v: float) -> str:

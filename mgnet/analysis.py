@@ -37,6 +37,7 @@ class GlimpseAnalysis:
     seconds: float
     image_hash: str = ""
     extra: dict = field(default_factory=dict)
+    logits: np.ndarray | None = None  # [T, C] before softmax (the unlike-photo score needs them)
 
     @property
     def n_glimpses(self) -> int:
@@ -106,7 +107,8 @@ def analyze_batch(
         x = torch.cat([to_model_input(im, model.image_size) for im in chunk]).to(dev)
         with eval_mode(model), torch.inference_mode():
             res = inference_model(model)(x, n_glimpses=n_glimpses if not model.is_baseline else None, return_crops=True)
-        probs = res.logits.float().softmax(-1).cpu().numpy()  # [T, B, C]
+        logits = res.logits.float().cpu()
+        probs = logits.softmax(-1).numpy()  # [T, B, C]
         params = res.glimpses.float().cpu().numpy()  # [T, B, 3]
         seen = (res.crops.float().clamp(0, 1) * 255 + 0.5).byte().permute(1, 0, 3, 4, 2).cpu().numpy()
         h = seen.shape[2]
@@ -129,6 +131,7 @@ def analyze_batch(
                     baseline_gflops=base,
                     seconds=0.0,
                     image_hash=image_hash(image),
+                    logits=logits[:, b].numpy(),
                 )
             )
         if progress is not None:

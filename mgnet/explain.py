@@ -412,6 +412,12 @@ def _check_input(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def passes(method: str, size: int, options: dict | None = None) -> int:
+    """Examples ``explain`` will forward for one image of side ``size``: the total its progress reports,
+    known before it starts (so a caller can estimate the time)."""
+    return int(METHODS[method].cost(resolve_options(method, size, dict(options or {})), 1, size))
+
+
 def explain(
     model,
     x: torch.Tensor,

@@ -80,3 +80,15 @@ def area_share(boxes, width: int, height: int) -> float:
     for box in boxes:
         union = np.maximum(union, box_mask(box, width, height))
     return float(union.mean())
+
+
+def centre_shift(boxes_a, boxes_b, width: int, height: int) -> np.ndarray:
+    """How far each glimpse's centre moved from ``boxes_a`` to ``boxes_b`` (same photo, edge coordinates):
+    [T, 2] of (pixels, share of the photo's longer side), for the glimpses both runs have."""
+    a = np.asarray(boxes_a, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(boxes_b, dtype=np.float64).reshape(-1, 4)
+    n = min(len(a), len(b))
+    ca = (a[:n, :2] + a[:n, 2:]) / 2
+    cb = (b[:n, :2] + b[:n, 2:]) / 2
+    px = np.hypot(*(cb - ca).T)
+    return np.stack([px, px / max(width, height)], axis=1)

@@ -139,21 +139,76 @@ def _rectangle_trace(box, label: str | None = None, **style) -> go.Scatter:
 
 
 # -- glimpses -------------------------------------------------------------------------------------------
-def _box_trace(box, t: int, current: int, show: bool) -> go.Scatter:
-    x0, y0, x1, y1 = [float(v) for v in box]
-    is_current = t == current
-    if not show:
-        return go.Scatter(x=[None], y=[None], mode="lines", showlegend=False, hoverinfo="skip", name=f"glimpse {t + 1}")
-    return _rectangle_trace(
-        box,
-        f"<b>{t + 1}</b>",
-        textfont=dict(color=glimpse_color(t), size=16 if is_current else 12),
-        line=dict(color=glimpse_color(t), width=4 if is_current else 2, dash=None if is_current else "dot"),
-        opacity=1.0 if is_current else 0.45,
-        showlegend=False,
-        name=f"glimpse {t + 1}",
-        hovertemplate=f"glimpse {t + 1}<br>x {x0:.0f}–{x1:.0f} px<br>y {y0:.0f}–{y1:.0f} px<extra></extra>",
-    )
+def _iou(a, b) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def drawn_boxes(boxes, width: int, height: int, inset: float) -> np.ndarray:
+    """Boxes as drawn: kept ``inset`` inside the photo (the whole-image glimpse reaches half a sample past
+    its edges, and would be clipped away), and a box that nearly coincides with earlier ones (IoU > 0.8)
+    shrunk by ``inset`` per such box, so coincident glimpses show as nested outlines."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    out = boxes.copy()
+    for t, b in enumerate(boxes):
+        k = sum(_iou(b, boxes[j]) > 0.8 for j in range(t))
+        pad = inset * (1 + 2 * k)
+        out[t] = [max(b[0], pad), max(b[1], pad), min(b[2], width - pad), min(b[3], height - pad)]
+        if k:  # shrink about the centre as well, in case the box lies well inside the photo
+            shrink = np.array([1, 1, -1, -1]) * inset * 2 * k
+            inner = b + shrink
+            if inner[2] > inner[0] and inner[3] > inner[1]:
+                out[t] = [
+                    max(out[t][0], inner[0]),
+                    max(out[t][1], inner[1]),
+                    min(out[t][2], inner[2]),
+                    min(out[t][3], inner[3]),
+                ]
+    return out
+
+
+def _number_chip(fig: go.Figure, box, text: str, chips: list, chip: float, style: dict):
+    """A box's number in a chip at the first corner no earlier chip uses (``_chip_corner``); ``style``:
+    the annotation's colours, border, opacity and font."""
+    cx, cy, xa, ya = _chip_corner(*box, chip, chip * 1.2, chips)
+    fig.add_annotation(text=text, x=cx, y=cy, xanchor=xa, yanchor=ya, showarrow=False, **style)
+
+
+def _glimpse_boxes(fig: go.Figure, boxes, shown: int, current: int | None, w: int, h: int, chip: float):
+    """Boxes 1..``shown`` in their glimpse colours, each numbered in a chip of its colour at a corner no
+    other chip uses (the figure tool's strip language); ``current`` is drawn bold, the others thinner."""
+    side = max(w, h)
+    drawn = drawn_boxes(np.asarray(boxes)[:shown], w, h, inset=0.006 * side)
+    chips: list = []
+    for t, b in enumerate(drawn):
+        x0, y0, x1, y1 = [float(v) for v in b]
+        bold = current is None or t == current
+        fig.add_trace(
+            _rectangle_trace(
+                b,
+                line=dict(color=glimpse_color(t), width=4 if bold else 2),
+                opacity=1.0 if bold else 0.8,
+                showlegend=False,
+                name=f"glimpse {t + 1}",
+                hovertemplate=f"glimpse {t + 1}<br>x {x0:.0f}–{x1:.0f} px<br>y {y0:.0f}–{y1:.0f} px<extra></extra>",
+            )
+        )
+        _number_chip(
+            fig,
+            (x0, y0, x1, y1),
+            f"<b>{t + 1}</b>",
+            chips,
+            chip,
+            dict(
+                bgcolor=glimpse_color(t),
+                borderpad=2,
+                opacity=1.0 if bold else 0.85,
+                font=dict(FONT, size=15 if bold else 13, color="white"),
+            ),
+        )
 
 
 def glimpse_figure(
@@ -162,94 +217,20 @@ def glimpse_figure(
     step: int,
     title: str | None = None,
     max_side: int | None = MAX_SIDE,
-    animate: bool = False,
-    frame_titles: Sequence[str] | None = None,
     height: int | None = None,
 ) -> go.Figure:
-    """The photo with glimpse boxes 1..step+1: the current one bold, earlier ones dotted and fainter.
-
-    With ``animate=True`` the figure carries one frame per glimpse and a play button and slider that
-    step through them in the browser (no server round-trip); ``frame_titles`` label the frames.
-    """
+    """The photo with glimpse boxes 1..step+1, each in its glimpse colour with its number in a chip of that
+    colour (as in the figure tool's strip): the current one bold, earlier ones thinner. Glimpse 1 (the
+    whole photo) is drawn just inside the photo's edge; boxes that coincide are drawn nested, and their
+    chips take different corners."""
     boxes = np.asarray(boxes, dtype=np.float64)
     pic = _picture(image, max_side)
     w, h = pic.width, pic.height
-    n = len(boxes)
-    step = int(np.clip(step, 0, n - 1))
-
-    def traces(upto: int):
-        return [_box_trace(boxes[i], i, upto, i <= upto) for i in range(n)]
-
-    fig = go.Figure([_image_trace(pic)] + traces(step))
+    step = int(np.clip(step, 0, len(boxes) - 1))
+    fig = go.Figure([_image_trace(pic)])
+    _glimpse_boxes(fig, boxes, step + 1, step, w, h, chip=0.055 * max(w, h))
     _photo_axes(fig, w, h)
-    _layout(fig, title, height)
-    if animate and n > 1:
-        labels = list(frame_titles or [f"glimpse {i + 1}" for i in range(n)])
-        fig.frames = [
-            go.Frame(data=traces(i), traces=list(range(1, n + 1)), name=str(i), layout=dict(title=dict(text=labels[i])))
-            for i in range(n)
-        ]
-        play = dict(
-            label="▶ play",
-            method="animate",
-            args=[
-                None,
-                dict(
-                    frame=dict(duration=900, redraw=True),
-                    fromcurrent=False,
-                    transition=dict(duration=0),
-                    mode="immediate",
-                ),
-            ],
-        )
-        pause = dict(
-            label="❚❚", method="animate", args=[[None], dict(frame=dict(duration=0, redraw=False), mode="immediate")]
-        )
-        fig.update_layout(
-            updatemenus=[
-                dict(
-                    type="buttons",
-                    direction="left",
-                    x=0,
-                    y=-0.02,
-                    xanchor="left",
-                    yanchor="top",
-                    showactive=False,
-                    buttons=[play, pause],
-                    pad=dict(t=4, r=4),
-                )
-            ],
-            sliders=[
-                dict(
-                    active=step,
-                    x=0.22,
-                    y=-0.02,
-                    len=0.78,
-                    yanchor="top",
-                    pad=dict(t=4),
-                    currentvalue=dict(visible=False),
-                    steps=[
-                        dict(
-                            label=str(i + 1),
-                            method="animate",
-                            args=[
-                                [str(i)],
-                                dict(
-                                    frame=dict(duration=0, redraw=True), mode="immediate", transition=dict(duration=0)
-                                ),
-                            ],
-                        )
-                        for i in range(n)
-                    ],
-                )
-            ],
-            margin=dict(b=60),
-        )
-        if title is None:
-            fig.update_layout(
-                title=dict(text=labels[step], x=0.01, xanchor="left", font=dict(size=15)), margin=dict(t=40)
-            )
-    return fig
+    return _layout(fig, title, height)
 
 
 def topk_figure(
@@ -451,9 +432,7 @@ def heatmap_figure(
     w, h = pic.width, pic.height
     fig = go.Figure([_image_trace(pic), _heat_trace(heat, w, h, showscale)])
     if boxes is not None:
-        boxes = np.asarray(boxes)
-        for i, box in enumerate(boxes):
-            fig.add_trace(_box_trace(box, i, len(boxes) - 1, True))
+        _glimpse_boxes(fig, boxes, len(boxes), None, w, h, chip=0.055 * max(w, h))
     _photo_axes(fig, w, h)
     return _layout(fig, title, height)
 
@@ -571,45 +550,71 @@ def movement_figure(
     max_side: int | None = MAX_SIDE,
     height: int | None = None,
 ) -> go.Figure:
-    """How the glimpses moved: boxes of two runs on one photo, solid (a) vs dashed (b), with arrows."""
+    """How the glimpses moved: glimpses 2..T of two runs on one photo, each in its glimpse colour, solid
+    with a filled number chip for run a and dashed with an outlined chip (number and a prime) for run b,
+    an arrow from each a-centre to its b-centre labelled with the distance moved. The legend shows the two
+    line styles in a neutral colour (the colours are the glimpses', as everywhere)."""
+    from .geometry import centre_shift
+
     pic = _picture(image, max_side)
     w, h = pic.width, pic.height
+    a, b = (np.asarray(x, dtype=np.float64).reshape(-1, 4) for x in (boxes_a, boxes_b))
     fig = go.Figure(_image_trace(pic))
-    for name, boxes, dash in ((labels[0], boxes_a, None), (labels[1], boxes_b, "dash")):
-        boxes = np.asarray(boxes, dtype=np.float64)
-        for i, b in enumerate(boxes[1:], 1):
+    for name, dash in ((labels[0], None), (labels[1], "dash")):  # legend keys: line style only
+        fig.add_trace(
+            go.Scatter(x=[None], y=[None], mode="lines", line=dict(color="#333", width=3, dash=dash), name=name)
+        )
+    chip = 0.05 * max(w, h)
+    chips: list = []
+    for run, boxes, dash in ((0, a, None), (1, b, "dash")):
+        for t, box in enumerate(boxes[1:], 1):
+            color = glimpse_color(t)
+            x0, y0, x1, y1 = [float(v) for v in box]
             fig.add_trace(
                 _rectangle_trace(
-                    b,
-                    f"{i + 1}",
-                    textfont=dict(color=glimpse_color(i)),
-                    line=dict(color=glimpse_color(i), width=3, dash=dash),
-                    name=f"{name} ({'solid' if dash is None else 'dashed'})",
-                    legendgroup=name,
-                    showlegend=i == 1,
-                    hoverinfo="name",
+                    box,
+                    line=dict(color=color, width=3, dash=dash),
+                    showlegend=False,
+                    name=f"{labels[run]}, glimpse {t + 1}",
+                    hovertemplate=f"{labels[run]}, glimpse {t + 1}<br>x {x0:.0f}–{x1:.0f}, y {y0:.0f}–{y1:.0f}"
+                    "<extra></extra>",
                 )
             )
-    a, b = np.asarray(boxes_a, dtype=np.float64), np.asarray(boxes_b, dtype=np.float64)
-    for i in range(1, min(len(a), len(b))):
-        ca = ((a[i, 0] + a[i, 2]) / 2, (a[i, 1] + a[i, 3]) / 2)
-        cb = ((b[i, 0] + b[i, 2]) / 2, (b[i, 1] + b[i, 3]) / 2)
-        if np.hypot(cb[0] - ca[0], cb[1] - ca[1]) > 1e-3 * max(w, h):
-            fig.add_annotation(
-                x=cb[0],
-                y=cb[1],
-                ax=ca[0],
-                ay=ca[1],
-                xref="x",
-                yref="y",
-                axref="x",
-                ayref="y",
-                showarrow=True,
-                arrowhead=2,
-                arrowwidth=2,
-                arrowcolor=glimpse_color(i),
-                text="",
+            _number_chip(
+                fig,
+                (x0, y0, x1, y1),
+                f"<b>{t + 1}{'′' if run else ''}</b>",
+                chips,
+                chip,
+                dict(
+                    bgcolor=color if run == 0 else "white",
+                    bordercolor=color,
+                    borderwidth=2,
+                    borderpad=1,
+                    font=dict(FONT, size=13, color="white" if run == 0 else color),
+                ),
             )
+    shift = centre_shift(a, b, w, h)
+    for t in range(1, len(shift)):
+        ca, cb = (a[t, :2] + a[t, 2:]) / 2, (b[t, :2] + b[t, 2:]) / 2
+        moved = shift[t, 0] > 1e-3 * max(w, h)
+        fig.add_annotation(
+            x=cb[0],
+            y=cb[1],
+            ax=ca[0],
+            ay=ca[1],
+            xref="x",
+            yref="y",
+            axref="x",
+            ayref="y",
+            showarrow=bool(moved),
+            arrowhead=2,
+            arrowwidth=2,
+            arrowcolor=glimpse_color(t),
+            text=f"{shift[t, 0]:.0f} px" if moved else "did not move",
+            font=dict(FONT, size=12, color="black"),
+            bgcolor="rgba(255,255,255,0.8)",
+        )
     _photo_axes(fig, w, h)
     return _layout(fig, title, height, legend=dict(orientation="h", y=-0.02, x=0, yanchor="top"))
 
@@ -617,10 +622,11 @@ def movement_figure(
 def prediction_compare_figure(
     rows: Sequence[Mapping], title: str | None = "Predictions before and after", height: int | None = None
 ) -> go.Figure:
-    """Grouped bars: for each model, confidence in the class it predicted on the clean photo, before and after.
+    """Grouped bars: for each model, confidence in the class it predicted on the clean photo, before and after,
+    and, for a model whose answer changed, a third bar: its new class and its confidence in it.
 
     ``rows``: dicts with ``model``, ``before`` (prob), ``after`` (prob of the same class), and optionally
-    ``before_label`` / ``after_label`` (the predicted class names) shown as hover text.
+    ``before_label`` / ``after_label`` (the predicted class names) and ``after_new`` (prob of the new class).
     """
     models = [str(r["model"]) for r in rows]
     fig = go.Figure(
@@ -645,8 +651,22 @@ def prediction_compare_figure(
             ),
         ]
     )
+    changed = [r.get("after_label") not in (None, r.get("before_label")) for r in rows]
+    if any(changed) and all("after_new" in r for r in rows):
+        # a fooled model's new answer, with its confidence, beside the class it lost
+        fig.add_trace(
+            go.Bar(
+                name="perturbed: its new class",
+                x=models,
+                y=[float(r["after_new"]) if c else 0.0 for r, c in zip(rows, changed)],
+                marker_color="#ff7f0e",
+                text=[f"now: {r['after_label']}" if c else "" for r, c in zip(rows, changed)],
+                textposition="auto",
+                hovertemplate="%{x}<br>%{text} (%{y:.1%})<extra></extra>",
+            )
+        )
     fig.update_layout(barmode="group")
-    fig.update_yaxes(title="confidence in clean class", range=[0, 1], tickformat=".0%", gridcolor="#eee")
+    fig.update_yaxes(title="confidence", range=[0, 1], tickformat=".0%", gridcolor="#eee")
     return _layout(
         fig,
         title,
@@ -751,6 +771,9 @@ class _Grid:
     def fy(self, px: float) -> float:  # figure px (from the top edge) -> paper fraction (0 = bottom)
         return 1 - (px - self.top) / (self.height - self.top - self.bottom)
 
+    def domain(self, a: float, b: float) -> list:  # an axis domain: fractions a rounding error past 0..1 clamped
+        return [min(1.0, max(0.0, a)), min(1.0, max(0.0, b))]
+
 
 def _grid_layout(
     rows, n_cols: int, column_titles, row_labels, title, width: float, font_size: float, gap, colorbar: bool
@@ -809,6 +832,12 @@ def _chip_corner(x0, y0, x1, y1, chip_w: float, chip_h: float, chips: list) -> t
         if all(abs(chip_x - px) >= chip_w or abs(chip_y - py) >= chip_h for px, py in chips):
             chips.append((chip_x, chip_y))
             return cx, cy, xa, ya
+    # all four corners taken (boxes that coincide): the next free place along the top edge
+    for k in range(1, max(1, int((x1 - x0) / chip_w))):
+        chip_x = x0 + k * chip_w
+        if all(abs(chip_x - px) >= chip_w or abs(y0 - py) >= chip_h for px, py in chips):
+            chips.append((chip_x, y0))
+            return chip_x, y0, "left", "top"
     chips.append(corners[0][:2])
     return corners[0]
 
@@ -896,14 +925,18 @@ def _add_panel(
     xrange, yrange = _cell_ranges(w, h, cell_w, cell_h)
     x_left = grid.col_x[j]
     fig.layout[f"xaxis{ax}"] = dict(
-        domain=[grid.fx(x_left), grid.fx(x_left + cell_w)],
+        domain=grid.domain(grid.fx(x_left), grid.fx(x_left + cell_w)),
         range=xrange,
         visible=False,
         anchor=f"y{ax}",
         fixedrange=True,
     )
     fig.layout[f"yaxis{ax}"] = dict(
-        domain=[grid.fy(y + cell_h), grid.fy(y)], range=yrange, visible=False, anchor=f"x{ax}", fixedrange=True
+        domain=grid.domain(grid.fy(y + cell_h), grid.fy(y)),
+        range=yrange,
+        visible=False,
+        anchor=f"x{ax}",
+        fixedrange=True,
     )
     side = max(16, int(round(max(cell_w, cell_h) * 4)))  # enough pixels for 4x (384 dpi) output
     trace = _image_trace(img, side, fmt="png" if cell.get("lossless") else "jpeg")
@@ -1122,6 +1155,60 @@ def comparison_grid_figure(
         width=width,
         font_size=font_size,
         colorbar=True,
+    )
+
+
+def saliency_grid_figure(
+    image: np.ndarray,
+    maps: Mapping[str, Mapping[str, np.ndarray | None]],
+    captions: Mapping[tuple[str, str], str] | None = None,
+    boxes=None,
+    *,
+    max_width: float = 780,  # fits the main column of a 1280 px wide window beside the sidebar
+    cell: tuple[float, float] = (170, 260),
+    font_size: float = 10.0,
+    max_columns: int = 4,
+) -> go.Figure:
+    """The app's grid of saliency maps (``maps[model][method]``, as ``attribution_grid``) in the figure
+    tool's print layout (``panel_grid_figure``): every thumbnail between ``cell`` = (min, max) CSS px wide,
+    captions wrapped under their cells, the colour bar beside the grid, so nothing overlaps at any size.
+
+    Up to ``max_columns`` methods are columns and models are rows; with more methods the grid is
+    transposed (methods are rows) so thumbnails stay large. ``boxes`` (MGNet's glimpses, photo coordinates)
+    are outlined in white, the whole-photo first glimpse left out. The figure has a fixed width: draw it at
+    that width (not stretched) and the page shows what the export holds.
+    """
+    captions = captions or {}
+    rows = list(maps)
+    cols = list(dict.fromkeys(c for r in rows for c in maps[r]))
+    transpose = len(cols) > max_columns and len(cols) > len(rows)
+    row_keys, col_keys = (cols, rows) if transpose else (rows, cols)
+    photo = np.asarray(image)
+    small = downscale(photo, 2 * int(cell[1]))
+    sx, sy = small.shape[1] / photo.shape[1], small.shape[0] / photo.shape[0]
+    thin = None
+    if boxes is not None:
+        thin = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)[1:] * [sx, sy, sx, sy]
+    grid = []
+    for rk in row_keys:
+        cells = []
+        for ck in col_keys:
+            model, method = (ck, rk) if transpose else (rk, ck)
+            m = maps.get(model, {}).get(method)
+            note = captions.get((model, method)) or ("" if m is not None else "not available")
+            cells.append(dict(image=small, heat=m, boxes=thin, box_color="rgba(255,255,255,0.85)", caption=note))
+        grid.append(cells)
+    fpx = pt_to_px(font_size)
+    chrome = 2 * fpx * 1.22 + 2 + fpx * 4.2 + 8  # row labels, colour bar, gaps
+    per = min(cell[1], max(cell[0], (max_width - chrome) / len(col_keys)))
+    return panel_grid_figure(
+        grid,
+        column_titles=[c.replace("<br>", " ") for c in col_keys],
+        row_labels=[r.replace("<br>", " ") for r in row_keys],
+        width=per * len(col_keys) + chrome,
+        font_size=font_size,
+        colorbar=True,
+        colorbar_title="attribution (0–1)",
     )
 
 

@@ -50,6 +50,16 @@ def export_problem() -> str | None:
     return None if found else "no Chrome or Chromium was found (install chromium, or set BROWSER_PATH)."
 
 
+def without_controls(fig: go.Figure) -> go.Figure:
+    """A copy of ``fig`` for paper: no play/pause buttons, sliders or animation frames (they do nothing in a
+    PNG, SVG or PDF and only cover the figure)."""
+    out = go.Figure(fig)
+    out.layout.updatemenus = ()
+    out.layout.sliders = ()
+    out.frames = ()
+    return out
+
+
 def figure_bytes(
     fig: go.Figure, fmt: str = "png", width: int | None = None, height: int | None = None, scale: float = 2.0
 ) -> bytes:
@@ -76,7 +86,8 @@ def figure_bytes(
                 _SERVER["started"] = True
         with warnings.catch_warnings():  # plotly warns that kaleido's server ignores its per-call options
             warnings.simplefilter("ignore", UserWarning)
-            return fig.to_image(format=fmt, width=width, height=height, scale=scale if fmt == "png" else 1)
+            paper = without_controls(fig)
+            return paper.to_image(format=fmt, width=width, height=height, scale=scale if fmt == "png" else 1)
     except Exception as exc:  # kaleido raises many types (no Chrome, timeouts, crashed browser)
         raise ExportError(
             f"static export failed: {type(exc).__name__}: {exc}. Set BROWSER_PATH to a "

@@ -8,6 +8,7 @@ and one broken file, so every flow runs in seconds on a CPU. Uploads go through
 from __future__ import annotations
 
 import io
+import re
 import json
 import zipfile
 from pathlib import Path
@@ -63,6 +64,12 @@ def encoded(fmt: str, **save) -> bytes:
         img = img.convert("P")
     img.save(buf, format=fmt, **save)
     return buf.getvalue()
+
+
+def services_dir(at) -> str:
+    import os
+
+    return os.environ["MGNET_CHECKPOINTS"]
 
 
 def switch(at, view: str, sub: str | None = None):
@@ -328,7 +335,30 @@ def test_compare_methods_grid(app):
     assert table["IoU with focus map"].between(0, 1).all()
     assert table["in glimpse boxes"].between(0, 1).all()
     assert app.get("progress")  # progress bar shown
-    assert "saliency-grid" in app.session_state["_registry"].figures
+    grid = app.session_state["_registry"].figures["saliency-grid"]
+    # the print layout at a fixed width (page = export), thumbnails at least 160 px
+    assert grid.layout.width and grid.layout.width <= 900
+    m = grid.layout.margin
+    assert all(
+        (grid.layout[k].domain[1] - grid.layout[k].domain[0]) * (grid.layout.width - m.l - m.r) >= 160
+        for k in grid.layout
+        if k.startswith("xaxis")
+    )
+    # "in boxes" beside its chance level: the glimpse boxes' share of the photo
+    from mgnet import geometry
+
+    from mgnet import load_checkpoint
+    from mgnet.analysis import analyze
+    from mgnet.data import load_image
+
+    res = analyze(
+        load_checkpoint(Path(services_dir(app)) / "mgnet-tiny.pt", device="cpu"),
+        load_image(ROOT / "app" / "examples" / "parachute_1.jpg"),
+    )
+    chance = geometry.area_share(res.boxes_model[1:], res.image_size, res.image_size)
+    assert np.allclose(table["chance (boxes' share of the photo)"], chance)
+    captions = [t.text for t in grid.layout.annotations]
+    assert any(f"(chance {chance:.0%})" in c for c in captions), captions
 
 
 def test_compare_cell_failure_stays_in_its_cell(app, monkeypatch):
@@ -696,3 +726,178 @@ def test_the_picker_opens_on_the_default_checkpoints_and_says_how_each_was_train
         "paper recipe",
     ]
     assert cat.models[0].label.endswith("; location stage)")
+
+
+# -- issue 14: the app in front of a class ---------------------------------------------------------------
+def test_one_control_drives_the_glimpse_view(app):
+    """The glimpse figure has no play button or slider of its own that could run ahead of the page: it
+    shows the page's step, like the crops and numbers beside it."""
+    app.slider(key="step").set_value(2).run()
+    fig = app.session_state["_registry"].figures["glimpses-on-the-photo"]
+    assert not fig.frames and not fig.layout.updatemenus and not fig.layout.sliders
+    assert fig.layout.title.text.startswith("glimpse 2 of 4:")
+    assert "**Glimpse 2 of 4**" in text(app)
+    chips = [a.text for a in fig.layout.annotations]
+    assert chips == ["<b>1</b>", "<b>2</b>"]  # boxes 1..2 shown, numbered
+
+
+def test_one_glimpse_mgnet_is_not_called_a_baseline(app):
+    app.slider(key="glimpses").set_value(1).run()
+    assert not app.exception and not errors(app)
+    notes = "\n".join(i.value for i in app.info)
+    assert "baseline" not in notes.split("(A baseline")[0] and "1 glimpse" in notes
+    app.selectbox(key="model").set_value("baseline-tiny.pt").run()
+    assert "is a baseline" in "\n".join(i.value for i in app.info)
+
+
+def test_whole_photo_box_reads_as_the_photo(app):
+    """Glimpse 1's sampling grid reaches half a sample past the photo: the page says "the whole photo",
+    never x -1..W+1."""
+    app.slider(key="step").set_value(1).run()
+    para = next(m.value for m in app.markdown if "**Glimpse 1 of 4**" in m.value)
+    assert "the whole photo" in para and "`-" not in para
+
+
+def test_baseline_gets_no_focus_map_of_mgnet(app):
+    app.selectbox(key="model").set_value("baseline-tiny.pt").run()
+    assert not app.exception and not errors(app)
+    assert "focus-map" not in app.session_state["_registry"].figures
+    assert not any("where MGNet looked" in str(getattr(f, "proto", "")) for f in app.get("plotly_chart"))
+
+
+def test_location_check_gives_a_one_line_verdict(app, ckpt_dir):
+    """The location check says in one visible line whether where MGNet looked mattered for this photo."""
+    from types import SimpleNamespace
+
+    from app.glimpses import location_verdict
+    from mgnet import load_checkpoint
+    from mgnet.analysis import location_check
+    from mgnet.data import load_image
+
+    model = load_checkpoint(ckpt_dir / "mgnet-tiny.pt", device="cpu")
+    check = location_check(model, load_image(ROOT / "app" / "examples" / "parachute_1.jpg"))
+    shown = [m.value for m in [*app.warning, *app.info] if "Location check:" in m.value]
+    assert shown == [f"**Location check:** {location_verdict(check, CLASSES)[1]}"]
+    # the sentence for each case
+    own = np.array([0.5, 0.6, 0.7])
+    calm = SimpleNamespace(
+        target=9,
+        own=own,
+        centre=own + 0.01,
+        moved=np.stack([own - 0.005] * 8),
+        final_class={"own": 9, "centre": 9, "moved": [9] * 8},
+    )
+    mattered, line = location_verdict(calm, CLASSES)
+    assert not mattered and "didn't matter here" in line and "±1 point " in line
+    centred = SimpleNamespace(**{**calm.__dict__, "final_class": {"own": 9, "centre": 8, "moved": [9] * 8}})
+    mattered, line = location_verdict(centred, CLASSES)
+    assert mattered and "centred glimpses give 'golf ball' instead of 'parachute'" in line
+    moved = SimpleNamespace(**{**calm.__dict__, "final_class": {"own": 9, "centre": 9, "moved": [9] * 6 + [0, 0]}})
+    assert "at 2 of 8 random positions" in location_verdict(moved, CLASSES)[1]
+    shaken = SimpleNamespace(**{**calm.__dict__, "centre": own - 0.2})
+    assert "up to 20 points" in location_verdict(shaken, CLASSES)[1]
+
+
+def test_class_list_and_unlike_photo_warning(tmp_path, monkeypatch):
+    """Beside the prediction: the classes the model knows; and a warning when the photo scores above the
+    threshold calibrated on val (ood.json beside the checkpoints), only then."""
+    from conftest import make_image_folder
+    from mgnet import ood
+
+    folder = tmp_path / "checkpoints"
+    mg, base = save_tiny_checkpoints(folder, CLASSES, image_size=32)
+    doc = ood.calibrate([mg, base], make_image_folder(tmp_path / "val", per_class=4), per_kind=2)
+    monkeypatch.setenv("MGNET_CHECKPOINTS", str(folder))
+    monkeypatch.setenv("MGNET_DEVICE", "cpu")
+
+    def page(threshold=None):
+        if threshold is not None:
+            for n in doc["models"]["mgnet-tiny.pt"]["energy"]["thresholds"]:
+                doc["models"]["mgnet-tiny.pt"]["energy"]["thresholds"][n] = threshold
+        ood.write(doc, folder)
+        at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+        assert not at.exception and not errors(at)
+        return at, [w.value for w in at.warning if "looks unlike the photos" in w.value]
+
+    at, warned = page()
+    captions = "\n".join(c.value for c in at.caption)
+    assert "knows only these 10 classes and always picks one: " + ", ".join(CLASSES) in captions
+    assert "No unlike-photo check" not in captions
+    # the page's verdict is the library's for the same photo and checkpoint
+    from mgnet import load_checkpoint
+    from mgnet.analysis import analyze
+    from mgnet.data import load_image
+
+    res = analyze(load_checkpoint(mg, device="cpu"), load_image(ROOT / "app" / "examples" / "parachute_1.jpg"))
+    score, thr = ood.threshold_for(doc, doc["models"]["mgnet-tiny.pt"]["sha256"], 4)
+    assert bool(warned) == ood.is_unlike(res.logits[-1], score, thr)[0]
+    _, warned = page(threshold=-1e9)  # every photo is above it
+    assert len(warned) == 1 and "must answer with one of them" in warned[0]
+    _, warned = page(threshold=1e9)  # none is
+    assert not warned
+    (folder / "ood.json").unlink()
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    assert "No unlike-photo check" in "\n".join(c.value for c in at.caption)
+
+
+def test_slow_work_shows_an_estimate_before_it_starts(app, monkeypatch):
+    """Slow saliency methods and attacks open their progress bar with the work ahead and a time estimate."""
+    import streamlit as st
+
+    texts = []
+    real = st.progress
+    monkeypatch.setattr(st, "progress", lambda value, text=None, **k: texts.append(text) or real(value, text=text, **k))
+    switch(app, "Compare")
+    app.multiselect(key="methods").set_value(["occlusion"])
+    app.checkbox(key="self").set_value(False)
+    submit(app, "Compute maps")
+    first = next(t for t in texts if t and "saliency maps" in t)
+    assert re.search(r"1 map, \d+ forward passes: about \d+ (s|min)", first), first
+    switch(app, "Robustness", "Attack")
+    app.number_input(key="atk_steps").set_value(3)
+    submit(app, "Run attack")
+    first = next(t for t in texts if t and t.startswith("attacking"))
+    assert re.search(r"attacking: 3 steps, about \d+ s", first), first
+    assert not errors(app)
+
+
+def test_fooled_class_shows_in_the_attack_bar_chart(app, monkeypatch):
+    """When the attack changes a model's answer, its new class is a bar of the chart, not only in the table."""
+    switch(app, "Robustness", "Attack")
+    app.number_input(key="atk_eps").set_value(64.0)
+    app.number_input(key="atk_steps").set_value(3)
+    submit(app, "Run attack")
+    table = app.dataframe[0].value
+    fig = app.session_state["_registry"].figures["attack-predictions"]
+    changed = list(table["changed"])
+    assert any(changed), "eps 64/255 should fool the random tiny models"
+    new = next(t for t in fig.data if t.name == "perturbed: its new class")
+    for ok, label, text in zip(changed, table["perturbed prediction"], new.text):
+        assert (text == f"now: {label.rsplit(' (', 1)[0]}") if ok else text == ""
+
+
+@pytest.mark.parametrize(
+    "params,button",
+    [
+        ({"view": "Compare", "methods": ["Guided Backprop"], "target": "church"}, "Compute maps"),
+        ({"view": "Robustness", "rob_view": "Attack", "atk_method": "FGSM (one step)", "atk_eps": "2.5"}, "Run attack"),
+    ],
+)
+def test_page_address_restores_computed_results(ckpt_dir, monkeypatch, params, button):
+    """A page address that names a Compare or Attack request already computed (its results are cached)
+    shows the results on opening, without a button press."""
+    monkeypatch.setenv("MGNET_CHECKPOINTS", str(ckpt_dir))
+    monkeypatch.setenv("MGNET_DEVICE", "cpu")
+    first = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    first.query_params.update(params)
+    first.run()
+    assert not first.dataframe  # nothing computed yet: the tab waits for the button
+    submit(first, button)
+    expected = first.dataframe[0].value
+    again = AppTest.from_file(APP, default_timeout=TIMEOUT)  # a new session opening the same address
+    again.query_params.update(params)
+    again.run()
+    assert not again.exception and not errors(again)
+    assert again.dataframe and again.dataframe[0].value.drop(columns="seconds", errors="ignore").equals(
+        expected.drop(columns="seconds", errors="ignore")
+    )

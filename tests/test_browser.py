@@ -130,6 +130,9 @@ def _no_exceptions(page):
 def test_upload_and_glimpse_view(server, browser, tmp_path):
     page = browser.new_page(viewport={"width": 1440, "height": 2200})
     page.set_default_timeout(120_000)
+    problems = []  # broken images: console errors and failed requests
+    page.on("console", lambda m: problems.append(m.text) if "Image source error" in m.text else None)
+    page.on("response", lambda r: problems.append(f"{r.status} {r.url}") if r.status >= 400 else None)
     page.goto(server)
     page.get_by_text("Compute so far").wait_for()  # the example is analysed on opening
     _no_exceptions(page)
@@ -149,9 +152,14 @@ def test_upload_and_glimpse_view(server, browser, tmp_path):
 
     page.get_by_role("button", name="◀").click()
     page.get_by_text("Glimpse 3 of 4", exact=True).wait_for()
-    page.locator("g.updatemenu-button", has_text="play").first.click()  # plotly's client-side animation
+    # one control drives the tab: the glimpse figure has no play button or slider of its own
+    assert page.locator("g.updatemenu-button").count() == 0 and page.locator("g.slider-container").count() == 0
+    for name, step in (("◀", 2), ("◀", 1), ("▶", 2), ("▶", 3), ("▶", 4)):  # stepping must not break images
+        page.get_by_role("button", name=name).click()
+        page.get_by_text(f"Glimpse {step} of 4", exact=True).wait_for()
     page.wait_for_timeout(1500)
     _no_exceptions(page)
+    assert not problems, problems
     page.screenshot(path=str(ARTIFACTS / "03-stepped.png"))
     page.close()
 
@@ -207,6 +215,13 @@ def test_compare_and_attack_views_render(server, browser):
     page.get_by_text("maps ready").wait_for()
     _no_exceptions(page)
     assert page.get_by_text("failed").count() == 0
+    # the saliency grid is laid out at a fixed width and drawn at exactly that width (never squeezed, which
+    # made its captions collide): what the page shows is what the export holds
+    widths = page.evaluate(
+        "() => [...document.querySelectorAll('.js-plotly-plot')].filter(el => el.layout && el.layout.width)"
+        ".map(el => [el.layout.width, el._fullLayout.width])"
+    )
+    assert widths and all(abs(asked - drawn) < 1 for asked, drawn in widths), widths
     page.screenshot(path=str(ARTIFACTS / "05-compare.png"))
     page.goto(f"{server}/?view=Robustness&rob_view=Attack")
     page.get_by_role("button", name="Run attack").click()
