@@ -65,6 +65,40 @@ def test_attack_and_corruption_options(tiny_folder, tiny_checkpoint):
     assert transfer["transfer_from"] == str(tiny_checkpoint)
 
 
+def test_cli_worst_case_reports_each_member_and_the_worst(tiny_folder, tiny_checkpoint, tmp_path, capsys):
+    base = tmp_path / "base.pt"
+    torch.manual_seed(1)
+    ids = ["n01440764", "n02102040", "n02979186"]
+    save_checkpoint(build_model("baseline", num_classes=3, image_size=48), base, classes=list("abc"), class_ids=ids)
+    out = tmp_path / "worst.json"
+    args = ["--checkpoint", str(tiny_checkpoint), "--data", str(tiny_folder), "--limit", "4", "--json", str(out)]
+    args += ["--attack", "worst", "--eps", "2", "--steps", "2", "--queries", "5", "--transfer-from", str(base)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    res = json.loads(out.read_text())
+    members = res["worst_case_members"]
+    assert list(members) == [
+        "pgd",
+        "apgd-ce",
+        "apgd-dlr",
+        "square",
+        "transfer",
+        "pgd-true",
+        "apgd-ce-true",
+        "apgd-dlr-true",
+    ]
+    assert members["apgd-dlr-true"] == res["accuracy"]  # the last member's tally is the worst case
+    assert list(members.values()) == sorted(members.values(), reverse=True)  # each member can only add
+    assert res["attack"]["member_options"]["apgd-ce"] == {"steps": 2} and "under square or any attack" in printed
+    assert "accuracy under Worst case" in printed
+
+
+def test_cli_refuses_an_option_the_attack_ignores(tiny_folder, tiny_checkpoint, capsys):
+    args = ["--checkpoint", str(tiny_checkpoint), "--data", str(tiny_folder), "--attack", "paper-pgd"]
+    assert main(args + ["--norm", "l2"]) == 2
+    assert "paper-pgd takes no option norm" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "extra,message",
     [
