@@ -1081,8 +1081,8 @@ def _worst_case_section(out_dir: Path) -> list[str]:
         f"({res['hardware']}).",
         f"**A reduced measurement**: {res['images']} images instead of 500, APGD {st['apgd_steps']} iterations "
         f"instead of 100 (1 restart), Square {st['queries']} queries instead of 5,000; PGD-10 as in the table above. "
-        "Fewer iterations and queries can only overstate accuracy, so these numbers are upper bounds on what a "
-        "full evaluation would find.\n",
+        "Fewer images widen the intervals; fewer iterations and queries tend to overstate accuracy, so read these "
+        "as upper estimates of what the full evaluation would find.\n",
         "Each row is the accuracy under that attack *or any attack above it*: the attacks run in this order, each on "
         "the images no earlier attack broke (AutoAttack's order of evaluation). MGNet is attacked as deployed first "
         "(its 0.02 gradient re-scaling in place, what a naive white-box attacker sees), then with true gradients. "
