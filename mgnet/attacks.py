@@ -366,7 +366,8 @@ def square_fraction(p_init: float, query: int, queries: int) -> float:
 def _run_square(job: _Job, x, y, opts) -> tuple[torch.Tensor, dict]:
     """Square attack: a gradient-free random search. Start from vertical stripes of +-eps; each query
     moves one random square window (all channels, each +-eps) of images not yet fooled, and keeps the
-    change where the margin z_y - max_{i!=y} z_i went down. An image stops once it is fooled."""
+    change where the margin z_y - max_{i!=y} z_i went down. An image stops once it is fooled. (The paper
+    also redraws a window that would change nothing; here such a query is simply spent.)"""
     if job.targeted:
         raise ValueError("Square is untargeted here; use PGD for a targeted attack")
     queries, radius = opts["queries"], job.radius
@@ -457,6 +458,8 @@ def _run_worst(job: _Job, x, y, opts) -> tuple[torch.Tensor, dict]:
                 **member_opts,
             )
             hit = torch.from_numpy(adv.success)
+            if i == 0:  # an image no member fools keeps the first member's attempt
+                images[todo] = adv.images
             images[todo[hit]] = adv.images[hit]
             for j in todo[hit].tolist():
                 by[j] = name
