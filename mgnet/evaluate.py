@@ -506,6 +506,8 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(format_table(result))
+    if args.attack == "worst" and not args.transfer_from:
+        print("(no --transfer-from: this worst case leaves out the transfer attack from the baseline)")
     if result["location"]:
         print(format_location_report(result["location"]))
     elif args.location:
