@@ -1,6 +1,6 @@
 """Speed of the field's attacks on one photo: APGD-CE (100 iterations) and Square (1,000 queries).
 
-    python benchmarks/attack_speed.py [--threads 2] [--repeats 3] [--eps 1]
+    python benchmarks/attack_speed.py [--threads 2] [--repeats 3] [--eps 1] [--models mgnet baseline]
 
 Issue 12's targets, on 2 CPU cores: APGD-CE with 100 iterations on one photo at most 5 s for MGNet, Square
 with 1,000 queries at most 10 s. The photo is the app's opening one (parachute_1.jpg) at the default
@@ -32,19 +32,19 @@ TARGETS = {"apgd-ce": 5.0, "square": 10.0}  # seconds, MGNet, 2 cores
 BUDGETS = {"apgd-ce": {"steps": 100}, "square": {"queries": 1000}}
 
 
-def run_once(model, x, y, method, eps) -> tuple[float, int, bool]:
-    """(seconds, iterations or queries run, fooled) of one attack."""
+def run_once(model, x, y, method, eps) -> tuple[float, float, int, bool]:
+    """(wall seconds, CPU seconds of this process, iterations or queries run, fooled) of one attack."""
     count = {"n": 0}
 
     def progress(done, total):
         count["n"] += 1  # one call per iteration (APGD also calls once more when it stops early)
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     adv = attack(model, x, y, method, eps, progress=progress, **BUDGETS[method])
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     fooled = bool(adv.success[0])
     ran = adv.details["queries"][0] if method == "square" else count["n"] - int(fooled)
-    return seconds, ran, fooled
+    return seconds, cpu, ran, fooled
 
 
 def main(argv=None) -> int:
@@ -52,6 +52,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--eps", type=float, default=1.0)
+    p.add_argument("--models", nargs="+", default=["mgnet", "baseline"], choices=["mgnet", "baseline"])
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -59,7 +60,7 @@ def main(argv=None) -> int:
     load_before = os.getloadavg()
     busy = busy_processes(ignore=("attack_speed",))
     rows = []
-    for name in DEFAULT_CKPTS:
+    for name in [n for n in DEFAULT_CKPTS if n.split("-")[0] in args.models]:
         model = load_checkpoint(ROOT / "checkpoints" / name, "cpu")
         x = to_model_input(photo, model.image_size)
         with torch.no_grad():
@@ -67,19 +68,25 @@ def main(argv=None) -> int:
         for method in BUDGETS:
             runs = [run_once(model, x, y, method, args.eps) for _ in range(args.repeats)]
             seconds = statistics.median(r[0] for r in runs)
+            cpu = statistics.median(r[1] for r in runs)
             kind = "mgnet" if name.startswith("mgnet") else "baseline"
             target = TARGETS[method] if kind == "mgnet" else None
+            shared = os.getloadavg()[0] > args.threads
+            judged = cpu / args.threads if shared else seconds  # contended: judge the CPU time, not the wait
             rows.append(
                 {
                     "model": kind,
                     "method": method,
                     "budget": BUDGETS[method],
-                    "ran": runs[0][1],
-                    "fooled": runs[0][2],
+                    "ran": runs[0][2],
+                    "fooled": runs[0][3],
                     "seconds_median": round(seconds, 2),
                     "seconds_all": [round(r[0], 2) for r in runs],
+                    # CPU time spread over the threads: what the run would take if it had them to itself
+                    "cpu_seconds_per_thread": round(cpu / args.threads, 2),
                     "target_seconds": target,
-                    "met": None if target is None else seconds <= target,
+                    "judged_on": "cpu_seconds_per_thread" if shared else "seconds_median",
+                    "met": None if target is None else judged <= target,
                 }
             )
             print(rows[-1], flush=True)
@@ -118,8 +125,10 @@ def report(res: dict) -> str:
             else "The machine was otherwise idle."
         )
         + "\n",
-        "| model | attack | budget | ran | fooled | seconds (median) | runs | target | met |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "`CPU s / thread` is the process's CPU time divided by its threads: about what the run takes on a "
+        "machine it has to itself, and what the target is judged on when the machine was contended.\n",
+        "| model | attack | budget | ran | fooled | wall seconds (median) | runs | CPU s / thread | target | met |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in res["rows"]:
         budget = ", ".join(f"{k} {v}" for k, v in r["budget"].items())
@@ -127,7 +136,7 @@ def report(res: dict) -> str:
         met = "" if r["met"] is None else ("yes" if r["met"] else "no")
         lines.append(
             f"| {r['model']} | {r['method']} | {budget} | {r['ran']} | {r['fooled']} | {r['seconds_median']} | "
-            f"{', '.join(map(str, r['seconds_all']))} | {target} | {met} |"
+            f"{', '.join(map(str, r['seconds_all']))} | {r['cpu_seconds_per_thread']} | {target} | {met} |"
         )
     if res["busy_processes"]:
         lines += ["\nBusy processes at the start:\n"] + [f"- `{b}`" for b in res["busy_processes"]]
