@@ -390,7 +390,7 @@ def parse_args(argv=None):
     p.add_argument(
         "--attack",
         choices=list(ATTACK_METHODS),
-        help="; ".join(f"{name}: {info.summary}" for name, info in ATTACK_METHODS.items()),
+        help=" ".join(f"{name}: {info.summary}" for name, info in ATTACK_METHODS.items()),
     )
     p.add_argument("--eps", type=float, default=4.0, help="attack budget in 1/255 units (L-inf)")
     p.add_argument(

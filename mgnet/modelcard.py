@@ -1263,7 +1263,7 @@ def parse_args(argv=None):
         choices=["all", "corrupt", "worst-case", "report"],
         default="all",
         help="corrupt: only prepare corrupted images; worst-case: only measure the worst-case attack table "
-        "(worst_case.json, then the README is rebuilt); report: rebuild README/plots from modelcard.json",
+        "(worst_case.json; --stage report then renders it); report: rebuild README/plots from modelcard.json",
     )
     p.add_argument("--cache-dir")
     return p.parse_args(argv)
