@@ -125,8 +125,9 @@ def report(res: dict) -> str:
             else "The machine was otherwise idle."
         )
         + "\n",
-        "`CPU s / thread` is the process's CPU time divided by its threads: about what the run takes on a "
-        "machine it has to itself, and what the target is judged on when the machine was contended.\n",
+        "`CPU s / thread` is the process's CPU time divided by its threads. On a contended machine it is judged "
+        "instead of the wall time, but it is inflated too (threads spin while they wait for a core), so it is "
+        "still an upper bound.\n",
         "| model | attack | budget | ran | fooled | wall seconds (median) | runs | CPU s / thread | target | met |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
