@@ -187,6 +187,7 @@ def figure_attack(request, entry, base) -> Attack | None:
         step_size=request.step_size or None,
         random_start=request.random_start,
         seed=request.seed,
+        queries=request.queries if request.method == "square" else None,
     )
 
 

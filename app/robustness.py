@@ -13,19 +13,22 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import streamlit as st
+import torch
 
 from mgnet import attacks, corruptions, geometry, plots
 from mgnet.data import image_hash, resize_rgb, to_uint8
 
 from . import services, ui
 
-EPS_GRID = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+EPS_GRID = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 12.0, 16.0)  # the cliff lies between 4 and 8
 SEVERITIES = (0, 1, 2, 3, 4, 5)
-ATTACKS = {
-    "pgd": "PGD (pixel space, clamped)",
-    "fgsm": "FGSM (one step)",
-    "paper_pgd": "Paper PGD (normalised space, no clamp)",
-}
+# The app's attacks, from the registry (the worst-case ensemble belongs to python -m mgnet.evaluate).
+ATTACKS = {m: attacks.METHODS[m].label for m in ("apgd-ce", "pgd", "apgd-dlr", "square", "fgsm", "paper-pgd")}
+# APGD-CE at eps 4 changes MGNet's prediction on the photo the app opens with (parachute_1.jpg: parachute
+# 92% -> chain saw); PGD-10 needs eps 8 there.
+DEFAULT_ATTACK, DEFAULT_EPS = "apgd-ce", 4.0
+SQUARE_QUERIES = 1000  # the app's default budget (the registry's, for evaluations, is 5,000)
+COMPARED = ("pgd", "apgd-ce")  # the gradient attacks a gradient-free one is compared with
 QP = dict(bind="query-params", persist_state="session")
 
 
@@ -41,9 +44,9 @@ class CorruptionRequest:
 class AttackRequest:
     """One attack as the Attack tab sets it; ``source`` is the name of the crafting model."""
 
-    method: str = "pgd"
-    eps: float = 4.0
-    steps: int = 10
+    method: str = DEFAULT_ATTACK
+    eps: float = DEFAULT_EPS
+    steps: int = 100  # PGD/paper PGD steps or APGD iterations
     step_size: float = 0.0  # 0: automatic
     norm: str = "linf"
     random_start: bool = True
@@ -55,25 +58,48 @@ class AttackRequest:
     models: list = field(default_factory=list)
     photo: str = ""
     model: str = ""
+    queries: int = SQUARE_QUERIES
+    compare: bool = True  # a gradient-free attack is also compared with the gradient attacks
 
     def __post_init__(self):
-        # The rules of each method, in one place: FGSM is one step without a random start, only PGD
-        # starts at random, and the paper's PGD is untargeted.
-        if self.method == "fgsm":
+        # What each method takes comes from the registry: an option it ignores is reset, never sent.
+        info = attacks.METHODS[attacks.canonical(self.method)]
+        self.method = info.name
+        takes = info.defaults
+        self.norm = self.norm if "norm" in takes else "linf"
+        self.random_start = bool(self.random_start) and "random_start" in takes
+        self.targeted = bool(self.targeted) and info.targeted
+        self.true_grad = bool(self.true_grad) and info.needs_gradients
+        self.compare = bool(self.compare) and not info.needs_gradients
+        if "steps" not in takes:
             self.steps = 1
-        self.random_start = bool(self.random_start) and self.method == "pgd"
-        self.targeted = bool(self.targeted) and self.method != "paper_pgd"
         if not self.targeted:
             self.target = None
 
+    def options(self) -> dict:
+        """The method's own options for ``attacks.attack``."""
+        return attacks.method_options(
+            self.method,
+            steps=self.steps,
+            step_size=self.step_size or None,
+            norm=self.norm,
+            random_start=self.random_start,
+            queries=self.queries,
+        )
+
     def run_config(self, n_glimpses) -> dict:
         """What ``run_attack`` needs (and caches by)."""
-        keys = ("method", "eps", "steps", "step_size", "norm", "random_start", "targeted", "true_grad", "seed")
-        return dict({k: getattr(self, k) for k in keys}, n_glimpses=n_glimpses)
+        keys = ("method", "eps", "targeted", "true_grad", "seed")
+        return dict({k: getattr(self, k) for k in keys}, n_glimpses=n_glimpses, **self.options())
 
     def white_box_sweep(self, eps: float) -> "AttackRequest":
         """The same attack, untargeted, at budget ``eps`` with an automatic step: one point of the sweep."""
         return dataclasses.replace(self, eps=float(eps), step_size=0.0, targeted=False, target=None)
+
+    def gradient_twin(self, method: str) -> "AttackRequest":
+        """A gradient attack at the same budget and seed, with the registry's settings: for comparison."""
+        steps = attacks.METHODS[method].defaults["steps"]
+        return dataclasses.replace(self, method=method, steps=steps, step_size=0.0, random_start=True, compare=False)
 
 
 @dataclass
@@ -290,67 +316,88 @@ def corruption_saliency(entry, models, result: CorruptionResult, n):
 
 
 # -- attack ----------------------------------------------------------------------------------------------
-def run_attack(source, photo, cfg: dict, y: int, progress=None) -> np.ndarray:
-    """Adversarial version (uint8, model resolution) of the photo crafted on ``source``. Cached."""
+def run_attack(source, photo, cfg: dict, y: int, progress=None) -> tuple[np.ndarray, bool]:
+    """(adversarial photo at the source's input size, float32 [S, S, 3] NOT rounded to 8 bits; whether it
+    fooled the source) for one ``AttackRequest.run_config``. Cached. The attack holds the shared model's
+    lock and leaves it as found."""
     key = (source.key, photo.key, tuple(sorted(cfg.items())), y)
 
     def compute():
-        x = services.model_input(source, photo)
-        s_grad = 1.0 if (cfg["true_grad"] and not source.is_baseline) else None
-        n = None if source.is_baseline else cfg["n_glimpses"]
-        if cfg["method"] == "paper_pgd":  # the attacks hold the shared model's lock themselves
-            x_adv = attacks.paper_pgd(
-                source.model,
-                x,
-                y,
-                eps=cfg["eps"],
-                step=cfg["step_size"] or 1.0,
-                steps=cfg["steps"],
-                n_glimpses=n,
-                s_grad=s_grad,
-                progress=progress,
-            )
-        else:
-            x_adv = attacks.attack(
-                source.model,
-                x,
-                y,
-                method=cfg["method"],
-                eps=cfg["eps"],
-                steps=cfg["steps"],
-                step_size=cfg["step_size"] or None,
-                norm=cfg["norm"],
-                random_start=cfg["random_start"],
-                targeted=cfg["targeted"],
-                s_grad=s_grad,
-                n_glimpses=n,
-                seed=cfg["seed"],
-                progress=progress,
-            )
-        return to_uint8(x_adv)[0]
+        cfg_ = dict(cfg)
+        method, eps = cfg_.pop("method"), cfg_.pop("eps")
+        adv = attacks.attack(
+            source.model,
+            services.model_input(source, photo),
+            y,
+            method,
+            eps,
+            targeted=cfg_.pop("targeted"),
+            true_gradients=cfg_.pop("true_grad"),
+            n_glimpses=cfg_.pop("n_glimpses"),
+            seed=cfg_.pop("seed"),
+            progress=progress,
+            **cfg_,
+        )
+        image = adv.images[0].permute(1, 2, 0).float().cpu().numpy()
+        return np.ascontiguousarray(image), bool(adv.success[0])
 
     return services.memo("attack", key, compute)
 
 
 def attack_form(photo, entry, models, a) -> tuple[AttackRequest, bool]:
     names = [m.name for m in models]
+    # Outside the form, so the form can switch off what the chosen method ignores.
+    method = st.selectbox(
+        "Attack",
+        list(ATTACKS),
+        index=0,
+        format_func=ATTACKS.get,
+        key="atk_method",
+        **QP,
+        help=" ".join(f"{ATTACKS[m]}: {attacks.METHODS[m].summary}" for m in ATTACKS),
+    )
+    info = attacks.METHODS[method]
+    takes = info.defaults
     with st.form("attack_form"):
         c1, c2, c3, c4 = st.columns(4)
-        method = c1.selectbox("Attack", list(ATTACKS), index=0, format_func=ATTACKS.get, key="atk_method", **QP)
         eps = c2.number_input(
             "eps (in 1/255)",
             0.0,
             64.0,
-            value=4.0,
+            value=DEFAULT_EPS,
             step=0.5,
             key="atk_eps",
             **QP,
             help="Largest change per pixel (L∞) or L2 norm of the change, in units of 1/255.",
         )
-        steps = c3.number_input(
-            "Steps", 1, 200, value=10, step=1, key="atk_steps", **QP, help="PGD iterations (FGSM: 1)."
-        )
-        step = c4.number_input(
+        if method == "square":
+            steps = c1.number_input(
+                "Query budget",
+                10,
+                20000,
+                value=SQUARE_QUERIES,
+                step=100,
+                key="atk_queries",
+                **QP,
+                help="Forward passes Square may spend (the paper's default: 5,000; it stops once fooled).",
+            )
+        elif method.startswith("apgd"):
+            steps = c1.number_input(
+                "Iterations", 1, 1000, value=100, step=10, key="atk_iters", **QP, help="APGD iterations (paper: 100)."
+            )
+        else:
+            steps = c1.number_input(
+                "Steps",
+                1,
+                200,
+                value=10,
+                step=1,
+                key="atk_steps",
+                **QP,
+                help="PGD iterations.",
+                disabled="steps" not in takes,
+            )
+        step = c3.number_input(
             "Step size (0 = auto)",
             0.0,
             64.0,
@@ -358,8 +405,10 @@ def attack_form(photo, entry, models, a) -> tuple[AttackRequest, bool]:
             step=0.25,
             key="atk_step",
             **QP,
-            help="Per-step change in 1/255. Auto: 2.5·eps/steps (paper PGD: 1).",
+            help="Per-step change in 1/255. Auto: 2.5·eps/steps (paper PGD: 1). APGD sets its own.",
+            disabled="step_size" not in takes,
         )
+        seed = c4.number_input("Seed", 0, 2**31 - 1, value=0, step=1, key="atk_seed", **QP)
         c1, c2, c3, c4 = st.columns(4)
         source = c1.selectbox(
             "Craft on (attacked model)",
@@ -368,42 +417,63 @@ def attack_form(photo, entry, models, a) -> tuple[AttackRequest, bool]:
             key="atk_source",
             **QP,
             format_func=lambda n: next(m.short for m in models if m.name == n),
-            help="The attack sees this model's gradients. Every other model is then tested on "
-            "the same image: a transfer attack.",
+            help="The attack uses this model (its gradients, or for Square its predictions). Every other "
+            "model is then tested on the same image: a transfer attack.",
         )
         norm = c2.selectbox(
-            "Norm", ["linf", "l2"], index=0, key="atk_norm", **QP, format_func={"linf": "L∞", "l2": "L2"}.get
+            "Norm",
+            ["linf", "l2"],
+            index=0,
+            key="atk_norm",
+            **QP,
+            format_func={"linf": "L∞", "l2": "L2"}.get,
+            disabled="norm" not in takes,
+            help=None if "norm" in takes else f"{info.label} is L∞ only.",
         )
         true_grad = c3.checkbox(
             "True gradients",
             value=False,
             key="atk_truegrad",
             **QP,
+            disabled=not info.needs_gradients,
             help="MGNet damps gradients through its localisation path 50× (s_grad = 0.02). "
             "Tick to attack with that re-scaling switched off: a stronger, more honest "
             "white-box test (it rules out gradient masking).",
         )
-        random_start = c4.checkbox("Random start", value=True, key="atk_random", **QP)
+        random_start = c4.checkbox(
+            "Random start", value=True, key="atk_random", **QP, disabled="random_start" not in takes
+        )
         c1, c2, c3 = st.columns([1, 2, 1])
-        targeted = c1.checkbox("Targeted", value=False, key="atk_targeted", **QP)
-        target = c2.selectbox("Target class (targeted only)", a.classes, index=0, key="atk_target", **QP)
-        seed = c3.number_input("Seed", 0, 2**31 - 1, value=0, step=1, key="atk_seed", **QP)
+        targeted = c1.checkbox("Targeted", value=False, key="atk_targeted", **QP, disabled=not info.targeted)
+        target = c2.selectbox(
+            "Target class (targeted only)", a.classes, index=0, key="atk_target", **QP, disabled=not info.targeted
+        )
+        compare = c3.checkbox(
+            "Compare with PGD and APGD-CE",
+            value=True,
+            key="atk_compare",
+            **QP,
+            disabled=info.needs_gradients,
+            help="Also run the gradient attacks at the same eps, to see whether the gradient-free attack beat them.",
+        )
         submitted = st.form_submit_button("Run attack", type="primary")
     request = AttackRequest(
-        method,
-        float(eps),
-        int(steps),
-        float(step),
-        norm,
-        bool(random_start),
-        bool(targeted),
-        bool(true_grad),
-        int(seed),
-        target,
-        source,
-        names,
-        photo.key,
-        entry.key,
+        method=method,
+        eps=float(eps),
+        steps=int(steps) if method != "square" else 1,
+        step_size=float(step),
+        norm=norm,
+        random_start=bool(random_start),
+        targeted=bool(targeted),
+        true_grad=bool(true_grad),
+        seed=int(seed),
+        target=target,
+        source=source,
+        models=names,
+        photo=photo.key,
+        model=entry.key,
+        queries=int(steps) if method == "square" else SQUARE_QUERIES,
+        compare=bool(compare),
     )
     return request, submitted
 
@@ -412,10 +482,14 @@ def attack_form(photo, entry, models, a) -> tuple[AttackRequest, bool]:
 class AttackResult:
     source: object  # the crafting model's entry
     label: int  # the class pushed away from (untargeted) or towards (targeted)
-    adversarial: np.ndarray  # uint8, the source's input size
-    clean_small: np.ndarray  # the clean photo at that size
+    adversarial: np.ndarray  # float32 [S, S, 3], the source's input size, as the attack left it (unrounded)
+    rounded: np.ndarray  # uint8: its 8-bit export
+    clean_small: np.ndarray  # the clean photo at that size, uint8
     clean: dict  # model name -> analysis of the photo
-    hit: dict  # model name -> analysis of the adversarial image
+    hit: dict  # model name -> analysis of the unrounded adversarial image
+    hit_rounded: dict  # model name -> analysis of the 8-bit export
+    fooled: bool  # whether the attack fooled the source
+    gradient_fooled: dict = field(default_factory=dict)  # compared gradient attack -> fooled the source
 
 
 def attack_compute(request: AttackRequest, photo, entry, models, n, progress=None) -> AttackResult:
@@ -424,16 +498,63 @@ def attack_compute(request: AttackRequest, photo, entry, models, n, progress=Non
         y = source.model.classes.index(request.target)
     else:
         y = services.analyze(source, photo, n).predicted()
-    adversarial = run_attack(source, photo, request.run_config(n), y, progress)
+    adversarial, fooled = run_attack(source, photo, request.run_config(n), y, progress)
+    rounded = to_uint8(torch.from_numpy(adversarial).permute(2, 0, 1)[None])[0]
     clean = {e.name: services.analyze(e, photo, n) for e in models}
-    hit = {e.name: services.analyze_image(e, adversarial, image_hash(adversarial), n) for e in models}
-    return AttackResult(source, y, adversarial, resize_rgb(photo.image, source.model.image_size), clean, hit)
+    key, key8 = image_hash(adversarial), image_hash(rounded)
+    hit = {e.name: services.analyze_image(e, adversarial, key, n) for e in models}
+    hit_rounded = {e.name: services.analyze_image(e, rounded, key8, n) for e in models}
+    compared = {}
+    if request.compare:
+        for method in COMPARED:
+            twin = request.gradient_twin(method)
+            compared[method] = run_attack(source, photo, twin.run_config(n), y, progress)[1]
+    small = resize_rgb(photo.image, source.model.image_size)
+    return AttackResult(source, y, adversarial, rounded, small, clean, hit, hit_rounded, fooled, compared)
 
 
-def attack_show(result: AttackResult, photo, entry, models):
-    adv, clean_small, source = result.adversarial, result.clean_small, result.source
-    amp_img, amp = plots.perturbation_image(clean_small, adv)
-    peak = float(np.abs(adv.astype(np.int16) - clean_small.astype(np.int16)).max())
+def rounding_note(result: AttackResult, models) -> tuple[str, bool]:
+    """(what 8-bit rounding did to the adversarial image, whether it erased it entirely)."""
+    clean = result.clean_small.astype(np.int16)
+    peak8 = int(np.abs(result.rounded.astype(np.int16) - clean).max())
+    peak = float(np.abs(result.adversarial - result.clean_small / 255.0).max() * 255)
+    if peak8 == 0:
+        return (
+            f"Rounded to 8 bits, this perturbation (largest change {peak:.2f}/255) disappears: the 8-bit file is "
+            "the clean photo. The predictions above are on the unrounded image."
+        ), True
+    changed = [e.short for e in models if result.hit[e.name].predicted() != result.hit_rounded[e.name].predicted()]
+    what = f"changes the prediction of {', '.join(changed)}" if changed else "keeps every model's prediction"
+    return f"8-bit export: largest change {peak8}/255 (unrounded {peak:.2f}/255); rounding {what}.", False
+
+
+def gradient_free_note(result: AttackResult, method: str) -> tuple[str, str] | None:
+    """(level, text) when a gradient-free attack was compared with the gradient attacks on this photo."""
+    if not result.gradient_fooled:
+        return None
+    who, label = result.source.short, attacks.METHODS[method].short
+    grads = " and ".join(attacks.METHODS[m].short for m in result.gradient_fooled)
+    if result.fooled and not any(result.gradient_fooled.values()):
+        return "warning", (
+            f"**{label}, which sees only {who}'s predictions, fooled it where {grads} (which follow its "
+            "gradients) did not.** When a gradient-free attack beats gradient attacks, the gradients mislead "
+            "the attacker (gradient masking), so robustness measured with gradient attacks alone is "
+            "overstated. On MGNet, try the gradient attacks with true gradients."
+        )
+    if not result.fooled and any(result.gradient_fooled.values()):
+        beaten = " and ".join(attacks.METHODS[m].short for m, f in result.gradient_fooled.items() if f)
+        return "info", (
+            f"{beaten} fooled {who} where {label} did not: the gradients are informative here (no sign of "
+            f"masking on this photo); {label} may need more queries."
+        )
+    verdict = "all fooled" if result.fooled else "none fooled"
+    return "info", f"{label}, {grads}: {verdict} {who} on this photo at this eps."
+
+
+def attack_show(result: AttackResult, request: AttackRequest, photo, entry, models):
+    clean_small, source = result.clean_small, result.source
+    amp_img, amp = plots.perturbation_image(clean_small / 255.0, result.adversarial)
+    peak = float(np.abs(result.adversarial - clean_small / 255.0).max() * 255)
     c1, c2, c3 = st.columns(3)
     with c1:
         ui.image(
@@ -442,15 +563,30 @@ def attack_show(result: AttackResult, photo, entry, models):
             caption=f"Clean, as the model sees it ({source.model.image_size}px)",
         )
     with c2:
-        ui.image(plots.nearest_upscale(adv, 256), "attack adversarial input", caption="Adversarial (8-bit)")
+        ui.image(
+            plots.nearest_upscale(result.rounded, 256),
+            "attack adversarial input",
+            caption="Adversarial (shown and downloadable as 8-bit; analysed unrounded)",
+        )
     with c3:
         ui.image(
             plots.nearest_upscale(amp_img, 256),
             "attack perturbation",
-            caption=f"Perturbation ×{amp:.0f} (largest change {peak:.0f}/255; grey = no change)",
+            caption=f"Perturbation ×{amp:.0f} (largest change {peak:.2f}/255; grey = no change)",
         )
     roles = {e.name: ("white-box" if e.name == source.name else f"transfer from {source.short}") for e in models}
-    show_rows(prediction_rows(models, result.clean, result.hit, roles), "attack predictions")
+    rows = prediction_rows(models, result.clean, result.hit, roles)
+    if not any(r["changed"] for r in rows):
+        st.warning(
+            f"This attack changed no model's prediction on this photo (eps {request.eps:g}/255). It is not a "
+            "result about robustness: try a larger eps, APGD, or true gradients."
+        )
+    show_rows(rows, "attack predictions")
+    note, erased = rounding_note(result, models)
+    (st.warning if erased else st.caption)(note)
+    comparison = gradient_free_note(result, request.method)
+    if comparison:
+        getattr(st, comparison[0])(comparison[1])
     if not entry.is_baseline:
         a0, a1 = result.clean[entry.name], result.hit[entry.name]
         moved = geometry.to_original(a1.boxes_model, a1.image_size, photo.width, photo.height)
@@ -472,7 +608,7 @@ def attack_show(result: AttackResult, photo, entry, models):
                 if t
             )
         )
-    ui.registry().images["adversarial-input"] = adv
+    ui.registry().images["adversarial-input"] = result.rounded
 
 
 def render_attack(photo, entry, models, a, settings):
@@ -482,37 +618,61 @@ def render_attack(photo, entry, models, a, settings):
         st.session_state["atk_request"] = request  # a page address naming a computed attack shows it at once
     request = st.session_state.get("atk_request")
     if not request:
-        st.info("Set the attack and press **Run attack**. PGD-10 takes a few seconds on a CPU.")
+        st.info(
+            "Set the attack and press **Run attack**. APGD-CE (100 iterations) takes a few seconds on a CPU; "
+            "Square spends its query budget unless it fools the model sooner."
+        )
         return
     if request.photo != photo.key or request.model != entry.key:
         st.info("The photo or model changed. Press **Run attack** to attack this one.")
         return
-    # an attack step is a forward and a backward pass of the crafting model: about twice an analysis
+    # a gradient step is a forward and a backward pass of the crafting model (about twice an analysis);
+    # a Square query is one forward pass
+    square = request.method == "square"
+    unit = "query" if square else "step"
+    work = request.queries if square else request.steps
     source = next((m for m in models if m.name == request.source), entry)
-    about = f"about {2 * request.steps * services.analyze(source, photo, n).seconds:.0f} s"
-    bar = st.progress(0.0, text=f"attacking: {request.steps} step{'s' if request.steps > 1 else ''}, {about}…")
+    about = f"at most about {(1 if square else 2) * work * services.analyze(source, photo, n).seconds:.0f} s"
+    bar = st.progress(0.0, text=f"attacking: up to {work} {unit}{'s' if work > 1 else ''}, {about}…")
     result = attack_compute(
-        request, photo, entry, models, n, lambda d, t: bar.progress(d / t, text=f"attack step {d}/{t} ({about} in all)")
+        request,
+        photo,
+        entry,
+        models,
+        n,
+        lambda d, t: bar.progress(min(d / t, 1.0), text=f"attack {unit} {d}/{t} ({about} in all)"),
     )
     bar.progress(1.0, text="attack done")
     services.mark_done("attack", request)
-    attack_show(result, photo, entry, models)
+    attack_show(result, request, photo, entry, models)
     ui.registry().settings["attack"] = dict(
-        request.run_config(n), source=result.source.name, source_sha256=result.source.sha256, label=int(result.label)
+        request.run_config(n),
+        source=result.source.name,
+        source_sha256=result.source.sha256,
+        label=int(result.label),
+        fooled_source=result.fooled,
+        gradient_attacks_fooled_source=result.gradient_fooled or None,
     )
     ui.explain(
         "- The attack changes the image as the model sees it (its input resolution) within a budget of eps/255 "
         "per pixel (L∞) or in L2 norm. Untargeted attacks push away from the crafting model's clean prediction; "
-        "targeted ones pull towards the chosen class.\n"
-        "- **Craft on** picks whose gradients are used (white-box). Every other model is tested on the same "
-        "image, which is a *transfer* attack for it.\n"
+        "targeted ones (PGD, FGSM) pull towards the chosen class.\n"
+        "- **APGD-CE / APGD-DLR** (Croce & Hein 2020, part of AutoAttack) choose their own step size and use "
+        "momentum; **Square** needs no gradients at all, only the model's predictions, so a model that hides "
+        "or damps its gradients cannot stop it. If Square succeeds where the gradient attacks fail, their "
+        "robustness numbers are overstated.\n"
+        "- **Craft on** picks the attacked model. Every other model is tested on the same image, which is a "
+        "*transfer* attack for it.\n"
         "- **True gradients**: MGNet multiplies gradients through its glimpse-location path by 0.02. Robustness "
-        "seen only with that damping may be gradient masking; attack with it off, and by transfer from the "
-        "baseline, before trusting a robustness number.\n"
+        "seen only with that damping may be gradient masking; attack with it off, with Square, and by transfer "
+        "from the baseline before trusting a robustness number.\n"
         "- **Paper PGD** reproduces the authors' evaluation (perturbation in normalised units, no random start, "
-        "no clamp), which is about 4× weaker than pixel-space PGD at the same eps.\n"
-        "- Predictions are on the 8-bit adversarial image (what you can download), so rounding can weaken a "
-        "very small perturbation slightly. The perturbation is amplified to be visible; its true size is given."
+        "no clamp, so norm and random start do not apply), which is about 4× weaker than pixel-space PGD at "
+        "the same eps.\n"
+        "- Predictions are on the adversarial image exactly as the attack left it (not rounded). The picture "
+        "and the download are its 8-bit rounding; the note under the table says what rounding did (at eps 1-2 "
+        "paper PGD's change is below 1/255 and rounding erases it). The perturbation is amplified to be "
+        "visible; its true size is given."
     )
 
 
@@ -567,14 +727,14 @@ def sweep_eps(request: SweepRequest, photo, models, n, progress) -> SweepResult:
                     cfg,
                     y,
                     lambda d, t, done=done, eps=eps, m=m: progress(
-                        (done + d / t) / total, f"{m.short}: eps {eps:g}, step {d}/{t}"
+                        (done + min(d / t, 1.0)) / total, f"{m.short}: eps {eps:g}, step {d}/{t}"
                     ),
-                )
+                )[0]
                 res = services.analyze_image(m, adv, image_hash(adv), n)
             ys.append(float(res.probs[-1, y]))
             ok.append(res.predicted() == y)
         series[m.short], correct[m.short] = ys, ok
-    xlabel = f"eps (1/255, {request.attack.method.upper()}, each model attacked white-box)"
+    xlabel = f"eps (1/255, {attacks.METHODS[request.attack.method].short}, each model attacked white-box)"
     return SweepResult(xs, series, correct, xlabel)
 
 

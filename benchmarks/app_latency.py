@@ -83,7 +83,7 @@ def library_timings(repeats):
                 timed(lambda model=model, method=method: explain(model, x, method)) for _ in range(repeats)
             ]
         out[f"PGD-10 on {name}_s"] = [
-            timed(lambda model=model: attack(model, x, y, "pgd", eps=4, steps=10)) for _ in range(repeats)
+            timed(lambda model=model: attack(model, x, y, "pgd", eps=4, steps=10).images) for _ in range(repeats)
         ]
     image = load_image(ROOT / "app/examples/parachute_1.jpg")
     out["location check on mgnet (centred + 8 random)_s"] = [

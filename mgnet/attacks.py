@@ -1,61 +1,93 @@
-"""White-box and transfer adversarial attacks on MGNet and its baseline.
+"""Adversarial attacks on MGNet and its baseline: one verb, one registry.
 
-Conventions shared by every function here:
+    adv = attack(model, x, y, method="apgd-ce", eps=4, steps=100)
+    adv.images     # [B, 3, H, W] adversarial pixels (paper PGD may leave [0, 1], every other method clamps)
+    adv.success    # bool [B]: the attacked model's final prediction is no longer y (targeted: is now y)
+
+Every method is one ``AttackInfo`` entry of ``METHODS`` (name, label, options with defaults, whether it
+needs gradients). evaluate, figures and the app read that registry. Names are spelled with hyphens
+(``paper-pgd``, ``apgd-ce``); ``canonical`` also accepts underscores.
+
+Conventions shared by every method:
 
 * Inputs ``x`` are pixels in [0, 1], shape [B, 3, H, W]; the model normalises inside.
 * ``eps`` and step sizes are in units of 1/255 of the pixel range.
   - L-infinity (``norm="linf"``): every pixel moves by at most ``eps / 255``.
-  - L2 (``norm="l2"``): the perturbation of each image, taken as one vector over all 3*H*W values,
-    has Euclidean norm at most ``eps / 255``. The unit is the same as for L-infinity, so an L2 budget
-    is much larger in number than an L-infinity one: the usual L2 budget of 0.5 (in [0, 1] units) is
-    ``eps=127.5`` here; L2 ``eps=4`` is a tiny perturbation.
-* The loss is cross-entropy (summed over the batch) on the model's FINAL prediction, ``logits[-1]``;
-  ``y`` is the true label (untargeted: the loss is increased) or the target label (``targeted=True``:
-  the loss towards ``y`` is decreased).
-* ``s_grad`` and ``n_glimpses`` are passed to the model for the attack's forward passes only;
-  ``s_grad=1.0`` disables MGNet's 0.02 backward re-scaling on the localisation path ("true gradients").
-  ``None`` keeps the model's own value (0.02 for the authors' MGNet).
+  - L2 (``norm="l2"``, FGSM and PGD only): the perturbation of each image, as one vector over all 3*H*W
+    values, has Euclidean norm at most ``eps / 255`` (so L2 ``eps=127.5`` is the usual 0.5).
+* Losses are taken on the model's FINAL prediction, ``logits[-1]``.
+* ``true_gradients=True`` runs MGNet with its 0.02 backward re-scaling of the localisation path switched
+  off (``s_grad=1``) for this attack only. The baseline and plain classifiers have no such path and no
+  glimpses: ``model.glimpse_options`` drops ``n_glimpses``/``s_grad`` for them (the one place of that rule).
+* ``source``: craft the attack on another model (a transfer attack); success is measured on ``model``.
 * The model is never modified: gradients are taken with ``torch.autograd.grad`` with respect to the
-  input only (no parameter ``.grad`` is written, no ``requires_grad`` flag is changed, no hooks), and
-  the model runs in eval mode during the attack; every module's previous training flag is restored
-  afterwards, even if the attack raises.
+  input only (no parameter ``.grad``, no ``requires_grad`` change, no hooks); the model runs in eval mode
+  under its shared lock (``utils.eval_mode``) and every module's training flag is restored afterwards,
+  even if the attack raises. Randomness comes from a private ``torch.Generator`` seeded with ``seed``.
 
-Why the steps are written here rather than taken from ``captum.robust`` (captum 0.9 was checked):
+Why FGSM/PGD are written here rather than taken from ``captum.robust`` (captum 0.9): its L2 PGD takes
+sign steps, its FGSM skips pixels whose gradient is below 1e-6 (MGNet's damped gradients can be), its
+random start uses the global RNG, and it has no progress callback. For L-infinity without random start
+the update is the same as captum's; a test checks that.
 
-* captum's ``PGD`` with ``norm="L2"`` still takes *sign* (L-infinity) steps and only projects onto the
-  L2 ball; standard L2 PGD steps along the L2-normalised gradient, which is what we do.
-* captum's ``FGSM`` leaves every pixel whose gradient magnitude is at most ``zero_thresh`` (1e-6)
-  unchanged. Input gradients of a confident model, or ones damped 50x by MGNet's re-scaling, can be
-  that small, which would silently weaken the attack; a sign attack should use the sign regardless of
-  magnitude.
-* captum's random start draws from torch's global RNG (not seedable per call without touching global
-  state shared by other threads) and its L2 random start creates the radius on the CPU, which breaks
-  for CUDA inputs. We draw from a private ``torch.Generator`` seeded with ``seed``.
-* captum offers no per-step callback for a progress bar.
-
-For L-infinity without random start the update is the same as captum's (step, clip to the ball, clamp
-to [0, 1]); the tests check that our PGD matches ``captum.robust.PGD`` with ``zero_thresh = 0``.
+APGD and Square follow Croce & Hein (ICML 2020) and Andriushchenko et al. (ECCV 2020); written from the
+papers (see each function).
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
+import time
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mgnet.model import IMAGENET_MEAN, IMAGENET_STD
+from mgnet.model import IMAGENET_MEAN, IMAGENET_STD, glimpse_options
 from mgnet.utils import eval_mode
 
-METHODS = ("fgsm", "pgd")
 NORMS = ("linf", "l2")
 
 Progress = Callable[[int, int], None]
 
 
-# -- helpers --------------------------------------------------------------------------------------
+# -- the result -------------------------------------------------------------------------------------------
+@dataclass
+class Adversarial:
+    """One attack on a batch.
+
+    images:  [B, 3, H, W] adversarial pixels, on the device of ``x``.
+    success: bool numpy [B], measured on the attacked ``model`` (not the source of a transfer attack).
+    method:  key of ``METHODS``; ``eps`` in 1/255.
+    seconds: compute time, locks held.
+    options: every option used, defaults filled in (true_gradients, n_glimpses, seed, source included).
+    details: method-specific numbers: ``queries`` (Square, per image), ``by`` and ``members`` (worst case:
+             which member broke each image, and each member's cumulative success).
+    """
+
+    images: torch.Tensor
+    success: np.ndarray
+    method: str
+    eps: float
+    seconds: float
+    options: dict = field(default_factory=dict)
+    details: dict = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return METHODS[self.method].label
+
+    @property
+    def success_rate(self) -> float:
+        return float(self.success.mean()) if len(self.success) else 0.0
+
+
+# -- helpers ----------------------------------------------------------------------------------------------
 @contextmanager
 def _grad_enabled():
     """Autograd on, even if the caller is inside ``torch.no_grad()`` or ``torch.inference_mode()``."""
@@ -63,19 +95,11 @@ def _grad_enabled():
         yield
 
 
-def _forward_logits(model: nn.Module, x: torch.Tensor, n_glimpses=None, s_grad=None) -> torch.Tensor:
-    """The model's logits: [T, B, C] for MGNet; a plain classifier's [B, C] output is passed through."""
-    kwargs = {}
-    if n_glimpses is not None:
-        kwargs["n_glimpses"] = n_glimpses
-    if s_grad is not None:
-        kwargs["s_grad"] = s_grad
-    out = model(x, **kwargs)
-    return out.logits if hasattr(out, "logits") else out
-
-
-def _final(logits: torch.Tensor) -> torch.Tensor:
-    return logits[-1] if logits.dim() == 3 else logits
+def _final_logits(model: nn.Module, x: torch.Tensor, fw: dict) -> torch.Tensor:
+    """The model's final logits [B, C]; MGNet's ``.logits[-1]``, a plain classifier's output as it is."""
+    out = model(x, **fw)
+    out = out.logits if hasattr(out, "logits") else out
+    return out[-1] if out.dim() == 3 else out
 
 
 def _check_pixels(x: torch.Tensor) -> torch.Tensor:
@@ -107,12 +131,43 @@ def _per_sample_norm(t: torch.Tensor) -> torch.Tensor:
     return t.flatten(1).norm(dim=1).view(-1, *([1] * (t.dim() - 1)))
 
 
-def _loss_gradient(model, x, y, targeted, n_glimpses, s_grad) -> torch.Tensor:
-    """d CE(final logits, y, sum) / d x, input only; sign-flipped for targeted attacks (ascent direction)."""
+def _linf_project(x: torch.Tensor, x_adv: torch.Tensor, radius) -> torch.Tensor:
+    """Into the L-inf ball around x and [0, 1] (x is in [0, 1], so clamping never leaves the ball)."""
+    return torch.min(torch.max(x_adv, x - radius), x + radius).clamp(0, 1)
+
+
+def _uniform_start(x: torch.Tensor, radius: float, gen: torch.Generator) -> torch.Tensor:
+    noise = (torch.rand(x.shape, generator=gen) * 2 - 1) * radius
+    return _linf_project(x, x + noise.to(x), radius)
+
+
+def _margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """z_y - max_{i != y} z_i per image: negative once the prediction is no longer y."""
+    true = logits.gather(1, y[:, None])[:, 0]
+    other = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf")).max(1).values
+    return true - other
+
+
+def _dlr_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Croce & Hein's difference-of-logits ratio (to be maximised): -(z_y - max_{i!=y} z_i) / (z_1 - z_3),
+    with z_1 >= z_2 >= z_3 the sorted logits. Invariant to shifting and scaling the logits."""
+    if logits.shape[1] < 3:
+        raise ValueError("the DLR loss needs at least 3 classes")
+    top = logits.sort(dim=1, descending=True).values
+    return -_margin(logits, y) / (top[:, 0] - top[:, 2] + 1e-12)
+
+
+def _loss_gradient(model, x, y, fw, targeted=False, loss="ce"):
+    """(per-image loss, d sum(loss) / d x, final logits); the loss grows in the attack's direction."""
     x = x.detach().requires_grad_(True)
-    loss = F.cross_entropy(_final(_forward_logits(model, x, n_glimpses, s_grad)), y, reduction="sum")
-    (grad,) = torch.autograd.grad(loss, x)
-    return -grad if targeted else grad
+    logits = _final_logits(model, x, fw)
+    if loss == "dlr":
+        per_image = _dlr_loss(logits, y)
+    else:
+        per_image = F.cross_entropy(logits, y, reduction="none")
+        per_image = -per_image if targeted else per_image
+    (grad,) = torch.autograd.grad(per_image.sum(), x)
+    return per_image.detach(), grad, logits.detach()
 
 
 def input_gradient(
@@ -123,174 +178,497 @@ def input_gradient(
     s_grad: float | None = None,
     n_glimpses: int | None = None,
 ) -> torch.Tensor:
-    """Gradient of the summed cross-entropy on the final prediction w.r.t. the pixels ``x``.
-
-    This is the gradient every attack here follows (negated when ``targeted``). With MGNet's default
-    ``s_grad`` (0.02) the localisation path's contribution is damped; ``s_grad=1.0`` gives the true
-    gradient. The model is run in eval mode and left as it was.
-    """
+    """Gradient of the summed cross-entropy on the final prediction w.r.t. the pixels ``x`` (negated
+    when ``targeted``): the direction FGSM and PGD follow. ``s_grad=1.0`` gives MGNet's true gradient."""
     x = _check_pixels(x)
     y = _labels(y, x)
     with _grad_enabled(), eval_mode(model):
-        return _loss_gradient(model, x, y, targeted, n_glimpses, s_grad).detach()
+        return _loss_gradient(model, x, y, glimpse_options(model, n_glimpses, s_grad), targeted)[1].detach()
 
 
-# -- attacks ----------------------------------------------------------------------------------------
+@dataclass
+class _Job:
+    """What every method's ``run`` gets: the crafting model, its forward options and the common settings."""
+
+    model: nn.Module
+    fw: dict
+    eps: float
+    targeted: bool
+    seed: int
+    progress: Progress | None
+    target: nn.Module  # the attacked model (differs from ``model`` for a transfer attack)
+    target_fw: dict
+
+    @property
+    def radius(self) -> float:
+        return self.eps / 255.0
+
+    def tick(self, step: int, total: int):
+        if self.progress is not None:
+            self.progress(step, total)
+
+
+# -- FGSM and PGD -------------------------------------------------------------------------------------------
+def _run_pgd(job: _Job, x, y, opts) -> tuple[torch.Tensor, dict]:
+    """Madry et al.'s PGD: ``steps`` steps of ``step_size`` (default 2.5 * eps / steps) along the gradient
+    sign (L-inf) or the L2-normalised gradient (L2), each projected onto the ball and [0, 1]."""
+    steps, norm = opts["steps"], opts["norm"]
+    step_size = 2.5 * job.eps / steps if opts["step_size"] is None else opts["step_size"]
+    radius, alpha = job.radius, step_size / 255.0
+
+    def project(x_adv):
+        if norm == "linf":
+            return _linf_project(x, x_adv, radius)
+        delta = x_adv - x
+        delta = delta * (radius / _per_sample_norm(delta).clamp_min(1e-12)).clamp(max=1.0)
+        return (x + delta).clamp(0, 1)  # clamping only shrinks |delta| coordinate-wise
+
+    x_adv = x.clone()
+    if opts["random_start"] and radius > 0:
+        gen = torch.Generator().manual_seed(int(job.seed))
+        if norm == "linf":
+            x_adv = _uniform_start(x, radius, gen)
+        else:
+            direction = torch.randn(x.shape, generator=gen)
+            direction = direction / _per_sample_norm(direction).clamp_min(1e-12)
+            r = radius * torch.rand(x.shape[0], generator=gen) ** (1.0 / x[0].numel())
+            x_adv = project(x + (direction * r.view(-1, 1, 1, 1)).to(x))
+    for step in range(1, steps + 1):
+        grad = _loss_gradient(job.model, x_adv, y, job.fw, job.targeted)[1]
+        if norm == "linf":
+            direction = grad.sign()
+        else:
+            direction = grad / _per_sample_norm(grad).clamp_min(torch.finfo(grad.dtype).tiny)
+        x_adv = project(x_adv.detach() + alpha * direction)
+        job.tick(step, steps)
+    return x_adv, {}
+
+
+def _run_fgsm(job: _Job, x, y, opts) -> tuple[torch.Tensor, dict]:
+    """One step of the full budget (PGD with one step of size eps and no random start)."""
+    return _run_pgd(job, x, y, dict(opts, steps=1, step_size=job.eps, random_start=False))
+
+
+def _run_paper_pgd(job: _Job, x, y, opts) -> tuple[torch.Tensor, dict]:
+    """The authors' PGD, for reproducing their table only: it perturbs the ImageNet-NORMALISED image
+    (``eps/255`` and ``step_size/255`` in normalised units), has no random start and no clamp to [0, 1].
+    A normalised 4/255 is about 0.9/255 per pixel: about four times weaker than pixel-space PGD. The
+    result is mapped back to pixels WITHOUT clamping, so it may leave [0, 1]."""
+    mean = getattr(job.model, "mean", None)
+    std = getattr(job.model, "std", None)
+    mean = (mean if mean is not None else torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)).to(x)
+    std = (std if std is not None else torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)).to(x)
+    radius, alpha = job.radius, opts["step_size"] / 255.0
+    xn = (x - mean) / std
+    xn_adv = xn.clone()
+    for i in range(1, opts["steps"] + 1):
+        grad = _loss_gradient(job.model, xn_adv * std + mean, y, job.fw)[1] * std  # chain rule to xn
+        xn_adv = xn + (xn_adv + alpha * grad.sign() - xn).clamp(-radius, radius)
+        job.tick(i, opts["steps"])
+    return xn_adv * std + mean, {}
+
+
+# -- APGD (Croce & Hein 2020) --------------------------------------------------------------------------------
+def apgd_checkpoints(steps: int) -> list[int]:
+    """Iterations where APGD may halve its step: w_j = ceil(p_j * steps) with p_0 = 0, p_1 = 0.22,
+    p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)."""
+    p = [0.0, 0.22]
+    while p[-1] + max(p[-1] - p[-2] - 0.03, 0.06) <= 1:
+        p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
+    return sorted({math.ceil(round(q * steps, 6)) for q in p[1:]} - {0})  # round: 0.41 + 0.16 is 0.5700…01
+
+
+def _apgd_once(job: _Job, x, y, steps, loss, gen, rho=0.75, momentum=0.75) -> tuple[torch.Tensor, torch.Tensor]:
+    """One APGD run from a random start: (best image per image, fooled bool [B]). The best image is the
+    first one that fooled the model, else the one with the highest loss seen."""
+    radius = job.radius
+    checkpoints = set(apgd_checkpoints(steps))
+    view = (-1, 1, 1, 1)
+    x_cur = _uniform_start(x, radius, gen)
+    f_cur, grad, logits = _loss_gradient(job.model, x_cur, y, job.fw, job.targeted, loss)
+    fooled = logits.argmax(1) != y
+    x_best_adv = x_cur.clone()
+    x_max, f_max, g_max = x_cur.clone(), f_cur.clone(), grad.clone()
+    eta = torch.full((len(x),), 2 * radius, device=x.device, dtype=x.dtype)
+    x_prev = x_cur.clone()
+    increases = torch.zeros(len(x), device=x.device)
+    last_w, last_eta, last_fmax = 0, eta.clone(), f_max.clone()
+    for k in range(steps):
+        z = _linf_project(x, x_cur + eta.view(view) * grad.sign(), radius)
+        if k == 0:
+            x_next = z
+        else:  # momentum: a mix of the new step and the last move
+            a = momentum
+            x_next = _linf_project(x, x_cur + a * (z - x_cur) + (1 - a) * (x_cur - x_prev), radius)
+        f_next, g_next, logits = _loss_gradient(job.model, x_next, y, job.fw, job.targeted, loss)
+        now = logits.argmax(1) != y
+        x_best_adv[now & ~fooled] = x_next[now & ~fooled]
+        fooled |= now
+        increases += (f_next > f_cur).float()
+        better = f_next > f_max
+        x_max[better], f_max[better], g_max[better] = x_next[better], f_next[better], g_next[better]
+        x_prev, x_cur, f_cur, grad = x_cur, x_next, f_next, g_next
+        if bool(fooled.all()):  # nothing left to attack in this run
+            job.tick(steps, steps)
+            break
+        if k + 1 in checkpoints:  # halve the step where progress stalled; restart from the best point
+            window = k + 1 - last_w
+            halve = (increases < rho * window) | ((last_eta == eta) & (last_fmax == f_max))
+            last_eta, last_fmax, last_w = eta.clone(), f_max.clone(), k + 1
+            eta[halve] /= 2
+            x_cur[halve], f_cur[halve], grad[halve] = x_max[halve], f_max[halve], g_max[halve]
+            x_prev[halve] = x_cur[halve]
+            increases.zero_()
+        job.tick(k + 1, steps)
+    x_best_adv[~fooled] = x_max[~fooled]
+    return x_best_adv, fooled
+
+
+def _apgd(job: _Job, x, y, opts, loss) -> tuple[torch.Tensor, dict]:
+    """APGD: ``restarts`` runs of ``steps`` iterations from random starts; each restart attacks only the
+    images no earlier run fooled."""
+    if job.targeted:
+        raise ValueError("APGD is untargeted here; use PGD for a targeted attack")
+    gen = torch.Generator().manual_seed(int(job.seed))
+    best, fooled = x.clone(), torch.zeros(len(x), dtype=torch.bool, device=x.device)
+    total = opts["steps"] * opts["restarts"]
+    for r in range(opts["restarts"]):
+        todo = (~fooled).nonzero()[:, 0]
+        if len(todo) == 0:
+            break
+        sub = dict(vars(job), progress=lambda s, t, r=r: job.tick(r * opts["steps"] + s, total))
+        x_r, fooled_r = _apgd_once(_Job(**sub), x[todo], y[todo], opts["steps"], loss, gen)
+        keep = fooled_r | (r == 0)  # the first run's best point stands until a restart fools the model
+        best[todo[keep]] = x_r[keep]
+        fooled[todo[fooled_r]] = True
+    return best, {}
+
+
+def _run_apgd_ce(job, x, y, opts):
+    return _apgd(job, x, y, opts, "ce")
+
+
+def _run_apgd_dlr(job, x, y, opts):
+    return _apgd(job, x, y, opts, "dlr")
+
+
+# -- Square (Andriushchenko et al. 2020), L-infinity -----------------------------------------------------------
+SQUARE_SCHEDULE = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)  # on a 10,000-query scale
+
+
+def square_fraction(p_init: float, query: int, queries: int) -> float:
+    """The paper's schedule: the share of pixels a square covers starts at ``p_init`` and halves at each
+    of SQUARE_SCHEDULE, which is stretched to the query budget."""
+    scaled = int(query / queries * 10000)
+    return p_init / 2 ** sum(scaled > t for t in SQUARE_SCHEDULE)
+
+
+def _run_square(job: _Job, x, y, opts) -> tuple[torch.Tensor, dict]:
+    """Square attack: a gradient-free random search. Start from vertical stripes of +-eps; each query
+    moves one random square window (all channels, each +-eps) of images not yet fooled, and keeps the
+    change where the margin z_y - max_{i!=y} z_i went down. An image stops once it is fooled. (The paper
+    also redraws a window that would change nothing; here such a query is simply spent.)"""
+    if job.targeted:
+        raise ValueError("Square is untargeted here; use PGD for a targeted attack")
+    queries, radius = opts["queries"], job.radius
+    gen = torch.Generator().manual_seed(int(job.seed))
+    b, c, h, w = x.shape
+
+    def margin(images, idx):
+        with torch.no_grad():
+            return _margin(_final_logits(job.model, images, job.fw), y[idx])
+
+    signs = torch.randint(0, 2, (b, c, 1, w), generator=gen).to(x) * 2 - 1
+    x_adv = (x + radius * signs).clamp(0, 1)
+    all_idx = torch.arange(b, device=x.device)
+    best = margin(x_adv, all_idx)
+    used = torch.ones(b, dtype=torch.long)
+    rows = torch.arange(h, device=x.device)
+    cols = torch.arange(w, device=x.device)
+    for q in range(1, queries):
+        alive = (best > 0).nonzero()[:, 0]
+        if len(alive) == 0 or radius == 0:
+            job.tick(queries, queries)
+            break
+        side = int(round(math.sqrt(square_fraction(opts["p_init"], q, queries) * h * w)))
+        side = min(max(side, 1), h - 1, w - 1)
+        n = len(alive)
+        top = torch.randint(0, h - side + 1, (n,), generator=gen).to(x.device)
+        left = torch.randint(0, w - side + 1, (n,), generator=gen).to(x.device)
+        in_rows = (rows >= top[:, None]) & (rows < top[:, None] + side)
+        in_cols = (cols >= left[:, None]) & (cols < left[:, None] + side)
+        window = (in_rows[:, :, None] & in_cols[:, None, :])[:, None]  # [n, 1, h, w]
+        value = (torch.randint(0, 2, (n, c, 1, 1), generator=gen).to(x) * 2 - 1) * radius
+        delta = x_adv[alive] - x[alive]
+        candidate = (x[alive] + torch.where(window, value, delta)).clamp(0, 1)
+        new = margin(candidate, alive)
+        used[alive.cpu()] += 1
+        take = new < best[alive]
+        x_adv[alive[take]] = candidate[take]
+        best[alive[take]] = new[take]
+        job.tick(q + 1, queries)
+    return _linf_project(x, x_adv, radius), {"queries": used.tolist()}
+
+
+# -- the worst case over several attacks ---------------------------------------------------------------------
+WORST_MEMBERS = ("pgd", "apgd-ce", "apgd-dlr", "square", "transfer", "pgd-true", "apgd-ce-true", "apgd-dlr-true")
+
+
+def worst_members(model, transfer_from=None, members=WORST_MEMBERS) -> list[str]:
+    """The members that apply to ``model``: true-gradient variants only for MGNet, transfer only with a
+    model to craft it on. A member named ``X-true`` is attack X with MGNet's true gradients."""
+    is_mgnet = bool(glimpse_options(model, s_grad=1.0))
+    out = []
+    for m in members:
+        if m.endswith("-true") and not is_mgnet:
+            continue
+        if m == "transfer" and transfer_from is None:
+            continue
+        method = "pgd" if m == "transfer" else m.removesuffix("-true")
+        if method not in METHODS or method == "worst":
+            raise ValueError(f"unknown worst-case member {m!r}; members are {', '.join(WORST_MEMBERS)}")
+        out.append(m)
+    return out
+
+
+def _run_worst(job: _Job, x, y, opts) -> tuple[torch.Tensor, dict]:
+    """Per image, the first member attack that fooled the attacked model. Members run in order, each on
+    the images no earlier member fooled (AutoAttack's order of evaluation), so the cost falls as images
+    fall; the per-member success is therefore cumulative: "this member or an earlier one"."""
+    names = worst_members(job.target, opts["transfer_from"], opts["members"])
+    images, fooled = x.clone(), torch.zeros(len(x), dtype=torch.bool)
+    by: list = [None] * len(x)
+    cumulative = {}
+    for i, name in enumerate(names):
+        todo = (~fooled).nonzero()[:, 0]
+        if len(todo):
+            method = "pgd" if name == "transfer" else name.removesuffix("-true")
+            member_opts = dict(opts["member_options"].get(method, {}))
+            adv = attack(
+                job.target,
+                x[todo],
+                y[todo],
+                method=method,
+                eps=job.eps,
+                source=opts["transfer_from"] if name == "transfer" else None,
+                true_gradients=name.endswith("-true"),
+                n_glimpses=job.fw.get("n_glimpses"),
+                seed=job.seed,
+                progress=lambda s, t, i=i: job.tick(i * 1000 + int(1000 * s / max(t, 1)), 1000 * len(names)),
+                **member_opts,
+            )
+            hit = torch.from_numpy(adv.success)
+            if i == 0:  # an image no member fools keeps the first member's attempt
+                images[todo] = adv.images
+            images[todo[hit]] = adv.images[hit]
+            for j in todo[hit].tolist():
+                by[j] = name
+            fooled[todo[hit]] = True
+        cumulative[name] = fooled.tolist()
+    return images, {"by": by, "members": cumulative}
+
+
+# -- the registry ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AttackInfo:
+    """One attack method: ``run(job, x, y, options) -> (images, details)`` and what it accepts."""
+
+    name: str
+    label: str
+    short: str  # for figure rows and table headings
+    run: Callable
+    defaults: dict  # the method's own options and their defaults (eps is common to all)
+    needs_gradients: bool
+    targeted: bool  # whether it can pull towards a class
+    pixel_space: bool  # clamps to [0, 1] (paper PGD does not)
+    summary: str
+
+
+METHODS: dict[str, AttackInfo] = {
+    info.name: info
+    for info in (
+        AttackInfo(
+            "pgd",
+            "PGD (pixel space, clamped)",
+            "PGD",
+            _run_pgd,
+            {"steps": 10, "step_size": None, "norm": "linf", "random_start": True},
+            True,
+            True,
+            True,
+            "Madry et al. projected gradient descent on cross-entropy; step 2.5·eps/steps by default.",
+        ),
+        AttackInfo(
+            "fgsm",
+            "FGSM (one step)",
+            "FGSM",
+            _run_fgsm,
+            {"norm": "linf"},
+            True,
+            True,
+            True,
+            "One gradient-sign step of the whole budget.",
+        ),
+        AttackInfo(
+            "paper-pgd",
+            "Paper PGD (normalised space, no clamp)",
+            "paper PGD",
+            _run_paper_pgd,
+            {"steps": 10, "step_size": 1.0},
+            True,
+            False,
+            False,
+            "The authors' PGD: budget in normalised units (about 4x weaker), no random start, no clamp.",
+        ),
+        AttackInfo(
+            "apgd-ce",
+            "APGD-CE (AutoAttack)",
+            "APGD-CE",
+            _run_apgd_ce,
+            {"steps": 100, "restarts": 1},
+            True,
+            False,
+            True,
+            "Croce & Hein's step-size-free PGD on cross-entropy: momentum, the step halves where progress stalls.",
+        ),
+        AttackInfo(
+            "apgd-dlr",
+            "APGD-DLR (AutoAttack)",
+            "APGD-DLR",
+            _run_apgd_dlr,
+            {"steps": 100, "restarts": 1},
+            True,
+            False,
+            True,
+            "APGD on the difference-of-logits ratio, a loss that does not saturate like cross-entropy.",
+        ),
+        AttackInfo(
+            "square",
+            "Square (gradient-free)",
+            "Square",
+            _run_square,
+            {"queries": 5000, "p_init": 0.05},
+            False,
+            False,
+            True,
+            "Andriushchenko et al.'s random search: needs only predictions, so hidden gradients do not stop it.",
+        ),
+        AttackInfo(
+            "worst",
+            "Worst case (per image, any attack)",
+            "worst case",
+            _run_worst,
+            {"members": WORST_MEMBERS, "transfer_from": None, "member_options": {}},
+            True,
+            False,
+            True,
+            "Per image, whether any of PGD, APGD-CE, APGD-DLR, Square, transfer and the true-gradient variants "
+            "fooled the model.",
+        ),
+    )
+}
+
+
+def canonical(method: str) -> str:
+    """The registry's spelling of a method name (``paper_pgd`` -> ``paper-pgd``); ValueError if unknown."""
+    name = str(method).strip().lower().replace("_", "-")
+    if name not in METHODS:
+        raise ValueError(f"unknown attack method {method!r}; choose one of {', '.join(METHODS)}")
+    return name
+
+
+def resolve_options(method: str, options: dict) -> dict:
+    """The method's defaults updated with ``options``, checked: unknown names and bad values raise."""
+    info = METHODS[canonical(method)]
+    unknown = sorted(set(options) - set(info.defaults))
+    if unknown:
+        raise ValueError(
+            f"{info.name} takes no option {', '.join(unknown)}; its options are {', '.join(info.defaults) or 'none'}"
+        )
+    opts = dict(info.defaults, **options)
+    for key in ("steps", "restarts", "queries"):
+        if key in opts and (int(opts[key]) != opts[key] or opts[key] < 1):
+            raise ValueError(f"{key} must be a positive integer, got {opts[key]}")
+        if key in opts:
+            opts[key] = int(opts[key])
+    if "norm" in opts:
+        opts["norm"] = str(opts["norm"]).lower()
+        if opts["norm"] not in NORMS:
+            raise ValueError(f"unknown norm {opts['norm']!r}; choose one of {NORMS}")
+    if opts.get("step_size") is not None and not opts["step_size"] > 0:
+        raise ValueError(f"step_size must be > 0, got {opts['step_size']}")
+    if "p_init" in opts and not 0 < opts["p_init"] <= 1:
+        raise ValueError(f"p_init must be in (0, 1], got {opts['p_init']}")
+    return opts
+
+
+def method_options(method: str, **given) -> dict:
+    """Of ``given`` (a form's or a command line's values, None: not set), the options ``method`` takes."""
+    takes = METHODS[canonical(method)].defaults
+    return {k: v for k, v in given.items() if k in takes and v is not None}
+
+
+def _success(model, images, y, fw, targeted) -> np.ndarray:
+    with torch.no_grad(), eval_mode(model):
+        pred = _final_logits(model, images, fw).argmax(1)
+    return (pred == y if targeted else pred != y).cpu().numpy()
+
+
 def attack(
     model: nn.Module,
     x: torch.Tensor,
     y,
     method: str = "pgd",
     eps: float = 4.0,
-    steps: int = 10,
-    step_size: float | None = None,
-    norm: str = "linf",
-    random_start: bool = True,
+    source: nn.Module | None = None,
+    *,
     targeted: bool = False,
-    s_grad: float | None = None,
+    true_gradients: bool = False,
     n_glimpses: int | None = None,
     seed: int = 0,
     progress: Progress | None = None,
-) -> torch.Tensor:
-    """Adversarial examples in pixel space; returns ``x_adv`` clamped to [0, 1], same shape as ``x``.
+    **options,
+) -> Adversarial:
+    """Attack ``model`` on pixels ``x`` with labels ``y``; the one verb for every method of ``METHODS``.
 
     Args:
-        model: MGNet, the baseline, or any classifier taking pixels (tensor or ``.logits`` output).
-        x: pixels in [0, 1], [B, 3, H, W].
-        y: true labels (untargeted) or target labels (``targeted=True``); an int or [B] tensor.
-        method: ``"fgsm"`` (one step of size ``eps``; ``steps``, ``step_size`` and ``random_start`` are
-            ignored) or ``"pgd"`` (Madry et al.: ``steps`` projected steps).
-        eps: budget in 1/255 units (see the module docstring for the L2 convention).
-        steps: PGD iterations.
-        step_size: PGD step in 1/255 units; default ``2.5 * eps / steps``. L-infinity steps move every
-            pixel by ``step_size/255`` along the gradient sign; L2 steps move by ``step_size/255`` in L2
-            norm along the normalised gradient.
-        norm: ``"linf"`` or ``"l2"``.
-        random_start: PGD starts from a uniform random point of the eps-ball (clamped to [0, 1]),
-            drawn from a private generator seeded with ``seed``: same seed, same result (bit-exact on
-            CPU; CUDA backward kernels may be non-deterministic). torch's global RNG is not used.
-        targeted: move towards class ``y`` instead of away from it.
-        s_grad: MGNet's backward gradient factor for this attack (1.0 = true gradients; None = model's).
-        n_glimpses: glimpses used while crafting (None = model's default).
-        seed: seed of the random start.
-        progress: optional ``callable(step, total)`` called after each step (FGSM: once, with (1, 1)).
-            An exception raised from it aborts the attack; the model is still restored.
+        model: the attacked model (MGNet, the baseline, or any classifier taking pixels).
+        x: pixels in [0, 1], [B, 3, H, W]; y: true labels (or target labels with ``targeted``), int or [B].
+        method: a key of ``METHODS``. eps: budget in 1/255.
+        source: craft on this model instead (transfer attack); success is still measured on ``model``.
+        targeted: pull towards class ``y`` (methods whose ``AttackInfo.targeted`` is True).
+        true_gradients: MGNet's 0.02 gradient re-scaling switched off while crafting (ignored for baselines).
+        n_glimpses: glimpses MGNet runs (crafting and judging; None = the model's own).
+        seed: seeds the method's private generator (random starts, Square's search).
+        progress: ``callable(step, total)`` after each step or query; raising from it aborts the attack.
+        options: the method's own options (``METHODS[method].defaults``).
     """
-    method, norm = str(method).lower(), str(norm).lower()
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
-    if norm not in NORMS:
-        raise ValueError(f"unknown norm {norm!r}; choose one of {NORMS}")
+    method = canonical(method)
+    info = METHODS[method]
     if not eps >= 0:
         raise ValueError(f"eps must be >= 0, got {eps}")
-    if method == "fgsm":
-        steps, step_size, random_start = 1, eps, False
-    else:
-        if int(steps) != steps or steps < 1:
-            raise ValueError(f"steps must be a positive integer, got {steps}")
-        steps = int(steps)
-        step_size = 2.5 * eps / steps if step_size is None else step_size
-        if not step_size > 0 and eps > 0:
-            raise ValueError(f"step_size must be > 0, got {step_size}")
+    if targeted and not info.targeted:
+        raise ValueError(f"{info.label} is untargeted here; targeted attacks: pgd, fgsm")
+    opts = resolve_options(method, options)
     x = _check_pixels(x)
     y = _labels(y, x)
-    radius, alpha = eps / 255.0, step_size / 255.0
-
-    def project(x_adv: torch.Tensor) -> torch.Tensor:
-        delta = x_adv - x
-        if norm == "linf":
-            delta = delta.clamp(-radius, radius)
-        else:
-            delta = delta * (radius / _per_sample_norm(delta).clamp_min(1e-12)).clamp(max=1.0)
-        # x is in [0, 1], so clamping only shrinks |delta| coordinate-wise: the result stays in the ball.
-        return (x + delta).clamp(0, 1)
-
-    x_adv = x.clone()
-    if random_start and radius > 0:
-        gen = torch.Generator(device="cpu").manual_seed(int(seed))
-        if norm == "linf":
-            noise = (torch.rand(x.shape, generator=gen) * 2 - 1) * radius
-        else:
-            direction = torch.randn(x.shape, generator=gen)
-            direction = direction / _per_sample_norm(direction).clamp_min(1e-12)
-            r = radius * torch.rand(x.shape[0], generator=gen) ** (1.0 / x[0].numel())
-            noise = direction * r.view(-1, 1, 1, 1)
-        x_adv = project(x + noise.to(device=x.device, dtype=x.dtype))
-
-    with _grad_enabled(), eval_mode(model):
-        for step in range(1, steps + 1):
-            grad = _loss_gradient(model, x_adv, y, targeted, n_glimpses, s_grad)
-            if norm == "linf":
-                direction = grad.sign()
-            else:
-                direction = grad / _per_sample_norm(grad).clamp_min(torch.finfo(grad.dtype).tiny)
-            x_adv = project(x_adv.detach() + alpha * direction)
-            if progress is not None:
-                progress(step, steps)
-    return x_adv.detach()
+    crafting = source if source is not None else model
+    fw = glimpse_options(crafting, n_glimpses, 1.0 if true_gradients else None)
+    target_fw = glimpse_options(model, n_glimpses)
+    job = _Job(crafting, fw, float(eps), bool(targeted), int(seed), progress, model, target_fw)
+    started = time.perf_counter()
+    # The worst case's members hold their own models' locks; holding one here too could deadlock.
+    with _grad_enabled(), eval_mode(crafting) if method != "worst" else contextlib.nullcontext():
+        images, details = info.run(job, x, y, opts)
+    images = images.detach()
+    success = _success(model, images, y, target_fw, targeted)
+    used = dict(opts, true_gradients=bool(true_gradients), n_glimpses=n_glimpses, seed=int(seed))
+    used.update(targeted=bool(targeted), source=None if source is None else _describe(source))
+    if used.get("transfer_from") is not None:
+        used["transfer_from"] = _describe(used["transfer_from"])
+    return Adversarial(images, success, method, float(eps), time.perf_counter() - started, used, details)
 
 
-def paper_pgd(
-    model: nn.Module,
-    x: torch.Tensor,
-    y,
-    eps: float = 4.0,
-    step: float = 1.0,
-    steps: int = 10,
-    *,
-    n_glimpses: int | None = None,
-    s_grad: float | None = None,
-    progress: Progress | None = None,
-) -> torch.Tensor:
-    """The authors' PGD, for reproducing their robustness table only.
-
-    It perturbs the ImageNet-NORMALISED image: ``eps/255`` and ``step/255`` are measured in normalised
-    units, there is no random start, no clamp to the valid pixel range, steps follow the gradient sign of
-    the cross-entropy on the final prediction (model's own ``s_grad``, 0.02, unless overridden). Since our
-    models take pixels, ``x`` is normalised with the model's ``mean``/``std``, attacked there, and mapped
-    back with ``x_norm * std + mean`` WITHOUT clamping: the result may leave [0, 1].
-
-    A normalised budget of 4/255 is about 4/255 * std, i.e. roughly 0.9/255 per pixel: this attack is
-    about four times weaker than pixel-space PGD at the same nominal ``eps`` (use :func:`attack` for an
-    honest robustness number).
-
-    Returns pixel-space ``x_adv`` (unclamped), same shape as ``x``.
-    """
-    if int(steps) != steps or steps < 0:
-        raise ValueError(f"steps must be a non-negative integer, got {steps}")
-    x = _check_pixels(x)
-    y = _labels(y, x)
-    mean = getattr(model, "mean", None)
-    std = getattr(model, "std", None)
-    mean = (mean if mean is not None else torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)).to(x)
-    std = (std if std is not None else torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)).to(x)
-    radius, alpha = eps / 255.0, step / 255.0
-    xn = (x - mean) / std
-    xn_adv = xn.clone()
-    with _grad_enabled(), eval_mode(model):
-        for i in range(1, int(steps) + 1):
-            xn_adv = xn_adv.detach().requires_grad_(True)
-            logits = _final(_forward_logits(model, xn_adv * std + mean, n_glimpses, s_grad))
-            (grad,) = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), xn_adv)
-            xn_adv = xn_adv.detach() + alpha * grad.sign()
-            xn_adv = xn + (xn_adv - xn).clamp(-radius, radius)
-            if progress is not None:
-                progress(i, int(steps))
-    return (xn_adv * std + mean).detach()
-
-
-def transfer_attack(
-    source: nn.Module, target: nn.Module, x: torch.Tensor, y, *, target_n_glimpses: int | None = None, **attack_kwargs
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Craft adversarial examples on ``source`` with :func:`attack`, then evaluate them on ``target``.
-
-    ``attack_kwargs`` go to :func:`attack` (``n_glimpses`` and ``s_grad`` there apply to the source).
-    Returns ``(x_adv, target_logits)`` where ``target_logits`` is the target's logits on ``x_adv``:
-    [T, B, C] for MGNet (one prediction per glimpse, the last is final; ``target_n_glimpses`` glimpses,
-    default the target's own), or a plain classifier's own output shape. The target runs in eval mode
-    without gradients and is left as it was.
-    """
-    x_adv = attack(source, x, y, **attack_kwargs)
-    with torch.no_grad(), eval_mode(target):
-        target_logits = _forward_logits(target, x_adv, n_glimpses=target_n_glimpses)
-    return x_adv, target_logits
+def _describe(model) -> str:
+    info = getattr(model, "checkpoint_info", None) or {}
+    return str(info.get("path") or type(model).__name__)

@@ -137,7 +137,14 @@ def to_model_input(image: np.ndarray, size: int) -> torch.Tensor:
 
     The models are trained on whole (squashed) images, so no crop is taken and every pixel box maps
     back to the original photo by a plain scaling (see ``geometry.to_original``).
+
+    A float image [size, size, 3] (an adversarial image as the attack left it, not rounded to 8 bits) is
+    taken as it is: it is already at the model's size, and resizing or rounding would change the attack.
     """
+    if image.dtype != np.uint8:
+        if image.shape != (size, size, 3):
+            raise ValueError(f"a float image must already be {size}x{size}x3, got {image.shape}")
+        return torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).permute(2, 0, 1).unsqueeze(0)
     return to_tensor(resize_rgb(image, size)).unsqueeze(0)
 
 

@@ -2,9 +2,11 @@
 
     python -m mgnet.evaluate --checkpoint checkpoints/mgnet-resnet18-imagenette.pt \
         --data ../shared/data/imagenette2-224/val [--limit N] [--attack pgd --eps 2 --steps 10] \
+        [--attack worst --transfer-from checkpoints/baseline-resnet18-imagenette.pt] \
         [--corruption fog --severity 3] [--json results.json]
 
-Prints accuracy after every glimpse with its cumulative compute, and writes the same as JSON.
+Prints accuracy after every glimpse with its cumulative compute, and writes the same as JSON. With
+--attack worst, also the accuracy under each member of the ensemble (or any member before it).
 --limit N takes N images spread evenly over the sorted file list (so every class is present).
 Corruptions are applied at the data's stored resolution (224 px for ImageNet-C-style inputs) and
 the result is then resized to the model's input size, as a user's photo would be.
@@ -22,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .attacks import METHODS as ATTACK_METHODS
+from .attacks import method_options
 from .checkpoints import CheckpointError, load_checkpoint
 from .data import cached_folder, list_image_folder, resize_rgb
 from .flops import gflops
@@ -211,30 +215,60 @@ def corrupt_batch(
     return out
 
 
-def attack_batch(model, images_u8, labels, batch_size=64, progress=True, source=None, **attack_kwargs):
-    """Adversarial float images [N, 3, S, S] in [0, 1] crafted on ``source`` (default: model)."""
+def attack_batch(model, images, labels, method="pgd", eps=4.0, batch_size=64, progress=True, source=None, **kwargs):
+    """``attacks.attack`` over a data set in batches: one ``Adversarial`` for all of it (images on the CPU).
+
+    ``images``: uint8 [N, 3, S, S] or pixels in [0, 1]; ``source``: craft on this model (transfer);
+    ``kwargs``: what ``attack`` takes (true_gradients, n_glimpses, seed, the method's options)."""
     from tqdm import tqdm
 
-    from .attacks import attack, paper_pgd
+    from .attacks import Adversarial, attack
 
-    source = source or model
-    device = next(source.parameters()).device
-    adv = []
-    method = attack_kwargs.pop("method", "pgd")
-    for i in tqdm(
-        range(0, len(images_u8), batch_size),
-        desc=f"{method} eps {attack_kwargs.get('eps')}",
-        disable=not progress,
-        unit="batch",
-    ):
-        x = images_u8[i : i + batch_size].to(device).float().div_(255.0)
-        y = labels[i : i + batch_size].to(device)
-        if method == "paper-pgd":
-            kw = {k: attack_kwargs[k] for k in ("eps", "steps") if k in attack_kwargs}
-            adv.append(paper_pgd(source, x, y, **kw).detach().cpu())
-        else:
-            adv.append(attack(source, x, y, method=method, **attack_kwargs).detach().cpu())
-    return torch.cat(adv)
+    device = next((source or model).parameters()).device
+    parts = []
+    for i in tqdm(range(0, len(images), batch_size), desc=f"{method} eps {eps:g}", disable=not progress, unit="batch"):
+        x = images[i : i + batch_size].to(device)
+        x = x.float().div_(255.0) if x.dtype == torch.uint8 else x
+        adv = attack(model, x, labels[i : i + batch_size].to(device), method, eps, source, **kwargs)
+        adv.images = adv.images.cpu()
+        parts.append(adv)
+    details = {}
+    for key in ("by", "queries"):
+        if parts and key in parts[0].details:
+            details[key] = [v for p in parts for v in p.details[key]]
+    if parts and "members" in parts[0].details:
+        details["members"] = {
+            m: [v for p in parts for v in p.details["members"][m]] for m in parts[0].details["members"]
+        }
+    return Adversarial(
+        torch.cat([p.images for p in parts]),
+        np.concatenate([p.success for p in parts]),
+        parts[0].method,
+        float(eps),
+        sum(p.seconds for p in parts),
+        parts[0].options,
+        details,
+    )
+
+
+def robust_accuracy(model, images, labels, method="pgd", eps=4.0, batch_size=64, progress=True, **kwargs) -> dict:
+    """Accuracy of ``model`` under one attack (final prediction), attacking only the images it classifies
+    correctly when clean (the others count as wrong already). For ``worst``, also the accuracy under each
+    member or any earlier one, and how many images each member broke that no earlier one had."""
+    clean_ok = _predict_correct(model, images, labels, batch_size)[-1]
+    keep = clean_ok.nonzero()[:, 0]
+    n = len(labels)
+    result = {"images": n, "clean": round(float(clean_ok.sum()) / n, 4), "method": method, "eps": eps}
+    if len(keep) == 0:
+        return dict(result, accuracy=0.0, seconds=0.0)
+    adv = attack_batch(model, images[keep], labels[keep], method, eps, batch_size, progress, **kwargs)
+    result["accuracy"] = round(float((~adv.success).sum()) / n, 4)
+    result["seconds"] = round(adv.seconds, 1)
+    if "members" in adv.details:
+        fooled = adv.details["members"]
+        result["members"] = {m: round((len(keep) - sum(f)) / n, 4) for m, f in fooled.items()}
+        result["broke_first"] = {m: adv.details["by"].count(m) for m in fooled}
+    return result
 
 
 def evaluate(
@@ -254,8 +288,9 @@ def evaluate(
 ) -> dict:
     """Accuracy after each glimpse of ``model`` on an ImageFolder, optionally corrupted or attacked.
 
-    attack: None or dict(method=..., eps=..., steps=..., ...) for mgnet.attacks.attack ('paper-pgd' for the
-    authors' normalised-space PGD). transfer_from: a model to craft the attack on instead of ``model``.
+    attack: None or dict(method=..., eps=..., **what ``mgnet.attacks.attack`` takes), method a key of
+    ``attacks.METHODS``. transfer_from: the model to craft the attack on instead of ``model``; for the
+    ``worst`` ensemble, the model its transfer member is crafted on.
     """
     started = time.time()
     folder_classes, _ = list_image_folder(data)
@@ -269,10 +304,18 @@ def evaluate(
     labels = to_model[labels]
     if off_centre:
         images = make_off_centre(images, seed)[0]
+    worst = None
     if attack:
-        torch.manual_seed(seed)
-        adv = attack_batch(model, images, labels, progress=progress, source=transfer_from, seed=seed, **dict(attack))
+        kw = dict(attack)
+        if kw.get("method") == "worst":
+            kw["transfer_from"] = transfer_from
+        else:
+            kw["source"] = transfer_from
+        result = attack_batch(model, images, labels, progress=progress, seed=seed, **kw)
+        adv = result.images
         correct = _predict_correct(model, adv, labels, batch_size)
+        if "members" in result.details:
+            worst = {m: round(1 - float(np.mean(f)), 4) for m, f in result.details["members"].items()}
     else:
         correct = _predict_correct(model, images, labels, batch_size, progress=progress)
     cumulative, base = gflops(model)
@@ -289,6 +332,7 @@ def evaluate(
         "gflops_per_image": round(cumulative[-1], 4),
         "baseline_gflops": round(base, 4),
         "attack": dict(attack) if attack else None,
+        "worst_case_members": worst,
         "transfer_from": (transfer_from.checkpoint_info.get("path") if transfer_from is not None else None),
         "corruption": {"name": corruption, "severity": severity} if corruption else None,
         "off_centre": bool(off_centre),
@@ -320,6 +364,15 @@ def format_table(result: dict) -> str:
     ]
     for t, (a, g) in enumerate(zip(result["accuracy_per_glimpse"], result["gflops_per_glimpse"]), 1):
         lines.append(f"{t:>7}  {a * 100:>7.2f}%  {g:>7.3f}  {100 * g / base:>12.1f}%")
+    if result.get("attack"):
+        from .attacks import METHODS
+
+        att = result["attack"]
+        lines.append(
+            f"accuracy under {METHODS[att['method']].label} at eps {att['eps']:g}/255: {result['accuracy']:.2%}"
+        )
+    for member, acc in (result.get("worst_case_members") or {}).items():
+        lines.append(f"  under {member} or any attack above it: {acc:.2%}")
     return "\n".join(lines)
 
 
@@ -336,17 +389,29 @@ def parse_args(argv=None):
     p.add_argument("--limit", type=int, default=0, help="evaluate N images spread over the folder (0 = all)")
     p.add_argument(
         "--attack",
-        choices=["fgsm", "pgd", "paper-pgd"],
-        help="pixel-space FGSM/PGD (clamped to [0,1]) or the authors' normalised-space PGD",
+        choices=list(ATTACK_METHODS),
+        help=" ".join(f"{name}: {info.summary}" for name, info in ATTACK_METHODS.items()),
     )
     p.add_argument("--eps", type=float, default=4.0, help="attack budget in 1/255 units (L-inf)")
-    p.add_argument("--steps", type=int, default=10, help="PGD steps")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="iterations of PGD, paper PGD or APGD (default: the method's own, 10 for PGD, 100 for APGD); "
+        "for --attack worst, of its APGD members (its PGD members keep 10)",
+    )
     p.add_argument("--step-size", type=float, default=None, help="PGD step in 1/255 units (default 2.5*eps/steps)")
-    p.add_argument("--norm", choices=["linf", "l2"], default="linf")
+    p.add_argument("--norm", choices=["linf", "l2"], default=None, help="FGSM/PGD norm (default linf)")
+    p.add_argument("--restarts", type=int, default=None, help="APGD random restarts (default 1)")
+    p.add_argument("--queries", type=int, default=None, help="Square query budget per image (default 5000)")
     p.add_argument(
         "--true-gradients", action="store_true", help="attack MGNet with the 0.02 gradient re-scaling turned off"
     )
-    p.add_argument("--transfer-from", help="craft the attack on this checkpoint, test on --checkpoint")
+    p.add_argument(
+        "--transfer-from",
+        help="craft the attack on this checkpoint, test on --checkpoint (worst: the transfer member's source)",
+    )
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--corruption", help="ImageNet-C corruption name (see mgnet.corruptions.CORRUPTIONS)")
     p.add_argument("--severity", type=int, default=3, help="corruption severity 1-5")
     p.add_argument(
@@ -369,8 +434,23 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def attack_options(args) -> dict:
+    """The command line's attack flags as ``attacks.attack`` options: only those the method takes (a flag
+    the method ignores is an error there, with its name), for ``worst`` passed on to its members."""
+    given = dict(
+        steps=args.steps, step_size=args.step_size, norm=args.norm, restarts=args.restarts, queries=args.queries
+    )
+    if args.attack == "worst":
+        members = {m: method_options(m, **given) for m in ("apgd-ce", "apgd-dlr", "square")}
+        return {"member_options": members}
+    options = {k: v for k, v in given.items() if v is not None}  # the library names any it does not take
+    return {**options, "true_gradients": True} if args.true_gradients else options
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.corruption:
         from .corruptions import CORRUPTIONS, EXTRA_CORRUPTIONS
 
@@ -387,7 +467,9 @@ def main(argv=None) -> int:
     for flag, value, low in (
         ("--limit", args.limit, 0),
         ("--batch-size", args.batch_size, 1),
-        ("--steps", args.steps if args.attack in ("pgd", "paper-pgd") else 1, 1),
+        ("--steps", 1 if args.steps is None else args.steps, 1),
+        ("--restarts", 1 if args.restarts is None else args.restarts, 1),
+        ("--queries", 1 if args.queries is None else args.queries, 1),
     ):
         if value < low:
             print(f"error: {flag} must be at least {low}, got {value}", file=sys.stderr)
@@ -405,13 +487,7 @@ def main(argv=None) -> int:
         device = pick_device(args.device)
         model = load_checkpoint(args.checkpoint, device)
         source = load_checkpoint(args.transfer_from, device) if args.transfer_from else None
-        attack = None
-        if args.attack:
-            attack = {"method": args.attack, "eps": args.eps, "steps": args.steps}
-            if args.attack != "paper-pgd":
-                attack.update(norm=args.norm, step_size=args.step_size)
-                if args.true_gradients:
-                    attack["s_grad"] = 1.0
+        attack = {"method": args.attack, "eps": args.eps, **attack_options(args)} if args.attack else None
         result = evaluate(
             model,
             args.data,
@@ -430,6 +506,8 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(format_table(result))
+    if args.attack == "worst" and not args.transfer_from:
+        print("(no --transfer-from: this worst case leaves out the transfer attack from the baseline)")
     if result["location"]:
         print(format_location_report(result["location"]))
     elif args.location:

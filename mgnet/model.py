@@ -276,6 +276,17 @@ class MGNet(nn.Module):
         return (1 - self.alpha) * ce + self.alpha * aux
 
 
+def glimpse_options(model, n_glimpses: int | None = None, s_grad: float | None = None) -> dict:
+    """The keyword arguments a forward pass of ``model`` takes for ``n_glimpses`` and ``s_grad``.
+
+    The one place of the baseline rule: a baseline (one full-resolution glimpse) and any plain classifier
+    take neither, so both are dropped for them; for MGNet a None keeps the model's own value.
+    """
+    if not isinstance(model, MGNet) or model.is_baseline:
+        return {}
+    return {k: v for k, v in (("n_glimpses", n_glimpses), ("s_grad", s_grad)) if v is not None}
+
+
 def build_model(
     kind: str = "mgnet",
     backbone: str = "resnet18",

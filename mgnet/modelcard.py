@@ -36,6 +36,7 @@ from .evaluate import (
     load_eval_images,
     location_report,
     paired_difference,
+    robust_accuracy,
     spread_indices,
     write_json_atomic,
 )
@@ -141,9 +142,9 @@ def _measure_attacks(pair: dict, models: dict, args, folder_classes):
     attacks = {}
     for eps in EPSILONS:
         kw = {"method": "pgd", "eps": eps, "steps": 10, "seed": args.seed}
-        adv_mg = attack_batch(mg, images, y_mg, **kw)
-        adv_mg_true = attack_batch(mg, images, y_mg, s_grad=1.0, **kw)
-        adv_base = attack_batch(base, images, y_base, **kw)
+        adv_mg = attack_batch(mg, images, y_mg, **kw).images
+        adv_mg_true = attack_batch(mg, images, y_mg, true_gradients=True, **kw).images
+        adv_base = attack_batch(base, images, y_base, **kw).images
         attacks[str(eps)] = {
             "mgnet": _acc(_predict_correct(mg, adv_mg, y_mg)),
             "mgnet_true_gradients": _acc(_predict_correct(mg, adv_mg_true, y_mg)),
@@ -152,7 +153,7 @@ def _measure_attacks(pair: dict, models: dict, args, folder_classes):
         }
     paper = {}
     for name, model, y in (("mgnet", mg, y_mg), ("baseline", base, y_base)):
-        adv = attack_batch(model, images, y, method="paper-pgd", eps=4.0, steps=10)
+        adv = attack_batch(model, images, y, method="paper-pgd", eps=4.0, steps=10).images
         paper[name] = _acc(_predict_correct(model, adv, y))
     clean_subset = {
         n: _acc(_predict_correct(m, images, y)) for n, m, y in (("mgnet", mg, y_mg), ("baseline", base, y_base))
@@ -180,6 +181,61 @@ def _measure_corruptions(pair: dict, models: dict, args, folder_classes):
             name: _acc(_predict_correct(model, bad, ys[name])) for name, model in models.items()
         }
     pair["corruptions"] = {"images": int(len(labels)), "table": table}
+
+
+WORST_FILE = "worst_case.json"
+
+
+def measure_worst_case(args, out: Path) -> dict:
+    """Accuracy under each attack of the worst-case ensemble and under all of them, for MGNet (as deployed,
+    then with true gradients added) and the baseline, at each of ``args.worst_eps``. Written to
+    ``out / WORST_FILE`` after every (eps, model), so an interrupted run keeps what it measured.
+
+    Members run in order on the images no earlier member broke (AutoAttack's order): PGD-10, APGD-CE,
+    APGD-DLR, Square, transfer from the baseline (PGD-10 crafted there), then MGNet's true-gradient
+    PGD-10, APGD-CE and APGD-DLR. Each member's number is "accuracy under it or any earlier member"."""
+    from .attacks import WORST_MEMBERS
+
+    folder_classes, _ = list_image_folder(args.data)
+    models = {"mgnet": load_checkpoint(args.mgnet), "baseline": load_checkpoint(args.baseline)}
+    _, images, labels = load_eval_images(args.data, models["mgnet"].image_size, args.worst_limit, _cache_dir(args))
+    member_options = {
+        "apgd-ce": {"steps": args.apgd_steps},
+        "apgd-dlr": {"steps": args.apgd_steps},
+        "square": {"queries": args.square_queries},
+    }
+    res = {
+        "date": time.strftime("%Y-%m-%d"),
+        "git_commit": git_commit(mark_dirty=True),
+        "hardware": hardware(),
+        "threads": torch.get_num_threads(),
+        "data": str(args.data),
+        "images": int(len(labels)),
+        "seed": args.seed,
+        "settings": {"pgd_steps": 10, "apgd_steps": args.apgd_steps, "apgd_restarts": 1, **member_options["square"]},
+        "members": list(WORST_MEMBERS),
+        "checkpoints": {
+            k: {"path": m.checkpoint_info["path"], "sha256": m.checkpoint_info["sha256"]} for k, m in models.items()
+        },
+        "eps": {},
+    }
+    for eps in args.worst_eps:
+        for name, model in models.items():
+            y = label_map(model, folder_classes)[labels]
+            res["eps"].setdefault(f"{eps:g}", {})[name] = robust_accuracy(
+                model,
+                images,
+                y,
+                "worst",
+                eps,
+                batch_size=args.worst_batch,
+                seed=args.seed,
+                transfer_from=models["baseline"] if name == "mgnet" else None,
+                member_options=member_options,
+            )
+            write_json_atomic(res, out / WORST_FILE)
+            print(f"eps {eps:g} {name}: {res['eps'][f'{eps:g}'][name]}", flush=True)
+    return res
 
 
 @functools.lru_cache(maxsize=2)
@@ -980,6 +1036,102 @@ def _attacks_section(pair: dict, heading: str) -> list[str]:
     return lines
 
 
+WORST_ROWS = (
+    ("pgd", "PGD-10"),
+    ("apgd-ce", "… or APGD-CE"),
+    ("apgd-dlr", "… or APGD-DLR"),
+    ("square", "… or Square (gradient-free)"),
+    ("transfer", "… or transfer: PGD-10 crafted on the baseline"),
+    ("pgd-true", "… or PGD-10 with true gradients"),
+    ("apgd-ce-true", "… or APGD-CE with true gradients"),
+    ("apgd-dlr-true", "… or APGD-DLR with true gradients"),
+)
+DEPLOYED = ("pgd", "apgd-ce", "apgd-dlr", "square", "transfer")  # what an attacker of the deployed model sees
+
+
+def _worst_case_verdict(eps: str, mg: dict, base: dict) -> str:
+    """Whether MGNet's lead under PGD-10 survives the worst case at one eps, with 95% Wilson intervals."""
+    n = mg["images"]
+    pgd_mg, pgd_base, w_mg, w_base = mg["members"]["pgd"], base["members"]["pgd"], mg["accuracy"], base["accuracy"]
+    lo_mg, hi_mg = (max(v, 0.0) + 0.0 for v in wilson(w_mg * n, n))  # + 0.0: no "-0.0%"
+    lo_b, hi_b = (max(v, 0.0) + 0.0 for v in wilson(w_base * n, n))
+    lead = f"under PGD-10 MGNet keeps {_pct(pgd_mg)} against the baseline's {_pct(pgd_base)}"
+    worst = f"under the worst case {_pct(w_mg)} (95% CI {_pct(lo_mg)}–{_pct(hi_mg)}) against {_pct(w_base)} ({_pct(lo_b)}–{_pct(hi_b)})"
+    if w_mg <= w_base:
+        verdict = "MGNet's advantage does not survive the worst case"
+    elif lo_mg > hi_b:
+        verdict = "MGNet's advantage survives the worst case"
+    else:
+        verdict = f"MGNet stays ahead in the worst case, but with {n} images the intervals overlap"
+    return f"- eps {eps}/255: {lead}; {worst}. **{verdict}.**"
+
+
+def _worst_case_section(out_dir: Path) -> list[str]:
+    """The worst-case attack table from worst_case.json (``--stage worst-case``), if it was measured."""
+    path = Path(out_dir) / WORST_FILE
+    if not path.exists():
+        return []
+    res = json.loads(path.read_text())
+    eps_list = sorted(res["eps"], key=float)
+    cols = [(e, m) for e in eps_list for m in ("mgnet", "baseline") if m in res["eps"][e]]
+    st = res["settings"]
+    lines = [
+        "\n## Accuracy under the worst case of several attacks\n",
+        f"{res['images']} val images spread over the folder, L-inf, pixel space, final prediction; measured on "
+        f"{res['date']} at commit {_commit_text(res['git_commit'])} with {res.get('threads', '?')} CPU thread(s) "
+        f"({res['hardware']}).\n",
+        f"**A reduced measurement**: {res['images']} images instead of 500, APGD {st['apgd_steps']} iterations "
+        f"instead of 100 (1 restart), Square {st['queries']} queries instead of 5,000; PGD-10 as in the table above. "
+        "Fewer images widen the intervals; fewer iterations and queries tend to overstate accuracy, so read these "
+        "as upper estimates of what the full evaluation would find.\n",
+        "Each row is the accuracy under that attack *or any attack above it*: the attacks run in this order, each on "
+        "the images no earlier attack broke (AutoAttack's order of evaluation). MGNet is attacked as deployed first "
+        "(its 0.02 gradient re-scaling in place, what a naive white-box attacker sees), then with true gradients. "
+        "These are accuracies under the attacks listed, not robustness guarantees.\n",
+        "| accuracy under … | "
+        + " | ".join(f"{'MGNet' if m == 'mgnet' else 'baseline'}, eps {e}" for e, m in cols)
+        + " |",
+        "|---|" + "---|" * len(cols),
+        "| no attack (same images) | " + " | ".join(_pct(res["eps"][e][m]["clean"]) for e, m in cols) + " |",
+    ]
+
+    def cell(e, m, member):
+        value = res["eps"][e][m].get("members", {}).get(member)
+        return "—" if value is None else _pct(value)
+
+    for member, label in WORST_ROWS:
+        lines.append(f"| {label} | " + " | ".join(cell(e, m, member) for e, m in cols) + " |")
+        if member == "transfer":
+            deployed = [min(v for k, v in res["eps"][e][m]["members"].items() if k in DEPLOYED) for e, m in cols]
+            lines.append(
+                "| **worst case, MGNet as deployed** | " + " | ".join(f"**{_pct(v)}**" for v in deployed) + " |"
+            )
+    lines.append(
+        "| **worst case, every attack** | "
+        + " | ".join(f"**{_pct(res['eps'][e][m]['accuracy'])}**" for e, m in cols)
+        + " |"
+    )
+    lines.append("\nWhat the gradient-free attack added, and whether MGNet's lead over the baseline survives:\n")
+    for e in eps_list:
+        row = res["eps"][e]
+        for m in ("mgnet", "baseline"):
+            if m in row:
+                extra = row[m]["broke_first"].get("square", 0)
+                lines.append(
+                    f"- eps {e}/255, {'MGNet' if m == 'mgnet' else 'baseline'}: Square broke {extra} image(s) that "
+                    "PGD and APGD had not"
+                    + (" — a sign that the gradient attacks are held back (gradient masking)." if extra else ".")
+                )
+        if "mgnet" in row and "baseline" in row:
+            lines.append(_worst_case_verdict(e, row["mgnet"], row["baseline"]))
+    if st["queries"] < 5000:
+        lines.append(
+            f"\nSquare ran with {st['queries']} queries, not 5,000, and only on the images the gradient attacks left: "
+            "where it broke nothing more, that is weak evidence against gradient masking, not proof."
+        )
+    return lines + [""]
+
+
 def _corruptions_section(pair: dict, heading: str) -> list[str]:
     s = summarise(pair)
     cor = pair["corruptions"]
@@ -1107,6 +1259,7 @@ def write_readme(res: dict, out_dir: Path, template_extra: str = ""):
         lines += _locations_section(res, out_dir)
     lines += _attacks_section(res, "## Accuracy under attack")
     lines += ["![accuracy vs eps](accuracy_vs_eps.png)\n"]
+    lines += _worst_case_section(out_dir)
     lines += _corruptions_section(res, "## Common corruptions")
     lines += ["\n![accuracy vs severity](accuracy_vs_severity.png)\n"]
     if res.get("paper_recipe"):
@@ -1144,13 +1297,21 @@ def parse_args(argv=None):
     p.add_argument("--attack-limit", type=int, default=300)
     p.add_argument("--corruption-limit", type=int, default=300)
     p.add_argument("--workers", type=int, default=2, help="processes for corrupting images")
+    w = p.add_argument_group("worst-case attacks (--stage worst-case; written to worst_case.json)")
+    w.add_argument("--worst-limit", type=int, default=500, help="val images, spread over the folder")
+    w.add_argument("--worst-eps", type=float, nargs="+", default=[4.0, 2.0, 1.0], help="budgets in 1/255")
+    w.add_argument("--apgd-steps", type=int, default=100, help="APGD-CE/-DLR iterations")
+    w.add_argument("--square-queries", type=int, default=5000, help="Square query budget per image")
+    w.add_argument("--worst-batch", type=int, default=32)
+    w.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--stage",
-        choices=["all", "corrupt", "ood", "report"],
+        choices=["all", "corrupt", "ood", "worst-case", "report"],
         default="all",
         help="corrupt: only prepare corrupted images; ood: only calibrate the unlike-photo warning (ood.json), "
-        "then report; report: rebuild README/plots from modelcard.json (and ood.json when present)",
+        "then report; worst-case: only measure the worst-case attack table (worst_case.json; --stage report "
+        "then renders it); report: rebuild README/plots from modelcard.json (and ood.json, worst_case.json)",
     )
     p.add_argument("--cache-dir")
     return p.parse_args(argv)
@@ -1159,6 +1320,11 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.stage == "worst-case":
+        measure_worst_case(args, out)  # `--stage report` then renders it into the README
+        return 0
     if args.stage == "corrupt":
         corrupted_sets(args, 128 if not Path(args.mgnet).exists() else load_checkpoint(args.mgnet, "cpu").image_size)
         return 0

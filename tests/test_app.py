@@ -419,21 +419,26 @@ def test_corruption_saliency(app):
     assert len(figures["corruption-saliency"].layout.annotations) >= 2 + 3  # column + row titles
 
 
+STEPS_KEY = {"pgd": "atk_steps", "paper-pgd": "atk_steps", "apgd-ce": "atk_iters", "apgd-dlr": "atk_iters"}
+
+
 @pytest.mark.parametrize(
     "method,source,true_grad",
     [
         ("fgsm", "mgnet-tiny.pt", False),
         ("pgd", "mgnet-tiny.pt", True),
         ("pgd", "baseline-tiny.pt", False),
-        ("paper_pgd", "mgnet-tiny.pt", False),
+        ("paper-pgd", "mgnet-tiny.pt", False),
+        ("apgd-ce", "mgnet-tiny.pt", True),
     ],
 )
 def test_attack(app, method, source, true_grad):
     from mgnet.utils import model_state_fingerprint
 
     switch(app, "Robustness", "Attack")
-    app.selectbox(key="atk_method").set_value(method)
-    app.number_input(key="atk_steps").set_value(3)
+    app.selectbox(key="atk_method").set_value(method).run()
+    if method in STEPS_KEY:
+        app.number_input(key=STEPS_KEY[method]).set_value(3)
     app.number_input(key="atk_eps").set_value(8.0)
     app.selectbox(key="atk_source").set_value(source)
     app.checkbox(key="atk_truegrad").set_value(true_grad)
@@ -446,6 +451,8 @@ def test_attack(app, method, source, true_grad):
     assert all(r.startswith("transfer from") for m, r in roles.items() if m != white)
     settings = app.session_state["_registry"].settings["attack"]
     assert settings["method"] == method and settings["true_grad"] == true_grad and settings["source_sha256"]
+    if method in STEPS_KEY:
+        assert settings["steps"] == 3
     # The shared models are left exactly as they were: eval mode, no hooks, no gradients.
     from app import services
 
@@ -454,8 +461,69 @@ def test_attack(app, method, source, true_grad):
         assert fp["training"] is False and fp["hooks"] == 0 and fp["grads"] == 0
 
 
+def test_paper_pgd_disables_what_it_ignores_and_says_when_rounding_erases_it(app):
+    switch(app, "Robustness", "Attack")
+    app.selectbox(key="atk_method").set_value("paper-pgd").run()
+    assert app.selectbox(key="atk_norm").disabled and app.checkbox(key="atk_random").disabled
+    assert app.checkbox(key="atk_targeted").disabled and not app.number_input(key="atk_steps").disabled
+    app.number_input(key="atk_eps").set_value(1.0)
+    app.number_input(key="atk_steps").set_value(2)
+    submit(app, "Run attack")
+    assert not errors(app)
+    settings = app.session_state["_registry"].settings["attack"]
+    assert "norm" not in settings and "random_start" not in settings  # never sent to the attack
+    # A normalised 1/255 is under 0.25/255 per pixel: 8-bit rounding gives back the clean photo, and the page
+    # says so instead of showing the rounded image's predictions as the attack's result.
+    assert any("disappears" in w.value and "unrounded" in w.value for w in app.warning)
+    assert "under 1/255" in text(app) or "below 1/255" in text(app)
+    app.selectbox(key="atk_method").set_value("pgd").run()
+    assert not app.selectbox(key="atk_norm").disabled and not app.checkbox(key="atk_random").disabled
+
+
+def test_square_has_a_query_budget_progress_and_a_comparison(app):
+    switch(app, "Robustness", "Attack")
+    app.selectbox(key="atk_method").set_value("square").run()
+    assert app.checkbox(key="atk_truegrad").disabled  # no gradients to make true
+    app.number_input(key="atk_queries").set_value(20)
+    app.number_input(key="atk_eps").set_value(8.0)
+    submit(app, "Run attack")
+    assert not errors(app)
+    settings = app.session_state["_registry"].settings["attack"]
+    assert settings["method"] == "square" and settings["queries"] == 20 and "steps" not in settings
+    assert set(settings["gradient_attacks_fooled_source"]) == {"pgd", "apgd-ce"}
+    notes = [m.value for m in list(app.warning) + list(app.info)]
+    assert any("Square" in n and "PGD" in n for n in notes), notes
+
+
+def test_a_gradient_free_win_is_called_masking():
+    from types import SimpleNamespace
+
+    from app.robustness import AttackResult, gradient_free_note
+
+    source = SimpleNamespace(short="mgnet")
+    result = AttackResult(source, 0, None, None, None, {}, {}, {}, True, {"pgd": False, "apgd-ce": False})
+    level, note = gradient_free_note(result, "square")
+    assert level == "warning" and "gradient masking" in note and "overstated" in note
+    result.fooled, result.gradient_fooled = False, {"pgd": True, "apgd-ce": False}
+    level, note = gradient_free_note(result, "square")
+    assert level == "info" and "PGD fooled mgnet where Square did not" in note
+
+
+def test_attack_defaults_come_from_the_registry():
+    from app.robustness import DEFAULT_ATTACK, EPS_GRID, AttackRequest
+
+    request = AttackRequest()
+    assert request.method == DEFAULT_ATTACK == "apgd-ce" and request.options() == {"steps": 100}
+    paper = AttackRequest(method="paper_pgd", norm="l2", random_start=True, steps=10)
+    assert paper.method == "paper-pgd" and paper.options() == {"steps": 10} and paper.norm == "linf"
+    assert AttackRequest(method="square", queries=50).options() == {"queries": 50}
+    assert [e for e in EPS_GRID if 4 < e < 8] == [5.0, 6.0, 7.0]
+
+
 def test_targeted_attack(app):
     switch(app, "Robustness", "Attack")
+    assert app.checkbox(key="atk_targeted").disabled  # the default, APGD-CE, is untargeted
+    app.selectbox(key="atk_method").set_value("pgd").run()
     app.checkbox(key="atk_targeted").set_value(True)
     app.selectbox(key="atk_target").set_value("parachute")
     app.number_input(key="atk_steps").set_value(2)

@@ -12,11 +12,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pytest  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from mgnet.attacks import attack, input_gradient, paper_pgd, transfer_attack  # noqa: E402
+from torch import nn  # noqa: E402
+
+from mgnet.attacks import METHODS, apgd_checkpoints, attack, canonical, input_gradient, worst_members  # noqa: E402
 from mgnet.model import build_model  # noqa: E402
 
 SIZE = 32
 TOL = 1e-6
+FAST_MEMBERS = {"pgd": {"steps": 2}, "apgd-ce": {"steps": 2}, "apgd-dlr": {"steps": 2}, "square": {"queries": 5}}
+FAST = {"pgd": {"steps": 3}, "apgd-ce": {"steps": 3}, "apgd-dlr": {"steps": 3}, "square": {"queries": 20}}
+FAST["worst"] = {"member_options": FAST_MEMBERS}
+
+
+def adv(*args, **kwargs) -> torch.Tensor:
+    """The adversarial images of one ``attack`` call."""
+    return attack(*args, **kwargs).images
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +57,7 @@ def final_loss(model, x, y, **kw):
 @pytest.mark.parametrize("method", ["fgsm", "pgd"])
 def test_linf_result_in_eps_ball_and_pixel_range(models, data, kind, method):
     x, y, _ = data
-    x_adv = attack(models[kind], x, y, method=method, eps=4.0, steps=3)
+    x_adv = adv(models[kind], x, y, method=method, eps=4.0, **FAST.get(method, {}))
     assert x_adv.shape == x.shape and not x_adv.requires_grad
     assert (x_adv - x).abs().max() <= 4 / 255 + TOL
     assert x_adv.min() >= 0 and x_adv.max() <= 1
@@ -58,7 +68,7 @@ def test_linf_result_in_eps_ball_and_pixel_range(models, data, kind, method):
 def test_fgsm_linf_is_eps_times_gradient_sign(models, data, kind):
     _, y, x = data  # interior pixels: the clamp to [0, 1] never bites
     model = models[kind]
-    delta = attack(model, x, y, method="fgsm", eps=4.0) - x
+    delta = adv(model, x, y, method="fgsm", eps=4.0) - x
     expected = 4 / 255 * input_gradient(model, x, y).sign()  # eps is in 1/255 units
     assert (delta - expected).abs().max() < TOL
     if kind == "baseline":  # full-resolution convolution: every pixel has a gradient
@@ -71,7 +81,7 @@ def test_fgsm_linf_is_eps_times_gradient_sign(models, data, kind):
 def test_l2_result_in_l2_ball(models, data, method):
     _, y, x = data
     eps = 64.0  # 64/255 = 0.25 in [0, 1] units, measured over the whole 3x32x32 image
-    x_adv = attack(models["mgnet"], x, y, method=method, eps=eps, steps=3, norm="l2")
+    x_adv = adv(models["mgnet"], x, y, method=method, eps=eps, norm="l2", **FAST.get(method, {}))
     norms = (x_adv - x).flatten(1).norm(dim=1)
     assert (norms <= eps / 255 * (1 + 1e-5)).all()
     assert (norms >= 0.95 * eps / 255).all(), "interior pixels: the step should reach the L2 sphere"
@@ -84,10 +94,10 @@ def test_l2_steps_follow_the_normalised_gradient(models, data, kind):
     model = models[kind]
     g = input_gradient(model, x, y)
     expected = 64 / 255 * g / g.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
-    fgsm = attack(model, x, y, method="fgsm", eps=64.0, norm="l2")
+    fgsm = adv(model, x, y, method="fgsm", eps=64.0, norm="l2")
     assert (fgsm - x - expected).abs().max() < TOL
     # one PGD step of size eps without random start is the same step
-    pgd = attack(model, x, y, eps=64.0, steps=1, step_size=64.0, norm="l2", random_start=False)
+    pgd = adv(model, x, y, eps=64.0, steps=1, step_size=64.0, norm="l2", random_start=False)
     assert (pgd - fgsm).abs().max() < TOL
 
 
@@ -97,13 +107,13 @@ def test_random_start_is_seeded_and_leaves_global_rng_alone(models, data, norm):
     eps = 4.0 if norm == "linf" else 64.0
     torch.manual_seed(99)
     rng_before = torch.get_rng_state()
-    a = attack(models["mgnet"], x, y, eps=eps, steps=1, norm=norm, seed=5)
-    b = attack(models["mgnet"], x, y, eps=eps, steps=1, norm=norm, seed=5)
-    c = attack(models["mgnet"], x, y, eps=eps, steps=1, norm=norm, seed=6)
+    a = adv(models["mgnet"], x, y, eps=eps, steps=1, norm=norm, seed=5)
+    b = adv(models["mgnet"], x, y, eps=eps, steps=1, norm=norm, seed=5)
+    c = adv(models["mgnet"], x, y, eps=eps, steps=1, norm=norm, seed=6)
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
     assert torch.equal(torch.get_rng_state(), rng_before)
-    d = attack(models["mgnet"], x, y, eps=eps, steps=1, norm=norm, seed=5, random_start=False)
+    d = adv(models["mgnet"], x, y, eps=eps, steps=1, norm=norm, seed=5, random_start=False)
     assert not torch.equal(a, d)
 
 
@@ -111,9 +121,9 @@ def test_random_start_is_seeded_and_leaves_global_rng_alone(models, data, norm):
 def test_pgd_raises_loss_on_final_prediction(models, data, kind):
     x, y, _ = data
     model = models[kind]
-    x_adv = attack(model, x, y, eps=8.0, steps=4)
-    clean, adv = final_loss(model, x, y), final_loss(model, x_adv, y)
-    assert (adv > clean + 0.1).all(), (clean, adv)
+    x_adv = adv(model, x, y, eps=8.0, steps=4)
+    clean, attacked = final_loss(model, x, y), final_loss(model, x_adv, y)
+    assert (attacked > clean + 0.1).all(), (clean, attacked)
 
 
 @pytest.mark.parametrize("kind", ["mgnet", "baseline"])
@@ -122,7 +132,7 @@ def test_targeted_pgd_raises_target_probability(models, data, kind):
     model = models[kind]
     with torch.no_grad():
         target = model(x).logits[-1].argmin(dim=1)  # the least likely class of each image
-    x_adv = attack(model, x, target, eps=8.0, steps=4, targeted=True)
+    x_adv = adv(model, x, target, eps=8.0, steps=4, targeted=True)
     with torch.no_grad():
         p_clean = model(x).logits[-1].softmax(1).gather(1, target[:, None])
         p_adv = model(x_adv).logits[-1].softmax(1).gather(1, target[:, None])
@@ -143,8 +153,8 @@ def test_s_grad_one_gives_true_gradient_on_mgnet(models, data):
     assert torch.allclose(true, plain_gradient(model, x, y, s_grad=1.0), atol=1e-6, rtol=1e-4)
     assert (damped - true).abs().max() > 0.05 * true.abs().max(), "re-scaling should change input gradients"
     assert model.s_grad == 0.02  # the override applied to one call only
-    fgsm_damped = attack(model, x, y, method="fgsm")
-    fgsm_true = attack(model, x, y, method="fgsm", s_grad=1.0)
+    fgsm_damped = adv(model, x, y, method="fgsm")
+    fgsm_true = adv(model, x, y, method="fgsm", true_gradients=True)
     assert not torch.equal(fgsm_damped, fgsm_true)
 
 
@@ -166,10 +176,13 @@ def test_attacks_leave_the_model_untouched(models, data):
         state = {k: v.clone() for k, v in model.state_dict().items()}
         hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules())
         with torch.no_grad():  # must still work inside no_grad
-            attack(model, x, y, steps=2)
-        attack(model, x, y, steps=2, norm="l2", eps=32, s_grad=1.0)
-        paper_pgd(model, x, y, steps=2)
-        transfer_attack(models["baseline"], model, x, y, steps=1)
+            adv(model, x, y, steps=2)
+        adv(model, x, y, steps=2, norm="l2", eps=32, true_gradients=True)
+        adv(model, x, y, "paper-pgd", steps=2)
+        adv(model, x, y, source=models["baseline"], steps=1)
+        adv(model, x, y, "apgd-dlr", steps=2, true_gradients=True)
+        adv(model, x, y, "square", queries=5)
+        adv(model, x, y, "worst", transfer_from=models["baseline"], member_options=FAST_MEMBERS)
         input_gradient(model, x, y)
         assert all(p.grad is None for p in model.parameters())
         assert all(p.grad is None for p in models["baseline"].parameters())
@@ -197,7 +210,7 @@ def test_training_flags_restored_when_progress_raises(models, data):
             raise KeyboardInterrupt
 
         with pytest.raises(KeyboardInterrupt):
-            attack(model, x, y, steps=3, progress=stop)
+            adv(model, x, y, steps=3, progress=stop)
         assert all(m.training for m in model.modules())
     finally:
         model.eval()
@@ -206,17 +219,17 @@ def test_training_flags_restored_when_progress_raises(models, data):
 def test_progress_callback(models, data):
     x, y, _ = data
     calls = []
-    attack(models["baseline"], x, y, steps=3, progress=lambda s, t: calls.append((s, t)))
+    adv(models["baseline"], x, y, steps=3, progress=lambda s, t: calls.append((s, t)))
     assert calls == [(1, 3), (2, 3), (3, 3)]
     calls.clear()
-    attack(models["baseline"], x, y, method="fgsm", progress=lambda s, t: calls.append((s, t)))
+    adv(models["baseline"], x, y, method="fgsm", progress=lambda s, t: calls.append((s, t)))
     assert calls == [(1, 1)]
 
 
 def test_paper_pgd_is_bounded_in_normalised_space_and_unclamped(models, data):
     x, y, _ = data
     model = models["mgnet"]
-    x_adv = paper_pgd(model, x, y, eps=4.0, step=1.0, steps=6)
+    x_adv = adv(model, x, y, "paper-pgd", eps=4.0, step_size=1.0, steps=6)
     mean, std = model.mean, model.std
     delta_norm = (x_adv - mean) / std - (x - mean) / std
     assert delta_norm.abs().max() <= 4 / 255 + 1e-5
@@ -225,7 +238,7 @@ def test_paper_pgd_is_bounded_in_normalised_space_and_unclamped(models, data):
     # In pixel units the budget is eps * std: under 1/255, far weaker than pixel-space PGD.
     assert (x_adv - x).abs().max() <= 4 / 255 * std.max() + 1e-5 < 1 / 255
     # Deterministic: no random start.
-    assert torch.equal(x_adv, paper_pgd(model, x, y, eps=4.0, step=1.0, steps=6))
+    assert torch.equal(x_adv, adv(model, x, y, "paper-pgd", eps=4.0, step_size=1.0, steps=6))
 
 
 @pytest.mark.filterwarnings("ignore:Input Tensor 0 did not already require gradients")
@@ -243,28 +256,26 @@ def test_linf_pgd_matches_captum(models, data):
 
     pgd = PGD(forward, loss, lower_bound=0.0, upper_bound=1.0)
     pgd.fgsm.zero_thresh = 0.0  # captum skips pixels with |grad| <= 1e-6 by default; we do not
-    ours = attack(model, x, y, eps=4.0, steps=3, step_size=1.5, random_start=False)
+    ours = adv(model, x, y, eps=4.0, steps=3, step_size=1.5, random_start=False)
     theirs = pgd.perturb(x, radius=4 / 255, step_size=1.5 / 255, step_num=3, target=y)
     assert ((ours - theirs).abs() > 1e-5).float().mean() < 1e-3
 
     fgsm = FGSM(forward, loss, lower_bound=0.0, upper_bound=1.0)
     fgsm.zero_thresh = 0.0
     assert torch.allclose(
-        attack(model, x, y, method="fgsm", eps=4.0), fgsm.perturb(x, epsilon=4 / 255, target=y).detach(), atol=1e-6
+        adv(model, x, y, method="fgsm", eps=4.0), fgsm.perturb(x, epsilon=4 / 255, target=y).detach(), atol=1e-6
     )
     assert all(p.grad is None for p in model.parameters())
 
 
-def test_transfer_attack(models, data):
+def test_transfer_is_the_source_argument(models, data):
     x, y, _ = data
     source, target = models["baseline"], models["mgnet"]
-    x_adv, logits = transfer_attack(source, target, x, y, eps=4.0, steps=2, seed=3)
-    assert torch.equal(x_adv, attack(source, x, y, eps=4.0, steps=2, seed=3))
-    with torch.no_grad():
-        assert torch.allclose(logits, target(x_adv).logits)
-    assert logits.shape == (3, 3, 10)  # [T, B, C]: one prediction per glimpse of the target
-    _, logits2 = transfer_attack(source, target, x, y, steps=1, target_n_glimpses=2)
-    assert logits2.shape == (2, 3, 10)
+    result = attack(target, x, y, eps=4.0, steps=2, seed=3, source=source)
+    assert torch.equal(result.images, adv(source, x, y, eps=4.0, steps=2, seed=3))
+    with torch.no_grad():  # success is judged on the attacked model, not on the source
+        assert (result.success == (target(result.images).logits[-1].argmax(1) != y).numpy()).all()
+    assert result.options["source"] == "MGNet" and result.method == "pgd" and result.seconds > 0
 
 
 def test_bad_arguments(models, data):
@@ -278,3 +289,124 @@ def test_bad_arguments(models, data):
         attack(model, (x - 0.45) / 0.225, y)  # ImageNet-normalised input by mistake
     with pytest.raises(ValueError, match="labels"):
         attack(model, x, y[:2])
+
+
+# -- every method: the budget and the pixel range -----------------------------------------------------------
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "paper-pgd"])
+@pytest.mark.parametrize("kind", ["mgnet", "baseline"])
+def test_every_method_respects_eps_and_pixel_range(models, data, method, kind):
+    x, y, _ = data  # saturated rows at 0 and 1
+    result = attack(models[kind], x, y, method, eps=6.0, **FAST.get(method, {}))
+    assert result.images.shape == x.shape and not result.images.requires_grad
+    assert (result.images - x).abs().max() <= 6 / 255 + TOL
+    assert result.images.min() >= 0 and result.images.max() <= 1
+    assert result.success.dtype == bool and result.success.shape == (3,)
+    assert result.label == METHODS[method].label and result.eps == 6.0 and result.seconds > 0
+
+
+def test_registry_spelling_and_options():
+    assert canonical("paper_pgd") == canonical("Paper-PGD") == "paper-pgd"
+    assert not METHODS["square"].needs_gradients and METHODS["apgd-ce"].needs_gradients
+    assert METHODS["apgd-ce"].defaults["steps"] == 100 and METHODS["square"].defaults["queries"] == 5000
+    assert apgd_checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]  # Croce & Hein's schedule
+
+
+def test_registry_refuses_what_a_method_ignores(models, data):
+    x, y, _ = data
+    with pytest.raises(ValueError, match="paper-pgd takes no option norm"):
+        attack(models["baseline"], x, y, "paper-pgd", norm="l2")
+    with pytest.raises(ValueError, match="untargeted"):
+        attack(models["baseline"], x, y, "square", targeted=True)
+    with pytest.raises(ValueError, match="queries must be a positive integer"):
+        attack(models["baseline"], x, y, "square", queries=0)
+
+
+# -- known answers: a linear model, and one that hides its gradient -------------------------------------------
+class Linear(nn.Module):
+    """Three classes on 3x8x8 pixels; class 2 never wins. ``rounding`` quantises the input to 8 bits first,
+    which hides the gradient (d round / dx = 0) without changing what an 8-bit change does."""
+
+    def __init__(self, d: torch.Tensor, margin: float, rounding: bool = False):
+        super().__init__()
+        self.register_buffer("w", torch.stack([d, torch.zeros_like(d), torch.zeros_like(d)]))
+        self.register_buffer("b", torch.tensor([0.0, 0.0, -50.0]))
+        self.margin, self.rounding = margin, rounding
+
+    def forward(self, x):
+        if self.rounding:
+            x = torch.round(x * 255) / 255
+        return (x.flatten(1) - self.centre) @ self.w.T + self.b + torch.tensor([self.margin, 0.0, 0.0])
+
+    centre = torch.zeros(192)
+
+
+def linear_case(share: float, rounding: bool = False, n: int = 4):
+    """A model whose class-0 margin at x is ``share`` of what the optimal L-inf attack (eps 8) removes:
+    eps/255 * ||d||_1. The optimal attack is x - eps/255 * sign(d), in closed form."""
+    g = torch.Generator().manual_seed(0)
+    d = torch.randint(0, 2, (192,), generator=g).float() * 2 - 1
+    d *= 0.5 + torch.rand(192, generator=g)
+    x = torch.round((0.2 + 0.6 * torch.rand(1, 3, 8, 8, generator=g)) * 255) / 255  # 8-bit, interior
+    x = x.expand(n, -1, -1, -1).clone()  # n copies: each attack run on them draws its own randomness
+    model = Linear(d, share * 8 / 255 * float(d.abs().sum()), rounding)
+    model.centre = x[0].flatten()
+    optimal = x - 8 / 255 * d.sign().view(1, 3, 8, 8)
+    return model, x, torch.zeros(n, dtype=torch.long), optimal
+
+
+@pytest.mark.parametrize("method", ["fgsm", "pgd", "apgd-ce", "apgd-dlr"])
+def test_gradient_attacks_find_the_closed_form_optimum_of_a_linear_model(method):
+    model, x, y, optimal = linear_case(0.95)  # only a point within 5% of the optimum succeeds
+    result = attack(model, x, y, method, eps=8.0, **FAST.get(method, {}))
+    assert result.success.all()
+    assert (result.images - optimal).abs().max() < 1e-5
+
+
+def test_square_nears_the_linear_optimum_without_gradients():
+    model, x, y, optimal = linear_case(0.6)
+    result = attack(model, x, y, "square", eps=8.0, queries=1000, seed=1)
+    assert result.success.all()
+    assert max(result.details["queries"]) < 1000, "it should stop querying once an image is fooled"
+    hopeless = attack(linear_case(2.0)[0], x, y, "square", eps=8.0, queries=300)  # beyond the optimum
+    assert not hopeless.success.any() and hopeless.details["queries"] == [300] * 4
+
+
+def test_square_breaks_a_model_that_hides_its_gradient_and_pgd_does_not():
+    model, x, y, _ = linear_case(0.5, rounding=True)
+    assert input_gradient(model, x, y).abs().max() == 0  # the rounding hides the gradient
+    for method in ("pgd", "apgd-ce", "apgd-dlr"):
+        assert not attack(model, x, y, method, eps=8.0, **FAST.get(method, {})).success.any(), method
+    square = attack(model, x, y, "square", eps=8.0, queries=1000)
+    assert square.success.all()
+    worst = attack(model, x, y, "worst", eps=8.0, member_options={**FAST_MEMBERS, "square": {"queries": 1000}})
+    assert worst.success.all() and worst.details["by"] == ["square"] * 4
+
+
+def test_square_reports_progress_and_is_seeded(models, data):
+    x, y, _ = data
+    calls = []
+    a = attack(models["baseline"], x, y, "square", queries=6, seed=2, progress=lambda s, t: calls.append((s, t)))
+    assert calls and calls[-1][1] == 6 and [s for s, _ in calls] == sorted(s for s, _ in calls)
+    assert torch.equal(a.images, adv(models["baseline"], x, y, "square", queries=6, seed=2))
+
+
+def test_worst_members_follow_the_model(models, data):
+    assert worst_members(models["baseline"]) == ["pgd", "apgd-ce", "apgd-dlr", "square"]
+    assert worst_members(models["mgnet"], transfer_from=models["baseline"]) == [
+        "pgd",
+        "apgd-ce",
+        "apgd-dlr",
+        "square",
+        "transfer",
+        "pgd-true",
+        "apgd-ce-true",
+        "apgd-dlr-true",
+    ]
+    x, y, _ = data
+    worst = attack(models["mgnet"], x, y, "worst", transfer_from=models["baseline"], member_options=FAST_MEMBERS)
+    fooled = worst.details["members"]
+    assert list(fooled) == worst_members(models["mgnet"], models["baseline"])
+    assert fooled["apgd-dlr-true"] == worst.success.tolist()  # the last member's tally is the worst case
+    for earlier, later in zip(list(fooled.values()), list(fooled.values())[1:]):
+        assert all(b or not a for a, b in zip(earlier, later)), "cumulative: once fooled, always fooled"
+    assert [b is not None for b in worst.details["by"]] == worst.success.tolist()

@@ -53,3 +53,22 @@ def test_model_card_text_is_generated_from_its_measurements(tmp_path):
         shutil.copy(ROOT / "checkpoints" / name, tmp_path / name)
     write_readme(json.loads(CARD.read_text()), tmp_path)
     assert (tmp_path / "README.md").read_text() == (ROOT / "checkpoints" / "README.md").read_text()
+
+
+@pytest.mark.slow
+def test_the_app_default_attack_changes_mgnet_prediction_on_the_opening_photo():
+    """Issue 12: a teacher's first click must visibly do something (PGD-10 at eps 4 does not here)."""
+    import torch
+
+    from app.robustness import AttackRequest
+    from mgnet.attacks import attack
+    from mgnet.data import load_image, to_model_input
+
+    model = load_checkpoint(ROOT / "checkpoints" / NAMES["mgnet"], device="cpu")
+    x = to_model_input(load_image(ROOT / "app" / "examples" / "parachute_1.jpg"), model.image_size)
+    with torch.no_grad():
+        y = int(model(x).logits[-1, 0].argmax())
+    assert model.classes[y] == "parachute"
+    request = AttackRequest()  # the Attack tab's defaults
+    adv = attack(model, x, y, request.method, request.eps, seed=request.seed, **request.options())
+    assert adv.success.all(), "the default attack leaves the opening photo's prediction unchanged"

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from mgnet import build_model, save_checkpoint
+from mgnet.attacks import WORST_MEMBERS
 from mgnet.evaluate import evaluate, main, spread_indices
 from mgnet import load_checkpoint
 from conftest import ROOT
@@ -63,6 +64,31 @@ def test_attack_and_corruption_options(tiny_folder, tiny_checkpoint):
         model, tiny_folder, limit=6, attack={"method": "fgsm", "eps": 4}, transfer_from=model, progress=False
     )
     assert transfer["transfer_from"] == str(tiny_checkpoint)
+
+
+def test_cli_worst_case_reports_each_member_and_the_worst(tiny_folder, tiny_checkpoint, tmp_path, capsys):
+    base = tmp_path / "base.pt"
+    torch.manual_seed(1)
+    ids = ["n01440764", "n02102040", "n02979186"]
+    save_checkpoint(build_model("baseline", num_classes=3, image_size=48), base, classes=list("abc"), class_ids=ids)
+    out = tmp_path / "worst.json"
+    args = ["--checkpoint", str(tiny_checkpoint), "--data", str(tiny_folder), "--limit", "4", "--json", str(out)]
+    args += ["--attack", "worst", "--eps", "2", "--steps", "2", "--queries", "5", "--transfer-from", str(base)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    res = json.loads(out.read_text())
+    members = res["worst_case_members"]
+    assert list(members) == list(WORST_MEMBERS)  # MGNet with a baseline to transfer from: every member
+    assert members["apgd-dlr-true"] == res["accuracy"]  # the last member's tally is the worst case
+    assert list(members.values()) == sorted(members.values(), reverse=True)  # each member can only add
+    assert res["attack"]["member_options"]["apgd-ce"] == {"steps": 2} and "under square or any attack" in printed
+    assert "accuracy under Worst case" in printed
+
+
+def test_cli_refuses_an_option_the_attack_ignores(tiny_folder, tiny_checkpoint, capsys):
+    args = ["--checkpoint", str(tiny_checkpoint), "--data", str(tiny_folder), "--attack", "paper-pgd"]
+    assert main(args + ["--norm", "l2"]) == 2
+    assert "paper-pgd takes no option norm" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -90,3 +90,55 @@ def test_glimpse_spread_goal_fails_on_its_own(field):
     card = _goal_card(0.05, 0.20, **({"offset": 0.11} if field == "offset" else {"iou": 0.71}))
     failed = [label for label, ok, _ in glimpse_goals(card) if not ok]
     assert len(failed) == 1 and failed[0].startswith("4.")
+
+
+def _worst_entry(n, clean, members, broke):
+    return {
+        "images": n,
+        "clean": clean,
+        "accuracy": list(members.values())[-1],
+        "members": members,
+        "broke_first": broke,
+    }
+
+
+def _worst_card(tmp_path, mgnet_worst: float, baseline_worst: float, square_broke: int = 0):
+    import json
+
+    from mgnet.modelcard import WORST_FILE
+
+    names = ["pgd", "apgd-ce", "apgd-dlr", "square", "transfer", "pgd-true", "apgd-ce-true", "apgd-dlr-true"]
+    mg = dict(zip(names, [0.5, 0.45, 0.45, 0.4, 0.4, 0.4, 0.4, mgnet_worst]))
+    base = dict(zip(names[:4], [0.2, 0.2, 0.2, baseline_worst]))
+    res = {
+        "date": "2026-12-04",
+        "git_commit": "abc",
+        "hardware": "cpu",
+        "threads": 1,
+        "images": 100,
+        "settings": {"pgd_steps": 10, "apgd_steps": 20, "apgd_restarts": 1, "queries": 300},
+        "eps": {
+            "4": {
+                "mgnet": _worst_entry(100, 0.9, mg, {"square": square_broke}),
+                "baseline": _worst_entry(100, 0.88, base, {"square": 0}),
+            }
+        },
+    }
+    (tmp_path / WORST_FILE).write_text(json.dumps(res))
+    return tmp_path
+
+
+def test_worst_case_section_says_plainly_whether_the_advantage_survives(tmp_path):
+    from mgnet.modelcard import _worst_case_section
+
+    text = "\n".join(_worst_case_section(_worst_card(tmp_path, 0.1, 0.2, square_broke=3)))
+    assert "accuracy under" in text and "robust" not in text.replace("robustness guarantees", "")
+    assert "100 images instead of 500" in text and "APGD 20 iterations" in text and "Square 300 queries" in text
+    assert "MGNet's advantage does not survive the worst case" in text
+    assert "Square broke 3 image(s) that PGD and APGD had not — a sign" in text
+    assert "| **worst case, MGNet as deployed** | **40.0%** | **20.0%** |" in text  # the deployed block's minimum
+    text = "\n".join(_worst_case_section(_worst_card(tmp_path, 0.4, 0.05)))
+    assert "MGNet's advantage survives the worst case" in text  # 40% vs 5% of 100: the intervals are apart
+    text = "\n".join(_worst_case_section(_worst_card(tmp_path, 0.25, 0.2)))
+    assert "the intervals overlap" in text
+    assert _worst_case_section(tmp_path / "nothing-here") == []

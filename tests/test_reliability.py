@@ -117,8 +117,11 @@ def jobs_for(models, image):
                 m,
                 lambda m=m, method=method, opts=opts: explain.explain(m, x, method, **opts).raw,
             )
-        jobs[f"{role}/pgd"] = (m, lambda m=m: attacks.attack(m, x, 1, steps=2, eps=8, seed=3).numpy())
-        jobs[f"{role}/fgsm-l2"] = (m, lambda m=m: attacks.attack(m, x, 2, method="fgsm", norm="l2", eps=64).numpy())
+        jobs[f"{role}/pgd"] = (m, lambda m=m: attacks.attack(m, x, 1, steps=2, eps=8, seed=3).images.numpy())
+        jobs[f"{role}/fgsm-l2"] = (
+            m,
+            lambda m=m: attacks.attack(m, x, 2, method="fgsm", norm="l2", eps=64).images.numpy(),
+        )
     jobs["corrupt/gaussian_noise"] = (None, lambda: corruptions.corrupt(image, "gaussian_noise", 3, seed=5))
     jobs["corrupt/shot_noise"] = (None, lambda: corruptions.corrupt(image, "shot_noise", 2, seed=6))
     return jobs
@@ -220,13 +223,13 @@ def test_attack_and_analysis_while_another_session_holds_guided_backprop_hooks(m
     m = models["mgnet"]
     image = photo(2)
     x = to_model_input(image, SIZE)
-    solo_attack = attacks.attack(m, x, 0, steps=2, eps=8, seed=1)
+    solo_attack = attacks.attack(m, x, 0, steps=2, eps=8, seed=1).images
     solo_grad = attacks.input_gradient(m, x, 0, s_grad=1.0)
     seen_hooks = []
 
     def during():
         seen_hooks.append(model_state_fingerprint(m)["hooks"])
-        return (attacks.attack(m, x, 0, steps=2, eps=8, seed=1), attacks.input_gradient(m, x, 0, s_grad=1.0))
+        return (attacks.attack(m, x, 0, steps=2, eps=8, seed=1).images, attacks.input_gradient(m, x, 0, s_grad=1.0))
 
     _, (adv, grad) = _while_inside(lambda p: explain.explain(m, x, "guided_backprop", progress=p), during)
     assert seen_hooks[0] > 0, "the interleaving did not happen: no hooks were registered at that moment"
@@ -372,9 +375,11 @@ def test_every_operation_and_every_failure_leaves_the_shared_model_as_it_was(mod
             base, x, att.map, att.target, steps=4, mode="insertion", progress=p
         ),
         "infidelity": lambda p: explanation_metrics.infidelity(mg, x, "saliency", attribution=att, n_perturb_samples=2),
-        "paper pgd": lambda p: attacks.paper_pgd(mg, x, 0, steps=2, progress=p),
-        "transfer": lambda p: attacks.transfer_attack(base, mg, x, 0, steps=2, progress=p),
-        "pgd true gradients": lambda p: attacks.attack(mg, x, 0, steps=2, s_grad=1.0, progress=p),
+        "paper pgd": lambda p: attacks.attack(mg, x, 0, "paper-pgd", steps=2, progress=p).images,
+        "transfer": lambda p: attacks.attack(mg, x, 0, source=base, steps=2, progress=p).images,
+        "pgd true gradients": lambda p: attacks.attack(mg, x, 0, steps=2, true_gradients=True, progress=p).images,
+        "apgd-dlr": lambda p: attacks.attack(mg, x, 0, "apgd-dlr", steps=2, progress=p).images,
+        "square": lambda p: attacks.attack(mg, x, 0, "square", queries=4, progress=p).images,
     }
     for method, opts in LIGHT.items():
         ops[f"explain {method}"] = lambda p, method=method, opts=opts: explain.explain(
@@ -407,7 +412,7 @@ def test_every_operation_and_every_failure_leaves_the_shared_model_as_it_was(mod
             t.start()
             t.join(10)
             assert got == [True], f"{name}: the model's lock was not released"
-        if name.startswith(("explain", "paper", "pgd", "transfer", "deletion", "insertion")):
+        if name.startswith(("explain", "paper", "pgd", "transfer", "deletion", "insertion", "apgd", "square")):
             assert failed, f"{name}: the simulated failure was not raised from inside the computation"
         a, b = (first, second)
         for field in ("probs", "map", "raw", "auc"):

@@ -76,7 +76,7 @@ def test_method_options_and_true_gradients_round_trip():
 
 
 @pytest.mark.parametrize("random_start", [True, False])
-@pytest.mark.parametrize("method", ["pgd", "fgsm", "paper_pgd"])
+@pytest.mark.parametrize("method", ["pgd", "fgsm", "paper-pgd", "apgd-ce", "square"])
 def test_attack_and_corruption_round_trip_with_their_own_seeds(random_start, method):
     settings = app_settings(random_start=random_start, method=method)
     again = through_json(settings)

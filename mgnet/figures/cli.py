@@ -104,8 +104,14 @@ def figures_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--attack", nargs="+", metavar="EPS", help="robustness rows: attack budgets in 1/255, or 'none' (default 2)"
     )
-    g.add_argument("--attack-method", default="pgd", choices=ATTACK_METHODS, help="default pgd (pixel space, L-inf)")
-    g.add_argument("--attack-steps", type=int, default=10, help="PGD steps (default 10)")
+    g.add_argument(
+        "--attack-method",
+        default="pgd",
+        choices=ATTACK_METHODS,
+        help="default pgd (pixel space, L-inf); see mgnet.attacks",
+    )
+    g.add_argument("--attack-steps", type=int, default=10, help="PGD/APGD iterations (default 10)")
+    g.add_argument("--attack-queries", type=int, default=None, help="Square's query budget (default 5000)")
     g.add_argument("--attack-norm", default="linf", choices=("linf", "l2"))
     g.add_argument(
         "--attack-source",

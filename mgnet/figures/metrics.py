@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..model import glimpse_options
 from .. import explain, geometry, metrics, plots
 from ..analysis import analyze_batch, focus_map
 from ..data import image_hash, to_model_input
@@ -120,18 +121,16 @@ class MetricsRun:
         return [r for r in ROLES if r in self.models]
 
     def n_glimpses(self, role: str):
-        return None if self.models[role].is_baseline else self.settings.n_glimpses
+        return glimpse_options(self.models[role], self.settings.n_glimpses).get("n_glimpses")
 
 
 def captum_scores(run: MetricsRun, role: str, method: str, att, x) -> dict:
     """Captum's infidelity and max-sensitivity of one saliency map on the model it explains."""
     settings, model = run.settings, run.models[role]
-    n, s_grad = run.n_glimpses(role), None if model.is_baseline else settings.s_grad
+    fw = glimpse_options(model, settings.n_glimpses, settings.s_grad)
     scores = {}
     if settings.infidelity and method != "gradcam":
-        scores["infidelity"] = metrics.infidelity(
-            model, x, method, attribution=att, seed=settings.seed, n_glimpses=n, s_grad=s_grad
-        )
+        scores["infidelity"] = metrics.infidelity(model, x, method, attribution=att, seed=settings.seed, **fw)
     if settings.sensitivity:
         scores["sensitivity"] = metrics.sensitivity(
             model,
@@ -139,8 +138,7 @@ def captum_scores(run: MetricsRun, role: str, method: str, att, x) -> dict:
             method,
             att.target,
             seed=settings.seed,
-            n_glimpses=n,
-            s_grad=s_grad,
+            **fw,
             **settings.method_options.get(method, {}),
         )
     return scores

@@ -17,15 +17,14 @@ from PIL import Image
 
 from .. import corruptions, explain, geometry, metrics, plots
 from ..analysis import analyze_batch, focus_map
-from ..attacks import attack, paper_pgd
+from ..attacks import METHODS, attack
 from ..checkpoints import file_sha256
 from ..data import image_hash, to_model_input, to_uint8
-from ..utils import model_lock
+from ..model import glimpse_options
 from .inputs import resolve_target, safe_name, true_labels
 from .settings import ROLE_LABELS, Attack, FigureSettings, UsageError
 from .staging import Exporter, Staging, environment
 
-ATTACK_NAMES = {"pgd": "PGD", "fgsm": "FGSM", "paper_pgd": "paper PGD"}
 ATTACK_WHERE = {"mgnet": "on MGNet", "baseline": "on baseline", "each": "white-box"}
 
 
@@ -58,9 +57,8 @@ def explain_with(settings: FigureSettings, model, x, method: str, target):
         x,
         method,
         target,
-        n_glimpses=None if model.is_baseline else settings.n_glimpses,
-        s_grad=None if model.is_baseline else settings.s_grad,
         seed=settings.seed,
+        **glimpse_options(model, settings.n_glimpses, settings.s_grad),
         **settings.method_options.get(method, {}),
     )
 
@@ -264,47 +262,29 @@ def adversarial_images(
 ) -> list[np.ndarray]:
     """8-bit adversarial versions (source's input size) of the clean photos, crafted on ``source``."""
     device = next(source.parameters()).device
-    s_grad = 1.0 if (spec.true_grad and not source.is_baseline) else None
-    n = None if source.is_baseline else n_glimpses
     out = []
     for lo in range(0, len(clean), batch_size):
         x = torch.cat([to_model_input(im, source.image_size) for im in clean[lo : lo + batch_size]]).to(device)
         y = torch.tensor(labels[lo : lo + batch_size], device=device)
-        with model_lock(source):
-            if spec.method == "paper_pgd":
-                adv = paper_pgd(
-                    source,
-                    x,
-                    y,
-                    eps=spec.eps,
-                    step=spec.step_size or 1.0,
-                    steps=spec.steps,
-                    n_glimpses=n,
-                    s_grad=s_grad,
-                )
-            else:
-                adv = attack(
-                    source,
-                    x,
-                    y,
-                    method=spec.method,
-                    eps=spec.eps,
-                    steps=spec.steps,
-                    step_size=spec.step_size,
-                    norm=spec.norm,
-                    random_start=spec.random_start,
-                    s_grad=s_grad,
-                    n_glimpses=n,
-                    seed=seed,
-                )
-        out += to_uint8(adv)
+        adv = attack(
+            source,
+            x,
+            y,
+            spec.method,
+            spec.eps,
+            true_gradients=spec.true_grad,
+            n_glimpses=n_glimpses,
+            seed=seed,
+            **spec.options(),
+        )
+        out += to_uint8(adv.images)
     return out
 
 
 def attack_label(spec: Attack) -> str:
     norm = "" if spec.norm == "linf" else " L2"
     grad = ", true grad" if spec.true_grad else ""
-    return f"{ATTACK_NAMES[spec.method]}{norm} ε={spec.eps:g}/255<br>{ATTACK_WHERE[spec.source]}{grad}"
+    return f"{METHODS[spec.method].short}{norm} ε={spec.eps:g}/255<br>{ATTACK_WHERE[spec.source]}{grad}"
 
 
 def attack_condition(run: FigureRun, work: list, spec: Attack, clean_predictions: dict):

@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import corruptions
+from .. import attacks, corruptions
 from .. import explain
 
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -31,7 +31,8 @@ FIGURE_KINDS = ("strip", "grid", "robustness")
 FORMATS = ("png", "svg", "pdf", "html")
 WIDTHS = {"column": 3.5, "page": 7.0}  # inches: one column / full width of a two-column paper
 DEFAULT_WIDTH = {"strip": "column", "grid": "page", "robustness": "page"}
-ATTACK_METHODS = ("pgd", "fgsm", "paper_pgd")
+# every attack of the registry but the worst-case ensemble (a figure row shows one attack's image)
+ATTACK_METHODS = tuple(m for m in attacks.METHODS if m != "worst")
 ATTACK_SOURCES = ("mgnet", "baseline", "each")
 FILLS = ("blur", "black")
 DEFAULT_METHODS = ("saliency", "integrated_gradients", "gradcam")
@@ -123,6 +124,18 @@ class Attack:
     step_size: float | None = None
     random_start: bool = True
     seed: int | None = None
+    queries: int | None = None  # Square's query budget (None: the registry's default)
+
+    def options(self) -> dict:
+        """This row's options that its method takes (None: the registry's default)."""
+        return attacks.method_options(
+            self.method,
+            steps=self.steps,
+            step_size=self.step_size,
+            norm=self.norm,
+            random_start=self.random_start,
+            queries=self.queries,
+        )
 
     @classmethod
     def from_json(cls, spec) -> "Attack":
@@ -134,12 +147,13 @@ class Attack:
             raise UsageError(f"attack has unknown keys {sorted(unknown)}; known: {sorted(known)}.")
         given = {k: v for k, v in spec.items() if v is not None or k in ("step_size", "seed")}
         attack = cls(**given)
-        attack.method = str(attack.method).lower().replace("-", "_")
+        attack.method = str(attack.method).strip().lower().replace("_", "-")  # the registry's spelling
         attack.norm = str(attack.norm).lower()
         try:
             attack.eps, attack.steps = float(attack.eps), int(attack.steps)
             attack.step_size = None if attack.step_size is None else float(attack.step_size)
             attack.seed = None if attack.seed is None else int(attack.seed)
+            attack.queries = None if attack.queries is None else int(attack.queries)
         except (TypeError, ValueError):
             raise UsageError(f"attack eps, steps and step_size must be numbers, got {spec!r}.") from None
         attack.true_grad, attack.random_start = bool(attack.true_grad), bool(attack.random_start)
@@ -148,7 +162,7 @@ class Attack:
     def validate(self):
         if self.method not in ATTACK_METHODS:
             raise UsageError(f"unknown attack {self.method!r}; choose from {', '.join(ATTACK_METHODS)}.")
-        if not (0 <= self.eps <= 255) or self.steps < 1:
+        if not (0 <= self.eps <= 255) or self.steps < 1 or (self.queries is not None and self.queries < 1):
             raise UsageError(f"attack eps must be in [0, 255] (units of 1/255) and steps >= 1, got {self}.")
         if self.norm not in ("linf", "l2"):
             raise UsageError(f"attack norm must be 'linf' or 'l2', got {self.norm!r}.")
@@ -513,6 +527,7 @@ def _figure_values(args: argparse.Namespace) -> dict:
                 "norm": args.attack_norm,
                 "source": args.attack_source,
                 "true_grad": args.attack_true_grad,
+                "queries": getattr(args, "attack_queries", None),
             }
             for eps in budgets
         ]
