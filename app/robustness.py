@@ -760,9 +760,11 @@ def sweep_estimate(request: SweepRequest, photo, models, n) -> str:
     about two analyses), or analysed on every severity."""
     per = sum(services.analyze(m, photo, n).seconds for m in models)
     if request.kind == "eps":
-        steps = request.attack.white_box_sweep(1.0).run_config(n)["steps"]
+        square = request.attack.method == "square"
+        work, unit = (request.attack.queries, "queries") if square else (request.attack.steps, "steps")
         runs = sum(1 for e in EPS_GRID if 0 < e <= request.max_eps)
-        return f"{runs * len(models)} attacks of {steps} steps: about {2 * runs * steps * per:.0f} s"
+        cost = (1 if square else 2) * runs * work * per  # an upper bound: attacks stop once they fool
+        return f"{runs * len(models)} attacks of up to {work} {unit}: at most about {cost:.0f} s"
     return f"{len(SEVERITIES)} severities: about {len(SEVERITIES) * per:.0f} s plus corrupting"
 
 

@@ -720,6 +720,7 @@ def test_exported_settings_keep_every_choice(app):
     switch(app, "Robustness")
     app.number_input(key="cor_seed").set_value(3).run()
     switch(app, "Robustness", "Attack")
+    app.selectbox(key="atk_method").set_value("pgd").run()
     app.checkbox(key="atk_random").set_value(False)
     app.number_input(key="atk_seed").set_value(9)
     app.number_input(key="atk_steps").set_value(2)
@@ -922,16 +923,18 @@ def test_slow_work_shows_an_estimate_before_it_starts(app, monkeypatch):
     first = next(t for t in texts if t and "saliency maps" in t)
     assert re.search(r"1 map, \d+ forward passes: about \d+ (s|min)", first), first
     switch(app, "Robustness", "Attack")
+    app.selectbox(key="atk_method").set_value("pgd").run()
     app.number_input(key="atk_steps").set_value(3)
     submit(app, "Run attack")
     first = next(t for t in texts if t and t.startswith("attacking"))
-    assert re.search(r"attacking: 3 steps, about \d+ s", first), first
+    assert re.search(r"attacking: up to 3 steps, at most about \d+ s", first), first
     assert not errors(app)
 
 
 def test_fooled_class_shows_in_the_attack_bar_chart(app, monkeypatch):
     """When the attack changes a model's answer, its new class is a bar of the chart, not only in the table."""
     switch(app, "Robustness", "Attack")
+    app.selectbox(key="atk_method").set_value("pgd").run()
     app.number_input(key="atk_eps").set_value(64.0)
     app.number_input(key="atk_steps").set_value(3)
     submit(app, "Run attack")
