@@ -28,6 +28,7 @@ ATTACKS = {m: attacks.METHODS[m].label for m in ("apgd-ce", "pgd", "apgd-dlr", "
 # 92% -> chain saw); PGD-10 needs eps 8 there.
 DEFAULT_ATTACK, DEFAULT_EPS = "apgd-ce", 4.0
 SQUARE_QUERIES = 1000  # the app's default budget (the registry's, for evaluations, is 5,000)
+APGD_ITERATIONS = 100  # the paper's
 COMPARED = ("pgd", "apgd-ce")  # the gradient attacks a gradient-free one is compared with
 QP = dict(bind="query-params", persist_state="session")
 
@@ -383,7 +384,14 @@ def attack_form(photo, entry, models, a) -> tuple[AttackRequest, bool]:
             )
         elif method.startswith("apgd"):
             steps = c1.number_input(
-                "Iterations", 1, 1000, value=100, step=10, key="atk_iters", **QP, help="APGD iterations (paper: 100)."
+                "Iterations",
+                1,
+                1000,
+                value=APGD_ITERATIONS,
+                step=10,
+                key="atk_iters",
+                **QP,
+                help="APGD iterations (paper: 100).",
             )
         else:
             steps = c1.number_input(

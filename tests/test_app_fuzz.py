@@ -30,7 +30,14 @@ APP = str(ROOT / "app" / "main.py")
 STEPS = 200
 SEED = 14
 # number inputs whose large values only cost time: (low, high) the walk draws from
-CHEAP = {"atk_steps": (1, 3), "atk_eps": (0.0, 16.0), "atk_step": (0.0, 4.0), "atk_seed": (0, 3), "cor_seed": (0, 3)}
+CHEAP = {
+    "atk_steps": (1, 3),
+    "atk_iters": (1, 3),
+    "atk_eps": (0.0, 16.0),
+    "atk_step": (0.0, 4.0),
+    "atk_seed": (0, 3),
+    "cor_seed": (0, 3),
+}
 
 
 def _photos() -> list[tuple[str, bytes, str]]:
@@ -92,35 +99,33 @@ def _edgy(rng: random.Random, lo, hi, draw):
 def _actions(at, rng: random.Random, candidates, photos) -> list[tuple[str, callable]]:
     """(description, do) of everything a user can do on the page as drawn now."""
     acts = []
+    usable = lambda ws: [w for w in ws if not getattr(w, "disabled", False)]  # noqa: E731 (a user can't use them)
     for kind in ("selectbox", "radio", "select_slider"):
-        for w in at.get(kind):
-            if w.disabled:
-                continue
+        for w in usable(at.get(kind)):
             raw = _raw_options(w, candidates)
             if raw:
                 v = rng.choice(raw)
                 acts.append((f"{kind} {w.key}={v!r}", lambda w=w, v=v: w.set_value(v)))
-    for w in at.multiselect:
+    for w in usable(at.multiselect):
         raw = _raw_options(w, candidates)
         if raw:
             v = rng.sample(raw, rng.randint(0, min(3, len(raw))))
             acts.append((f"multiselect {w.key}={v!r}", lambda w=w, v=v: w.set_value(v)))
-    for w in at.slider:
+    for w in usable(at.slider):
         v = _edgy(rng, int(w.min), int(w.max), rng.randint)
         acts.append((f"slider {w.key}={v}", lambda w=w, v=v: w.set_value(v)))
-    for w in at.number_input:
+    for w in usable(at.number_input):
         lo, hi = CHEAP.get(w.key, (w.min, w.min + 2 * (w.step or 1)))
         if isinstance(w.value, float):
             v = round(_edgy(rng, float(lo), float(hi), rng.uniform) * 2) / 2
         else:
             v = _edgy(rng, int(lo), int(hi), rng.randint)
         acts.append((f"number_input {w.key}={v}", lambda w=w, v=v: w.set_value(v)))
-    for w in [*at.checkbox, *at.toggle]:
+    for w in usable([*at.checkbox, *at.toggle]):
         v = rng.random() < 0.5
         acts.append((f"check {w.key}={v}", lambda w=w, v=v: w.set_value(v)))
-    for w in at.button:
-        if not w.disabled:
-            acts.append((f"click {w.label}", w.click))
+    for w in usable(at.button):
+        acts.append((f"click {w.label}", w.click))
     for w in at.get("file_uploader"):
         name, data, mime = rng.choice(photos)
         acts.append((f"upload {name}", lambda w=w, f=(name, data, mime): w.set_value(f)))
@@ -149,8 +154,11 @@ def _tab(at, rng: random.Random, visited: set) -> tuple[str, callable]:
 
 
 # every tab and sub-tab in turn, and the Glimpses tab (where stepping meets the glimpse count) every other time
-TOUR = [("Glimpses", None), ("Compare", None), ("Glimpses", None), ("Robustness", "Corruption")]
-TOUR += [("Glimpses", None), ("Robustness", "Attack"), ("Glimpses", None), ("Robustness", "Sweep")]
+TOUR = [("Glimpses", None), ("Robustness", "Attack"), ("Robustness", "Sweep"), ("Compare", None)]
+TOUR += [("Robustness", "Attack"), ("Robustness", "Corruption"), ("Robustness", "Attack"), ("Robustness", "Sweep")]
+
+TOUR_ATTACKS = ["apgd-ce", "square", "pgd"]
+SWITCHES = ("selectbox", "radio", "select_slider")
 
 
 def _tour(at, k: int) -> tuple[str, callable]:
@@ -160,6 +168,8 @@ def _tour(at, k: int) -> tuple[str, callable]:
         at.session_state["view"] = view
         if sub:
             at.session_state["rob_view"] = sub
+        if sub == "Attack":  # each visit shows another method's own options
+            at.session_state["atk_method"] = TOUR_ATTACKS[k % len(TOUR_ATTACKS)]
 
     return (f"robustness tab {sub}" if sub else f"tab {view}"), go
 
@@ -185,15 +195,27 @@ def test_random_walk_over_every_widget(tmp_path, monkeypatch):
     save_tiny_checkpoints(folder, IMAGENETTE_CLASSES, image_size=32)
     monkeypatch.setenv("MGNET_CHECKPOINTS", str(folder))
     monkeypatch.setenv("MGNET_DEVICE", "cpu")
+    import app.robustness
+
+    # the attacks' own defaults (100 APGD iterations, 1,000 Square queries) would take most of the walk's time
+    monkeypatch.setattr(app.robustness, "APGD_ITERATIONS", 3)
+    monkeypatch.setattr(app.robustness, "SQUARE_QUERIES", 20)
     rng = random.Random(SEED)
     candidates, photos = _candidates(folder), _photos()
     at = AppTest.from_file(APP, default_timeout=300).run()
     assert not at.exception, at.exception
-    done, visited, offered = [], set(), set()
+    done, visited, offered, times_offered = [], set(), set(), {}
     for step in range(STEPS):
         acts = _actions(at, rng, candidates, photos)
+        for name in {a[0].split("=")[0] for a in acts}:
+            times_offered[name] = times_offered.get(name, 0) + 1
         offered |= {a[0].split("=")[0] for a in acts}
         fresh = [a for a in acts if a[0].split("=")[0] not in visited]
+        if fresh:  # the widgets met least often go first: they may vanish with the next change
+            rarest = min(times_offered[a[0].split("=")[0]] for a in fresh)
+            fresh = [a for a in fresh if times_offered[a[0].split("=")[0]] == rarest]
+            # and the ones that leave the page as it is go before choices that redraw it
+            fresh = [a for a in fresh if not a[0].startswith(SWITCHES)] or fresh
         roll = rng.random()
         if step % 8 == 7:  # a tour: every tab and sub-tab in turn, so each one's widgets are met
             what, do = _tour(at, step // 8)
