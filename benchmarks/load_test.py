@@ -210,6 +210,104 @@ async def rate_run(cluster: LocalCluster, rate: float, duration: float, timeout_
     }
 
 
+async def failover_run(cluster: LocalCluster, students: int, rounds: int, timeout_s: float, side: int = 1600) -> dict:
+    """Kill one replica while students work, and see what each of them gets.
+
+    Every student opens the page, uploads a photo of its own, opens Robustness > Attack (the view is now in the
+    URL) and runs the attack; then ``rounds`` times it runs the attack again. Once every student has finished its
+    first attack, the replica serving the first student is killed (SIGKILL: no goodbye). A student whose
+    connection breaks does what a reloaded browser tab does: it opens the same URL again with the same cookies
+    (nginx moves it to a healthy replica) and carries on. Returned per student: its replica, whether it was on
+    the killed one, its errors, and after a reconnect what the page restored from the URL and what was lost."""
+    pics = photos(3 * students, seed=7)
+    sessions: list[StudentSession] = []
+    first_done = asyncio.Event()
+    ready = 0
+    killed: dict = {}
+
+    async def setup(i):
+        s = StudentSession(cluster.url, timeout_s=timeout_s)
+        await s.open()
+        await s.set("source", "Upload")
+        await s.upload("upload", f"student{i:02d}.jpg", pics[i])
+        await s.set("view", "Robustness")
+        await s.set("rob_view", "Attack")
+        await s.click("Run attack")
+        return s
+
+    async def student(i):
+        nonlocal ready
+        rec = {"student": i, "errors": [], "reconnected": False}
+        s = sessions[i]
+        rec["replica"] = s.upstream
+        ready += 1
+        if ready == students:
+            first_done.set()
+        await first_done.wait()
+        for _ in range(rounds):
+            try:
+                await s.click("Run attack")
+            except Exception as exc:
+                rec["errors"].append(f"{type(exc).__name__}: {str(exc)[:200]}")
+                if rec["reconnected"]:
+                    break
+                # A reloaded tab: the same address (query string) and cookies, a new session.
+                again = StudentSession(cluster.url, query_string=s.query_string, timeout_s=timeout_s)
+                again.cookies = dict(s.cookies)
+                try:
+                    page = await again.open()
+                except Exception as exc2:
+                    rec["errors"].append(f"reconnect failed: {type(exc2).__name__}: {str(exc2)[:200]}")
+                    break
+                rec["reconnected"] = True
+                rec["replica_after"] = again.upstream
+                rec["url_after"] = again.query_string
+                rec["restored_view"] = "button:Run attack" in page.widgets  # Robustness > Attack is open
+                rec["restored_source"] = "No file yet" in page.text()  # Upload chosen, the file itself gone
+                rec["kept_upload"] = f"student{i:02d}.jpg" in page.text()
+                s = again
+        try:
+            await s.close()
+        except Exception:
+            pass
+        return rec
+
+    async def killer():
+        await first_done.wait()
+        await asyncio.sleep(0.5)
+        victim = cluster.by_upstream(sessions[0].upstream)
+        killed["replica"] = f"127.0.0.1:{victim.port}"
+        victim.kill()
+
+    # Open sessions until each replica has at least one student (the route cookie is random; bounded).
+    while len(sessions) < students or (
+        len({s.upstream for s in sessions}) < len(cluster.replicas) and len(sessions) < 3 * students
+    ):
+        sessions.append(await setup(len(sessions)))
+    students = len(sessions)
+    t0 = time.perf_counter()
+    records, _ = await asyncio.gather(asyncio.gather(*(student(i) for i in range(students))), killer())
+    for r in records:
+        r["on_killed_replica"] = r["replica"] == killed["replica"]
+    others = [r for r in records if not r["on_killed_replica"]]
+    moved = [r for r in records if r["on_killed_replica"]]
+    return {
+        "students": students,
+        "rounds": rounds,
+        "wall_s": round(time.perf_counter() - t0, 1),
+        "killed": killed["replica"],
+        "students_per_replica": {
+            k: sum(1 for r in records if r["replica"] == k) for k in {r["replica"] for r in records}
+        },
+        "errors_on_other_replicas": sum(len(r["errors"]) for r in others),
+        "killed_replica_students": len(moved),
+        "reconnected_to_healthy": sum(1 for r in moved if r.get("replica_after") not in (None, killed["replica"])),
+        "view_restored_from_url": sum(1 for r in moved if r.get("restored_view")),
+        "upload_kept": sum(1 for r in moved if r.get("kept_upload")),
+        "records": records,
+    }
+
+
 def write_report(runs: list[dict], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "load_test.json").write_text(json.dumps(runs, indent=2) + "\n")
@@ -264,6 +362,20 @@ def write_report(runs: list[dict], out: Path) -> None:
             ]
             errs = [e for r in run["rates"] for e in r["errors"]][:5]
             lines += [f"- error: {e}" for e in errs]
+        f = run.get("failover")
+        if f:
+            lines += [
+                "",
+                f"**Failover**: {f['students']} students on {len(f['students_per_replica'])} replicas "
+                f"({f['students_per_replica']}), each with an uploaded photo and Robustness > Attack open, running the "
+                f"attack {f['rounds']} times; replica {f['killed']} was killed (SIGKILL) after their first attack.",
+                f"- students on the other replicas: {f['errors_on_other_replicas']} errors",
+                f"- students on the killed replica: {f['killed_replica_students']}; reopened the same URL with the same "
+                f"cookies and reached a healthy replica: {f['reconnected_to_healthy']}; view (tab, sub-tab, photo source) "
+                f"restored from the URL: {f['view_restored_from_url']}; uploaded photo kept: {f['upload_kept']} "
+                "(lost: the photo, shown again only after a new upload, and every result computed for it, which the "
+                "new replica computes again; widget values that are not in the URL)",
+            ]
         lines.append("")
     (out / "load_test.md").write_text("\n".join(lines) + "\n")
 
@@ -281,11 +393,20 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=float, default=120, help="seconds one step may take (default 120)")
     ap.add_argument("--checkpoints", help="checkpoint folder (default: checkpoints/)")
     ap.add_argument("--tiny", action="store_true", help="tiny random checkpoints (no trained ones needed)")
+    ap.add_argument(
+        "--failover",
+        type=int,
+        metavar="STUDENTS",
+        default=0,
+        help="kill a replica while STUDENTS work (needs --replicas 2 or more)",
+    )
     ap.add_argument("--label", help="name of this run in the results (default from the options)")
     ap.add_argument("--out", default=str(RESULTS), help="results folder (default benchmarks/results)")
     args = ap.parse_args(argv)
-    if not args.cycles and not args.rates:
-        ap.error("give --cycles and/or --rates")
+    if not args.cycles and not args.rates and not args.failover:
+        ap.error("give --cycles, --rates and/or --failover")
+    if args.failover and args.replicas < 2:
+        ap.error("--failover needs --replicas 2 or more")
     import tempfile
 
     work = Path(tempfile.mkdtemp(prefix="mgnet-load-"))
@@ -327,6 +448,10 @@ def main(argv=None) -> int:
             print(json.dumps({k: v for k, v in r.items() if k != "errors"}), f"errors: {len(r['errors'])}", flush=True)
             run["rates"].append(r)
         run["alive_after"] = all(rep.alive() for rep in cluster.replicas)
+        if args.failover:
+            run["failover"] = asyncio.run(failover_run(cluster, args.failover, 3, args.timeout))
+            f = run["failover"]
+            print(json.dumps({k: v for k, v in f.items() if k != "records"}), flush=True)
     ok = [r["rate_per_min"] for r in run["rates"] if r["p95_all_steps_s"] <= args.p95 and not r["errors"]]
     run["sustained_per_min"] = max(ok) if ok else None
     run["load_after"] = load_average()
@@ -336,6 +461,14 @@ def main(argv=None) -> int:
     runs = [r for r in previous if isinstance(r, dict) and r.get("label") not in (label, None)] + [run]
     write_report(runs, out)
     errors = len(run.get("cost", {}).get("errors", [])) + sum(len(r["errors"]) for r in run["rates"])
+    if "failover" in run:
+        f = run["failover"]
+        moved = f["killed_replica_students"]
+        errors += (
+            f["errors_on_other_replicas"]
+            + (moved - f["reconnected_to_healthy"])
+            + (moved - f["view_restored_from_url"])
+        )
     print(f"wrote {out / 'load_test.md'} ({label}); errors: {errors}")
     return 0 if errors == 0 else 1
 

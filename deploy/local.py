@@ -186,8 +186,11 @@ class LocalCluster:
         nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
         if nginx is None:
             raise RuntimeError("nginx is not installed (apt-get install nginx-light); it is needed for replicas")
+        # Started as root, nginx's workers run as "nobody": let them reach their temporary folders.
+        self.work.chmod(0o755)
         for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
-            (self.work / sub).mkdir()
+            (self.work / sub).mkdir(mode=0o777)
+            (self.work / sub).chmod(0o777)
         servers = "\n".join(f"        server {r.url[7:]} max_fails=1 fail_timeout=10s;" for r in self.replicas)
         conf = self.work / "nginx.conf"
         conf.write_text(
