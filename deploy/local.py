@@ -66,9 +66,9 @@ def free_port(start: int = 0) -> int:
                 port += 1
 
 
-def group_cpu_s(pgid: int) -> float:
-    """CPU seconds (user + system) used so far by the live processes of a process group, from /proc."""
-    ticks = 0
+def _group_stat(pgid: int) -> tuple[int, int]:
+    """(CPU clock ticks, user + system, and resident pages) of the live processes of a process group, from /proc."""
+    ticks = pages = 0
     for d in os.listdir("/proc"):
         if not d.isdigit():
             continue
@@ -77,25 +77,19 @@ def group_cpu_s(pgid: int) -> float:
                 fields = f.read().rsplit(")", 1)[1].split()
             if int(fields[2]) == pgid:
                 ticks += int(fields[11]) + int(fields[12])
+                pages += int(fields[21])
         except (OSError, ValueError, IndexError):
             continue
-    return ticks / os.sysconf("SC_CLK_TCK")
+    return ticks, pages
+
+
+def group_cpu_s(pgid: int) -> float:
+    """CPU seconds used so far by the live processes of a process group."""
+    return _group_stat(pgid)[0] / os.sysconf("SC_CLK_TCK")
 
 
 def group_rss_mb(pgid: int) -> float:
-    total = 0
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                if int(f.read().rsplit(")", 1)[1].split()[2]) != pgid:
-                    continue
-            with open(f"/proc/{d}/status") as f:
-                total += next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
-        except (OSError, ValueError, IndexError, StopIteration):
-            continue
-    return total / 1024
+    return _group_stat(pgid)[1] * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def wait_healthy(url: str, timeout: float, proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
