@@ -11,7 +11,7 @@ Compare and compute the default maps, open Robustness > Attack and run the defau
 ``open``, ``upload``, ``compare``, ``attack``; a step's latency runs from the click to the end of the script
 run, with the page's images fetched.
 
-* ``--cycles K``: K students one after another (after one warm-up student that loads the models): the server's
+* ``--cycles K``: K students one after another (after warm-up students that load the models): the server's
   CPU-seconds per step and per cycle, from /proc (user + system of every process of each replica), which,
   unlike wall time, hardly depends on what else runs on the machine.
 * ``--rates R...``: students arrive evenly at R per minute for ``--duration`` seconds, each runs one cycle.
@@ -40,7 +40,7 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT / "deploy")]
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks"), str(ROOT / "deploy")]
 from common import busy_processes, checkpoint_folder, describe, tiny_checkpoints  # noqa: E402
 from local import LocalCluster  # noqa: E402
 from st_client import StepError, StudentSession  # noqa: E402
@@ -436,11 +436,11 @@ def main(argv=None) -> int:
     run["commit"] = os.environ.get("MGNET_COMMIT") or git_commit()
     with LocalCluster(args.replicas, proxy=args.replicas > 1, checkpoints=ckpts, threads=args.threads) as cluster:
         cluster.wait_ready()
+        for replica in cluster.replicas:  # every replica loads its models before the clock starts
+            asyncio.run(cycle(replica.url, photos(1, seed=99)[0], "warmup.jpg", args.timeout))
         if args.cycles:
             run["cost"] = asyncio.run(cost_run(cluster, args.cycles, args.timeout))
             print(json.dumps(run["cost"]), flush=True)
-        else:  # load the models before the clock starts
-            asyncio.run(cycle(cluster.url, photos(1, seed=99)[0], "warmup.jpg", args.timeout))
         run["rates"] = []
         for i, rate in enumerate(args.rates):
             r = rate_run(cluster, rate, args.duration, args.timeout, seed=100 + i)

@@ -155,7 +155,12 @@ class LocalCluster:
     ):
         self.host = host
         self.work = Path(tempfile.mkdtemp(prefix="mgnet-serve-"))
-        env = dict(os.environ, MGNET_DEVICE=device)
+        # This checkout's library and app, whatever mgnet is installed in the environment.
+        env = dict(
+            os.environ,
+            MGNET_DEVICE=device,
+            PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        )
         if checkpoints:
             env["MGNET_CHECKPOINTS"] = str(checkpoints)
         if threads:
