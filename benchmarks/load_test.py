@@ -355,11 +355,8 @@ def write_report(runs: list[dict], out: Path) -> None:
                     f"{r['peak_rss_mb']} | {len(r['errors'])} |"
                 )
             best = run.get("sustained_per_min")
-            lines += [
-                "",
-                f"Highest rate sustained at p95 <= {run['p95_limit']} s without errors: "
-                f"**{best if best is not None else 'none of those tried'} students/min**.",
-            ]
+            best = f"**{best:g} students/min**" if best is not None else "**none of the rates tried**"
+            lines += ["", f"Highest rate sustained at p95 <= {run['p95_limit']} s without errors: {best}."]
             errs = [e for r in run["rates"] for e in r["errors"]][:5]
             lines += [f"- error: {e}" for e in errs]
         f = run.get("failover")
