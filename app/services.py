@@ -11,8 +11,10 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -24,7 +26,7 @@ import torch
 import mgnet
 from mgnet import analysis
 from mgnet.checkpoints import DEFAULT_CHECKPOINTS, CheckpointError, training_recipe
-from mgnet.data import image_hash, load_image, to_model_input
+from mgnet.data import image_hash, load_image, resize_rgb, to_tensor
 from mgnet.utils import device_label, pick_device
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -160,7 +162,24 @@ def catalog(folder: Path | None = None) -> Catalog:
     cat.models.sort(
         key=lambda m: (m.is_baseline, m.name not in DEFAULT_CHECKPOINTS, "imagenette" not in m.name, m.name)
     )
+    if cat.models:
+        freeze_loaded_heap()
     return cat
+
+
+_FROZE = threading.Event()
+
+
+def freeze_loaded_heap() -> None:
+    """Once per process, when the models are loaded: move every object alive now (modules, models, the libraries'
+    tables) out of the garbage collector's reach with ``gc.freeze``, so that its full collections walk only what
+    the script runs made since (which they still free). Before this, and with Streamlit's collection after every
+    run (``runner.postScriptGC``, now off in .streamlit/config.toml), walking that heap cost about 0.3 CPU-s per
+    run, 40% of a student's cycle (benchmarks/results/load_test.md)."""
+    if not _FROZE.is_set():
+        _FROZE.set()
+        gc.collect()
+        gc.freeze()
 
 
 def relative_path(path: Path) -> str:
@@ -276,7 +295,15 @@ def example_label(path: Path) -> str:
 # -- library calls ---------------------------------------------------------------------------------------
 def model_input(entry: ModelEntry, photo: Photo) -> torch.Tensor:
     """The model's view of the photo, on the model's device: [1, 3, S, S] in [0, 1]."""
-    return to_model_input(photo.image, entry.model.image_size).to(analysis.model_device(entry.model))
+    return image_input(entry, photo.image, photo.key)
+
+
+def image_input(entry: ModelEntry, image: np.ndarray, image_key: str) -> torch.Tensor:
+    """``mgnet.data.to_model_input(image, S)`` on the model's device, with the resize done once per image and
+    size: from a 12 MP photo it takes about 0.06 CPU-s, and a student's cycle asks for it about six times."""
+    size = entry.model.image_size
+    pixels = memo("pixels", (image_key, size), lambda: resize_rgb(image, size))
+    return to_tensor(pixels).unsqueeze(0).to(analysis.model_device(entry.model))
 
 
 def analyze(entry: ModelEntry, photo: Photo, n_glimpses: int | None = None) -> analysis.GlimpseAnalysis:
@@ -314,7 +341,7 @@ def explain_image(
     key = (entry.key, image_key, method, target, n, sg, seed, tuple(sorted(opts.items())))
 
     def compute():
-        x = to_model_input(image, entry.model.image_size).to(analysis.model_device(entry.model))
+        x = image_input(entry, image, image_key)
         return explain.explain(
             entry.model, x, method, target=target, n_glimpses=n, s_grad=sg, seed=seed, progress=progress, **opts
         )

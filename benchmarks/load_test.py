@@ -1,363 +1,379 @@
-"""Load test: N concurrent browser sessions against one `streamlit run app/main.py` server on localhost.
+"""Load test: what one app server costs per student, and how many students per minute it carries.
 
-    python benchmarks/load_test.py --sessions 8 16
-    python benchmarks/load_test.py --sessions 8 16 --tiny      # tiny random checkpoints (no trained ones needed)
+    python benchmarks/load_test.py --cycles 4                        # cost: students one at a time
+    python benchmarks/load_test.py --rates 4 8 12 --duration 120     # capacity: students arriving at R per minute
+    python benchmarks/load_test.py --replicas 2 --rates 8 16         # 2 replicas behind nginx (deploy/local.py)
 
-For each N a fresh server is started on a free localhost port (the app's own .streamlit/config.toml applies),
-and one headless Chromium (Playwright, /usr/bin/chromium or $MGNET_CHROMIUM) opens N browser contexts, one per
-simulated student. All sessions start together and each one, like a student in a class:
+A student's cycle, driven by a light client that speaks Streamlit's WebSocket protocol (benchmarks/st_client.py,
+no browser, so nearly all the CPU goes to the server): open the page (the example analysed), choose Upload and
+upload a 12-megapixel JPEG of its own (4000x3000, different for every student, so no cache is shared), open
+Compare and compute the default maps, open Robustness > Attack and run the default attack. Steps:
+``open``, ``upload``, ``compare``, ``attack``; a step's latency runs from the click to the end of the script
+run, with the page's images fetched.
 
-1. opens the page and waits for the example photo's analysis ("open");
-2. uploads its own photo (every session and round a different photo, so nothing is shared through the result
-   cache: the worst case) and waits for MGNet's analysis of it ("upload");
-3. opens the Compare tab and computes the default saliency maps ("compare");
-4. opens Robustness > Attack and runs the default PGD-10 attack ("attack").
+* ``--cycles K``: K students one after another (after warm-up students that load the models): the server's
+  CPU-seconds per step and per cycle, from /proc (user + system of every process of each replica), which,
+  unlike wall time, hardly depends on what else runs on the machine.
+* ``--rates R...``: students arrive evenly at R per minute for ``--duration`` seconds, each runs one cycle.
+  Sustained means p95 of every step's latency <= ``--p95`` (10 s) with no error; the report gives the highest
+  sustained rate.
 
-Steps 2-4 repeat ``--rounds`` times. Latency is wall time from the click to the text that says the result is
-on the page. An error is any exception element or error message in the page, or a step that times out.
-Resident memory (RSS) of the server and everything it started (same process group) is sampled every 0.25 s.
-
-Writes benchmarks/results/load_test.md and load_test.json (latency percentiles per step, errors, peak RSS,
-the command, the machine, and whether other heavy processes were running).
+Servers are started here: one `streamlit run` (``--replicas 1``, no proxy) or N behind nginx, each with
+OMP_NUM_THREADS=``--threads`` (default 1). Everything is on 127.0.0.1 and stops by itself (``--timeout`` per
+step, a bounded number of students). Results are merged into benchmarks/results/load_test.json and .md under a
+label (``--label``, default from the options), with the machine's load average before and after each run.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
 import os
-import shutil
-import signal
-import socket
-import statistics
-import subprocess
+import resource
 import sys
-import tempfile
-import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from common import busy_processes, checkpoint_folder, describe, tiny_checkpoints  # noqa: E402  (benchmarks/common.py)
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks"), str(ROOT / "deploy")]
+from common import busy_processes, checkpoint_folder, describe, tiny_checkpoints  # noqa: E402
+from local import LocalCluster  # noqa: E402
+from st_client import StepError, StudentSession  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
-IGNORE = ("load_test.py", "chromium", "streamlit")  # our own processes, not other load
-CHROMIUM = os.environ.get("MGNET_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-BROWSER_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
 STEPS = ("open", "upload", "compare", "attack")
-ERROR_WORDS = ("failed", "could not be used", "ran out of memory", "No usable checkpoint")
+PHOTO_SIZE = (4000, 3000)  # 12 MP, a phone photo
 
 
-# -- server ------------------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def load_average() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
-def group_cpu_s(pgid: int) -> float:
-    """CPU seconds (user + system) used so far by the live processes of a process group."""
-    ticks = 0
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            if int(fields[2]) == pgid:
-                ticks += int(fields[11]) + int(fields[12])
-        except (OSError, ValueError, IndexError):
-            continue
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
-def group_rss_mb(pgid: int) -> tuple[float, float]:
-    """(RSS of the process group's leader, RSS of the whole group), MB, from /proc."""
-    leader = total = 0
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                stat = f.read()
-            if int(stat.rsplit(")", 1)[1].split()[2]) != pgid:
-                continue
-            with open(f"/proc/{d}/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        kb = int(line.split()[1])
-                        total += kb
-                        if int(d) == pgid:
-                            leader = kb
-                        break
-        except (OSError, ValueError, IndexError):
-            continue
-    return leader / 1024, total / 1024
-
-
-class Server:
-    def __init__(self, checkpoints: Path, log: Path, device: str):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = dict(os.environ, MGNET_CHECKPOINTS=str(checkpoints), MGNET_DEVICE=device)
-        self.cmd = [
-            str(Path(sys.executable).with_name("streamlit")),
-            "run",
-            "app/main.py",
-            "--server.port",
-            str(self.port),
-            "--server.address",
-            "127.0.0.1",
-            "--server.headless",
-            "true",
-        ]
-        self.log = open(log, "w")
-        self.proc = subprocess.Popen(
-            self.cmd, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        self.samples: list[tuple[float, float, float]] = []  # (t, leader MB, group MB)
-        self._stop = threading.Event()
-        self._t0 = time.time()
-        self._sampler = threading.Thread(target=self._sample, daemon=True)
-        self._sampler.start()
-
-    def _sample(self):
-        while not self._stop.is_set():
-            leader, total = group_rss_mb(self.proc.pid)
-            if total:
-                self.samples.append((round(time.time() - self._t0, 2), round(leader, 1), round(total, 1)))
-            self._stop.wait(0.25)
-
-    def wait_ready(self, timeout=180):
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"streamlit exited:\n{Path(self.log.name).read_text()[-3000:]}")
-            try:
-                if urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=2).read() == b"ok":
-                    return
-            except OSError:
-                pass
-            time.sleep(0.5)
-        raise RuntimeError("streamlit did not become healthy in time")
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def stop(self):
-        self._stop.set()
-        for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
-            try:
-                os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                self.proc.wait(wait)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        self.log.close()
-
-
-# -- photos ------------------------------------------------------------------------------------------------
-def make_photos(folder: Path, sessions: int, rounds: int, side: int) -> dict[tuple[int, int], Path]:
-    """A distinct JPEG for every (session, round): an example photo, cropped, flipped and tinted differently."""
+def photos(n: int, seed: int = 0) -> list[bytes]:
+    """``n`` distinct 12 MP JPEGs: example photos, resized, flipped and tinted differently."""
     examples = sorted((ROOT / "app" / "examples").glob("*.jpg"))
-    rng = np.random.default_rng(0)
-    out = {}
-    for s in range(sessions):
-        for r in range(rounds):
-            img = Image.open(examples[(s * rounds + r) % len(examples)]).convert("RGB")
-            w, h = img.size
-            dx, dy = int(rng.integers(0, max(1, w // 8))), int(rng.integers(0, max(1, h // 8)))
-            img = img.crop((dx, dy, w - int(rng.integers(0, max(1, w // 8))), h))
-            img = img.resize((side, side * 3 // 4))
-            if (s + r) % 2:
-                img = img.transpose(Image.FLIP_LEFT_RIGHT)
-            arr = np.asarray(img).astype(np.int16) + rng.integers(-12, 13, 3)
-            path = folder / f"s{s:02d}-r{r}.jpg"
-            Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(path, quality=90)
-            out[(s, r)] = path
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        img = Image.open(examples[i % len(examples)]).convert("RGB").resize(PHOTO_SIZE, Image.BILINEAR)
+        if (i // len(examples)) % 2:
+            img = img.transpose(Image.FLIP_LEFT_RIGHT)
+        arr = np.asarray(img).astype(np.int16) + rng.integers(-12, 13, 3)
+        buf = io.BytesIO()
+        Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=90)
+        out.append(buf.getvalue())
     return out
 
 
-# -- one student ---------------------------------------------------------------------------------------------
-async def page_errors(page) -> list[str]:
-    found = []
-    exc = page.locator("[data-testid='stException']")
-    for i in range(await exc.count()):
-        found.append("exception: " + (await exc.nth(i).inner_text())[:300])
-    alerts = page.locator("[data-testid='stAlertContainer']")
-    for i in range(await alerts.count()):
-        text = await alerts.nth(i).inner_text()
-        if any(w in text for w in ERROR_WORDS):
-            found.append("error message: " + text[:300])
-    return found
+async def cycle(url: str, photo: bytes, name: str, timeout_s: float, on_step=None) -> dict:
+    """One student's cycle; returns {"latency": {step: s}, "error": message or None, "replica": upstream}."""
+    s = StudentSession(url, timeout_s=timeout_s)
+    out: dict = {"latency": {}, "error": None, "replica": None}
 
-
-async def session(
-    browser, url: str, idx: int, photos: dict, rounds: int, timeout_s: float, start: asyncio.Event, record
-):
-    ctx = await browser.new_context(viewport={"width": 1400, "height": 1800})
-    page = await ctx.new_page()
-    page.set_default_timeout(timeout_s * 1000)
-
-    async def step(name: str, action, done_text: str, exact: bool = False):
+    async def step(label, *actions):
         t = time.perf_counter()
-        try:
-            await action()
-            await page.get_by_text(done_text, exact=exact).first.wait_for()
-            errs = await page_errors(page)
-            record(idx, name, time.perf_counter() - t, errs)
-        except Exception as exc:  # a timeout or a vanished page is an error of this step
-            record(idx, name, time.perf_counter() - t, [f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"])
-            raise
+        if on_step:
+            on_step(label, "start")
+        for action, *args in actions:
+            await action(*args)
+        out["latency"][label] = round(time.perf_counter() - t, 3)
+        if on_step:
+            on_step(label, "end")
 
-    await start.wait()
     try:
-        await step("open", lambda: page.goto(url), "Compute so far")
-        await page.get_by_text("Upload", exact=True).click()
-        for r in range(rounds):
-            photo = photos[(idx, r)]
-            w, h = Image.open(photo).size
-
-            async def upload(photo=photo):
-                await page.get_by_role("tab", name="Glimpses", exact=True).click()
-                await page.locator("input[type='file']").set_input_files(str(photo))
-
-            await step("upload", upload, f"{photo.name} · {w}×{h} px")
-
-            async def compare():
-                await page.get_by_role("tab", name="Compare", exact=True).click()
-                await page.get_by_role("button", name="Compute maps").click()
-
-            await step("compare", compare, "maps ready")
-
-            async def attack():
-                await page.get_by_role("tab", name="Robustness", exact=True).click()
-                await page.get_by_role("tab", name="Attack", exact=True).click()
-                await page.get_by_role("button", name="Run attack").click()
-
-            await step("attack", attack, "attack done")
-    except Exception:
-        pass  # recorded by step()
+        await step("open", (s.open,))
+        await step("upload", (s.set, "source", "Upload"), (s.upload, "upload", name, photo))
+        if f"**{name}**" not in s.page.text():
+            raise StepError(f"the page does not show the uploaded {name}")
+        await step("compare", (s.set, "view", "Compare"), (s.click, "Compute maps"))
+        if "maps ready" not in s.page.text():
+            raise StepError("the Compare tab did not finish its maps")
+        await step("attack", (s.set, "view", "Robustness"), (s.set, "rob_view", "Attack"), (s.click, "Run attack"))
+        if "attack done" not in s.page.text():
+            raise StepError("the attack did not finish")
+    except Exception as exc:  # a refused connection, a timeout or an error on the page
+        out["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
     finally:
-        await ctx.close()
+        out["replica"] = s.upstream
+        try:
+            await s.close()
+        except Exception:
+            pass
+    return out
 
 
-async def drive(url: str, sessions: int, rounds: int, photos: dict, timeout_s: float) -> tuple[dict, list, float]:
-    from playwright.async_api import async_playwright
-
-    latencies: dict[str, list[float]] = {s: [] for s in STEPS}
-    errors: list[dict] = []
-
-    def record(idx, name, seconds, errs):
-        latencies[name].append(round(seconds, 3))
-        for e in errs:
-            errors.append({"session": idx, "step": name, "error": e})
-
-    async with async_playwright() as p:
-        browser = await p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
-        start = asyncio.Event()
-        tasks = [
-            asyncio.create_task(session(browser, url, i, photos, rounds, timeout_s, start, record))
-            for i in range(sessions)
-        ]
-        await asyncio.sleep(0.5)
-        t0 = time.perf_counter()
-        start.set()
-        await asyncio.gather(*tasks)
-        wall = time.perf_counter() - t0
-        await browser.close()
-    return latencies, errors, wall
+def client_cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
-# -- reporting ----------------------------------------------------------------------------------------------
+def server_cpu(cluster: LocalCluster) -> float:
+    return sum(cluster.cpu_s().values())
+
+
+async def cost_run(cluster: LocalCluster, cycles: int, timeout_s: float) -> dict:
+    """Students one at a time: server CPU-seconds per step (first student = warm-up, not counted)."""
+    pics = photos(cycles + 1, seed=1)
+    per_step: dict[str, list[float]] = {s: [] for s in STEPS}
+    totals, walls, errors = [], [], []
+    marks: dict = {}
+
+    def on_step(label, when):
+        marks[(label, when)] = server_cpu(cluster)
+
+    client0 = client_cpu_s()
+    for i in range(cycles + 1):
+        cpu0, t0 = server_cpu(cluster), time.perf_counter()
+        r = await cycle(cluster.url, pics[i], f"student{i:03d}.jpg", timeout_s, on_step)
+        if r["error"]:
+            errors.append(r["error"])
+        if i == 0:
+            client0 = client_cpu_s()
+            continue
+        totals.append(server_cpu(cluster) - cpu0)
+        walls.append(time.perf_counter() - t0)
+        for s in STEPS:
+            if (s, "end") in marks:
+                per_step[s].append(marks[(s, "end")] - marks[(s, "start")])
+        marks.clear()
+    return {
+        "cycles": cycles,
+        "server_cpu_s_per_cycle": round(float(np.median(totals)), 2) if totals else None,
+        "server_cpu_s_per_cycle_all": [round(x, 2) for x in totals],
+        "server_cpu_s_per_step": {s: round(float(np.median(v)), 2) for s, v in per_step.items() if v},
+        "client_cpu_s_per_cycle": round((client_cpu_s() - client0) / max(1, len(totals)), 2),
+        "wall_s_per_cycle": round(float(np.median(walls)), 2) if walls else None,
+        "errors": errors,
+    }
+
+
 def percentiles(values: list[float]) -> dict:
     if not values:
         return {"n": 0}
     v = np.asarray(values)
     return {
         "n": int(v.size),
-        "p50": round(float(np.percentile(v, 50)), 2),
-        "p90": round(float(np.percentile(v, 90)), 2),
-        "p95": round(float(np.percentile(v, 95)), 2),
-        "p99": round(float(np.percentile(v, 99)), 2),
+        **{f"p{q}": round(float(np.percentile(v, q)), 2) for q in (50, 95)},
         "max": round(float(v.max()), 2),
-        "mean": round(statistics.fmean(v), 2),
     }
 
 
-def write_report(result: dict, out: Path):
+async def rate_run(cluster: LocalCluster, rate: float, duration: float, timeout_s: float, seed: int) -> dict:
+    """Students arriving evenly at ``rate`` per minute for ``duration`` seconds, one cycle each."""
+    n = max(1, int(round(rate * duration / 60)))
+    pics = photos(n, seed=seed)
+    cpu0, client0, t0 = server_cpu(cluster), client_cpu_s(), time.perf_counter()
+    peak_rss = 0.0
+
+    async def student(i):
+        await asyncio.sleep(i * 60 / rate)
+        return await cycle(cluster.url, pics[i], f"r{int(rate)}-student{i:03d}.jpg", timeout_s)
+
+    async def sample_rss():
+        nonlocal peak_rss
+        while True:
+            peak_rss = max(peak_rss, cluster.rss_mb())
+            await asyncio.sleep(1)
+
+    sampler = asyncio.create_task(sample_rss())
+    results = await asyncio.gather(*(student(i) for i in range(n)))
+    sampler.cancel()
+    wall = time.perf_counter() - t0
+    cpu = server_cpu(cluster) - cpu0
+    latencies = {s: [r["latency"][s] for r in results if s in r["latency"]] for s in STEPS}
+    every = [x for v in latencies.values() for x in v]
+    errors = [r["error"] for r in results if r["error"]]
+    done = sum(1 for r in results if not r["error"])
+    p95 = float(np.percentile(every, 95)) if every else float("inf")
+    replicas: dict[str, int] = {}
+    for r in results:
+        replicas[str(r["replica"])] = replicas.get(str(r["replica"]), 0) + 1
+    return {
+        "rate_per_min": rate,
+        "students": n,
+        "completed": done,
+        "wall_s": round(wall, 1),
+        "latency": {s: percentiles(v) for s, v in latencies.items()},
+        "p95_all_steps_s": round(p95, 2),
+        "server_cpu_s": round(cpu, 1),
+        "server_cpu_s_per_cycle": round(cpu / max(1, done), 2),
+        "server_cores_busy": round(cpu / wall, 2),
+        "client_cpu_s_per_cycle": round((client_cpu_s() - client0) / max(1, n), 2),
+        "peak_rss_mb": round(peak_rss),
+        "students_per_replica": replicas,
+        "errors": errors,
+    }
+
+
+async def failover_run(cluster: LocalCluster, students: int, rounds: int, timeout_s: float, side: int = 1600) -> dict:
+    """Kill one replica while students work, and see what each of them gets.
+
+    Every student opens the page, uploads a photo of its own, opens Robustness > Attack (the view is now in the
+    URL) and runs the attack; then ``rounds`` times it runs the attack again. Once every student has finished its
+    first attack, the replica serving the first student is killed (SIGKILL: no goodbye). A student whose
+    connection breaks does what a reloaded browser tab does: it opens the same URL again with the same cookies
+    (nginx moves it to a healthy replica) and carries on. Returned per student: its replica, whether it was on
+    the killed one, its errors, and after a reconnect what the page restored from the URL and what was lost."""
+    pics = photos(3 * students, seed=7)
+    sessions: list[StudentSession] = []
+    first_done = asyncio.Event()
+    ready = 0
+    killed: dict = {}
+
+    async def setup(i):
+        s = StudentSession(cluster.url, timeout_s=timeout_s)
+        await s.open()
+        await s.set("source", "Upload")
+        await s.upload("upload", f"student{i:02d}.jpg", pics[i])
+        await s.set("view", "Robustness")
+        await s.set("rob_view", "Attack")
+        await s.click("Run attack")
+        return s
+
+    async def student(i):
+        nonlocal ready
+        rec = {"student": i, "errors": [], "reconnected": False}
+        s = sessions[i]
+        rec["replica"] = s.upstream
+        ready += 1
+        if ready == students:
+            first_done.set()
+        await first_done.wait()
+        for _ in range(rounds):
+            try:
+                await s.click("Run attack")
+            except Exception as exc:
+                rec["errors"].append(f"{type(exc).__name__}: {str(exc)[:200]}")
+                if rec["reconnected"]:
+                    break
+                # A reloaded tab: the same address (query string) and cookies, a new session.
+                again = StudentSession(cluster.url, query_string=s.query_string, timeout_s=timeout_s)
+                again.cookies = dict(s.cookies)
+                try:
+                    page = await again.open()
+                except Exception as exc2:
+                    rec["errors"].append(f"reconnect failed: {type(exc2).__name__}: {str(exc2)[:200]}")
+                    break
+                rec["reconnected"] = True
+                rec["replica_after"] = again.upstream
+                rec["url_after"] = again.query_string
+                rec["restored_view"] = "button:Run attack" in page.widgets  # Robustness > Attack is open
+                rec["restored_source"] = "No file yet" in page.text()  # Upload chosen, the file itself gone
+                rec["kept_upload"] = f"student{i:02d}.jpg" in page.text()
+                s = again
+        try:
+            await s.close()
+        except Exception:
+            pass
+        return rec
+
+    async def killer():
+        await first_done.wait()
+        await asyncio.sleep(0.5)
+        victim = cluster.by_upstream(sessions[0].upstream)
+        killed["replica"] = f"127.0.0.1:{victim.port}"
+        victim.kill()
+
+    # Open sessions until each replica has at least one student (the route cookie is random; bounded).
+    while len(sessions) < students or (
+        len({s.upstream for s in sessions}) < len(cluster.replicas) and len(sessions) < 3 * students
+    ):
+        sessions.append(await setup(len(sessions)))
+    students = len(sessions)
+    t0 = time.perf_counter()
+    records, _ = await asyncio.gather(asyncio.gather(*(student(i) for i in range(students))), killer())
+    for r in records:
+        r["on_killed_replica"] = r["replica"] == killed["replica"]
+    others = [r for r in records if not r["on_killed_replica"]]
+    moved = [r for r in records if r["on_killed_replica"]]
+    return {
+        "students": students,
+        "rounds": rounds,
+        "wall_s": round(time.perf_counter() - t0, 1),
+        "killed": killed["replica"],
+        "students_per_replica": {
+            k: sum(1 for r in records if r["replica"] == k) for k in {r["replica"] for r in records}
+        },
+        "errors_on_other_replicas": sum(len(r["errors"]) for r in others),
+        "killed_replica_students": len(moved),
+        "reconnected_to_healthy": sum(1 for r in moved if r.get("replica_after") not in (None, killed["replica"])),
+        "view_restored_from_url": sum(1 for r in moved if r.get("restored_view")),
+        "upload_kept": sum(1 for r in moved if r.get("kept_upload")),
+        "records": records,
+    }
+
+
+def write_report(runs: list[dict], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "load_test.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "load_test.json").write_text(json.dumps(runs, indent=2) + "\n")
     lines = [
-        "# Load test: concurrent browser sessions against one Streamlit server",
+        "# Load test: server cost per student and students per minute",
         "",
-        f"Reproduce: `{result['command']}`",
+        "A student's cycle: open the page, upload a 12 MP JPEG of its own, compute the Compare tab's default maps, "
+        "run the default attack. Driven by `benchmarks/st_client.py`, a light client speaking Streamlit's "
+        "WebSocket protocol (no browser). Server CPU is user + system time of every process of the replicas "
+        "(and nginx), from /proc. **The machine was shared** (a training run and other engineers' work): the "
+        "load average before and after each run is given; CPU-seconds are far less sensitive to that than wall "
+        "time, latencies are not.",
         "",
-        f"- Date (UTC): {result['date']}; commit `{result['commit'][:12]}`",
-        f"- Machine: {result['machine']}",
-        f"- Checkpoints: {result['checkpoints']} (device {result['device']})",
-        f"- Each session: open the page, then {result['rounds']} round(s) of: upload its own photo "
-        f"({result['photo_side']} px wide, different for every session and round), compute the Compare tab's "
-        "default maps, run the default PGD-10 attack.",
-        f"- Other busy processes during the run: {', '.join(result['busy_during']) or 'none'}",
-        "",
-        "| sessions | step | n | p50 s | p90 s | p95 s | p99 s | max s | errors |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for level in result["levels"]:
-        for step in STEPS:
-            p = level["latency"][step]
-            errs = sum(1 for e in level["errors"] if e["step"] == step)
-            if p.get("n"):
-                lines.append(
-                    f"| {level['sessions']} | {step} | {p['n']} | {p['p50']} | {p['p90']} | {p['p95']} | "
-                    f"{p['p99']} | {p['max']} | {errs} |"
-                )
-            else:
-                lines.append(f"| {level['sessions']} | {step} | 0 | | | | | | {errs} |")
-    lines += [
-        "",
-        "| sessions | wall time s | errors | server alive after | server CPU s (share of all cores) | "
-        "idle RSS MB | peak RSS MB (server) | peak RSS MB (server + children) |",
-        "|---:|---:|---:|---|---:|---:|---:|---:|",
-    ]
-    for level in result["levels"]:
+    for run in runs:
+        lines += [f"## {run['label']}", "", f"`{run['command']}`", ""]
         lines.append(
-            f"| {level['sessions']} | {level['wall_s']} | {len(level['errors'])} | "
-            f"{'yes' if level['server_alive'] else 'NO'} | {level['server_cpu_s']} "
-            f"({level['server_cpu_share']:.0%}) | {level['idle_rss_mb']} | {level['peak_rss_mb']} | "
-            f"{level['peak_group_rss_mb']} |"
+            f"- {run['date']} UTC, commit `{run['commit'][:12]}`; {run['machine']}; {run['checkpoints']}; "
+            f"{run['replicas']} replica(s){' behind nginx' if run['proxy'] else ''}, OMP_NUM_THREADS={run['threads']}"
         )
-    errors = [e for level in result["levels"] for e in level["errors"]]
-    lines += ["", f"**Errors: {len(errors)}.**" + ("" if not errors else " First ones:")]
-    for e in errors[:10]:
-        lines.append(f"- sessions={e.get('level')}, session {e['session']}, {e['step']}: {e['error']}")
-    lines += [
-        "",
-        "Latency is wall time from the click (or page load) until the text that shows the result is on the "
-        "page. All sessions share one process and its cached models; each model's operations run one at a "
-        "time under the model's lock, so on a CPU-only machine latency grows with the number of sessions that "
-        "ask for computation at the same moment, while the server stays up and every request completes. "
-        "RSS is sampled every 0.25 s from /proc. The browser (one Chromium, one context per session) runs on the "
-        "same machine as the server, so on a small machine it takes a large part of the CPU: the server's own "
-        "CPU time and share are given; the rest of the cores went to the browser and other processes.",
-    ]
+        lines.append(f"- load average before / after: {run['load_before']} / {run['load_after']}")
+        lines.append(f"- other busy processes: {'; '.join(run['busy']) or 'none seen'}")
+        cost = run.get("cost")
+        if cost:
+            steps = ", ".join(f"{k} {v}" for k, v in cost["server_cpu_s_per_step"].items())
+            lines += [
+                "",
+                f"**Cost** ({cost['cycles']} students one at a time, median): **{cost['server_cpu_s_per_cycle']} "
+                f"server CPU-s per cycle** ({steps}); all cycles: {cost['server_cpu_s_per_cycle_all']}; the client "
+                f"used {cost['client_cpu_s_per_cycle']} CPU-s per cycle; wall {cost['wall_s_per_cycle']} s per "
+                f"cycle; errors: {len(cost['errors'])}.",
+            ]
+        if run.get("rates"):
+            lines += [
+                "",
+                "| students/min | students | done | p95 all steps s | p95 open / upload / compare / attack s | "
+                "server CPU-s per cycle | server cores busy | client CPU-s per cycle | peak RSS MB | errors |",
+                "|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|",
+            ]
+            for r in run["rates"]:
+                p = " / ".join(str(r["latency"][s].get("p95", "–")) for s in STEPS)
+                lines.append(
+                    f"| {r['rate_per_min']:g} | {r['students']} | {r['completed']} | {r['p95_all_steps_s']} | {p} | "
+                    f"{r['server_cpu_s_per_cycle']} | {r['server_cores_busy']} | {r['client_cpu_s_per_cycle']} | "
+                    f"{r['peak_rss_mb']} | {len(r['errors'])} |"
+                )
+            best = run.get("sustained_per_min")
+            best = f"**{best:g} students/min**" if best is not None else "**none of the rates tried**"
+            lines += ["", f"Highest rate sustained at p95 <= {run['p95_limit']} s without errors: {best}."]
+            errs = [e for r in run["rates"] for e in r["errors"]][:5]
+            lines += [f"- error: {e}" for e in errs]
+        f = run.get("failover")
+        if f:
+            lines += [
+                "",
+                f"**Failover**: {f['students']} students on {len(f['students_per_replica'])} replicas "
+                f"({f['students_per_replica']}), each with an uploaded photo and Robustness > Attack open, running the "
+                f"attack {f['rounds']} times; replica {f['killed']} was killed (SIGKILL) after their first attack.",
+                f"- students on the other replicas: {f['errors_on_other_replicas']} errors",
+                f"- students on the killed replica: {f['killed_replica_students']}; reopened the same URL with the same "
+                f"cookies and reached a healthy replica: {f['reconnected_to_healthy']}; view (tab, sub-tab, photo source) "
+                f"restored from the URL: {f['view_restored_from_url']}; uploaded photo kept: {f['upload_kept']} "
+                "(lost: the photo, shown again only after a new upload, and every result computed for it, which the "
+                "new replica computes again; widget values that are not in the URL)",
+            ]
+        lines.append("")
     (out / "load_test.md").write_text("\n".join(lines) + "\n")
 
 
@@ -365,100 +381,93 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--sessions", type=int, nargs="+", default=[8, 16], help="concurrent sessions (default 8 16)")
-    ap.add_argument("--rounds", type=int, default=1, help="upload/compare/attack rounds per session (default 1)")
-    ap.add_argument("--checkpoints", help="checkpoint folder (default: checkpoints/ with the trained models)")
-    ap.add_argument("--tiny", action="store_true", help="use tiny random checkpoints in a temporary folder")
-    ap.add_argument("--photo-side", type=int, default=1600, help="width of the uploaded photos (default 1600)")
-    ap.add_argument("--timeout", type=float, default=900, help="seconds one step may take before it counts as an error")
-    ap.add_argument("--device", default="cpu", help="MGNET_DEVICE for the server (default cpu)")
+    ap.add_argument("--cycles", type=int, default=0, help="students one at a time, for the cost (default 0)")
+    ap.add_argument("--rates", type=float, nargs="*", default=[], help="arrival rates, students per minute")
+    ap.add_argument("--duration", type=float, default=120, help="seconds of arrivals per rate (default 120)")
+    ap.add_argument("--replicas", type=int, default=1, help="app processes; more than 1 puts nginx in front")
+    ap.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS per replica (default 1; 0: torch's own)")
+    ap.add_argument("--p95", type=float, default=10.0, help="latency limit for 'sustained' (default 10 s)")
+    ap.add_argument("--timeout", type=float, default=120, help="seconds one step may take (default 120)")
+    ap.add_argument("--checkpoints", help="checkpoint folder (default: checkpoints/)")
+    ap.add_argument("--tiny", action="store_true", help="tiny random checkpoints (no trained ones needed)")
+    ap.add_argument(
+        "--failover",
+        type=int,
+        metavar="STUDENTS",
+        default=0,
+        help="kill a replica while STUDENTS work (needs --replicas 2 or more)",
+    )
+    ap.add_argument("--label", help="name of this run in the results (default from the options)")
     ap.add_argument("--out", default=str(RESULTS), help="results folder (default benchmarks/results)")
     args = ap.parse_args(argv)
-    if not os.path.exists(CHROMIUM):
-        print(f"error: no Chromium at {CHROMIUM}; set MGNET_CHROMIUM", file=sys.stderr)
-        return 2
-    work = Path(tempfile.mkdtemp(prefix="mgnet-load-"))
-    try:
-        if args.tiny:
-            ckpts = tiny_checkpoints(work)
-            ckpt_text = "tiny random-weight MGNet and baseline (64 px)"
-        else:
-            ckpts = checkpoint_folder(args.checkpoints)
-            if ckpts is None:
-                return 2
-            ckpt_text = ", ".join(sorted(p.name for p in ckpts.iterdir() if p.suffix in (".pt", ".ckpt")))
-        photos = make_photos(work, max(args.sessions), args.rounds, args.photo_side)
-        levels = []
-        busy = set()
-        for n in args.sessions:
-            server = Server(ckpts, work / f"server-{n}.log", args.device)
-            try:
-                server.wait_ready()
-                time.sleep(1.0)
-                idle = server.samples[-1][1] if server.samples else None
-                print(f"{n} sessions against {server.url} ...", flush=True)
-                busy.update(busy_processes(IGNORE))
-                cpu0 = group_cpu_s(server.proc.pid)
-                latencies, errors, wall = asyncio.run(drive(server.url, n, args.rounds, photos, args.timeout))
-                server_cpu = group_cpu_s(server.proc.pid) - cpu0
-                busy.update(busy_processes(IGNORE))
-                alive = server.alive()
-                if not alive:
-                    errors.append({"session": -1, "step": "server", "error": "the server process died"})
-                samples = list(server.samples)
-            finally:
-                server.stop()
-            for e in errors:
-                e["level"] = n
-            level = {
-                "sessions": n,
-                "wall_s": round(wall, 1),
-                "latency": {s: percentiles(latencies[s]) for s in STEPS},
-                "raw_latency_s": latencies,
-                "errors": errors,
-                "server_alive": alive,
-                "idle_rss_mb": idle,
-                "peak_rss_mb": max(s[1] for s in samples),
-                "peak_group_rss_mb": max(s[2] for s in samples),
-                "server_cpu_s": round(server_cpu, 1),
-                "server_cpu_share": round(server_cpu / wall / (os.cpu_count() or 1), 2),
-                "rss_samples": samples[::4],
-            }
-            levels.append(level)
-            print(
-                json.dumps(
-                    {k: level[k] for k in ("sessions", "wall_s", "latency", "peak_rss_mb", "peak_group_rss_mb")}
-                ),
-                flush=True,
-            )
-            print(f"errors: {len(errors)}", flush=True)
-        from mgnet.utils import git_commit
+    if not args.cycles and not args.rates and not args.failover:
+        ap.error("give --cycles, --rates and/or --failover")
+    if args.failover and args.replicas < 2:
+        ap.error("--failover needs --replicas 2 or more")
+    import tempfile
 
-        cmd = "python benchmarks/load_test.py " + " ".join(
-            (["--sessions"] + [str(s) for s in args.sessions])
-            + (["--rounds", str(args.rounds)] if args.rounds != 1 else [])
-            + (["--tiny"] if args.tiny else [])
-            + (["--checkpoints", args.checkpoints] if args.checkpoints else [])
-            + (["--photo-side", str(args.photo_side)] if args.photo_side != 1600 else [])
+    work = Path(tempfile.mkdtemp(prefix="mgnet-load-"))
+    if args.tiny:
+        ckpts, ckpt_text = tiny_checkpoints(work), "tiny random-weight checkpoints"
+    else:
+        ckpts = checkpoint_folder(args.checkpoints)
+        if ckpts is None:
+            return 2
+        ckpt_text = "checkpoints " + ", ".join(sorted(p.name for p in ckpts.iterdir() if p.suffix == ".pt"))
+    label = args.label or f"{args.replicas} replica(s), {args.threads or 'default'} thread(s) each"
+    run = {
+        "label": label,
+        "command": "python benchmarks/load_test.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "date": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+        "machine": describe(),
+        "checkpoints": ckpt_text,
+        "replicas": args.replicas,
+        "proxy": args.replicas > 1,
+        "threads": args.threads or "default",
+        "p95_limit": args.p95,
+        "load_before": load_average(),
+        "busy": busy_processes(("load_test.py", "streamlit", "nginx")),
+    }
+    from mgnet.utils import git_commit
+
+    run["commit"] = os.environ.get("MGNET_COMMIT") or git_commit()
+    with LocalCluster(args.replicas, proxy=args.replicas > 1, checkpoints=ckpts, threads=args.threads) as cluster:
+        cluster.wait_ready()
+        for replica in cluster.replicas:  # every replica loads its models before the clock starts
+            asyncio.run(cycle(replica.url, photos(1, seed=99)[0], "warmup.jpg", args.timeout))
+        if args.cycles:
+            run["cost"] = asyncio.run(cost_run(cluster, args.cycles, args.timeout))
+            print(json.dumps(run["cost"]), flush=True)
+        run["rates"] = []
+        for i, rate in enumerate(args.rates):
+            r = rate_run(cluster, rate, args.duration, args.timeout, seed=100 + i)
+            r = asyncio.run(r)
+            print(json.dumps({k: v for k, v in r.items() if k != "errors"}), f"errors: {len(r['errors'])}", flush=True)
+            run["rates"].append(r)
+        run["alive_after"] = all(rep.alive() for rep in cluster.replicas)
+        if args.failover:
+            run["failover"] = asyncio.run(failover_run(cluster, args.failover, 3, args.timeout))
+            f = run["failover"]
+            print(json.dumps({k: v for k, v in f.items() if k != "records"}), flush=True)
+    ok = [r["rate_per_min"] for r in run["rates"] if r["p95_all_steps_s"] <= args.p95 and not r["errors"]]
+    run["sustained_per_min"] = max(ok) if ok else None
+    run["load_after"] = load_average()
+    run["busy"] = sorted(set(run["busy"]) | set(busy_processes(("load_test.py", "streamlit", "nginx"))))
+    out = Path(args.out)
+    previous = json.loads((out / "load_test.json").read_text()) if (out / "load_test.json").is_file() else []
+    runs = [r for r in previous if isinstance(r, dict) and r.get("label") not in (label, None)] + [run]
+    write_report(runs, out)
+    errors = len(run.get("cost", {}).get("errors", [])) + sum(len(r["errors"]) for r in run["rates"])
+    if "failover" in run:
+        f = run["failover"]
+        moved = f["killed_replica_students"]
+        errors += (
+            f["errors_on_other_replicas"]
+            + (moved - f["reconnected_to_healthy"])
+            + (moved - f["view_restored_from_url"])
         )
-        result = {
-            "command": cmd,
-            "date": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
-            "commit": os.environ.get("MGNET_COMMIT") or git_commit(),
-            "machine": describe(),
-            "checkpoints": ckpt_text,
-            "device": args.device,
-            "rounds": args.rounds,
-            "photo_side": args.photo_side,
-            "busy_during": sorted(busy),
-            "levels": levels,
-        }
-        write_report(result, Path(args.out))
-        total = sum(len(level["errors"]) for level in levels)
-        print(f"wrote {Path(args.out) / 'load_test.md'}; errors: {total}")
-        return 0 if total == 0 else 1
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    print(f"wrote {out / 'load_test.md'} ({label}); errors: {errors}")
+    return 0 if errors == 0 else 1
 
 
 if __name__ == "__main__":
