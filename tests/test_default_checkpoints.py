@@ -49,7 +49,14 @@ def test_model_card_text_is_generated_from_its_measurements(tmp_path):
 
     from mgnet.modelcard import write_readme
 
-    for name in ("history-mgnet.json", "history-baseline.json", "location-pilots.json", "glimpse_strip.png"):
+    for name in (
+        "history-mgnet.json",
+        "history-baseline.json",
+        "location-pilots.json",
+        "glimpse_strip.png",
+        "ood.json",
+        "worst_case.json",
+    ):
         shutil.copy(ROOT / "checkpoints" / name, tmp_path / name)
     write_readme(json.loads(CARD.read_text()), tmp_path)
     assert (tmp_path / "README.md").read_text() == (ROOT / "checkpoints" / "README.md").read_text()
