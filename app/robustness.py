@@ -93,6 +93,17 @@ class AttackRequest:
         keys = ("method", "eps", "targeted", "true_grad", "seed")
         return dict({k: getattr(self, k) for k in keys}, n_glimpses=n_glimpses, **self.options())
 
+    def work(self) -> tuple[int, str, int]:
+        """(count, unit, analyses per unit) of the work ahead, an upper bound since attacks stop once they
+        fool: a gradient step is a forward and a backward pass (about two analyses), a Square query one."""
+        if self.method == "square":
+            return self.queries, "query", 1
+        return self.steps, "step", 2
+
+    def crafting_model(self, models, entry):
+        """The entry of the model the attack is crafted on (the analysed one unless it is a transfer)."""
+        return next((m for m in models if m.name == self.source), entry)
+
     def white_box_sweep(self, eps: float) -> "AttackRequest":
         """The same attack, untargeted, at budget ``eps`` with an automatic step: one point of the sweep."""
         return dataclasses.replace(self, eps=float(eps), step_size=0.0, targeted=False, target=None)
@@ -501,7 +512,7 @@ class AttackResult:
 
 
 def attack_compute(request: AttackRequest, photo, entry, models, n, progress=None) -> AttackResult:
-    source = next((m for m in models if m.name == request.source), entry)
+    source = request.crafting_model(models, entry)
     if request.targeted:
         y = source.model.classes.index(request.target)
     else:
@@ -634,13 +645,9 @@ def render_attack(photo, entry, models, a, settings):
     if request.photo != photo.key or request.model != entry.key:
         st.info("The photo or model changed. Press **Run attack** to attack this one.")
         return
-    # a gradient step is a forward and a backward pass of the crafting model (about twice an analysis);
-    # a Square query is one forward pass
-    square = request.method == "square"
-    unit = "query" if square else "step"
-    work = request.queries if square else request.steps
-    source = next((m for m in models if m.name == request.source), entry)
-    about = f"at most about {(1 if square else 2) * work * services.analyze(source, photo, n).seconds:.0f} s"
+    work, unit, per_unit = request.work()
+    source = request.crafting_model(models, entry)
+    about = f"at most about {per_unit * work * services.analyze(source, photo, n).seconds:.0f} s"
     bar = st.progress(0.0, text=f"attacking: up to {work} {unit}{'s' if work > 1 else ''}, {about}…")
     result = attack_compute(
         request,
@@ -768,11 +775,12 @@ def sweep_estimate(request: SweepRequest, photo, models, n) -> str:
     about two analyses), or analysed on every severity."""
     per = sum(services.analyze(m, photo, n).seconds for m in models)
     if request.kind == "eps":
-        square = request.attack.method == "square"
-        work, unit = (request.attack.queries, "queries") if square else (request.attack.steps, "steps")
+        work, unit, per_unit = request.attack.work()
         runs = sum(1 for e in EPS_GRID if 0 < e <= request.max_eps)
-        cost = (1 if square else 2) * runs * work * per  # an upper bound: attacks stop once they fool
-        return f"{runs * len(models)} attacks of up to {work} {unit}: at most about {cost:.0f} s"
+        unit = "queries" if unit == "query" else f"{unit}s"
+        return (
+            f"{runs * len(models)} attacks of up to {work} {unit}: at most about {per_unit * runs * work * per:.0f} s"
+        )
     return f"{len(SEVERITIES)} severities: about {len(SEVERITIES) * per:.0f} s plus corrupting"
 
 

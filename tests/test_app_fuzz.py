@@ -96,10 +96,14 @@ def _edgy(rng: random.Random, lo, hi, draw):
     return lo if roll < 0.25 else hi if roll < 0.5 else draw(lo, hi)
 
 
+def usable(widgets) -> list:
+    """The widgets a user can change: not the disabled ones."""
+    return [w for w in widgets if not getattr(w, "disabled", False)]
+
+
 def _actions(at, rng: random.Random, candidates, photos) -> list[tuple[str, callable]]:
     """(description, do) of everything a user can do on the page as drawn now."""
     acts = []
-    usable = lambda ws: [w for w in ws if not getattr(w, "disabled", False)]  # noqa: E731 (a user can't use them)
     for kind in ("selectbox", "radio", "select_slider"):
         for w in usable(at.get(kind)):
             raw = _raw_options(w, candidates)
