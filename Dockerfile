@@ -31,7 +31,7 @@ RUN if [ "$TORCH_INDEX" = "cpu" ]; then \
     fi \
     && pip install -r /tmp/deps.txt
 
-COPY checkpoints/*.pt checkpoints/
+COPY checkpoints/*.pt checkpoints/ood.json checkpoints/ood-features.npz checkpoints/
 COPY README.md ./
 COPY mgnet mgnet
 RUN pip install --no-deps . && useradd --create-home --uid 10001 mgnet

@@ -210,7 +210,7 @@ def figure_document(photo, entry, n, view, cat) -> dict:
         f"photo/{safe_name(photo.name)}",
         _reference(entry),
         _reference(base) if base else None,
-        None if entry.is_baseline else n,
+        entry.glimpses(n),
         compare=compare_request if view == "Compare" else None,
         corruption=corruption_request if robustness else None,
         attack=figure_attack(attack_request, entry, base) if robustness else None,
@@ -267,19 +267,32 @@ def known_classes(entry, a):
         st.warning(
             f"**This photo looks unlike the photos {entry.short} was trained on.** It knows only "
             f"{len(classes)} classes and must answer with one of them, so '{a.classes[a.predicted()]}' may mean "
-            f"nothing here. (Score {check['score']} = {check['value']:.2f}, above the threshold "
-            f"{check['threshold']:.2f} that {check['rate']:.0%} of validation photos exceed.)",
+            f"nothing here. ({_unlike_reason(check)})",
             icon="⚠️",
         )
     st.caption(
         f"{entry.short} knows only these {len(classes)} classes and always picks one: {listed}. A confident "
-        "answer does not mean the photo shows one of them (the unlike-photo warning catches only some)."
+        "answer does not mean the photo shows one of them. The unlike-photo warning catches images that no "
+        "photo looks like (noise, flat colours, drawings); a real photo of something else can pass it."
     )
     if check is None:
         st.caption(
-            "No unlike-photo check for this checkpoint: it has no calibration in ood.json beside the checkpoints "
-            "(`python -m mgnet.modelcard --stage ood` writes one)."
+            "No unlike-photo check for this checkpoint: it has no calibration in ood.json (and ood-features.pt) "
+            "beside the checkpoints (`python -m mgnet.modelcard --stage ood` writes them)."
         )
+
+
+def _unlike_reason(check: dict) -> str:
+    if check["score"] == "features":
+        return (
+            f"What its first look activates is {check['value']:.1f} spreads from the training photos at the most "
+            f"unusual backbone stage; only {check['rate']:.0%} of validation photos score above "
+            f"{check['threshold']:.1f}."
+        )
+    return (
+        f"Score {check['score']} = {check['value']:.2f}, above the threshold {check['threshold']:.2f} that "
+        f"{check['rate']:.0%} of validation photos exceed."
+    )
 
 
 def main():

@@ -27,6 +27,7 @@ import mgnet
 from mgnet import analysis
 from mgnet.checkpoints import DEFAULT_CHECKPOINTS, CheckpointError, training_recipe
 from mgnet.data import image_hash, load_image, resize_rgb, to_tensor
+from mgnet.model import glimpse_options
 from mgnet.utils import device_label, pick_device
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,6 +77,11 @@ class ModelEntry:
     @property
     def kind(self) -> str:
         return "baseline" if self.is_baseline else "MGNet"
+
+    def glimpses(self, n_glimpses: int | None) -> int | None:
+        """The glimpse count a forward pass of this model takes (None for a baseline: the one rule in
+        ``mgnet.model.glimpse_options``)."""
+        return glimpse_options(self.model, n_glimpses=n_glimpses).get("n_glimpses")
 
     @property
     def sha256(self) -> str:
@@ -307,8 +313,7 @@ def image_input(entry: ModelEntry, image: np.ndarray, image_key: str) -> torch.T
 
 
 def analyze(entry: ModelEntry, photo: Photo, n_glimpses: int | None = None) -> analysis.GlimpseAnalysis:
-    n = None if entry.is_baseline else n_glimpses
-    return memo("analyze", (entry.key, photo.key, n), lambda: analysis.analyze(entry.model, photo.image, n_glimpses=n))
+    return analyze_image(entry, photo.image, photo.key, n_glimpses)
 
 
 def location_check(entry: ModelEntry, photo: Photo, n_glimpses: int | None = None, n_random: int = 8):
@@ -335,16 +340,13 @@ def explain_image(
     ``options``: that method's options (mgnet.explain.METHODS[method].defaults)."""
     from mgnet import explain
 
-    n = None if entry.is_baseline else n_glimpses
-    sg = None if entry.is_baseline else s_grad
+    glimpses = glimpse_options(entry.model, n_glimpses=n_glimpses, s_grad=s_grad)
     opts = dict(options or {})
-    key = (entry.key, image_key, method, target, n, sg, seed, tuple(sorted(opts.items())))
+    key = (entry.key, image_key, method, target, tuple(sorted(glimpses.items())), seed, tuple(sorted(opts.items())))
 
     def compute():
         x = image_input(entry, image, image_key)
-        return explain.explain(
-            entry.model, x, method, target=target, n_glimpses=n, s_grad=sg, seed=seed, progress=progress, **opts
-        )
+        return explain.explain(entry.model, x, method, target=target, seed=seed, progress=progress, **glimpses, **opts)
 
     return memo("explain", key, compute)
 
@@ -357,23 +359,34 @@ def _ood_doc(path: str, mtime_ns: int) -> dict | None:
     return ood.read(Path(path).parent)
 
 
-def unlike_check(entry: ModelEntry, a: analysis.GlimpseAnalysis) -> dict | None:
-    """How unlike the training photos this photo is for ``entry``, against the threshold calibrated on val
-    (``ood.json`` beside the checkpoints, keyed by sha256): {"flagged", "score", "value", "threshold",
-    "rate", "glimpses"}; None when this checkpoint (at this glimpse count) was not calibrated."""
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _ood_features(path: str, mtime_ns: int) -> dict:
     from mgnet import ood
 
-    path = checkpoint_dir() / ood.FILE_NAME
+    return ood.read_features(Path(path).parent)
+
+
+def unlike_check(entry: ModelEntry, a: analysis.GlimpseAnalysis) -> dict | None:
+    """How unlike the training photos this photo is for ``entry``, against the threshold calibrated on val
+    (``ood.json`` beside the checkpoints, keyed by sha256; the features score also reads ``ood-features.pt``):
+    {"flagged", "score", "value", "threshold", "rate", "glimpses"}; None when this checkpoint (at this glimpse
+    count) was not calibrated."""
+    from mgnet import ood
+
+    folder = checkpoint_dir()
+    path, stats = folder / ood.FILE_NAME, folder / ood.FEATURES_FILE
     doc = _ood_doc(str(path), path.stat().st_mtime_ns) if path.is_file() else None
-    n = None if entry.is_baseline else a.n_glimpses
-    found = ood.threshold_for(doc, entry.sha256, n)
-    if found is None or a.logits is None:
+    fitted = _ood_features(str(stats), stats.stat().st_mtime_ns) if stats.is_file() else {}
+    n = entry.glimpses(a.n_glimpses)
+    if a.logits is None:
         return None
-    score, threshold = found
-    flagged, value = ood.is_unlike(a.logits[-1], score, threshold)
+    found = ood.check(entry.model, doc, fitted, entry.sha256, n, a.logits[-1], a.seen[0])
+    if found is None:
+        return None
+    flagged, score, value, threshold = found
     return dict(flagged=flagged, score=score, value=value, threshold=threshold, rate=doc["rate"], glimpses=n)
 
 
 def analyze_image(entry: ModelEntry, image: np.ndarray, image_key: str, n_glimpses: int | None = None):
-    n = None if entry.is_baseline else n_glimpses
+    n = entry.glimpses(n_glimpses)
     return memo("analyze", (entry.key, image_key, n), lambda: analysis.analyze(entry.model, image, n_glimpses=n))

@@ -14,7 +14,7 @@ import torch
 from . import geometry
 from .data import image_hash, to_model_input
 from .flops import gflops
-from .model import prepare_for_inference
+from .model import glimpse_options, prepare_for_inference
 from .utils import eval_mode
 
 
@@ -106,7 +106,7 @@ def analyze_batch(
         chunk = images[lo : lo + batch_size]
         x = torch.cat([to_model_input(im, model.image_size) for im in chunk]).to(dev)
         with eval_mode(model), torch.inference_mode():
-            res = inference_model(model)(x, n_glimpses=n_glimpses if not model.is_baseline else None, return_crops=True)
+            res = inference_model(model)(x, **glimpse_options(model, n_glimpses=n_glimpses), return_crops=True)
         logits = res.logits.float().cpu()
         probs = logits.softmax(-1).numpy()  # [T, B, C]
         params = res.glimpses.float().cpu().numpy()  # [T, B, 3]

@@ -1181,47 +1181,67 @@ def _paper_recipe_section(res: dict) -> list[str]:
     return lines
 
 
+SCORE_TEXT = {
+    "features": "the distance of the first look's backbone statistics from the training photos' (a Mahalanobis "
+    "distance per residual stage, standardised on val; the largest stage counts)",
+    "energy": "-logsumexp of the final logits",
+    "msp": "minus the top softmax probability",
+}
+
+
 def _ood_section(out_dir: Path) -> list[str]:
     """The unlike-photo warning's calibration (ood.json, written by ``--stage ood``), when present."""
     doc = ood.read(out_dir)
     if not doc:
         return []
     score, kinds = doc["score"], doc["unlike"]["kinds"]
+    others = [s for s in ood.SCORES if s != score and s in next(iter(doc["models"].values()))]
+    fitted = f", fitted on `{Path(doc['train']).name}`" if doc.get("train") else ""
     lines = [
         "\n## Photos unlike the training data\n",
         f"The models know only their {next(iter(doc['models'].values()))['classes']} classes and must answer "
-        "with one of them. The app warns when a photo scores above a threshold on "
-        f"**{score}** ({'-logsumexp of the final logits' if score == 'energy' else 'minus the top softmax probability'}"
-        f"), set per number of glimpses to flag {doc['rate']:.0%} of the validation photos "
-        f"(`{Path(doc['data']).name}`). The unlike set is generated ({doc['unlike']['per_kind']} images of each "
-        f"kind, seed {doc['unlike']['seed']}): {', '.join(kinds)}. Thresholds are in `checkpoints/ood.json` "
-        f"(written by `{doc['command'] or 'python -m mgnet.modelcard --stage ood'}` on {doc['date'][:10]} at "
-        f"commit {_commit_text(doc['git_commit'])}). Maximum softmax probability (msp) is given for comparison.\n",
+        f"with one of them. The app warns when a photo scores above a threshold on **{score}**: "
+        f"{SCORE_TEXT[score]}{fitted}. The threshold flags {doc['rate']:.0%} of the validation photos "
+        f"(`{Path(doc['data']).name}`; the logit scores get one per number of glimpses). The unlike set has {doc['unlike']['per_kind']} images of each kind "
+        f"(seed {doc['unlike']['seed']}): {', '.join(kinds)}. All but the shuffled tiles are drawn by "
+        "`mgnet.ood.unlike_images`; the tiles are training photos cut into 4x4 tiles in random order, the closest "
+        "thing to a natural photo of no known class that this project can make without other data. Thresholds "
+        f"are in `checkpoints/ood.json` (written by `{doc['command'] or 'python -m mgnet.modelcard --stage ood'}` "
+        f"on {doc['date'][:10]} at commit {_commit_text(doc['git_commit'])}); "
+        + ", ".join(f"**{o}** ({SCORE_TEXT[o]})" for o in others)
+        + " are given for comparison.\n",
         "| checkpoint | glimpses | val flagged | unlike flagged, "
         + score
-        + " | unlike flagged, "
-        + ("msp" if score == "energy" else "energy")
+        + "".join(f" | unlike flagged, {o}" for o in others)
         + " | "
         + " | ".join(kinds)
         + " |",
-        "|---|---|---|---|---|" + "---|" * len(kinds),
+        "|---|---|---|---|" + "---|" * len(others) + "---|" * len(kinds),
     ]
-    other = "msp" if score == "energy" else "energy"
     caught = [m[score]["unlike_flagged"][str(m["trained_glimpses"] or 1)] for m in doc["models"].values()]
     if max(caught) < 0.5:
         lines.insert(
             2,
             f"At these thresholds the warning catches only {_pct(min(caught))}–{_pct(max(caught))} of the unlike "
-            "images: the models give most of them confident logits, so scores from the outputs alone cannot "
-            "flag them without also flagging many real photos. The warning is a hint, not a guard; the list "
-            "of known classes beside every prediction is the app's main message.\n",
+            "images: the warning is a hint, not a guard; the list of known classes beside every prediction is "
+            "the app's main message.\n",
         )
     for name, m in doc["models"].items():
         n = str(m["trained_glimpses"] or 1)
         rec = m[score]
         lines.append(
             f"| `{name}` | {n} | {_pct(rec['val_flagged'][n])} | **{_pct(rec['unlike_flagged'][n])}** | "
-            f"{_pct(m[other]['unlike_flagged'][n])} | " + " | ".join(_pct(rec["per_kind"][n][k]) for k in kinds) + " |"
+            + "".join(f"{_pct(m[o]['unlike_flagged'][n])} | " for o in others)
+            + " | ".join(_pct(rec["per_kind"][n][k]) for k in kinds)
+            + " |"
+        )
+    if score == "features":
+        lines.append(
+            "\nWhat this does and does not show: the generated kinds differ from photos in their low-level "
+            "statistics (colour, contrast, texture), which the early stages catch; the shuffled tiles keep those "
+            "statistics, so they measure how much the last stage knows about whole objects. A photo of an object "
+            "outside the 10 classes, taken like the training photos, is the hardest case and is not measured "
+            "here: no such photos ship with this project."
         )
     return lines
 
@@ -1275,6 +1295,11 @@ def parse_args(argv=None):
         prog="python -m mgnet.modelcard", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--data", required=True, help="validation ImageFolder")
+    p.add_argument(
+        "--train",
+        help="training ImageFolder (--stage ood fits the unlike-photo statistics on it; default: "
+        "the 'train' folder beside --data)",
+    )
     p.add_argument("--mgnet", default="checkpoints/mgnet-resnet18-imagenette.pt")
     p.add_argument("--baseline", default="checkpoints/baseline-resnet18-imagenette.pt")
     p.add_argument(
@@ -1331,7 +1356,16 @@ def main(argv=None) -> int:
     if args.stage == "ood":
         torch.set_num_threads(1)  # measured beside other work; the numbers do not depend on it
         paths = [p for p in (args.mgnet, args.baseline, args.paper_mgnet, args.paper_baseline) if p]
-        ood.write(ood.calibrate(paths, args.data, seed=args.seed, command=command_line()), out)
+        train = args.train or Path(args.data).parent / "train"
+        if not Path(train).is_dir():
+            print(
+                f"error: no training folder at {train}; pass --train (the features score is fitted on it)",
+                file=sys.stderr,
+            )
+            return 2
+        doc, fitted = ood.calibrate(paths, args.data, seed=args.seed, command=command_line(), train=train)
+        ood.write_features(fitted, out)
+        ood.write(doc, out)
     if args.stage == "all":
         for p in (args.mgnet, args.baseline, args.paper_mgnet, args.paper_baseline):
             if p and not Path(p).exists():

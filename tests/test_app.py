@@ -869,20 +869,27 @@ def test_location_check_gives_a_one_line_verdict(app, ckpt_dir):
 
 def test_class_list_and_unlike_photo_warning(tmp_path, monkeypatch):
     """Beside the prediction: the classes the model knows; and a warning when the photo scores above the
-    threshold calibrated on val (ood.json beside the checkpoints), only then."""
+    threshold calibrated on val (ood.json and ood-features.pt beside the checkpoints), only then."""
     from conftest import make_image_folder
     from mgnet import ood
 
     folder = tmp_path / "checkpoints"
     mg, base = save_tiny_checkpoints(folder, CLASSES, image_size=32)
-    doc = ood.calibrate([mg, base], make_image_folder(tmp_path / "val", per_class=4), per_kind=2)
+    doc, fitted = ood.calibrate(
+        [mg, base],
+        make_image_folder(tmp_path / "val", per_class=4),
+        per_kind=2,
+        train=make_image_folder(tmp_path / "train", per_class=6, seed=1),
+    )
+    ood.write_features(fitted, folder)
     monkeypatch.setenv("MGNET_CHECKPOINTS", str(folder))
     monkeypatch.setenv("MGNET_DEVICE", "cpu")
+    thresholds = doc["models"]["mgnet-tiny.pt"]["features"]["thresholds"]
 
     def page(threshold=None):
         if threshold is not None:
-            for n in doc["models"]["mgnet-tiny.pt"]["energy"]["thresholds"]:
-                doc["models"]["mgnet-tiny.pt"]["energy"]["thresholds"][n] = threshold
+            for n in thresholds:
+                thresholds[n] = threshold
         ood.write(doc, folder)
         at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
         assert not at.exception and not errors(at)
@@ -897,13 +904,19 @@ def test_class_list_and_unlike_photo_warning(tmp_path, monkeypatch):
     from mgnet.analysis import analyze
     from mgnet.data import load_image
 
-    res = analyze(load_checkpoint(mg, device="cpu"), load_image(ROOT / "app" / "examples" / "parachute_1.jpg"))
-    score, thr = ood.threshold_for(doc, doc["models"]["mgnet-tiny.pt"]["sha256"], 4)
-    assert bool(warned) == ood.is_unlike(res.logits[-1], score, thr)[0]
+    model = load_checkpoint(mg, device="cpu")
+    res = analyze(model, load_image(ROOT / "app" / "examples" / "parachute_1.jpg"))
+    sha = doc["models"]["mgnet-tiny.pt"]["sha256"]
+    verdict = ood.check(model, doc, ood.read_features(folder), sha, 4, res.logits[-1], res.seen[0])
+    assert verdict[1] == "features" and bool(warned) == verdict[0]
     _, warned = page(threshold=-1e9)  # every photo is above it
-    assert len(warned) == 1 and "must answer with one of them" in warned[0]
+    assert len(warned) == 1 and "must answer with one of them" in warned[0] and "backbone stage" in warned[0]
     _, warned = page(threshold=1e9)  # none is
     assert not warned
+    # without the fitted statistics the features score cannot be computed: no check, and the page says so
+    (folder / ood.FEATURES_FILE).unlink()
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    assert "No unlike-photo check" in "\n".join(c.value for c in at.caption)
     (folder / "ood.json").unlink()
     at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
     assert "No unlike-photo check" in "\n".join(c.value for c in at.caption)

@@ -62,6 +62,35 @@ def test_model_card_text_is_generated_from_its_measurements(tmp_path):
     assert (tmp_path / "README.md").read_text() == (ROOT / "checkpoints" / "README.md").read_text()
 
 
+@pytest.mark.parametrize("kind", ["mgnet", "baseline"])
+def test_unlike_photo_warning_on_the_default_checkpoints(kind):
+    """Issue 14: noise and a flat blue image (called "parachute" with 82% and 91%) are flagged; the example
+    photos are not; the calibration flags at most 5% of val and most of the unlike images."""
+    import numpy as np
+
+    from mgnet import ood
+    from mgnet.analysis import analyze
+    from mgnet.data import load_image
+
+    model = load_checkpoint(ROOT / "checkpoints" / NAMES[kind], device="cpu")
+    doc, fitted = ood.read(ROOT / "checkpoints"), ood.read_features(ROOT / "checkpoints")
+    sha = model.checkpoint_info["sha256"]
+    entry = next(m for m in doc["models"].values() if m["sha256"] == sha)
+    n = str(entry["trained_glimpses"] or 1)
+    assert doc["score"] == "features" and entry["features"]["val_flagged"][n] <= 0.05 + 1e-9
+    assert entry["features"]["unlike_flagged"][n] > 0.5
+
+    def flagged(image):
+        a = analyze(model, image)
+        return ood.check(model, doc, fitted, sha, None if model.is_baseline else 4, a.logits[-1], a.seen[0])[0]
+
+    rng = np.random.default_rng(1)
+    assert flagged(rng.integers(0, 256, (300, 400, 3), dtype=np.uint8))
+    assert flagged(np.broadcast_to(np.array([40, 90, 220], np.uint8), (300, 400, 3)).copy())
+    examples = sorted((ROOT / "app" / "examples").glob("*.jpg"))
+    assert sum(flagged(load_image(p)) for p in examples) <= 1, "real photos of the known classes are flagged"
+
+
 @pytest.mark.slow
 def test_the_app_default_attack_changes_mgnet_prediction_on_the_opening_photo():
     """Issue 12: a teacher's first click must visibly do something (PGD-10 at eps 4 does not here)."""

@@ -51,6 +51,8 @@ def test_compose_runs_replicas_behind_nginx_with_health_checks():
     assert "ARG TORCH_INDEX=cpu" in docker and "/_stcore/health" in docker
     ignored = [line for line in (ROOT / ".dockerignore").read_text().splitlines() if line and line[0] != "#"]
     assert ignored[0] == "*" and "!checkpoints/*.pt" in ignored  # only what the image needs goes to the build
+    for needed in ("ood.json", "ood-features.npz"):  # the app's unlike-photo warning reads them
+        assert f"!checkpoints/{needed}" in ignored and f"checkpoints/{needed}" in docker
 
 
 def test_nginx_accepts_the_compose_configuration(tmp_path):
