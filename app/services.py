@@ -380,7 +380,8 @@ def unlike_check(entry: ModelEntry, a: analysis.GlimpseAnalysis) -> dict | None:
     n = entry.glimpses(a.n_glimpses)
     if a.logits is None:
         return None
-    found = ood.check(entry.model, doc, fitted, entry.sha256, n, a.logits[-1], a.seen[0])
+    key = (entry.key, a.image_hash, n, path.stat().st_mtime_ns if doc else 0, stats.stat().st_mtime_ns if fitted else 0)
+    found = memo("unlike", key, lambda: ood.check(entry.model, doc, fitted, entry.sha256, n, a.logits[-1], a.seen[0]))
     if found is None:
         return None
     flagged, score, value, threshold = found
