@@ -525,6 +525,9 @@ def write_plots(res: dict, out_dir: Path) -> list[str]:
             yaxis_title="top-1 accuracy (%)",
         )
         figs["training_curves.png"] = fig
+    flagged = _ood_figure(ood.read(out_dir))
+    if flagged is not None:
+        figs["unlike_flagged.png"] = flagged
     written = []
     for name, fig in figs.items():
         wide = name in ("glimpse_locations.png", "location_ablation.png")
@@ -534,6 +537,40 @@ def write_plots(res: dict, out_dir: Path) -> list[str]:
         fig.write_image(str(path), scale=1.5)
         written.append(name)
     return written
+
+
+def _ood_figure(doc: dict | None):
+    """Share of each kind of unlike image (and of val) that the warning flags, per default checkpoint and score."""
+    import plotly.graph_objects as go
+
+    if not doc:
+        return None
+    models = [m for name, m in doc["models"].items() if "paper-recipe" not in name] or list(doc["models"].values())
+    kinds = doc["unlike"]["kinds"]
+    fig = go.Figure()
+    for score in dict.fromkeys([doc["score"], "energy"]):
+        for m in models:
+            if score not in m:
+                continue
+            n = str(m["trained_glimpses"] or 1)
+            rec = m[score]
+            fig.add_trace(
+                go.Bar(
+                    y=["val photos"] + kinds,
+                    x=[100 * rec["val_flagged"][n]] + [100 * rec["per_kind"][n][k] for k in kinds],
+                    orientation="h",
+                    name=f"{m['kind']}, {score}",
+                    opacity=1.0 if score == doc["score"] else 0.45,
+                )
+            )
+    fig.add_vline(x=100 * doc["rate"], line_dash="dash", line_color="grey")
+    fig.update_layout(
+        title=f"Flagged as unlike the training photos (warning: {doc['score']}; dashed: {doc['rate']:.0%})",
+        xaxis_title="flagged (%)",
+        yaxis=dict(autorange="reversed"),
+        barmode="group",
+    )
+    return fig
 
 
 PAIR_LABELS = {"default": "location stage (default)", "paper_recipe": "paper recipe"}
@@ -1243,6 +1280,7 @@ def _ood_section(out_dir: Path) -> list[str]:
             "outside the 10 classes, taken like the training photos, is the hardest case and is not measured "
             "here: no such photos ship with this project."
         )
+    lines.append("\n![unlike images flagged](unlike_flagged.png)\n")
     return lines
 
 
