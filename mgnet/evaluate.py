@@ -85,6 +85,61 @@ def location_ablation(model, images_u8, labels, batch_size=256, seed=0, progress
     return {"correct": result, "params": params}
 
 
+@torch.no_grad()
+def candidate_selection(model, images_u8, labels, positions: int = 3, batch_size: int = 100) -> dict:
+    """How much could any glimpse-2 policy gain here? Accuracy after glimpse 2 with glimpse 2 at each of the
+    location stage's candidates (``location.candidate_grid``), against MGNet's own glimpse and the same
+    glimpse moved to the centre; and two per-image selections among the candidates: with the label (an
+    upper bound no policy can reach, since picking the best of K noisy predictions by their label gains even
+    when location does not matter) and without it (the candidate whose prediction is most confident).
+    A policy must choose before it sees the glimpse, so where even the label-free selection gains nothing
+    over the best fixed glimpse, location carries no usable information for this model on these photos.
+
+    Returns accuracies in [0, 1]: own, centred, per-candidate (list, grid order), best_fixed, label_oracle,
+    most_confident; plus the candidates' u values.
+    """
+    from .location import candidate_grid
+
+    if model.is_baseline:
+        raise ValueError("candidate selection needs an MGNet (a baseline takes no glimpse 2)")
+    grid = candidate_grid(positions)
+    device = next(model.parameters()).device
+    own, centred, hit, conf = [], [], [], []
+    with eval_mode(model):
+        for i in range(0, len(images_u8), batch_size):
+            x = images_u8[i : i + batch_size].to(device)
+            x = x.float().div_(255.0) if x.dtype == torch.uint8 else x
+            y = labels[i : i + batch_size].to(device)
+            out = model(x, n_glimpses=2)
+            own.append(out.logits[1].argmax(-1) == y)
+            moved = out.glimpses[1].clone()
+            moved[:, 1:] = 0.0
+            centred.append(model(x, n_glimpses=2, glimpse_params=moved[None]).logits[1].argmax(-1) == y)
+            probs = torch.stack(
+                [
+                    model(x, n_glimpses=2, glimpse_params=model.place(u.to(x).expand(len(x), 3))[None])
+                    .logits[1]
+                    .softmax(-1)
+                    for u in grid
+                ]
+            )  # [K, B, C]
+            hit.append(probs.argmax(-1) == y)
+            conf.append(probs.max(-1).values)
+    hit, conf = torch.cat(hit, 1).cpu().float(), torch.cat(conf, 1).cpu()
+    per = hit.mean(1)
+    confident = hit[conf.argmax(0), torch.arange(hit.shape[1])]
+    return {
+        "images": int(hit.shape[1]),
+        "own": float(torch.cat(own).float().mean()),
+        "centred": float(torch.cat(centred).float().mean()),
+        "candidates": [round(float(v), 4) for v in per],
+        "candidate_u": grid.tolist(),
+        "best_fixed": float(per.max()),
+        "label_oracle": float(hit.max(0).values.mean()),
+        "most_confident": float(confident.mean()),
+    }
+
+
 def random_donors(n: int, seed: int = 0) -> torch.Tensor:
     """A random pairing of n items with no item paired with itself (n >= 2): one random cycle."""
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
@@ -285,6 +340,7 @@ def evaluate(
     progress=True,
     off_centre=False,
     location=False,
+    candidates=False,
 ) -> dict:
     """Accuracy after each glimpse of ``model`` on an ImageFolder, optionally corrupted or attacked.
 
@@ -341,9 +397,23 @@ def evaluate(
             if location and model.n_glimpses > 1
             else None
         ),
+        "candidates": (
+            candidate_selection(model, adv if attack else images, labels)
+            if candidates and model.n_glimpses > 1
+            else None
+        ),
         "seed": seed,
         "seconds": round(time.time() - started, 1),
     }
+
+
+def format_candidates(c: dict) -> str:
+    pct = lambda v: f"{100 * v:.1f}%"  # noqa: E731
+    return (
+        f"glimpse 2 on {c['images']} images: own {pct(c['own'])}, centred {pct(c['centred'])}, best fixed candidate "
+        f"{pct(c['best_fixed'])}; per image, most confident candidate {pct(c['most_confident'])}, best candidate "
+        f"with the label {pct(c['label_oracle'])} (an upper bound no policy reaches)"
+    )
 
 
 def _stored_size(data) -> int:
@@ -426,6 +496,13 @@ def parse_args(argv=None):
         help="MGNet: also compare its own glimpses with centred and shuffled ones (paired 95%% CI), "
         "and report where glimpse 2 lands and how much glimpses overlap",
     )
+    p.add_argument(
+        "--candidates",
+        action="store_true",
+        help="MGNet: accuracy after glimpse 2 at each of the location stage's 27 candidate glimpses, the best "
+        "fixed one, and per-image selections among them with the label (upper bound) and without it (most "
+        "confident): can any glimpse-2 policy gain on this data?",
+    )
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda")
@@ -501,6 +578,7 @@ def main(argv=None) -> int:
             args.cache_dir,
             off_centre=args.off_centre,
             location=args.location,
+            candidates=args.candidates,
         )
     except (CheckpointError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -512,6 +590,8 @@ def main(argv=None) -> int:
         print(format_location_report(result["location"]))
     elif args.location:
         print("(--location: this model takes one glimpse, so there is no location to compare)")
+    if result["candidates"]:
+        print(format_candidates(result["candidates"]))
     if args.json:
         try:
             write_json_atomic(result, args.json)

@@ -56,6 +56,7 @@ def test_model_card_text_is_generated_from_its_measurements(tmp_path):
         "glimpse_strip.png",
         "ood.json",
         "worst_case.json",
+        "location_candidates.json",
     ):
         shutil.copy(ROOT / "checkpoints" / name, tmp_path / name)
     write_readme(json.loads(CARD.read_text()), tmp_path)

@@ -164,3 +164,45 @@ def test_glimpse_statistics_of_known_glimpses():
     assert g["covers_centre"] == 1.0  # |0.5| <= 0.5: the first box just reaches the centre
     hist = torch.tensor(g["centre_histogram"])
     assert hist.sum() == 2 and hist[4, 12] == 1 and hist[8, 8] == 1  # row = y (top first), column = x
+
+
+def test_candidate_selection_matches_a_direct_computation(tiny_folder, tiny_checkpoint, tmp_path, capsys):
+    """Each candidate's accuracy after glimpse 2, the best fixed one, and the per-image selections (with the
+    label; most confident without it), recomputed one image and one candidate at a time."""
+    from mgnet.data import list_image_folder, load_image, to_model_input
+    from mgnet.evaluate import candidate_selection, load_eval_images
+    from mgnet.location import candidate_grid
+
+    model = load_checkpoint(tiny_checkpoint, device="cpu").eval()
+    _, images, labels = load_eval_images(str(tiny_folder), 48, 0, progress=False)
+    res = candidate_selection(model, images, labels, batch_size=5)
+    grid = candidate_grid(3)
+    _, samples = list_image_folder(tiny_folder)
+    hit = torch.zeros(len(grid), len(samples))
+    conf = torch.zeros(len(grid), len(samples))
+    own = centred = 0
+    with torch.no_grad():
+        for i, (path, label) in enumerate(samples):
+            x = to_model_input(load_image(path), 48)
+            out = model(x, n_glimpses=2)
+            own += int(out.logits[1, 0].argmax() == label)
+            params = out.glimpses[1].clone()
+            params[:, 1:] = 0
+            centred += int(model(x, n_glimpses=2, glimpse_params=params[None]).logits[1, 0].argmax() == label)
+            for k, u in enumerate(grid):
+                p = model(x, n_glimpses=2, glimpse_params=model.place(u[None])[None]).logits[1, 0].softmax(-1)
+                hit[k, i], conf[k, i] = float(p.argmax() == label), p.max()
+    n = len(samples)
+    assert res["images"] == n and res["candidate_u"] == grid.tolist()
+    assert res["own"] == pytest.approx(own / n) and res["centred"] == pytest.approx(centred / n)
+    assert res["candidates"] == pytest.approx(hit.mean(1).tolist(), abs=1e-4)
+    assert res["best_fixed"] == pytest.approx(float(hit.mean(1).max()))
+    assert res["label_oracle"] == pytest.approx(float(hit.max(0).values.mean()))
+    assert res["most_confident"] == pytest.approx(float(hit[conf.argmax(0), torch.arange(n)].mean()))
+    assert res["label_oracle"] >= res["best_fixed"] and res["label_oracle"] >= res["most_confident"]
+    # the command line reports it
+    out = tmp_path / "res.json"
+    args = ["--checkpoint", str(tiny_checkpoint), "--data", str(tiny_folder), "--candidates", "--json", str(out)]
+    assert main(args) == 0
+    assert "most confident candidate" in capsys.readouterr().out
+    assert json.loads(out.read_text())["candidates"]["label_oracle"] == pytest.approx(res["label_oracle"])
