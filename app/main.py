@@ -277,7 +277,7 @@ def known_classes(entry, a):
     )
     if check is None:
         st.caption(
-            "No unlike-photo check for this checkpoint: it has no calibration in ood.json (and ood-features.pt) "
+            "No unlike-photo check for this checkpoint: it has no calibration in ood.json (and ood-features.npz) "
             "beside the checkpoints (`python -m mgnet.modelcard --stage ood` writes them)."
         )
 
@@ -285,9 +285,9 @@ def known_classes(entry, a):
 def _unlike_reason(check: dict) -> str:
     if check["score"] == "features":
         return (
-            f"What its first look activates is {check['value']:.1f} spreads from the training photos at the most "
-            f"unusual backbone stage; only {check['rate']:.0%} of validation photos score above "
-            f"{check['threshold']:.1f}."
+            f"Unlike-photo score {check['value']:.1f}: how far the backbone's activations on the first look sit "
+            f"from the training photos', at the most unusual backbone stage, in spreads of the validation photos' "
+            f"scores; only {check['rate']:.0%} of validation photos score above {check['threshold']:.1f}."
         )
     return (
         f"Score {check['score']} = {check['value']:.2f}, above the threshold {check['threshold']:.2f} that "
