@@ -1310,7 +1310,7 @@ def _ood_section(out_dir: Path) -> list[str]:
         "\n## Photos unlike the training data\n",
         f"The models know only their {next(iter(doc['models'].values()))['classes']} classes and must answer "
         f"with one of them. The app warns when a photo scores above a threshold on **{score}**: "
-        f"{SCORE_TEXT[score]}{fitted}. The threshold flags {doc['rate']:.0%} of the validation photos "
+        f"{SCORE_TEXT[score]}{fitted}. The threshold flags at most {doc['rate']:.0%} of the validation photos "
         f"(`{Path(doc['data']).name}`; the logit scores get one per number of glimpses). The unlike set has {doc['unlike']['per_kind']} images of each kind "
         f"(seed {doc['unlike']['seed']}): {', '.join(kinds)}. All but the shuffled tiles are drawn by "
         "`mgnet.ood.unlike_images`; the tiles are training photos cut into 4x4 tiles in random order, the closest "
