@@ -46,6 +46,8 @@ UNLIKE_KINDS = ("uniform noise", "gaussian noise", "flat colour", "gradient", "s
 TILES = "shuffled tiles"  # training photos cut into 4x4 tiles and shuffled (made from the training folder)
 FEATURES_FILE = "ood-features.npz"
 FEATURES_SCHEMA = "mgnet-ood-features/1"
+MAX_FEATURES_ARRAY = 64 << 20  # bytes: a 2048-channel precision matrix in float32 is 16 MiB
+MAX_FEATURES_FILE = 512 << 20
 
 
 def scores(logits) -> dict[str, np.ndarray]:
@@ -275,8 +277,14 @@ def write_features(entries: dict, folder) -> Path:
 def read_features(folder) -> dict:
     """{sha256: fitted stages} from ``ood-features.npz`` in ``folder``; {} when absent, unreadable or not this
     format (arrays only: nothing is unpickled)."""
+    import zipfile
+
     path = Path(folder) / FEATURES_FILE
     try:
+        with zipfile.ZipFile(path) as archive:  # declared sizes bound what reading can allocate
+            sizes = [info.file_size for info in archive.infolist()]
+        if max(sizes, default=0) > MAX_FEATURES_ARRAY or sum(sizes) > MAX_FEATURES_FILE:
+            return {}
         with np.load(path, allow_pickle=False) as z:
             if "schema" not in z.files or str(z["schema"]) != FEATURES_SCHEMA:
                 return {}
@@ -463,5 +471,8 @@ def check(model, doc: dict | None, fitted: dict, sha256: str, n_glimpses: int | 
     if stages is None:
         return None
     look = torch.from_numpy(np.ascontiguousarray(first_look)).permute(2, 0, 1)[None]
-    value = float(features_of(model, stages, look)[0])
+    try:
+        value = float(features_of(model, stages, look)[0])
+    except (RuntimeError, ValueError, IndexError):  # statistics that do not fit this backbone: no check
+        return None
     return value > threshold, score, value, threshold

@@ -142,3 +142,15 @@ def test_a_hostile_or_missing_features_file_disables_the_score(tmp_path):
     assert ood.read_features(tmp_path) == {}
     np.savez(path, schema=np.array(ood.FEATURES_SCHEMA), **{"ab/0/means": np.zeros((2, 3))})  # a stage half there
     assert ood.read_features(tmp_path) == {}
+    np.savez(path, schema=np.array(ood.FEATURES_SCHEMA), big=np.zeros(ood.MAX_FEATURES_ARRAY // 8 + 1))
+    assert ood.read_features(tmp_path) == {}  # larger than any real statistics: not read
+
+
+def test_statistics_that_do_not_fit_the_backbone_give_no_check(tmp_path):
+    mg, _ = save_tiny_checkpoints(tmp_path / "ck", TINY_CLASSES, image_size=32)
+    model = load_checkpoint(mg, device="cpu")
+    wrong = [dict(means=torch.zeros(3, 5), precision=torch.eye(5), centre=0.0, spread=1.0)] * 4
+    sha = model.checkpoint_info["sha256"]
+    doc = {"score": "features", "models": {"m": {"sha256": sha, "features": {"thresholds": {"4": 1.0}}}}}
+    look = np.zeros((model.glimpse_size(32), model.glimpse_size(32), 3), np.uint8)
+    assert ood.check(model, doc, {sha: wrong}, sha, 4, None, look) is None
