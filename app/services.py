@@ -366,21 +366,30 @@ def _ood_features(path: str, mtime_ns: int) -> dict:
     return ood.read_features(Path(path).parent)
 
 
+def _mtime_ns(path: Path) -> int:
+    """The file's modification time, or 0 when it is not a readable file."""
+    try:
+        return path.stat().st_mtime_ns if path.is_file() else 0
+    except OSError:
+        return 0
+
+
 def unlike_check(entry: ModelEntry, a: analysis.GlimpseAnalysis) -> dict | None:
     """How unlike the training photos this photo is for ``entry``, against the threshold calibrated on val
-    (``ood.json`` beside the checkpoints, keyed by sha256; the features score also reads ``ood-features.pt``):
+    (``ood.json`` beside the checkpoints, keyed by sha256; the features score also reads ``ood-features.npz``):
     {"flagged", "score", "value", "threshold", "rate", "glimpses"}; None when this checkpoint (at this glimpse
     count) was not calibrated."""
     from mgnet import ood
 
     folder = checkpoint_dir()
     path, stats = folder / ood.FILE_NAME, folder / ood.FEATURES_FILE
-    doc = _ood_doc(str(path), path.stat().st_mtime_ns) if path.is_file() else None
-    fitted = _ood_features(str(stats), stats.stat().st_mtime_ns) if stats.is_file() else {}
+    doc_time, stats_time = _mtime_ns(path), _mtime_ns(stats)  # once each: a file may go at any moment
+    doc = _ood_doc(str(path), doc_time) if doc_time else None
+    fitted = _ood_features(str(stats), stats_time) if stats_time else {}
     n = entry.glimpses(a.n_glimpses)
     if a.logits is None:
         return None
-    key = (entry.key, a.image_hash, n, path.stat().st_mtime_ns if doc else 0, stats.stat().st_mtime_ns if fitted else 0)
+    key = (entry.key, a.image_hash, n, doc_time, stats_time)
     found = memo("unlike", key, lambda: ood.check(entry.model, doc, fitted, entry.sha256, n, a.logits[-1], a.seen[0]))
     if found is None:
         return None

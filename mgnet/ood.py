@@ -275,36 +275,68 @@ def write_features(entries: dict, folder) -> Path:
 
 
 def read_features(folder) -> dict:
-    """{sha256: fitted stages} from ``ood-features.npz`` in ``folder``; {} when absent, unreadable or not this
-    format (arrays only: nothing is unpickled)."""
+    """{sha256: fitted stages} from ``ood-features.npz`` in ``folder``; {} when absent, unreadable, too large or
+    not exactly this format (arrays only, from one open file: nothing is unpickled, and every array's header is
+    checked against a size bound before its data is read)."""
     import zipfile
 
     path = Path(folder) / FEATURES_FILE
+    found: dict = {}
     try:
-        with zipfile.ZipFile(path) as archive:  # declared sizes bound what reading can allocate
-            sizes = [info.file_size for info in archive.infolist()]
-        if max(sizes, default=0) > MAX_FEATURES_ARRAY or sum(sizes) > MAX_FEATURES_FILE:
-            return {}
-        with np.load(path, allow_pickle=False) as z:
-            if "schema" not in z.files or str(z["schema"]) != FEATURES_SCHEMA:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+            if sum(m.file_size for m in members) > MAX_FEATURES_FILE:
                 return {}
-            found: dict = {}
-            for name in z.files:
-                if name == "schema":
-                    continue
-                sha, i, key = name.split("/")
-                value = z[name]
-                stage = found.setdefault(sha, {}).setdefault(int(i), {})
-                stage[key] = torch.from_numpy(value) if key in ("means", "precision") else float(value)
+            arrays = {}
+            for member in members:
+                with archive.open(member) as fh:
+                    version = np.lib.format.read_magic(fh)
+                    header = (
+                        np.lib.format.read_array_header_1_0
+                        if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0
+                    )
+                    shape, fortran, dtype = header(fh)
+                    if dtype.hasobject or int(np.prod(shape)) * dtype.itemsize > MAX_FEATURES_ARRAY:
+                        return {}
+                    arrays[member.filename.removesuffix(".npy")] = _read_body(fh, shape, fortran, dtype)
+        if str(arrays.pop("schema", "")) != FEATURES_SCHEMA:
+            return {}
+        for name, value in arrays.items():
+            sha, i, key = name.split("/")
+            found.setdefault(sha, {}).setdefault(int(i), {})[key] = value
     except Exception:  # a missing, truncated or hostile file only disables the features score
         return {}
     out = {}
     for sha, stages in found.items():
-        ordered = [stages[i] for i in sorted(stages)]
-        if sorted(stages) != list(range(len(stages))) or any(len(st) != 4 for st in ordered):
+        if sorted(stages) != list(range(len(stages))):
             return {}
+        ordered = []
+        for i in sorted(stages):
+            st = stages[i]
+            if set(st) != {"means", "precision", "centre", "spread"}:
+                return {}
+            means, precision = st["means"], st["precision"]
+            centre, spread = float(st["centre"]), float(st["spread"])
+            if means.ndim != 2 or precision.shape != (means.shape[1], means.shape[1]):
+                return {}
+            if not (np.isfinite(centre) and np.isfinite(spread) and spread > 0):
+                return {}
+            ordered.append(
+                dict(means=torch.from_numpy(means), precision=torch.from_numpy(precision), centre=centre, spread=spread)
+            )
         out[sha] = ordered
     return out
+
+
+def _read_body(fh, shape, fortran: bool, dtype) -> np.ndarray:
+    """The data of one .npy member after its header: exactly the declared number of bytes."""
+    count = int(np.prod(shape))
+    data = fh.read(count * dtype.itemsize)
+    if len(data) != count * dtype.itemsize:
+        raise ValueError("truncated array")
+    array = np.frombuffer(data, dtype=dtype).copy()
+    return array.reshape(shape[::-1]).transpose() if fortran else array.reshape(shape)
 
 
 # -- calibration -----------------------------------------------------------------------------------------
@@ -473,6 +505,6 @@ def check(model, doc: dict | None, fitted: dict, sha256: str, n_glimpses: int | 
     look = torch.from_numpy(np.ascontiguousarray(first_look)).permute(2, 0, 1)[None]
     try:
         value = float(features_of(model, stages, look)[0])
-    except (RuntimeError, ValueError, IndexError):  # statistics that do not fit this backbone: no check
+    except (RuntimeError, ValueError, IndexError, KeyError, TypeError):  # statistics that do not fit: no check
         return None
     return value > threshold, score, value, threshold

@@ -869,7 +869,7 @@ def test_location_check_gives_a_one_line_verdict(app, ckpt_dir):
 
 def test_class_list_and_unlike_photo_warning(tmp_path, monkeypatch):
     """Beside the prediction: the classes the model knows; and a warning when the photo scores above the
-    threshold calibrated on val (ood.json and ood-features.pt beside the checkpoints), only then."""
+    threshold calibrated on val (ood.json and ood-features.npz beside the checkpoints), only then."""
     from conftest import make_image_folder
     from mgnet import ood
 

@@ -30,7 +30,7 @@ def test_unlike_images_cover_every_kind():
 
 def test_calibration_flags_the_rate_of_val_at_every_glimpse_count(tmp_path):
     mg, base = save_tiny_checkpoints(tmp_path / "ck", TINY_CLASSES, image_size=32, n_glimpses=3)
-    val = make_image_folder(tmp_path / "val", per_class=20)
+    val = make_image_folder(tmp_path / "val", per_class=15)  # 45: a linear quantile would flag 5 (11%)
     train = make_image_folder(tmp_path / "train", per_class=30, seed=1)
     doc, fitted = ood.calibrate([mg, base], val, per_kind=3, rate=0.1, train=train)
     m, b = doc["models"]["mgnet-tiny.pt"], doc["models"]["baseline-tiny.pt"]
@@ -43,7 +43,7 @@ def test_calibration_flags_the_rate_of_val_at_every_glimpse_count(tmp_path):
             assert set(rec["per_kind"][n]) == set(ood.UNLIKE_KINDS) | {ood.TILES}
     # the features score depends on the first look only: one threshold for every glimpse count
     assert len(set(m["features"]["thresholds"].values())) == 1
-    assert doc["data"] == str(val) and doc["git_commit"] and m["val_images"] == 60 and m["train_images"] == 90
+    assert doc["data"] == str(val) and doc["git_commit"] and m["val_images"] == 45 and m["train_images"] == 90
     assert m["unlike_images"] == 3 * (len(ood.UNLIKE_KINDS) + 1)
     # an 8-glimpse run's step t gives exactly the t-glimpse run's logits, so one run calibrates every count
     model = load_checkpoint(mg, device="cpu")
@@ -132,18 +132,27 @@ def test_shuffled_tiles_rearrange_each_photo(tmp_path):
 def test_a_hostile_or_missing_features_file_disables_the_score(tmp_path):
     import pickle
 
-    assert ood.read_features(tmp_path) == {}
+    good = dict(means=np.zeros((2, 3), np.float32), precision=np.eye(3, dtype=np.float32), centre=1.0, spread=2.0)
+
+    def write(**stage):
+        arrays = {f"ab/0/{k}": np.asarray(v) for k, v in stage.items()}
+        np.savez(tmp_path / ood.FEATURES_FILE, schema=np.array(ood.FEATURES_SCHEMA), **arrays)
+        return ood.read_features(tmp_path)
+
+    assert ood.read_features(tmp_path) == {}  # missing
+    back = write(**good)  # well formed: read back
+    assert set(back) == {"ab"} and back["ab"][0]["spread"] == 2.0 and back["ab"][0]["means"].shape == (2, 3)
+    assert write(**{**good, "means": np.array([{"a": 1}], dtype=object)}) == {}  # would need unpickling
+    assert write(**{**good, "precision": np.zeros(ood.MAX_FEATURES_ARRAY // 4 + 1, np.float32)}) == {}  # too big
+    assert write(**{k: v for k, v in good.items() if k != "spread"}) == {}  # a stage half there
+    assert write(**{k: v for k, v in good.items() if k != "spread"}, bogus=1.0) == {}  # wrong names
+    assert write(**{**good, "precision": np.eye(4, dtype=np.float32)}) == {}  # shapes that disagree
+    assert write(**{**good, "spread": 0.0}) == {} and write(**{**good, "spread": np.nan}) == {}
     path = tmp_path / ood.FEATURES_FILE
-    np.savez(path, schema=np.array(ood.FEATURES_SCHEMA), evil=np.array([{"a": 1}], dtype=object))
-    assert ood.read_features(tmp_path) == {}  # an object array would need unpickling: refused
     path.write_bytes(pickle.dumps({"schema": ood.FEATURES_SCHEMA}))
     assert ood.read_features(tmp_path) == {}
     path.write_bytes(b"not an archive")
     assert ood.read_features(tmp_path) == {}
-    np.savez(path, schema=np.array(ood.FEATURES_SCHEMA), **{"ab/0/means": np.zeros((2, 3))})  # a stage half there
-    assert ood.read_features(tmp_path) == {}
-    np.savez(path, schema=np.array(ood.FEATURES_SCHEMA), big=np.zeros(ood.MAX_FEATURES_ARRAY // 8 + 1))
-    assert ood.read_features(tmp_path) == {}  # larger than any real statistics: not read
 
 
 def test_statistics_that_do_not_fit_the_backbone_give_no_check(tmp_path):
