@@ -87,13 +87,13 @@ def location_ablation(model, images_u8, labels, batch_size=256, seed=0, progress
 
 @torch.no_grad()
 def candidate_selection(model, images_u8, labels, positions: int = 3, batch_size: int = 100) -> dict:
-    """How much could any glimpse-2 policy gain here? Accuracy after glimpse 2 with glimpse 2 at each of the
-    location stage's candidates (``location.candidate_grid``), against MGNet's own glimpse and the same
-    glimpse moved to the centre; and two per-image selections among the candidates: with the label (an
-    upper bound no policy can reach, since picking the best of K noisy predictions by their label gains even
-    when location does not matter) and without it (the candidate whose prediction is most confident).
-    A policy must choose before it sees the glimpse, so where even the label-free selection gains nothing
-    over the best fixed glimpse, location carries no usable information for this model on these photos.
+    """Do the model's own outputs single out helpful glimpses? Accuracy after glimpse 2 with glimpse 2 at each of
+    the location stage's candidates (``location.candidate_grid``), against MGNet's own glimpse and the same
+    glimpse moved to the centre; and two per-image selections among the candidates: with the label (no policy
+    can use it, and picking the best of K noisy predictions by their label gains even when location does not
+    matter) and without it (the candidate whose prediction is most confident, a heuristic rather than a bound).
+    Where the label-free selection gains nothing over the best fixed glimpse, the model's confidence does not
+    tell helpful glimpses apart on these photos.
 
     Returns accuracies in [0, 1]: own, centred, per-candidate (list, grid order), best_fixed, label_oracle,
     most_confident; plus the candidates' u values.
@@ -412,7 +412,7 @@ def format_candidates(c: dict) -> str:
     return (
         f"glimpse 2 on {c['images']} images: own {pct(c['own'])}, centred {pct(c['centred'])}, best fixed candidate "
         f"{pct(c['best_fixed'])}; per image, most confident candidate {pct(c['most_confident'])}, best candidate "
-        f"with the label {pct(c['label_oracle'])} (an upper bound no policy reaches)"
+        f"with the label {pct(c['label_oracle'])} (uses the label)"
     )
 
 
