@@ -222,6 +222,7 @@ async def failover_run(cluster: LocalCluster, students: int, rounds: int, timeou
     pics = photos(3 * students, seed=7)
     sessions: list[StudentSession] = []
     first_done = asyncio.Event()
+    killed_done = asyncio.Event()  # every round runs after the kill, so a fast attack cannot finish before it
     ready = 0
     killed: dict = {}
 
@@ -244,6 +245,7 @@ async def failover_run(cluster: LocalCluster, students: int, rounds: int, timeou
         if ready == students:
             first_done.set()
         await first_done.wait()
+        await killed_done.wait()
         for _ in range(rounds):
             try:
                 await s.click("Run attack")
@@ -277,7 +279,8 @@ async def failover_run(cluster: LocalCluster, students: int, rounds: int, timeou
         await asyncio.sleep(0.5)
         victim = cluster.by_upstream(sessions[0].upstream)
         killed["replica"] = f"127.0.0.1:{victim.port}"
-        victim.kill()
+        await asyncio.to_thread(victim.kill)  # returns once the process is gone
+        killed_done.set()
 
     # Open sessions until each replica has at least one student (the route cookie is random; bounded).
     while len(sessions) < students or (
