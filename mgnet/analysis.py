@@ -14,6 +14,7 @@ import torch
 from . import geometry
 from .data import image_hash, to_model_input
 from .flops import gflops
+from .location import centred
 from .model import glimpse_options, prepare_for_inference
 from .utils import eval_mode
 
@@ -176,9 +177,7 @@ def location_check(
         scale = later[..., :1].expand(-1, n_random, 1)
         gen = torch.Generator().manual_seed(seed)
         where = (torch.rand(later.shape[0], n_random, 2, generator=gen) * 2 - 1) * (1 - scale)
-        centre = later.clone()
-        centre[..., 1:] = 0.0
-        params = torch.cat([centre, torch.cat([scale, where], -1)], 1)  # [T-1, 1+K, 3]
+        params = torch.cat([centred(later), torch.cat([scale, where], -1)], 1)  # [T-1, 1+K, 3]
         out = fast(x.expand(1 + n_random, -1, -1, -1), n_glimpses=steps, glimpse_params=params.to(dev))
     target = int(own.logits[-1, 0].argmax())
     probs = out.logits.float().softmax(-1).cpu().numpy()  # [T, 1+K, C]

@@ -29,7 +29,7 @@ from .attacks import method_options
 from .checkpoints import CheckpointError, load_checkpoint
 from .data import cached_folder, list_image_folder, resize_rgb
 from .flops import gflops
-from .location import box_iou
+from .location import box_iou, centred
 from .location import off_centre as make_off_centre
 from .utils import atomic_write, eval_mode, pick_device
 
@@ -77,10 +77,8 @@ def location_ablation(model, images_u8, labels, batch_size=256, seed=0, progress
     correct, params = _run(model, images_u8, labels, batch_size, progress=progress)
     result = {"learned": correct}
     if params.shape[0] > 1:
-        centre = params[1:].clone()
-        centre[..., 1:] = 0.0
         donor = random_donors(params.shape[1], seed)
-        for mode, override in (("centre", centre), ("shuffled", params[1:, donor])):
+        for mode, override in (("centre", centred(params[1:])), ("shuffled", params[1:, donor])):
             result[mode] = _run(model, images_u8, labels, batch_size, progress=progress, glimpse_params=override)[0]
     return {"correct": result, "params": params}
 
@@ -104,7 +102,7 @@ def candidate_selection(model, images_u8, labels, positions: int = 3, batch_size
         raise ValueError("candidate selection needs an MGNet (a baseline takes no glimpse 2)")
     grid = candidate_grid(positions)
     device = next(model.parameters()).device
-    own, centred, hit, conf = [], [], [], []
+    own, at_centre, hit, conf = [], [], [], []
     with eval_mode(model):
         for i in range(0, len(images_u8), batch_size):
             x = images_u8[i : i + batch_size].to(device)
@@ -112,9 +110,9 @@ def candidate_selection(model, images_u8, labels, positions: int = 3, batch_size
             y = labels[i : i + batch_size].to(device)
             out = model(x, n_glimpses=2)
             own.append(out.logits[1].argmax(-1) == y)
-            moved = out.glimpses[1].clone()
-            moved[:, 1:] = 0.0
-            centred.append(model(x, n_glimpses=2, glimpse_params=moved[None]).logits[1].argmax(-1) == y)
+            at_centre.append(
+                model(x, n_glimpses=2, glimpse_params=centred(out.glimpses[1:2])).logits[1].argmax(-1) == y
+            )
             probs = torch.stack(
                 [
                     model(x, n_glimpses=2, glimpse_params=model.place(u.to(x).expand(len(x), 3))[None])
@@ -131,7 +129,7 @@ def candidate_selection(model, images_u8, labels, positions: int = 3, batch_size
     return {
         "images": int(hit.shape[1]),
         "own": float(torch.cat(own).float().mean()),
-        "centred": float(torch.cat(centred).float().mean()),
+        "centred": float(torch.cat(at_centre).float().mean()),
         "candidates": [round(float(v), 4) for v in per],
         "candidate_u": grid.tolist(),
         "best_fixed": float(per.max()),

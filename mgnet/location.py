@@ -23,6 +23,13 @@ from .utils import eval_mode
 CANDIDATE_SCALES = (0.1, 0.5, 0.95)
 
 
+def centred(params: torch.Tensor) -> torch.Tensor:
+    """Glimpse params [..., 3] = (scale, tx, ty) moved to the image centre at the same scales (a copy)."""
+    moved = params.clone()
+    moved[..., 1:] = 0.0
+    return moved
+
+
 def candidate_grid(positions: int = 3, scales=CANDIDATE_SCALES) -> torch.Tensor:
     """Candidate u values [K, 3]: every scale at each point of a positions x positions grid."""
     if positions < 1:

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from .model import glimpse_options
-from .utils import atomic_write, eval_mode, git_commit, model_lock
+from .utils import atomic_write, eval_mode, git_commit
 
 SCHEMA = "mgnet-ood/1"
 FILE_NAME = "ood.json"
@@ -347,7 +347,7 @@ def logits_per_glimpse(model, images_u8: torch.Tensor, max_glimpses: int = MAX_G
     dev = model_device(model)
     glimpses = glimpse_options(model, n_glimpses=max_glimpses)
     out = []
-    with model_lock(model), eval_mode(model), torch.inference_mode():
+    with eval_mode(model), torch.inference_mode():  # eval_mode holds the model's lock
         for lo in range(0, len(images_u8), batch_size):
             chunk = images_u8[lo : lo + batch_size]
             chunk = _at_model_size(model, chunk)
@@ -426,13 +426,20 @@ def calibrate(
         "models": {},
     }
     fitted_all = {}
+    loaded: dict = {}  # (folder, size) -> (images, labels): the checkpoints usually share one input size
+
+    def images_at(folder, size):
+        if (folder, size) not in loaded:
+            loaded[folder, size] = load_eval_images(str(folder), size, 0, progress=False)[1:]
+        return loaded[folder, size]
+
     for path in paths:
         model = load_checkpoint(path, device="cpu")
-        _, val_u8, _ = load_eval_images(str(data), model.image_size, 0, progress=False)
+        val_u8, _ = images_at(data, model.image_size)
         unlike_u8, kinds = unlike_images(per_kind, model.image_size, seed)
         train_set = None
         if train is not None:
-            _, train_u8, train_labels = load_eval_images(str(train), model.image_size, 0, progress=False)
+            train_u8, train_labels = images_at(train, model.image_size)
             train_set = (train_u8, train_labels)
             unlike_u8 = torch.cat([unlike_u8, shuffled_tiles(train_u8, per_kind, seed)])
             kinds = kinds + [TILES] * per_kind
