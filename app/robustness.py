@@ -16,7 +16,7 @@ import streamlit as st
 import torch
 
 from mgnet import attacks, corruptions, geometry, plots
-from mgnet.data import image_hash, resize_rgb, to_uint8
+from mgnet.data import image_hash, to_uint8
 
 from . import services, ui
 
@@ -528,7 +528,7 @@ def attack_compute(request: AttackRequest, photo, entry, models, n, progress=Non
         for method in COMPARED:
             twin = request.gradient_twin(method)
             compared[method] = run_attack(source, photo, twin.run_config(n), y, progress)[1]
-    small = resize_rgb(photo.image, source.model.image_size)
+    small = services.model_pixels(source, photo.image, photo.key)
     return AttackResult(source, y, adversarial, rounded, small, clean, hit, hit_rounded, fooled, compared)
 
 

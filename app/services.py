@@ -26,7 +26,7 @@ import torch
 import mgnet
 from mgnet import analysis
 from mgnet.checkpoints import DEFAULT_CHECKPOINTS, CheckpointError, training_recipe
-from mgnet.data import image_hash, load_image, resize_rgb, to_tensor
+from mgnet.data import image_hash, load_image, resize_rgb, to_model_input, to_tensor
 from mgnet.model import glimpse_options
 from mgnet.utils import device_label, pick_device
 
@@ -304,11 +304,18 @@ def model_input(entry: ModelEntry, photo: Photo) -> torch.Tensor:
     return image_input(entry, photo.image, photo.key)
 
 
-def image_input(entry: ModelEntry, image: np.ndarray, image_key: str) -> torch.Tensor:
-    """``mgnet.data.to_model_input(image, S)`` on the model's device, with the resize done once per image and
-    size: from a 12 MP photo it takes about 0.06 CPU-s, and a student's cycle asks for it about six times."""
+def model_pixels(entry: ModelEntry, image: np.ndarray, image_key: str) -> np.ndarray:
+    """The uint8 photo resized to the model's input size, once per image and size: from a 12 MP photo the
+    resize takes about 0.06 CPU-s, and a student's cycle asks for it about ten times."""
     size = entry.model.image_size
-    pixels = memo("pixels", (image_key, size), lambda: resize_rgb(image, size))
+    return memo("pixels", (image_key, size), lambda: resize_rgb(image, size))
+
+
+def image_input(entry: ModelEntry, image: np.ndarray, image_key: str) -> torch.Tensor:
+    """``mgnet.data.to_model_input(image, S)`` on the model's device (the resize memoised)."""
+    if image.dtype != np.uint8:  # a float image is already at the model's size (an unrounded attack)
+        return to_model_input(image, entry.model.image_size).to(analysis.model_device(entry.model))
+    pixels = model_pixels(entry, image, image_key)
     return to_tensor(pixels).unsqueeze(0).to(analysis.model_device(entry.model))
 
 
@@ -320,7 +327,9 @@ def location_check(entry: ModelEntry, photo: Photo, n_glimpses: int | None = Non
     return memo(
         "location",
         (entry.key, photo.key, n_glimpses, n_random),
-        lambda: analysis.location_check(entry.model, photo.image, n_glimpses, n_random),
+        lambda: analysis.location_check(
+            entry.model, photo.image, n_glimpses, n_random, model_input=model_input(entry, photo)
+        ),
     )
 
 
@@ -399,4 +408,10 @@ def unlike_check(entry: ModelEntry, a: analysis.GlimpseAnalysis) -> dict | None:
 
 def analyze_image(entry: ModelEntry, image: np.ndarray, image_key: str, n_glimpses: int | None = None):
     n = entry.glimpses(n_glimpses)
-    return memo("analyze", (entry.key, image_key, n), lambda: analysis.analyze(entry.model, image, n_glimpses=n))
+    return memo(
+        "analyze",
+        (entry.key, image_key, n),
+        lambda: analysis.analyze(
+            entry.model, image, n_glimpses=n, model_input=image_input(entry, image, image_key), key=image_key
+        ),
+    )

@@ -161,7 +161,7 @@ def image(img: np.ndarray, name: str, caption: str | None = None, width: int | s
 def inline_uri(img: np.ndarray) -> str:
     from mgnet.plots import data_uri
 
-    return data_uri(np.asarray(img), "png")
+    return data_uri(np.asarray(img), "png", compress_level=1)  # encoded on every rerun: speed over size
 
 
 def pct(v: float) -> str:

@@ -84,28 +84,49 @@ def inference_model(model):
     return fast
 
 
-def analyze(model, image: np.ndarray, n_glimpses: int | None = None, s_grad=None) -> GlimpseAnalysis:
-    """Forward one RGB uint8 photo through ``model`` (eval mode, no gradients)."""
+def analyze(
+    model, image: np.ndarray, n_glimpses: int | None = None, s_grad=None, *, model_input=None, key=None
+) -> GlimpseAnalysis:
+    """Forward one RGB uint8 photo through ``model`` (eval mode, no gradients).
+
+    A caller that already has the model's view of the photo (``to_model_input(image, model.image_size)``)
+    or its ``image_hash`` may pass them: from a 12 MP photo each takes tens of milliseconds to compute."""
     start = time.perf_counter()
-    result = analyze_batch(model, [image], n_glimpses)[0]
+    inputs = None if model_input is None else [model_input]
+    result = analyze_batch(model, [image], n_glimpses, inputs=inputs, keys=None if key is None else [key])[0]
     result.seconds = time.perf_counter() - start
     return result
 
 
 def analyze_batch(
-    model, images: list[np.ndarray], n_glimpses: int | None = None, batch_size: int = 8, progress=None
+    model,
+    images: list[np.ndarray],
+    n_glimpses: int | None = None,
+    batch_size: int = 8,
+    progress=None,
+    *,
+    inputs: list[torch.Tensor] | None = None,
+    keys: list[str] | None = None,
 ) -> list[GlimpseAnalysis]:
     """``analysis.analyze`` for many photos, ``batch_size`` at a time on the model's device.
 
     Per photo, the same as ``analyze`` up to float rounding of batched kernels; ``seconds`` is 0 so that
-    outputs are reproducible.
+    outputs are reproducible. ``inputs`` and ``keys``, if given, are each photo's ``to_model_input`` and
+    ``image_hash``, computed already.
     """
+    size = model.image_size
+    for given, what in ((inputs, "inputs"), (keys, "keys")):
+        if given is not None and len(given) != len(images):
+            raise ValueError(f"{what} must have one entry per image: {len(given)} for {len(images)}")
+    if inputs is not None and any(tuple(t.shape) != (1, 3, size, size) for t in inputs):
+        raise ValueError(f"each model input must be [1, 3, {size}, {size}] (mgnet.data.to_model_input)")
     out: list[GlimpseAnalysis] = []
     dev = model_device(model)
     cumulative, base = gflops(model, n_glimpses=n_glimpses)
     for lo in range(0, len(images), batch_size):
         chunk = images[lo : lo + batch_size]
-        x = torch.cat([to_model_input(im, model.image_size) for im in chunk]).to(dev)
+        given = inputs[lo : lo + batch_size] if inputs is not None else [to_model_input(im, size) for im in chunk]
+        x = torch.cat([t.to(dev) for t in given])
         with eval_mode(model), torch.inference_mode():
             res = inference_model(model)(x, **glimpse_options(model, n_glimpses=n_glimpses), return_crops=True)
         logits = res.logits.float().cpu()
@@ -131,7 +152,7 @@ def analyze_batch(
                     gflops=cumulative[: probs.shape[0]],
                     baseline_gflops=base,
                     seconds=0.0,
-                    image_hash=image_hash(image),
+                    image_hash=keys[lo + b] if keys is not None else image_hash(image),
                     logits=logits[:, b].numpy(),
                 )
             )
@@ -159,17 +180,17 @@ class LocationCheck:
 
 
 def location_check(
-    model, image: np.ndarray, n_glimpses: int | None = None, n_random: int = 8, seed: int = 0
+    model, image: np.ndarray, n_glimpses: int | None = None, n_random: int = 8, seed: int = 0, *, model_input=None
 ) -> LocationCheck:
     """Run MGNet on ``image`` with its own glimpses, with glimpses 2..T centred, and with them at
-    ``n_random`` random positions (same scales), in one batch."""
+    ``n_random`` random positions (same scales), in one batch. ``model_input``: as for ``analyze``."""
     steps = model.n_glimpses if n_glimpses is None else int(n_glimpses)
     if steps < 2 or model.is_baseline:
         raise ValueError("this model takes a single look: there is no glimpse location to move")
     if n_random < 1:
         raise ValueError("n_random must be at least 1")
     dev = model_device(model)
-    x = to_model_input(image, model.image_size).to(dev)
+    x = (to_model_input(image, model.image_size) if model_input is None else model_input).to(dev)
     with eval_mode(model), torch.inference_mode():
         fast = inference_model(model)
         own = fast(x, n_glimpses=steps)

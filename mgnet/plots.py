@@ -56,13 +56,15 @@ def nearest_upscale(image: np.ndarray, side: int = 256) -> np.ndarray:
     return np.repeat(np.repeat(image, k, axis=0), k, axis=1)
 
 
-def data_uri(image: np.ndarray, fmt: str = "png", quality: int = 90) -> str:
+def data_uri(image: np.ndarray, fmt: str = "png", quality: int = 90, compress_level: int = 6) -> str:
+    """The image as a data URI; ``compress_level`` (PNG, 0-9): 1 encodes several times faster than the
+    default 6 for a slightly larger file."""
     buf = io.BytesIO()
     pil = Image.fromarray(np.ascontiguousarray(image))
     if fmt == "jpeg":
         pil.convert("RGB").save(buf, format="JPEG", quality=quality)
     else:
-        pil.save(buf, format="PNG")
+        pil.save(buf, format="PNG", compress_level=compress_level)
     return f"data:image/{fmt};base64," + base64.b64encode(buf.getvalue()).decode()
 
 

@@ -112,3 +112,22 @@ def test_default_checkpoints_predict_the_same_on_a_val_sample(name):
         assert (np.argsort(-result.probs, -1)[:, :5] == np.argsort(-probs[:, b], -1)[:, :5]).all()
         np.testing.assert_allclose(result.probs, probs[:, b], atol=1e-5)
         np.testing.assert_allclose(result.params, exact.glimpses[:, b].numpy(), atol=1e-5)
+
+
+def test_precomputed_input_and_key_give_the_same_analysis():
+    """The app hands ``analyze`` and ``location_check`` the resized photo and its hash it already has."""
+    model = trained_looking(n_glimpses=3)
+    rng = np.random.default_rng(0)
+    photo = rng.integers(0, 256, (90, 120, 3), dtype=np.uint8)
+    x = to_model_input(photo, 64)
+    plain, given = analyze(model, photo), analyze(model, photo, model_input=x.clone(), key="k")
+    assert given.image_hash == "k" and plain.image_hash != "k"
+    np.testing.assert_array_equal(plain.probs, given.probs)
+    np.testing.assert_array_equal(plain.boxes, given.boxes)
+    assert (given.width, given.height) == (120, 90)  # boxes still map to the photo, not the model input
+    checked = location_check(model, photo, model_input=x)
+    np.testing.assert_array_equal(checked.own, location_check(model, photo).own)
+    with pytest.raises(ValueError, match="1, 3, 64, 64"):
+        analyze(model, photo, model_input=x[:, :, :32])
+    with pytest.raises(ValueError, match="one entry per image"):
+        analyze_batch(model, [photo, photo], keys=["a"])
