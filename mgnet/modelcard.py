@@ -1188,6 +1188,28 @@ def _worst_case_verdict(eps: str, mg: dict, base: dict) -> str:
     return f"- eps {eps}/255: {lead}; {worst}. **{verdict}.**"
 
 
+def _worst_case_budget(images: int, st: dict) -> str:
+    """What the run cut from the full evaluation (500 images, APGD 100 iterations, Square 5,000 queries)."""
+    cuts = [f"{images} images instead of 500"] if images < 500 else []
+    if st["apgd_steps"] < 100:
+        cuts.append(f"APGD {st['apgd_steps']} iterations instead of 100 (1 restart)")
+    if st["queries"] < 5000:
+        cuts.append(f"Square {st['queries']} queries instead of 5,000")
+    if not cuts:
+        return "The full evaluation: APGD 100 iterations (1 restart), Square 5,000 queries; PGD-10 as in the table above.\n"
+    why = ["fewer images widen the intervals"] if images < 500 else []
+    if len(cuts) > len(why):
+        why.append(
+            "fewer iterations and queries tend to overstate accuracy, so read these as upper estimates of what "
+            "the full evaluation would find"
+        )
+    why_text = "; ".join(why)
+    return (
+        f"**A reduced measurement**: {', '.join(cuts)}; PGD-10 as in the table above. "
+        f"{why_text[0].upper()}{why_text[1:]}.\n"
+    )
+
+
 def _worst_case_section(out_dir: Path) -> list[str]:
     """The worst-case attack table from worst_case.json (``--stage worst-case``), if it was measured."""
     path = Path(out_dir) / WORST_FILE
@@ -1202,10 +1224,7 @@ def _worst_case_section(out_dir: Path) -> list[str]:
         f"{res['images']} val images spread over the folder, L-inf, pixel space, final prediction; measured on "
         f"{res['date']} at commit {_commit_text(res['git_commit'])} with {res.get('threads', '?')} CPU thread(s) "
         f"({res['hardware']}).\n",
-        f"**A reduced measurement**: {res['images']} images instead of 500, APGD {st['apgd_steps']} iterations "
-        f"instead of 100 (1 restart), Square {st['queries']} queries instead of 5,000; PGD-10 as in the table above. "
-        "Fewer images widen the intervals; fewer iterations and queries tend to overstate accuracy, so read these "
-        "as upper estimates of what the full evaluation would find.\n",
+        _worst_case_budget(res["images"], st),
         "Each row is the accuracy under that attack *or any attack above it*: the attacks run in this order, each on "
         "the images no earlier attack broke (AutoAttack's order of evaluation). MGNet is attacked as deployed first "
         "(its 0.02 gradient re-scaling in place, what a naive white-box attacker sees), then with true gradients. "

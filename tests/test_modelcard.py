@@ -142,3 +142,16 @@ def test_worst_case_section_says_plainly_whether_the_advantage_survives(tmp_path
     text = "\n".join(_worst_case_section(_worst_card(tmp_path, 0.25, 0.2)))
     assert "the intervals overlap" in text
     assert _worst_case_section(tmp_path / "nothing-here") == []
+
+
+def test_worst_case_budget_names_only_what_was_cut():
+    from mgnet.modelcard import _worst_case_budget
+
+    full = {"apgd_steps": 100, "queries": 5000}
+    assert _worst_case_budget(500, full).startswith("The full evaluation")
+    text = _worst_case_budget(500, {"apgd_steps": 10, "queries": 200})
+    assert "images instead" not in text and "intervals" not in text
+    assert "APGD 10 iterations instead of 100" in text and "Square 200 queries instead of 5,000" in text
+    assert "upper estimates" in text
+    text = _worst_case_budget(40, full)
+    assert "40 images instead of 500" in text and "upper estimates" not in text and "Fewer images widen" in text
