@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .attacks import METHODS
 from .checkpoints import atomic_save, load_checkpoint, stage_option, training_chain, training_recipe
 from .corruptions import CORRUPTIONS
 from .data import list_image_folder
@@ -186,6 +187,10 @@ def _measure_corruptions(pair: dict, models: dict, args, folder_classes):
 WORST_FILE = "worst_case.json"
 CANDIDATES_FILE = "location_candidates.json"
 CANDIDATE_IMAGES = 500
+# The worst-case table at full size: the issue's 500 images and the registry's budgets for APGD and Square.
+WORST_IMAGES = 500
+WORST_APGD_STEPS = METHODS["apgd-ce"].defaults["steps"]
+WORST_SQUARE_QUERIES = METHODS["square"].defaults["queries"]
 
 
 def measure_worst_case(args, out: Path) -> dict:
@@ -1189,16 +1194,19 @@ def _worst_case_verdict(eps: str, mg: dict, base: dict) -> str:
 
 
 def _worst_case_budget(images: int, st: dict) -> str:
-    """What the run cut from the full evaluation (500 images, APGD 100 iterations, Square 5,000 queries)."""
-    cuts = [f"{images} images instead of 500"] if images < 500 else []
-    if st["apgd_steps"] < 100:
-        cuts.append(f"APGD {st['apgd_steps']} iterations instead of 100 (1 restart)")
-    if st["queries"] < 5000:
-        cuts.append(f"Square {st['queries']} queries instead of 5,000")
+    """What the run cut from the full evaluation (WORST_IMAGES images, the registry's APGD and Square budgets)."""
+    full_apgd, full_square = f"APGD {WORST_APGD_STEPS} iterations", f"Square {WORST_SQUARE_QUERIES:,} queries"
+    fewer_images, fewer_steps = images < WORST_IMAGES, st["apgd_steps"] < WORST_APGD_STEPS
+    fewer_queries = st["queries"] < WORST_SQUARE_QUERIES
+    cuts = [f"{images} images instead of {WORST_IMAGES}"] if fewer_images else []
+    if fewer_steps:
+        cuts.append(f"APGD {st['apgd_steps']} iterations instead of {WORST_APGD_STEPS} (1 restart)")
+    if fewer_queries:
+        cuts.append(f"Square {st['queries']:,} queries instead of {WORST_SQUARE_QUERIES:,}")
     if not cuts:
-        return "The full evaluation: APGD 100 iterations (1 restart), Square 5,000 queries; PGD-10 as in the table above.\n"
-    why = ["fewer images widen the intervals"] if images < 500 else []
-    if len(cuts) > len(why):
+        return f"The full evaluation: {full_apgd} (1 restart), {full_square}; PGD-10 as in the table above.\n"
+    why = ["fewer images widen the intervals"] if fewer_images else []
+    if fewer_steps or fewer_queries:
         why.append(
             "fewer iterations and queries tend to overstate accuracy, so read these as upper estimates of what "
             "the full evaluation would find"
@@ -1265,9 +1273,9 @@ def _worst_case_section(out_dir: Path) -> list[str]:
                 )
         if "mgnet" in row and "baseline" in row:
             lines.append(_worst_case_verdict(e, row["mgnet"], row["baseline"]))
-    if st["queries"] < 5000:
+    if st["queries"] < WORST_SQUARE_QUERIES:
         lines.append(
-            f"\nSquare ran with {st['queries']} queries, not 5,000, and only on the images the gradient attacks left: "
+            f"\nSquare ran with {st['queries']:,} queries, not {WORST_SQUARE_QUERIES:,}, and only on the images the gradient attacks left: "
             "where it broke nothing more, that is weak evidence against gradient masking, not proof."
         )
     return lines + [""]
@@ -1465,10 +1473,10 @@ def parse_args(argv=None):
     p.add_argument("--corruption-limit", type=int, default=300)
     p.add_argument("--workers", type=int, default=2, help="processes for corrupting images")
     w = p.add_argument_group("worst-case attacks (--stage worst-case; written to worst_case.json)")
-    w.add_argument("--worst-limit", type=int, default=500, help="val images, spread over the folder")
+    w.add_argument("--worst-limit", type=int, default=WORST_IMAGES, help="val images, spread over the folder")
     w.add_argument("--worst-eps", type=float, nargs="+", default=[4.0, 2.0, 1.0], help="budgets in 1/255")
-    w.add_argument("--apgd-steps", type=int, default=100, help="APGD-CE/-DLR iterations")
-    w.add_argument("--square-queries", type=int, default=5000, help="Square query budget per image")
+    w.add_argument("--apgd-steps", type=int, default=WORST_APGD_STEPS, help="APGD-CE/-DLR iterations")
+    w.add_argument("--square-queries", type=int, default=WORST_SQUARE_QUERIES, help="Square query budget per image")
     w.add_argument("--worst-batch", type=int, default=32)
     w.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--seed", type=int, default=0)
