@@ -110,6 +110,12 @@ def parse_args(argv=None):
         action="store_true",
         help="the location loss trains only the location network, not the features it reads",
     )
+    g.add_argument(
+        "--location-only",
+        action="store_true",
+        help="train only the location network: every other weight and the BatchNorm statistics stay frozen, so "
+        "accuracy can change only through where the glimpses go",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="run directory (resume state and history)")
     p.add_argument("--export", help="write the final model in this project's checkpoint format here")
@@ -208,12 +214,30 @@ def parameter_groups(model, args) -> tuple[list[dict], list[float]]:
     """Optimiser groups and their peak learning rates: with --location-lr-scale, the location network
     gets that multiple of --lr and no weight decay (decay pulls it towards one box for every photo)."""
     scale = getattr(args, "location_lr_scale", 1.0)
+    if getattr(args, "location_only", False):
+        return [{"params": list(model.loc_network.parameters()), "weight_decay": 0.0}], [args.lr * scale]
     if scale == 1.0 or model.is_baseline:
         return [{"params": list(model.parameters())}], [args.lr]
     loc = list(model.loc_network.parameters())
     ids = {id(p) for p in loc}
     rest = [p for p in model.parameters() if id(p) not in ids]
     return [{"params": rest}, {"params": loc, "weight_decay": 0.0}], [args.lr, args.lr * scale]
+
+
+def freeze_for_location_only(model, args) -> None:
+    """--location-only: only the location network keeps requires_grad."""
+    if getattr(args, "location_only", False):
+        for name, p in model.named_parameters():
+            p.requires_grad_(name.startswith("loc_network."))
+
+
+def set_train_mode(model, args) -> None:
+    """Training mode; with --location-only everything but the location network stays in eval mode, so
+    BatchNorm neither uses batch statistics nor updates its running ones."""
+    model.train()
+    if getattr(args, "location_only", False):
+        model.eval()
+        model.loc_network.train()
 
 
 def _setup_distributed(device_arg):
@@ -312,7 +336,10 @@ def build_training_model(args, classes, device):
         )
         if model.n_glimpses < 2:
             raise SystemExit("error: --location-weight needs MGNet with at least 2 glimpses.")
+    if getattr(args, "location_only", False) and (args.kind != "mgnet" or model.n_glimpses < 2):
+        raise SystemExit("error: --location-only needs MGNet with at least 2 glimpses.")
     parent = init_weights(model, args.init_from, classes) if args.init_from else None
+    freeze_for_location_only(model, args)
     return model.to(memory_format=torch.channels_last), stage, parent
 
 
@@ -386,7 +413,7 @@ def train_steps(run: Run, epoch: int, scaler, criterion) -> tuple[float, int, bo
     for _ in range(state["step_in_epoch"]):
         skipped = augment(run.images[:1].expand(args.batch_size, -1, -1, -1), 8, aug_gen, args.min_crop)
         location.mix_off_centre(skipped, args.off_centre, aug_gen)
-    run.model.train()
+    set_train_mode(run.model, args)
     bar = tqdm(
         total=run.steps_per_epoch,
         initial=state["step_in_epoch"],

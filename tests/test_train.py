@@ -172,6 +172,22 @@ def test_init_from_starts_from_the_given_weights_and_records_the_chain(folder, t
 
 
 @pytest.mark.slow
+def test_location_only_stage_changes_the_location_network_and_nothing_else(folder, tmp_path):
+    first = run(TRAIN + train_args(folder, tmp_path / "s1", tmp_path / "s1.pt", epochs=1))
+    assert first.returncode == 0, first.stderr[-2000:]
+    stage = train_args(folder, tmp_path / "s2", tmp_path / "s2.pt", epochs=1, lr=0.05, location_weight=0.5)
+    second = run(TRAIN + stage + ["--init-from", str(tmp_path / "s1.pt"), "--location-only"])
+    assert second.returncode == 0, second.stderr[-2000:]
+    parent = load_checkpoint(tmp_path / "s1.pt", device="cpu").state_dict()
+    child = load_checkpoint(tmp_path / "s2.pt", device="cpu").state_dict()
+    moved = [k for k in parent if not torch.equal(parent[k], child[k])]
+    # Every other weight and every BatchNorm statistic is exactly the parent's; the location layer moved.
+    assert moved and all(k.startswith("loc_network.") for k in moved), moved
+    baseline = run(TRAIN + train_args(folder, tmp_path / "b", tmp_path / "b.pt", kind="baseline") + ["--location-only"])
+    assert baseline.returncode != 0 and "--location-only needs MGNet" in baseline.stderr
+
+
+@pytest.mark.slow
 def test_init_from_refuses_a_different_configuration(folder, tmp_path):
     first = run(TRAIN + train_args(folder, tmp_path / "s1", tmp_path / "s1.pt", kind="baseline", epochs=1))
     assert first.returncode == 0, first.stderr[-2000:]
