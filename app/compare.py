@@ -248,10 +248,17 @@ def compute(request: CompareRequest, photo, entry, a, cat, n_glimpses, progress=
     return result
 
 
-def show(result: CompareResult, photo, a):
+def show(result: CompareResult, photo, a, key: tuple):
+    """``key`` names the request and the analysis ``a``; a grid with failed cells is not kept."""
     for message in result.failures:
         st.error(message)
-    fig = plots.saliency_grid_figure(plots.downscale(photo.image, 640), result.maps, result.captions, boxes=a.boxes)
+
+    def build():
+        return plots.saliency_grid_figure(
+            plots.downscale(photo.image, 640), result.maps, result.captions, boxes=a.boxes
+        )
+
+    fig = build() if result.failures else services.figure("compare-grid", key, build)
     ui.figure(fig, "saliency grid", key="fig-cmp-grid", width="content")
     if not result.records:
         return
@@ -303,15 +310,17 @@ def render(photo, entry, a, cat, settings: dict):
     request, submitted = form(photo, entry, a, cat)
     if submitted or (st.session_state.get("cmp_request") is None and services.was_done("compare", request)):
         st.session_state["cmp_request"] = request  # a page address naming computed maps shows them at once
+    akey = (entry.key, photo.key, a.n_glimpses)
     left, right = st.columns([1, 3], gap="medium")
     with left:
-        ui.figure(
-            plots.heatmap_figure(
+        fig = services.figure(
+            "compare-focus",
+            akey,
+            lambda: plots.heatmap_figure(
                 services.picture(photo), display_focus_map(a), "MGNet focus map", boxes=a.boxes, height=330
             ),
-            "compare focus map",
-            key="fig-cmp-focus",
         )
+        ui.figure(fig, "compare focus map", key="fig-cmp-focus")
         st.caption("Where MGNet looked (Glimpses tab). The maps below use the same colour scale.")
     result = None
     with right:
@@ -343,7 +352,7 @@ def render(photo, entry, a, cat, settings: dict):
         bar.progress(1.0, text=f"{len(result.records)} of {n_cells} maps ready")
         services.mark_done("compare", request)
     if result is not None:  # the grid at the page's full width: its print layout is never squeezed
-        show(result, photo, a)
+        show(result, photo, a, (*akey, *services.request_key("compare", request)))
     ui.explain(
         "- Each cell is one model's saliency map for the **target class** under one Captum method, overlaid on "
         "the photo. Maps are made non-negative and scaled to a maximum of 1 (Grad-CAM: ReLU then upsampled), "

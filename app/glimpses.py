@@ -121,24 +121,35 @@ def box_text(box, width: int, height: int) -> str:
     )
 
 
-def show_charts(a, t: int):
+def show_charts(a, t: int, akey: tuple):
+    """``akey`` names the analysis ``a`` (model, photo, glimpses): the figures are built once per step."""
     top = a.top(t, 5)
     c1, c2, c3 = st.columns(3, gap="medium")
     with c1:
-        ui.figure(plots.topk_figure(top, f"Top-5 after glimpse {t + 1}", highlight=top[0][0]), "top-5", key="fig-top5")
+        fig = services.figure(
+            "top5", (*akey, t), lambda: plots.topk_figure(top, f"Top-5 after glimpse {t + 1}", highlight=top[0][0])
+        )
+        ui.figure(fig, "top-5", key="fig-top5")
     with c2:
-        ui.figure(plots.belief_figure(a.probs, a.classes, step=t), "belief across glimpses", key="fig-belief")
+        fig = services.figure("belief", (*akey, t), lambda: plots.belief_figure(a.probs, a.classes, step=t))
+        ui.figure(fig, "belief across glimpses", key="fig-belief")
     with c3:
-        ui.figure(plots.compute_figure(a.gflops, a.baseline_gflops, step=t), "compute", key="fig-compute")
+        fig = services.figure("compute", (*akey, t), lambda: plots.compute_figure(a.gflops, a.baseline_gflops, step=t))
+        ui.figure(fig, "compute", key="fig-compute")
 
 
 def render(photo, entry, a):
     """``a`` is the GlimpseAnalysis of ``photo`` by ``entry`` (cached: nothing here runs the model)."""
     n = a.n_glimpses
+    akey = (entry.key, photo.key, n)
     t = step_form(entry, n)
     left, right = st.columns([3, 2], gap="medium")
     with left:
-        fig = plots.glimpse_figure(services.picture(photo), a.boxes, t, title=step_title(a, t), height=520)
+        fig = services.figure(
+            "glimpses",
+            (*akey, t),
+            lambda: plots.glimpse_figure(services.picture(photo), a.boxes, t, title=step_title(a, t), height=520),
+        )
         ui.figure(fig, "glimpses on the photo", key="fig-glimpses")
         st.caption(
             "Each glimpse's box has its own colour and numbered tag, as in the figure tool's strips; the current "
@@ -147,22 +158,26 @@ def render(photo, entry, a):
         )
     with right:
         show_glimpse(photo, a, t)
-    show_charts(a, t)
-    show_focus(photo, a)
+    show_charts(a, t, akey)
+    show_focus(photo, a, akey)
     if n > 1 and not entry.is_baseline:
-        location_row(photo, entry, a)
+        location_row(photo, entry, a, akey)
 
 
-def show_focus(photo, a):
+def show_focus(photo, a, akey: tuple):
     c1, c2 = st.columns([1, 1], gap="medium")
     with c1:
         if a.n_glimpses > 1:
-            fig = plots.heatmap_figure(
-                services.picture(photo),
-                display_focus_map(a),
-                "Focus map: where MGNet looked",
-                boxes=a.boxes,
-                height=420,
+            fig = services.figure(
+                "focus",
+                akey,
+                lambda: plots.heatmap_figure(
+                    services.picture(photo),
+                    display_focus_map(a),
+                    "Focus map: where MGNet looked",
+                    boxes=a.boxes,
+                    height=420,
+                ),
             )
             ui.figure(fig, "focus map", key="fig-focus")
         else:
@@ -221,7 +236,7 @@ def location_verdict(check, classes) -> tuple[bool, str]:
     )
 
 
-def location_row(photo, entry, a):
+def location_row(photo, entry, a, akey: tuple):
     """Counterfactual: the same photo with glimpses 2..T moved (same scales)."""
     with st.spinner("Moving the glimpses…"):
         check = services.location_check(entry, photo, a.n_glimpses)
@@ -230,7 +245,8 @@ def location_row(photo, entry, a):
     (st.warning if mattered else st.info)(f"**Location check:** {verdict}")
     c1, c2 = st.columns([1, 1], gap="medium")
     with c1:
-        ui.figure(plots.location_check_figure(check, name), "location check", key="fig-location")
+        fig = services.figure("location", akey, lambda: plots.location_check_figure(check, name))
+        ui.figure(fig, "location check", key="fig-location")
     with c2:
         flipped = sum(c != check.target for c in check.final_class["moved"])
         centre_name = a.classes[check.final_class["centre"]]

@@ -190,19 +190,18 @@ def show_rows(rows: list[dict], name: str):
             "confidence in clean class": st.column_config.ProgressColumn(format="percent", min_value=0.0, max_value=1.0)
         },
     )
-    fig = plots.prediction_compare_figure(
-        [
-            {
-                "model": r["model"],
-                "before": r["_before"],
-                "after": r["_after"],
-                "after_new": r["_after_new"],
-                "before_label": r["_before_label"],
-                "after_label": r["_after_label"],
-            }
-            for r in rows
-        ]
-    )
+    bars = [
+        {
+            "model": r["model"],
+            "before": r["_before"],
+            "after": r["_after"],
+            "after_new": r["_after_new"],
+            "before_label": r["_before_label"],
+            "after_label": r["_after_label"],
+        }
+        for r in rows
+    ]
+    fig = services.figure("predictions", (services.content_key(bars),), lambda: plots.prediction_compare_figure(bars))
     ui.figure(fig, name, key=f"fig-{ui.slug(name)}")
 
 
@@ -255,12 +254,17 @@ def corruption_show(request: CorruptionRequest, result: CorruptionResult, entry,
     for col, img, a, side in zip(st.columns(2, gap="medium"), (result.work, result.bad), (a0, a1), ("clean", "bad")):
         with col:
             pname, p, _ = _pred(a)
-            fig = plots.glimpse_figure(
-                img,
-                a.boxes,
-                a.n_glimpses - 1,
-                height=420,
-                title=f"{'clean' if side == 'clean' else what}: MGNet says {pname} ({p:.0%})",
+            title = f"{'clean' if side == 'clean' else what}: MGNet says {pname} ({p:.0%})"
+            key = (
+                services.content_key(img.shape, a.boxes, title),
+                result.work_key if side == "clean" else result.bad_key,
+            )
+            fig = services.figure(
+                "corruption-glimpses",
+                key,
+                lambda img=img, a=a, title=title: plots.glimpse_figure(
+                    img, a.boxes, a.n_glimpses - 1, height=420, title=title
+                ),
             )
             ui.figure(fig, f"corruption {'clean' if side == 'clean' else 'corrupted'}", key=f"fig-cor-{side}")
     ui.registry().images["corrupted-photo"] = result.bad
@@ -609,13 +613,17 @@ def attack_show(result: AttackResult, request: AttackRequest, photo, entry, mode
     if not entry.is_baseline:
         a0, a1 = result.clean[entry.name], result.hit[entry.name]
         moved = geometry.to_original(a1.boxes_model, a1.image_size, photo.width, photo.height)
-        fig = plots.movement_figure(
-            services.picture(photo),
-            a0.boxes,
-            moved,
-            labels=("clean", "adversarial"),
-            title="How MGNet's glimpses moved (solid, n: clean; dashed, n′: adversarial)",
-            height=460,
+        fig = services.figure(
+            "movement",
+            (photo.key, services.content_key(a0.boxes, moved)),
+            lambda: plots.movement_figure(
+                services.picture(photo),
+                a0.boxes,
+                moved,
+                labels=("clean", "adversarial"),
+                title="How MGNet's glimpses moved (solid, n: clean; dashed, n′: adversarial)",
+                height=460,
+            ),
         )
         ui.figure(fig, "glimpse movement", key="fig-atk-move")
         shift = geometry.centre_shift(a0.boxes, moved, photo.width, photo.height)

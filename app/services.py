@@ -3,6 +3,9 @@
 * Models: loaded once per process with ``st.cache_resource`` (keyed by path, modification time and
   size, so a replaced file is reloaded) and shared by every session. Every operation on a model goes
   through an ``mgnet`` function that holds ``mgnet.utils.model_lock(model)``.
+* Figures: ``figure(kind, key, build)`` keeps built plotly figures in ``st.cache_resource`` (shared, not
+  copied): a page is drawn again on every widget change, and building its figures cost more than a fifth
+  of a student's server time. Nothing may change a figure once built (drawing and export only read it).
 * Results: ``memo(kind, key, compute)`` stores plain results in ``st.cache_data`` (``max_entries`` and
   ``ttl`` bound the memory), keyed by the image hash and every setting. ``compute`` runs *outside*
   the cached function, so it may drive progress bars (Streamlit would otherwise try to replay those
@@ -35,6 +38,7 @@ EXAMPLES = Path(__file__).resolve().parent / "examples"
 CHECKPOINT_SUFFIXES = (".pt", ".ckpt", ".pth")
 RESULT_TTL = 3600  # seconds a cached result lives
 RESULT_ENTRIES = 256  # cached results (analyses, maps, attacks) per process
+FIGURE_ENTRIES = 256  # built plotly figures shared by reruns and sessions (each holds a downscaled photo or none)
 IMAGE_ENTRIES = 8  # decoded photos kept per process (a 12 MP photo is 36 MB; at most 120 MP = 360 MB)
 
 
@@ -225,7 +229,36 @@ def memo(kind: str, key: tuple, compute: Callable[[], Any]):
     return _slot(kind, key, _value=compute())
 
 
-def _request_key(kind: str, request) -> tuple:
+@st.cache_resource(show_spinner=False, max_entries=FIGURE_ENTRIES, ttl=RESULT_TTL)
+def _figure_slot(kind: str, key: tuple, _value=_MISSING):
+    if _value is _MISSING:
+        raise _Miss
+    return _value
+
+
+def figure(kind: str, key: tuple, build: Callable[[], Any]):
+    """The figure ``build()`` makes, built once per (kind, key); ``key`` must name everything it shows."""
+    try:
+        return _figure_slot(kind, key)
+    except _Miss:
+        pass
+    return _figure_slot(kind, key, _value=build())
+
+
+def content_key(*parts) -> str:
+    """A short hash of a figure's inputs: arrays by shape, dtype and bytes, anything else by its repr."""
+    h = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, np.ndarray):
+            h.update(f"{part.shape}{part.dtype}".encode())
+            h.update(np.ascontiguousarray(part).tobytes())
+        else:
+            h.update(repr(part).encode())
+        h.update(b"|")
+    return h.hexdigest()[:24]
+
+
+def request_key(kind: str, request) -> tuple:
     import dataclasses
     import json
 
@@ -234,14 +267,14 @@ def _request_key(kind: str, request) -> tuple:
 
 def mark_done(kind: str, request):
     """Remember (process-wide, as long as results are cached) that ``request`` was computed."""
-    memo("done", _request_key(kind, request), lambda: True)
+    memo("done", request_key(kind, request), lambda: True)
 
 
 def was_done(kind: str, request) -> bool:
     """Whether ``request`` (a tab's request dataclass: photo, model and every setting) was computed in this
     process and its results are still cached: a page address that names it may show it without a click."""
     try:
-        return bool(_slot("done", _request_key(kind, request)))
+        return bool(_slot("done", request_key(kind, request)))
     except _Miss:
         return False
 

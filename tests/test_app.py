@@ -382,16 +382,48 @@ def test_compare_cell_failure_stays_in_its_cell(app, monkeypatch):
 
 
 def test_panel_failure_leaves_the_page_working(app, monkeypatch):
+    from app import services
     from mgnet import plots
 
     def boom(*a, **k):
         raise MemoryError("simulated out of memory")
 
+    services._figure_slot.clear()  # figures built by earlier tests are shared, as in the real server
     monkeypatch.setattr(plots, "belief_figure", boom)
     app.run()
     assert not app.exception
     assert any("Glimpses" in e for e in errors(app))
     assert any(b.key == "bundle" for b in app.get("download_button"))  # the sidebar still renders
+
+
+def test_figures_are_built_once_per_content_and_shared_by_reruns_and_sessions(ckpt_dir, monkeypatch):
+    """Reruns (every widget change) and other students reuse built figures; a new step builds anew."""
+    from app import glimpses, services
+    from mgnet import plots
+
+    built = []
+    for name in ("glimpse_figure", "belief_figure", "heatmap_figure", "location_check_figure"):
+        real = getattr(plots, name)
+        monkeypatch.setattr(plots, name, lambda *a, _real=real, _name=name, **k: built.append(_name) or _real(*a, **k))
+    services._figure_slot.clear()
+    monkeypatch.setenv("MGNET_CHECKPOINTS", str(ckpt_dir))
+    monkeypatch.setenv("MGNET_DEVICE", "cpu")
+    first = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    first.run()
+    assert not first.exception and not errors(first)
+    once = sorted(built)
+    assert set(once) == {"glimpse_figure", "belief_figure", "heatmap_figure", "location_check_figure"}, once
+    glimpse = next(f for f in first.get("plotly_chart") if "glimpse" in f.proto.spec.lower())
+    first.run()  # a rerun: nothing is built again ...
+    second = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    second.run()  # ... nor for a second session on the same photo and model, which is drawn the same
+    assert sorted(built) == once
+    assert [f.proto.spec for f in second.get("plotly_chart")] == [f.proto.spec for f in first.get("plotly_chart")]
+    assert glimpse.proto.spec in [f.proto.spec for f in second.get("plotly_chart")]
+    step = second.slider(key=glimpses.STEP_KEY)
+    step.set_value(step.value - 1).run()  # another glimpse step is another figure
+    assert not second.exception
+    assert built.count("glimpse_figure") == once.count("glimpse_figure") + 1
 
 
 # -- robustness -----------------------------------------------------------------------------------------
