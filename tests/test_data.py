@@ -4,7 +4,7 @@ import zlib
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from mgnet.data import image_hash, load_image, to_model_input
 
@@ -34,6 +34,16 @@ def test_exif_rotation_is_applied():
     exif[0x0112] = 6  # rotate 90 degrees clockwise for display
     arr = load_image(encode(img, "JPEG", exif=exif))
     assert arr.shape == (40, 30, 3)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_gives_the_pixels_pillow_shows(orientation):
+    img = Image.fromarray(gradient_rgb(40, 30))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = encode(img, "JPEG", exif=exif)
+    expected = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB"))
+    assert np.array_equal(load_image(data), expected)
 
 
 def test_grayscale_16bit_cmyk_palette_alpha_animated():
