@@ -477,10 +477,18 @@ def explain(
 
 
 def _steps_and_target(model, x: torch.Tensor, target: int | None, n_glimpses, s_grad) -> tuple[int, int]:
-    """Glimpses the model takes, and the class explained (its final prediction when ``target`` is None)."""
-    with torch.no_grad():
-        out = model(x, n_glimpses=n_glimpses, s_grad=s_grad)
-    target = int(out.logits[-1, 0].argmax()) if target is None else int(target)
-    if not 0 <= target < out.logits.shape[-1]:
-        raise ValueError(f"target {target} is not a class index (0..{out.logits.shape[-1] - 1})")
-    return out.logits.shape[0], target
+    """Glimpses the model takes, and the class explained (its final prediction when ``target`` is None).
+    An MGNet with a given target needs no forward pass for this: both follow from its configuration."""
+    if target is not None and isinstance(model, MGNet):
+        steps, n_classes = model.n_glimpses if n_glimpses is None else int(n_glimpses), model.num_classes  # as forward
+        if steps < 1:
+            raise ValueError("n_glimpses must be at least 1")
+    else:
+        with torch.no_grad():
+            out = model(x, n_glimpses=n_glimpses, s_grad=s_grad)
+        steps, n_classes = out.logits.shape[0], out.logits.shape[-1]
+        target = int(out.logits[-1, 0].argmax()) if target is None else target
+    target = int(target)
+    if not 0 <= target < n_classes:
+        raise ValueError(f"target {target} is not a class index (0..{n_classes - 1})")
+    return steps, target

@@ -251,6 +251,25 @@ def test_bad_arguments(baseline):
         ex.explain(baseline, image(32), "saliency", target=10)
 
 
+def test_a_given_target_needs_no_extra_forward_pass_and_records_the_same_glimpses(mgnet, baseline, monkeypatch):
+    calls = []
+    for model in (mgnet, baseline):
+        monkeypatch.setattr(model, "forward", lambda *a, _f=model.forward, **k: calls.append(1) or _f(*a, **k))
+    for model, size in ((mgnet, 64), (baseline, 32)):
+        for n in (None, 2):
+            calls.clear()
+            free = ex.explain(model, image(size), "saliency", n_glimpses=n)  # its prediction: one extra pass
+            extra = len(calls)
+            calls.clear()
+            given = ex.explain(model, image(size), "saliency", target=free.target, n_glimpses=n)
+            assert len(calls) == extra - 1
+            assert given.options["n_glimpses"] == free.options["n_glimpses"]
+            assert np.array_equal(given.map, free.map)
+    assert ex.explain(mgnet, image(64), "saliency", n_glimpses=2).options["n_glimpses"] == 2
+    with pytest.raises(ValueError, match="not a class index"):
+        ex.explain(mgnet, image(64), "saliency", target=10)
+
+
 # -- maps on photos and agreement metrics -------------------------------------------------------------------
 def test_to_photo():
     m = np.zeros((4, 4), np.float32)
