@@ -361,7 +361,12 @@ def location_check(entry: ModelEntry, photo: Photo, n_glimpses: int | None = Non
         "location",
         (entry.key, photo.key, n_glimpses, n_random),
         lambda: analysis.location_check(
-            entry.model, photo.image, n_glimpses, n_random, model_input=model_input(entry, photo)
+            entry.model,
+            photo.image,
+            n_glimpses,
+            n_random,
+            model_input=model_input(entry, photo),
+            own=analyze(entry, photo, n_glimpses),
         ),
     )
 

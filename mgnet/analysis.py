@@ -180,32 +180,49 @@ class LocationCheck:
 
 
 def location_check(
-    model, image: np.ndarray, n_glimpses: int | None = None, n_random: int = 8, seed: int = 0, *, model_input=None
+    model,
+    image: np.ndarray,
+    n_glimpses: int | None = None,
+    n_random: int = 8,
+    seed: int = 0,
+    *,
+    model_input=None,
+    own: GlimpseAnalysis | None = None,
 ) -> LocationCheck:
     """Run MGNet on ``image`` with its own glimpses, with glimpses 2..T centred, and with them at
-    ``n_random`` random positions (same scales), in one batch. ``model_input``: as for ``analyze``."""
+    ``n_random`` random positions (same scales), in one batch. ``model_input``: as for ``analyze``;
+    ``own``: ``analyze(model, image, n_glimpses)`` if the caller has it (its own-glimpse run is then reused)."""
     steps = model.n_glimpses if n_glimpses is None else int(n_glimpses)
     if steps < 2 or model.is_baseline:
         raise ValueError("this model takes a single look: there is no glimpse location to move")
     if n_random < 1:
         raise ValueError("n_random must be at least 1")
+    if own is not None and (
+        own.n_glimpses != steps or own.image_size != model.image_size or own.classes != model.classes
+    ):
+        raise ValueError("own must be this model's analysis of this image with the same number of glimpses")
     dev = model_device(model)
     x = (to_model_input(image, model.image_size) if model_input is None else model_input).to(dev)
     with eval_mode(model), torch.inference_mode():
         fast = inference_model(model)
-        own = fast(x, n_glimpses=steps)
-        later = own.glimpses[1:].float().cpu()  # [T-1, 1, 3]
+        if own is None:
+            run = fast(x, n_glimpses=steps)
+            later = run.glimpses[1:].float().cpu()  # [T-1, 1, 3]
+            own_probs = run.logits[:, 0].float().softmax(-1).cpu().numpy()  # [T, C]
+        else:
+            later = torch.from_numpy(own.params[1:, None, :].copy())
+            own_probs = own.probs
         scale = later[..., :1].expand(-1, n_random, 1)
         gen = torch.Generator().manual_seed(seed)
         where = (torch.rand(later.shape[0], n_random, 2, generator=gen) * 2 - 1) * (1 - scale)
         params = torch.cat([centred(later), torch.cat([scale, where], -1)], 1)  # [T-1, 1+K, 3]
         out = fast(x.expand(1 + n_random, -1, -1, -1), n_glimpses=steps, glimpse_params=params.to(dev))
-    target = int(own.logits[-1, 0].argmax())
+    target = int(own_probs[-1].argmax())
     probs = out.logits.float().softmax(-1).cpu().numpy()  # [T, 1+K, C]
     finals = probs[-1].argmax(-1)
     return LocationCheck(
         target=target,
-        own=own.logits[:, 0].float().softmax(-1)[:, target].cpu().numpy(),
+        own=own_probs[:, target].copy(),
         centre=probs[:, 0, target],
         moved=probs[:, 1:, target].T.copy(),
         moved_params=out.glimpses[:, 1:].float().cpu().numpy().transpose(1, 0, 2).copy(),

@@ -127,6 +127,12 @@ def test_precomputed_input_and_key_give_the_same_analysis():
     assert (given.width, given.height) == (120, 90)  # boxes still map to the photo, not the model input
     checked = location_check(model, photo, model_input=x)
     np.testing.assert_array_equal(checked.own, location_check(model, photo).own)
+    reused = location_check(model, photo, model_input=x, own=given)  # the analysis's own-glimpse run reused
+    for field in ("own", "centre", "moved", "moved_params"):
+        np.testing.assert_array_equal(getattr(reused, field), getattr(checked, field))
+    assert reused.target == checked.target and reused.final_class == checked.final_class
+    with pytest.raises(ValueError, match="same number of glimpses"):
+        location_check(model, photo, n_glimpses=2, own=given)
     with pytest.raises(ValueError, match="1, 3, 64, 64"):
         analyze(model, photo, model_input=x[:, :, :32])
     with pytest.raises(ValueError, match="one entry per image"):
