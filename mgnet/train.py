@@ -272,6 +272,12 @@ def init_weights(model, path, class_ids) -> dict:
     if list(source.checkpoint_info.get("class_ids") or []) != list(class_ids):
         raise SystemExit(f"error: --init-from {path} has different classes from --data.")
     model.load_state_dict(source.state_dict())
+    return parent_record(path, source)
+
+
+def parent_record(path, source) -> dict:
+    """What a child's provenance records of the checkpoint ``source`` loaded from ``path``: its file, sha256,
+    the command that made it and, recursively, its own parents (``init_from``, ``blend``)."""
     info = source.checkpoint_info
     prov = info.get("provenance") or {}
     keep = (
@@ -283,6 +289,7 @@ def init_weights(model, path, class_ids) -> dict:
         "total_epochs",
         "total_train_seconds",
         "init_from",
+        "blend",
         "hardware",
     )
     return {"path": str(path), "sha256": info["sha256"], **{k: prov[k] for k in keep if k in prov}}
