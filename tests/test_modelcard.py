@@ -155,3 +155,51 @@ def test_worst_case_budget_names_only_what_was_cut():
     assert "upper estimates" in text
     text = _worst_case_budget(40, full)
     assert "40 images instead of 500" in text and "upper estimates" not in text and "Fewer images widen" in text
+
+
+def test_worst_case_keeps_the_columns_of_a_model_whose_weights_did_not_change(tmp_path, monkeypatch):
+    from conftest import make_image_folder, save_tiny_checkpoints
+    from mgnet import modelcard
+
+    calls = []
+
+    def fake_attack(model, images, y, method, eps, **kw):
+        calls.append((model.checkpoint_info["path"], eps))
+        return {"images": len(y), "clean": 0.5, "accuracy": 0.25, "members": {"pgd": 0.25}, "broke_first": {}}
+
+    monkeypatch.setattr(modelcard, "robust_accuracy", fake_attack)
+    data = make_image_folder(tmp_path / "val", per_class=2, size=64)
+    ids = ["n01440764", "n02102040", "n02979186"]
+    mg, base = save_tiny_checkpoints(tmp_path / "ck", class_ids=ids)
+    args = argparse.Namespace(
+        data=str(data),
+        mgnet=str(mg),
+        baseline=str(base),
+        worst_limit=0,
+        worst_eps=[1.0, 2.0],
+        apgd_steps=10,
+        square_queries=200,
+        worst_batch=8,
+        seed=0,
+        cache_dir=str(tmp_path / "cache"),
+    )
+    modelcard.measure_worst_case(args, tmp_path)
+    assert len(calls) == 4
+    calls.clear()
+    other_mg = save_tiny_checkpoints(tmp_path / "ck3", class_ids=ids, seed=7)[
+        0
+    ]  # another MGNet; the baseline is unchanged
+    res = modelcard.measure_worst_case(argparse.Namespace(**{**vars(args), "mgnet": str(other_mg)}), tmp_path)
+    assert [p for p, _ in calls] == [str(other_mg)] * 2  # only MGNet is measured again
+    assert all(res["eps"][e]["baseline"]["kept_from"] for e in ("1", "2"))
+    assert not any("kept_from" in res["eps"][e]["mgnet"] for e in ("1", "2"))
+    text = "\n".join(modelcard._worst_case_section(tmp_path))
+    assert "The baseline columns were measured by the run at commit" in text and "MGNet columns" not in text
+    calls.clear()
+    other_base = save_tiny_checkpoints(tmp_path / "ck4", class_ids=ids, seed=9)[
+        1
+    ]  # a new baseline: MGNet's transfer changes too
+    modelcard.measure_worst_case(
+        argparse.Namespace(**{**vars(args), "mgnet": str(other_mg), "baseline": str(other_base)}), tmp_path
+    )
+    assert len(calls) == 4
