@@ -1059,14 +1059,24 @@ def measure_candidates(args, out: Path) -> dict:
     return doc
 
 
-def _candidates_section(out_dir: Path) -> list[str]:
-    """Why goal 1 is hard: whether any glimpse-2 choice gains on val (``--stage candidates``), if measured."""
+def _candidates_section(out_dir: Path, default_sha: str | None = None) -> list[str]:
+    """Why goal 1 is hard: whether any glimpse-2 choice gains on val (``--stage candidates``), if measured.
+    Measured on another checkpoint than ``default_sha``, the section says so."""
     path = Path(out_dir) / CANDIDATES_FILE
     if not path.exists():
         return []
     doc = json.loads(path.read_text())
+    stale = default_sha is not None and doc.get("sha256") != default_sha
     rows = [
         "\n### Can any glimpse-2 policy gain on these photos?\n",
+        *(
+            [
+                f"**Measured on an earlier default MGNet** (sha256 `{str(doc.get('sha256'))[:12]}…`), not on the "
+                "checkpoint this card describes; run `python -m mgnet.modelcard --stage candidates` to measure it.\n"
+            ]
+            if stale
+            else []
+        ),
         f"`{doc['checkpoint']}` after glimpse 2 on {doc['val']['images']} val photos and their off-centre "
         f"versions, with glimpse 2 at each of the location stage's {len(doc['val']['candidates'])} candidates "
         "(3 scales on a 3x3 grid; `mgnet.evaluate.candidate_selection`, written by "
@@ -1132,7 +1142,7 @@ def _locations_section(res: dict, out_dir: Path) -> list[str]:
         "object would sit 0.19 from the centre on average, so the card checks the corrected 0.12 "
         "(`shared/notes/location-pilots.md`).\n",
     ]
-    lines += _candidates_section(out_dir)
+    lines += _candidates_section(out_dir, res["checkpoints"]["mgnet"]["sha256"])
     lines += [
         "\n### Default MGNet (location stage)",
     ]

@@ -203,3 +203,16 @@ def test_worst_case_keeps_the_columns_of_a_model_whose_weights_did_not_change(tm
         argparse.Namespace(**{**vars(args), "mgnet": str(other_mg), "baseline": str(other_base)}), tmp_path
     )
     assert len(calls) == 4
+
+
+def test_candidate_check_says_when_it_was_measured_on_another_checkpoint(tmp_path):
+    import json
+    import shutil
+
+    from mgnet.modelcard import CANDIDATES_FILE, _candidates_section
+    from conftest import ROOT
+
+    shutil.copy(ROOT / "checkpoints" / CANDIDATES_FILE, tmp_path / CANDIDATES_FILE)
+    sha = json.loads((tmp_path / CANDIDATES_FILE).read_text())["sha256"]
+    assert not any("earlier default" in line for line in _candidates_section(tmp_path, sha))
+    assert any("Measured on an earlier default MGNet" in line for line in _candidates_section(tmp_path, "other"))
