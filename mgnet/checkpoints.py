@@ -227,11 +227,12 @@ def atomic_save(obj, path):
 
 
 def training_chain(provenance: dict) -> list[dict]:
-    """The provenance of every training stage behind a checkpoint, oldest first (its ``init_from`` chain)."""
+    """The provenance of every training stage behind a checkpoint, oldest first (its ``init_from`` chain; a
+    weight average (``blend``, ``mgnet.blend``) continues with its first parent, the second being a side branch)."""
     chain, prov = [], provenance
     while prov:
         chain.append(prov)
-        prov = prov.get("init_from")
+        prov = prov.get("init_from") or (prov.get("blend") or {}).get("first")
     return chain[::-1]
 
 

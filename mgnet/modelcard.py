@@ -432,7 +432,9 @@ def training_curves(folder: Path) -> dict:
         for i, rec in enumerate(json.loads(path.read_text()), 1):
             acc = rec.get("val_accuracy_per_glimpse")
             if acc:
-                rows.append({"x": i, "acc": acc, "first_of_stage": rec.get("stage", 1) != last_stage})
+                rows.append(
+                    {"x": i, "acc": acc, "stage": rec.get("stage"), "first_of_stage": rec.get("stage", 1) != last_stage}
+                )
             last_stage = rec.get("stage", 1)
         if rows:
             curves[kind] = rows
@@ -440,12 +442,13 @@ def training_curves(folder: Path) -> dict:
 
 
 def stage_ends(curves: dict) -> list[dict]:
-    """Per stage, in order: {"stage": k, "epochs": epochs so far, kind: accuracy per glimpse at its last epoch}."""
+    """Per stage, in order: {"stage": k, "epochs": epochs so far, kind: accuracy per glimpse at its last epoch}.
+    Stages are numbered by their recorded tag (a stage without epochs, such as a weight average, has none)."""
     ends: dict[int, dict] = {}
     for kind, rows in curves.items():
         stage = 0
         for r in rows:
-            stage += r["first_of_stage"]
+            stage = r["stage"] if r.get("stage") is not None else stage + r["first_of_stage"]
             entry = ends.setdefault(stage, {"stage": stage, "epochs": r["x"]})
             entry["epochs"] = max(entry["epochs"], r["x"])
             entry[kind] = r["acc"]
@@ -749,15 +752,40 @@ def training_stages(provenance: dict) -> list[dict]:
         # The first checkpoints recorded the module as "train"; the command is mgnet.train.
         command = prov.get("command", "?").replace("python -m train ", "python -m mgnet.train ")
         lr = stage_option(prov, "lr")
-        stages.append(
-            {
-                "command": command,
-                "epochs": prov.get("epochs"),
-                "lr": float(lr) if lr is not None else None,
-                "train_seconds": prov.get("train_seconds"),
+        stage = {
+            "command": command,
+            "epochs": prov.get("epochs"),
+            "lr": float(lr) if lr is not None else None,
+            "train_seconds": prov.get("train_seconds"),
+        }
+        if prov.get("blend"):  # a weight average: no training here, but its second parent's last stage
+            second = prov["blend"]["second"]
+            stage["blend"] = {
+                "weight": prov["blend"]["weight"],
+                "kept_from_first": prov["blend"].get("kept_from_first", []),
+                "second_command": second.get("command", "?"),
+                "second_epochs": second.get("epochs"),
+                "second_lr": stage_option(second, "lr"),
             }
-        )
+            stage["train_seconds"] = second.get("train_seconds")
+        stages.append(stage)
     return stages
+
+
+def _stage_line(i: int, st: dict) -> str:
+    if st.get("blend"):
+        b = st["blend"]
+        kept = (
+            f", except {', '.join(f'`{m}`' for m in b['kept_from_first'])} kept from stage {i - 1}"
+            if b["kept_from_first"]
+            else ""
+        )
+        return (
+            f"  - stage {i}: no training: a weight average of stage {i - 1}'s weights ({1 - b['weight']:g}) and "
+            f"those of a side stage ({b['weight']:g}){kept}; the side stage is {b['second_epochs']} epochs at peak "
+            f"learning rate {b['second_lr']} from the same weights as stage {i - 1}."
+        )
+    return f"  - stage {i}: {st['epochs']} epochs, peak learning rate {st['lr']}."
 
 
 def _files_section(res: dict) -> list[str]:
@@ -797,8 +825,18 @@ def _recipe_section(res: dict, out_dir: Path) -> list[str]:
         "where a command below says otherwise:",
     ]
     for i, st in enumerate(stages, 1):
-        lines.append(f"  - stage {i}: {st['epochs']} epochs, peak learning rate {st['lr']}.")
-    if mg.get("recipe") == "location stage":
+        lines.append(_stage_line(i, st))
+    blended = next((i for i, st in enumerate(stages, 1) if st.get("blend")), None)
+    if blended:
+        lines.append(
+            f"- Stages 1 to {blended - 1} are those of the previous default (the last of them the location stage, "
+            f"`docs/location-stage.md`); its baseline is this card's baseline. Stage {blended} blends that MGNet with "
+            "a side stage (the location stage's cost objective, from the paper-recipe weights) and keeps its "
+            "policy; the stages after it train only MGNet's location network (`--location-only`: every other "
+            "weight and the BatchNorm statistics frozen), on the same data (40% off-centre composites). The "
+            "baseline has no counterpart to these stages: MGNet got more fine-tuning compute, not other data."
+        )
+    elif mg.get("recipe") == "location stage":
         lines.append(
             "- The last stage is the location stage (`docs/location-stage.md`): off-centre composites "
             f"replace {a.get('off_centre')} of every batch for both models, and MGNet adds the location-"
@@ -821,8 +859,12 @@ def _recipe_section(res: dict, out_dir: Path) -> list[str]:
         "at the same time, one thread each)."
     )
     lines.append("\nExact commands, in this order:\n```bash")
-    for base_stage, mgnet_stage in zip(stages_base, stages):
-        lines += [base_stage["command"], mgnet_stage["command"]]
+    for i, mgnet_stage in enumerate(stages):
+        if i < len(stages_base):
+            lines.append(stages_base[i]["command"])
+        if mgnet_stage.get("blend"):
+            lines.append(mgnet_stage["blend"]["second_command"])
+        lines.append(mgnet_stage["command"])
     lines += [
         "python -m mgnet.modelcard --data ../shared/data/imagenette2-224/val",
         "```",

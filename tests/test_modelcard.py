@@ -216,3 +216,22 @@ def test_candidate_check_says_when_it_was_measured_on_another_checkpoint(tmp_pat
     sha = json.loads((tmp_path / CANDIDATES_FILE).read_text())["sha256"]
     assert not any("earlier default" in line for line in _candidates_section(tmp_path, sha))
     assert any("Measured on an earlier default MGNet" in line for line in _candidates_section(tmp_path, "other"))
+
+
+def test_training_stages_follow_a_weight_average_through_its_first_parent():
+    from mgnet.modelcard import _stage_line, training_stages
+
+    paper = {"command": "python -m mgnet.train --lr 0.08", "epochs": 18, "train_seconds": 60}
+    located = {"command": "python -m mgnet.train --lr 0.02 --location-weight 0.05", "epochs": 5, "init_from": paper}
+    side = {"command": "python -m mgnet.train --lr 0.02 --location-objective cost", "epochs": 5, "train_seconds": 120}
+    blend = {
+        "command": "python -m mgnet.blend ...",
+        "blend": {"first": located, "second": side, "weight": 0.3, "kept_from_first": ["loc_network"]},
+    }
+    final = {"command": "python -m mgnet.train --lr 0.02 --location-only", "epochs": 2, "init_from": blend}
+    stages = training_stages(final)
+    assert [st["command"].split()[-1] for st in stages] == ["0.08", "0.05", "...", "--location-only"]
+    assert stages[2]["blend"]["second_command"] == side["command"] and stages[2]["train_seconds"] == 120
+    line = _stage_line(3, stages[2])
+    assert "weight average of stage 2's weights (0.7)" in line and "`loc_network` kept from stage 2" in line
+    assert training_recipe({"provenance": final}) == "location stage"
