@@ -783,7 +783,7 @@ def _stage_line(i: int, st: dict) -> str:
         return (
             f"  - stage {i}: no training: a weight average of stage {i - 1}'s weights ({1 - b['weight']:g}) and "
             f"those of a side stage ({b['weight']:g}){kept}; the side stage is {b['second_epochs']} epochs at peak "
-            f"learning rate {b['second_lr']} from the same weights as stage {i - 1}."
+            f"learning rate {b['second_lr']}, trained from the weights stage {i - 1} started from."
         )
     return f"  - stage {i}: {st['epochs']} epochs, peak learning rate {st['lr']}."
 
