@@ -220,29 +220,30 @@ def _slot(kind: str, key: tuple, _value=_MISSING):
     return _value
 
 
-def memo(kind: str, key: tuple, compute: Callable[[], Any]):
-    """Cached result of ``compute()`` under (kind, key); computed outside the cache (see module doc)."""
-    try:
-        return _slot(kind, key)
-    except _Miss:
-        pass
-    return _slot(kind, key, _value=compute())
-
-
 @st.cache_resource(show_spinner=False, max_entries=FIGURE_ENTRIES, ttl=RESULT_TTL)
 def _figure_slot(kind: str, key: tuple, _value=_MISSING):
+    """As ``_slot``, but the value is shared, not copied."""
     if _value is _MISSING:
         raise _Miss
     return _value
 
 
-def figure(kind: str, key: tuple, build: Callable[[], Any]):
-    """The figure ``build()`` makes, built once per (kind, key); ``key`` must name everything it shows."""
+def _cached(slot, kind: str, key: tuple, compute: Callable[[], Any]):
     try:
-        return _figure_slot(kind, key)
+        return slot(kind, key)
     except _Miss:
         pass
-    return _figure_slot(kind, key, _value=build())
+    return slot(kind, key, _value=compute())
+
+
+def memo(kind: str, key: tuple, compute: Callable[[], Any]):
+    """Cached result of ``compute()`` under (kind, key); computed outside the cache (see module doc)."""
+    return _cached(_slot, kind, key, compute)
+
+
+def figure(kind: str, key: tuple, build: Callable[[], Any]):
+    """The figure ``build()`` makes, built once per (kind, key); ``key`` must name everything it shows."""
+    return _cached(_figure_slot, kind, key, build)
 
 
 def content_key(*parts) -> str:

@@ -244,6 +244,7 @@ def measure_worst_case(args, out: Path) -> dict:
                     **kept,
                     "kept_from": kept.get("kept_from") or previous["git_commit"],
                 }
+                write_json_atomic(res, out / WORST_FILE)
                 print(f"eps {eps:g} {name}: unchanged weights, kept from {previous['date']}", flush=True)
                 continue
             y = label_map(model, folder_classes)[labels]
@@ -766,6 +767,8 @@ def training_stages(provenance: dict) -> list[dict]:
                 "second_command": second.get("command", "?"),
                 "second_epochs": second.get("epochs"),
                 "second_lr": stage_option(second, "lr"),
+                "first_path": prov["blend"]["first"].get("path"),
+                "first_sha256": prov["blend"]["first"].get("sha256"),
             }
             stage["train_seconds"] = second.get("train_seconds")
         stages.append(stage)
@@ -834,7 +837,10 @@ def _recipe_section(res: dict, out_dir: Path) -> list[str]:
             "a side stage (the location stage's cost objective, from the paper-recipe weights) and keeps its "
             "policy; the stages after it train only MGNet's location network (`--location-only`: every other "
             "weight and the BatchNorm statistics frozen), on the same data (40% off-centre composites). The "
-            "baseline has no counterpart to these stages: MGNet got more fine-tuning compute, not other data."
+            "baseline has no counterpart to these stages: MGNet got more fine-tuning compute, not other data. "
+            f"The blend's `--first` ({stages[blended - 1]['blend']['first_path']}) was stage {blended - 1}'s export "
+            f"at the time, sha256 `{str(stages[blended - 1]['blend']['first_sha256'])[:12]}…` (in git history), since "
+            "replaced by this checkpoint."
         )
     elif mg.get("recipe") == "location stage":
         lines.append(

@@ -158,6 +158,8 @@ def test_worst_case_budget_names_only_what_was_cut():
 
 
 def test_worst_case_keeps_the_columns_of_a_model_whose_weights_did_not_change(tmp_path, monkeypatch):
+    import json
+
     from conftest import make_image_folder, save_tiny_checkpoints
     from mgnet import modelcard
 
@@ -193,6 +195,8 @@ def test_worst_case_keeps_the_columns_of_a_model_whose_weights_did_not_change(tm
     assert [p for p, _ in calls] == [str(other_mg)] * 2  # only MGNet is measured again
     assert all(res["eps"][e]["baseline"]["kept_from"] for e in ("1", "2"))
     assert not any("kept_from" in res["eps"][e]["mgnet"] for e in ("1", "2"))
+    written = json.loads((tmp_path / modelcard.WORST_FILE).read_text())
+    assert written["eps"] == res["eps"]  # kept columns are written too, the last one included
     text = "\n".join(modelcard._worst_case_section(tmp_path))
     assert "The baseline columns were measured by the run at commit" in text and "MGNet columns" not in text
     calls.clear()
