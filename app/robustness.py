@@ -255,10 +255,7 @@ def corruption_show(request: CorruptionRequest, result: CorruptionResult, entry,
         with col:
             pname, p, _ = _pred(a)
             title = f"{'clean' if side == 'clean' else what}: MGNet says {pname} ({p:.0%})"
-            key = (
-                services.content_key(img.shape, a.boxes, title),
-                result.work_key if side == "clean" else result.bad_key,
-            )
+            key = (result.work_key if side == "clean" else result.bad_key, services.content_key(a.boxes, title))
             fig = services.figure(
                 "corruption-glimpses",
                 key,

@@ -15,8 +15,7 @@ import sys
 
 import torch
 
-from .checkpoints import CheckpointError, file_sha256, load_checkpoint, save_checkpoint
-from .train import parent_record
+from .checkpoints import CheckpointError, file_sha256, load_checkpoint, parent_record, save_checkpoint
 
 
 def blend_state(first: dict, second: dict, weight: float, keep_first=()) -> dict:
@@ -25,7 +24,7 @@ def blend_state(first: dict, second: dict, weight: float, keep_first=()) -> dict
         raise ValueError(f"weight must be in [0, 1], got {weight}")
     if first.keys() != second.keys():
         raise ValueError("the two checkpoints have different weights: they are not the same architecture")
-    kept = [k for k in first if any(k.startswith(p + ".") for p in keep_first)]
+    kept = {k for k in first if any(k.startswith(p + ".") for p in keep_first)}
     missing = [p for p in keep_first if not any(k.startswith(p + ".") for k in first)]
     if missing:
         raise ValueError(f"no weights under {', '.join(missing)}")

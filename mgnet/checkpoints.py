@@ -226,6 +226,26 @@ def atomic_save(obj, path):
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
+def parent_record(path, source) -> dict:
+    """What a child's provenance records of the checkpoint ``source`` loaded from ``path``: its file, sha256,
+    the command that made it and, recursively, its own parents (``init_from``, ``blend``)."""
+    info = source.checkpoint_info
+    prov = info.get("provenance") or {}
+    keep = (
+        "git_commit",
+        "saved",
+        "command",
+        "epochs",
+        "train_seconds",
+        "total_epochs",
+        "total_train_seconds",
+        "init_from",
+        "blend",
+        "hardware",
+    )
+    return {"path": str(path), "sha256": info["sha256"], **{k: prov[k] for k in keep if k in prov}}
+
+
 def training_chain(provenance: dict) -> list[dict]:
     """The provenance of every training stage behind a checkpoint, oldest first (its ``init_from`` chain; a
     weight average (``blend``, ``mgnet.blend``) continues with its first parent, the second being a side branch)."""

@@ -228,18 +228,18 @@ def measure_worst_case(args, out: Path) -> dict:
     }
     previous = json.loads((out / WORST_FILE).read_text()) if (out / WORST_FILE).is_file() else {}
     same_run = all(previous.get(k) == res[k] for k in ("data", "images", "seed", "settings", "members"))
+    same_weights = {
+        name: same_run
+        and ((previous.get("checkpoints") or {}).get(name) or {}).get("sha256") == res["checkpoints"][name]["sha256"]
+        for name in models
+    }
+    # A model whose weights are unchanged keeps its numbers (MGNet's transfer member is crafted on the baseline,
+    # so MGNet is re-measured whenever either changed).
+    keep = {name: same_weights[name] and (name != "mgnet" or same_weights["baseline"]) for name in models}
     for eps in args.worst_eps:
         for name, model in models.items():
-            old = (previous.get("checkpoints") or {}).get(name, {})
             kept = (previous.get("eps") or {}).get(f"{eps:g}", {}).get(name)
-            # A model whose weights are unchanged keeps its numbers (MGNet's transfer member is crafted on the
-            # baseline, so MGNet is re-measured whenever either changed).
-            unchanged = old.get("sha256") == res["checkpoints"][name]["sha256"] and (
-                name != "mgnet"
-                or (previous["checkpoints"].get("baseline") or {}).get("sha256")
-                == res["checkpoints"]["baseline"]["sha256"]
-            )
-            if same_run and kept is not None and unchanged:
+            if keep[name] and kept is not None:
                 res["eps"].setdefault(f"{eps:g}", {})[name] = {
                     **kept,
                     "kept_from": kept.get("kept_from") or previous["git_commit"],

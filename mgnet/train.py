@@ -23,7 +23,14 @@ import torch
 import torch.distributed as dist
 from torchvision.ops import roi_align
 
-from .checkpoints import CheckpointError, atomic_save, load_checkpoint, read_checkpoint_file, save_checkpoint
+from .checkpoints import (
+    CheckpointError,
+    atomic_save,
+    load_checkpoint,
+    parent_record,
+    read_checkpoint_file,
+    save_checkpoint,
+)
 from .data import cached_folder
 from . import location
 from .imagenet100 import IMAGENETTE
@@ -273,26 +280,6 @@ def init_weights(model, path, class_ids) -> dict:
         raise SystemExit(f"error: --init-from {path} has different classes from --data.")
     model.load_state_dict(source.state_dict())
     return parent_record(path, source)
-
-
-def parent_record(path, source) -> dict:
-    """What a child's provenance records of the checkpoint ``source`` loaded from ``path``: its file, sha256,
-    the command that made it and, recursively, its own parents (``init_from``, ``blend``)."""
-    info = source.checkpoint_info
-    prov = info.get("provenance") or {}
-    keep = (
-        "git_commit",
-        "saved",
-        "command",
-        "epochs",
-        "train_seconds",
-        "total_epochs",
-        "total_train_seconds",
-        "init_from",
-        "blend",
-        "hardware",
-    )
-    return {"path": str(path), "sha256": info["sha256"], **{k: prov[k] for k in keep if k in prov}}
 
 
 def load_training_data(args, world: int, main_proc: bool):
