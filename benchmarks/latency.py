@@ -200,9 +200,16 @@ def main():
         help="thread counts of the lever table (default: --threads only)",
     )
     p.add_argument("--notes", default="", help="a paragraph appended to latency.md (e.g. lever decisions)")
+    p.add_argument(
+        "--devices", nargs="+", choices=["cpu", "cuda"], help="devices to time (default: the CPU, and CUDA if present)"
+    )
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="folder for latency.md and .json")
     args = p.parse_args()
     threads_list = sorted(set([args.threads] + (args.lever_threads or [])))
-    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    names = args.devices or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    if "cuda" in names and not torch.cuda.is_available():
+        p.error("--devices cuda: no CUDA device is visible to torch on this machine")
+    devices = [torch.device(n) for n in names]
     busy = busy_processes(ignore=("benchmarks/latency.py",))
     results = {
         "hardware": hardware(),
@@ -217,7 +224,7 @@ def main():
             d.type: measure(d, args.repeats, threads_list if d.type == "cpu" else [args.threads]) for d in devices
         },
     }
-    out = ROOT / "benchmarks" / "results"
+    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "latency.json").write_text(json.dumps(results, indent=2))
     text = render(results, args.threads)
