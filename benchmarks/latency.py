@@ -38,25 +38,24 @@ from mgnet.utils import hardware  # noqa: E402
 ISSUE_MS = {"baseline": 12.4, "mgnet 1": 7.0, "mgnet 2": 14.2, "mgnet 4": 27.1}
 AUTHORS_RATIO = {"mgnet 4": 3.1}
 VARIANTS = ("before", "channels_last", "bn_folded", "inference_mode")
-GPU_PLAN = """## GPU plan (no GPU was available to this work)
+GPU_PLAN = """## GPU
 
-- **CUDA graphs for the glimpse loop.** At batch 1 a 4-glimpse ResNet-18 MGNet launches ~300 small
-  kernels; on a GPU that is launch-bound (tens of microseconds each), not FLOP-bound. The whole
-  forward has static shapes (glimpse size fixed by the model, T fixed per call), no host sync (the
-  glimpse params stay on the device; `affine_grid`/`grid_sample` take them as tensors) and no
-  data-dependent control flow, so it can be captured once per (model, T, batch) with
-  `torch.cuda.graphs.make_graphed_callables` or `torch.cuda.CUDAGraph` on the inference copy, into
-  static input/output buffers, and replayed: one launch per analysis. `torch.compile(mode="reduce-overhead")`
-  does the same capture automatically and is worth trying first on the GPU (on this CPU compile gave nothing).
-  Gradient paths (attacks, Captum) keep the eager exact model: their hooks and autograd are not graph-safe.
-- **Levers that carry over:** BatchNorm folding (fewer kernels: 20 fewer launches per glimpse on
-  ResNet-18), `inference_mode`, one normalisation per image, the cached inference copy. channels_last
-  helps on tensor cores only with fp16/bf16 (and cuDNN picks NHWC kernels for it); in fp32 it is roughly
-  neutral. Thread settings do not carry over. A bf16/fp16 autocast inference copy is the GPU-only lever,
-  to be checked against the same parity (argmax/top-5/glimpse params on the val sample).
-- **What to measure** (one short prepared script): this benchmark with `--threads 2` on the GPU (it
-  already times CUDA with synchronisation), target ResNet-18 MGNet analysis < 20 ms, plus one Captum
-  method < 0.3 s from `benchmarks/app_latency.py`, recorded with the device name.
+Measured on an NVIDIA H200 with `benchmarks/gpu_checks.sh` (2026-12-04; `gpu.md`, `latency_gpu.md`):
+MGNet's analysis as the app runs it takes 11 ms (target < 20 ms) and every Captum method at most 0.15 s
+(target < 0.3 s). At batch 1 the GPU is launch-bound, so MGNet after 4 glimpses takes 4.2 times the
+baseline there (9.0 against 2.1 ms). Not built yet:
+
+- **CUDA graphs for the glimpse loop.** A 4-glimpse ResNet-18 MGNet launches ~300 small kernels per
+  image. The forward has static shapes (glimpse size fixed by the model, T fixed per call), no host sync
+  (glimpse params stay on the device) and no data-dependent control flow. So it can be captured once per
+  (model, T, batch) with `torch.cuda.CUDAGraph` on the inference copy, into static input and output
+  buffers, and replayed as one launch. `torch.compile(mode="reduce-overhead")` does the same capture and is
+  worth trying first. Gradient paths (attacks, Captum) keep the eager exact model: their hooks and autograd
+  are not graph-safe.
+- **Levers that carried over** (measured in `latency_gpu.md`): BatchNorm folding (11.3 to 9.5 ms after 4
+  glimpses) and `inference_mode` (9.0 ms). channels_last gains little in fp32. Thread settings do not carry
+  over. A bf16 autocast inference copy is the GPU-only lever left, to be checked against the same parity
+  (`benchmarks/gpu_parity.py`).
 """
 
 

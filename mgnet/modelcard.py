@@ -1318,8 +1318,8 @@ def _worst_case_section(out_dir: Path) -> list[str]:
     lines = [
         "\n## Accuracy under the worst case of several attacks\n",
         f"{res['images']} val images spread over the folder, L-inf, pixel space, final prediction; measured on "
-        f"{res['date']} at commit {_commit_text(res['git_commit'])} with {res.get('threads', '?')} CPU thread(s) "
-        f"({res['hardware']}).\n",
+        f"{res['date']} at commit {_commit_text(res['git_commit'])} ({res['hardware']}; "
+        f"{res.get('threads', '?')} CPU thread(s)).\n",
         _worst_case_budget(res["images"], st),
         *_worst_case_kept(res),
         "Each row is the accuracy under that attack *or any attack above it*: the attacks run in this order, each on "
@@ -1366,6 +1366,12 @@ def _worst_case_section(out_dir: Path) -> list[str]:
         lines.append(
             f"\nSquare ran with {st['queries']:,} queries, not {WORST_SQUARE_QUERIES:,}, and only on the images the gradient attacks left: "
             "where it broke nothing more, that is weak evidence against gradient masking, not proof."
+        )
+    else:
+        lines.append(
+            f"\nSquare ran with its full {st['queries']:,} queries per image, on the images the gradient attacks left. "
+            "Where it broke nothing more, that is evidence against gradient masking at these budgets, not proof: a "
+            "stronger or adaptive attack could still find more."
         )
     return lines + [""]
 

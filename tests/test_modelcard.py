@@ -144,6 +144,23 @@ def test_worst_case_section_says_plainly_whether_the_advantage_survives(tmp_path
     assert _worst_case_section(tmp_path / "nothing-here") == []
 
 
+def test_worst_case_section_words_square_by_its_budget(tmp_path):
+    import json
+
+    from mgnet.modelcard import WORST_FILE, _worst_case_section
+
+    reduced = "\n".join(_worst_case_section(_worst_card(tmp_path, 0.4, 0.05)))
+    assert "Square ran with 300 queries, not 5,000" in reduced and "weak evidence" in reduced
+    path = tmp_path / WORST_FILE
+    res = json.loads(path.read_text())
+    res["settings"].update(apgd_steps=100, queries=5000)
+    res["images"] = 500
+    path.write_text(json.dumps(res))
+    full = "\n".join(_worst_case_section(tmp_path))
+    assert "The full evaluation" in full and "its full 5,000 queries" in full
+    assert "weak evidence" not in full and "not proof" in full
+
+
 def test_worst_case_budget_names_only_what_was_cut():
     from mgnet.modelcard import _worst_case_budget
 
