@@ -310,7 +310,7 @@ def render(photo, entry, a, cat, settings: dict):
     request, submitted = form(photo, entry, a, cat)
     if submitted or (st.session_state.get("cmp_request") is None and services.was_done("compare", request)):
         st.session_state["cmp_request"] = request  # a page address naming computed maps shows them at once
-    akey = (entry.key, photo.key, a.n_glimpses)
+    akey = services.analysis_key(entry, photo, a)
     left, right = st.columns([1, 3], gap="medium")
     with left:
         fig = services.figure(

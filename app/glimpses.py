@@ -141,7 +141,7 @@ def show_charts(a, t: int, akey: tuple):
 def render(photo, entry, a):
     """``a`` is the GlimpseAnalysis of ``photo`` by ``entry`` (cached: nothing here runs the model)."""
     n = a.n_glimpses
-    akey = (entry.key, photo.key, n)
+    akey = services.analysis_key(entry, photo, a)
     t = step_form(entry, n)
     left, right = st.columns([3, 2], gap="medium")
     with left:

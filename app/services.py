@@ -353,6 +353,11 @@ def image_input(entry: ModelEntry, image: np.ndarray, image_key: str) -> torch.T
     return to_tensor(pixels).unsqueeze(0).to(analysis.model_device(entry.model))
 
 
+def analysis_key(entry: ModelEntry, photo: Photo, a: analysis.GlimpseAnalysis) -> tuple:
+    """What an analysis's figures depend on: the model, the photo and the number of glimpses."""
+    return (entry.key, photo.key, a.n_glimpses)
+
+
 def analyze(entry: ModelEntry, photo: Photo, n_glimpses: int | None = None) -> analysis.GlimpseAnalysis:
     return analyze_image(entry, photo.image, photo.key, n_glimpses)
 
