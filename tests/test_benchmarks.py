@@ -1,0 +1,32 @@
+"""The GPU parity check's arithmetic, on the CPU (the check itself needs CUDA)."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+
+import gpu_parity  # noqa: E402
+
+
+def test_compare_counts_agreement_per_glimpse():
+    probs = torch.tensor([[[0.4, 0.25, 0.15, 0.1, 0.06, 0.04, 0.0], [0.05, 0.5, 0.2, 0.1, 0.08, 0.07, 0.0]]])
+    params = torch.zeros(1, 2, 3)
+    same = gpu_parity.compare((probs, params), (probs.clone(), params.clone()))
+    assert same == [{"glimpse": 1, "top1_agree": 1.0, "top5_agree": 1.0, "max_prob_diff": 0.0, "max_glimpse_diff": 0.0}]
+    other = probs.clone()
+    other[0, 1] = torch.tensor([0.3, 0.11, 0.2, 0.15, 0.12, 0.02, 0.1])  # photo 2: new top-1, top 5 swaps 5 for 0
+    moved = params.clone()
+    moved[0, 0, 1] = 0.25
+    row = gpu_parity.compare((probs, params), (other, moved))[0]
+    assert row["top1_agree"] == 0.5 and row["top5_agree"] == 0.5
+    assert row["max_prob_diff"] == pytest.approx(0.39) and row["max_glimpse_diff"] == pytest.approx(0.25)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_gpu_parity_says_it_needs_cuda(capsys):
+    with pytest.raises(SystemExit) as stop:
+        gpu_parity.main(["--data", "nowhere"])
+    assert stop.value.code == 2 and "needs a CUDA device" in capsys.readouterr().err
