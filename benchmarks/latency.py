@@ -10,8 +10,9 @@ Variants (the levers of issue 13), each cumulative over the one before:
   before          the model as loaded before this change (contiguous weights), under torch.no_grad
   channels_last   weights in channels_last (what load_checkpoint now returns; gradients use this)
   bn_folded       BatchNorm folded into the convolutions, on a copy
-  inference_mode  the same copy under torch.inference_mode: what mgnet.analysis runs
-                  (mgnet.model.prepare_for_inference + torch.inference_mode)
+  inference_mode  the same copy under torch.inference_mode
+  onednn_packed   its convolutions also pre-packed for oneDNN (mgnet.model.PackedConv2d; CPU only):
+                  what mgnet.analysis runs (mgnet.model.prepare_for_inference + torch.inference_mode)
 The headline table is the last variant at `--threads`; the lever table repeats the variants at each
 of `--lever-threads`. Writes benchmarks/results/latency.md and latency.json.
 """
@@ -37,7 +38,7 @@ from mgnet.utils import hardware  # noqa: E402
 # Issue 13's measurements before this work (2 cores, median of 30) and the authors' implementation.
 ISSUE_MS = {"baseline": 12.4, "mgnet 1": 7.0, "mgnet 2": 14.2, "mgnet 4": 27.1}
 AUTHORS_RATIO = {"mgnet 4": 3.1}
-VARIANTS = ("before", "channels_last", "bn_folded", "inference_mode")
+VARIANTS = ("before", "channels_last", "bn_folded", "inference_mode", "onednn_packed")
 GPU_PLAN = """## GPU
 
 Measured on an NVIDIA H200 with `benchmarks/gpu_checks.sh` (2026-12-04; `gpu.md`, `latency_gpu.md`):
@@ -73,7 +74,8 @@ def variant_models(mg, base):
         "before": (before, torch.no_grad),
         "channels_last": (cl, torch.no_grad),
         "bn_folded": (folded, torch.no_grad),
-        "inference_mode": (fast, torch.inference_mode),
+        "inference_mode": (folded, torch.inference_mode),
+        "onednn_packed": (fast, torch.inference_mode),
     }
 
 
@@ -129,7 +131,7 @@ def measure(device, repeats, threads_list):
                 row: {"median_ms": round(ms, 2), "vs_baseline": round(ms / rows["baseline"], 3)}
                 for row, ms in rows.items()
             }
-    return {"table": table, "fusion_ms": fusion_ms(variants["inference_mode"][0]["mg"], device, repeats)}
+    return {"table": table, "fusion_ms": fusion_ms(variants[VARIANTS[-1]][0]["mg"], device, repeats)}
 
 
 def render(results, threads):
@@ -148,7 +150,7 @@ def render(results, threads):
             "",
         ]
     for dev, res in results["devices"].items():
-        head = res["table"][f"{threads}|inference_mode"]
+        head = res["table"][f"{threads}|{VARIANTS[-1]}"]
         before = res["table"][f"{threads}|before"]
         lines += [
             f"## {dev.upper()}: what the app's analysis runs now ({threads} threads)",

@@ -331,18 +331,112 @@ def fold_batchnorm(backbone: nn.Module) -> int:
     return folded
 
 
+class PackedConv2d(nn.Conv2d):
+    """An ``nn.Conv2d`` that also keeps its weight pre-packed for oneDNN and runs it there on the CPU.
+
+    At batch 1 PyTorch sends convolutions on small feature maps (every one of a 48 px glimpse) to its
+    slower native kernel and re-lays out the weight on each call; calling oneDNN with a packed weight
+    halves a glimpse's backbone time (``benchmarks/results/latency.md``). Same arithmetic up to float32
+    rounding. Anything else (gradients, another dtype or device) takes the plain ``nn.Conv2d`` path.
+    """
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, input_shape: tuple) -> "PackedConv2d":
+        packed = cls.__new__(cls)
+        packed.__dict__.update(conv.__dict__)  # same parameters and settings, no copy
+        packed._pack_shape = tuple(input_shape)
+        packed._pack()
+        return packed
+
+    def _pack(self):
+        weight = self.weight.detach().contiguous().to_mkldnn()
+        self._packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
+            weight, list(self.padding), list(self.stride), list(self.dilation), self.groups, list(self._pack_shape)
+        )
+        self._packed_bias = None if self.bias is None else self.bias.detach().contiguous()
+
+    # oneDNN's packed tensors have no storage to copy or pickle: copies pack their own weight again
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k not in ("_packed", "_packed_bias")}
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self._pack()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        usable = x.device.type == "cpu" and x.dtype == torch.float32 and self.weight.dtype == torch.float32
+        if not usable or (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)):
+            return super().forward(x)
+        return torch.ops.mkldnn._convolution_pointwise(
+            x,
+            self._packed,
+            self._packed_bias,
+            list(self.padding),
+            list(self.stride),
+            list(self.dilation),
+            self.groups,
+            "none",
+            [],
+            "",
+        )
+
+
+def pack_convolutions(backbone: nn.Module, input_shape: tuple) -> int:
+    """Replace every ``nn.Conv2d`` of a CPU float32 backbone by a ``PackedConv2d``, in place, if oneDNN is
+    available and gives the same output on a random input of ``input_shape``; else change nothing.
+    Returns the number of convolutions packed."""
+    convs = [(parent, name, child) for parent in backbone.modules() for name, child in parent.named_children()]
+    convs = [(parent, name, c) for parent, name, c in convs if type(c) is nn.Conv2d and c.padding_mode == "zeros"]
+    first = next(backbone.parameters(), None)
+    if not convs or first is None or first.device.type != "cpu" or first.dtype != torch.float32:
+        return 0
+    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")):
+        return 0
+    shapes: dict = {}
+
+    def record(module, args):  # returns None: the input passes unchanged
+        shapes.setdefault(module, tuple(args[0].shape))
+
+    hooks = [c.register_forward_pre_hook(record) for _, _, c in convs]
+    x = torch.rand(input_shape, generator=torch.Generator().manual_seed(0)).to(memory_format=torch.channels_last)
+    try:
+        with torch.inference_mode():
+            expected = backbone(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    swapped = []
+    try:
+        for parent, name, conv in convs:
+            if conv in shapes:
+                setattr(parent, name, PackedConv2d.from_conv(conv, shapes[conv]))
+                swapped.append((parent, name, conv))
+        with torch.inference_mode():
+            same = torch.allclose(backbone(x), expected, rtol=1e-4, atol=1e-5)
+    except (RuntimeError, AttributeError):  # an older or newer torch without these oneDNN entry points
+        same = False
+    if not same:
+        for parent, name, conv in swapped:
+            setattr(parent, name, conv)
+        return 0
+    return len(swapped)
+
+
 def prepare_for_inference(model: MGNet) -> MGNet:
     """A forward-only copy of ``model`` for fast analysis; ``model`` itself is left untouched.
 
-    The copy has its BatchNorms folded into the convolutions, weights in channels_last memory format
-    and no parameter that requires gradients. It runs the same ``MGNet.forward`` and gives the same
-    outputs up to float32 rounding. It must not be trained (folded BatchNorms keep no running
-    statistics); gradients (attacks, Captum) belong on the exact model.
+    The copy has its BatchNorms folded into the convolutions, weights in channels_last memory format,
+    on the CPU its convolutions packed for oneDNN (``PackedConv2d``), and no parameter that requires
+    gradients. It runs the same ``MGNet.forward`` and gives the same outputs up to float32 rounding. It
+    must not be trained (folded BatchNorms keep no running statistics); gradients (attacks, Captum)
+    belong on the exact model.
     """
     fast = copy.deepcopy(model).eval()
     fold_batchnorm(fast.backbone)
     fast = fast.to(memory_format=torch.channels_last)
     for p in fast.parameters():
         p.requires_grad_(False)
+    side = fast.image_size if fast.is_baseline else fast.glimpse_size()
+    pack_convolutions(fast.backbone, (1, 3, side, side))
     fast.for_inference = True
     return fast

@@ -1,4 +1,8 @@
-"""The forward-only inference copy (BatchNorm folded, channels_last) gives the exact model's outputs."""
+"""The forward-only inference copy (BatchNorm folded, channels_last, convolutions packed for oneDNN) gives
+the exact model's outputs."""
+
+import copy
+import pickle
 
 import numpy as np
 import pytest
@@ -8,7 +12,7 @@ from torch import nn
 from mgnet import load_checkpoint
 from mgnet.analysis import analyze, analyze_batch, inference_model, location_check
 from mgnet.data import list_image_folder, load_image, to_model_input
-from mgnet.model import build_model, fold_batchnorm, prepare_for_inference
+from mgnet.model import PackedConv2d, build_model, fold_batchnorm, pack_convolutions, prepare_for_inference
 from conftest import DATA, ROOT
 
 
@@ -63,6 +67,65 @@ def test_inference_copy_matches_the_exact_model_and_leaves_it_alone(kind):
     torch.testing.assert_close(quick.crops, exact.crops, atol=3e-4, rtol=0)
 
 
+needs_onednn = pytest.mark.skipif(
+    not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN: nothing is packed"
+)
+
+
+@needs_onednn
+def test_inference_copy_packs_every_convolution_of_the_backbone():
+    model = trained_looking("mgnet")
+    fast = prepare_for_inference(model)
+    assert count(fast.backbone, PackedConv2d) == count(model.backbone, nn.Conv2d) == 20
+    assert count(model, PackedConv2d) == 0  # the exact model keeps plain convolutions
+
+
+@needs_onednn
+def test_packed_convolution_gives_the_same_numbers_and_steps_aside_for_gradients():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(16, 32, 3, stride=2, padding=1).eval()
+    packed = PackedConv2d.from_conv(conv, (1, 16, 12, 12))
+    assert packed.weight is conv.weight  # the same parameters, not a copy
+    # other batch sizes and sides than the packed one, in both memory layouts
+    for shape in [(1, 16, 12, 12), (5, 16, 20, 20)]:
+        for layout in (torch.contiguous_format, torch.channels_last):
+            x = torch.randn(shape).contiguous(memory_format=layout)
+            with torch.inference_mode():
+                torch.testing.assert_close(packed(x), conv(x), atol=1e-5, rtol=1e-5)
+    # with gradients or in float64 it is a plain nn.Conv2d (oneDNN's entry point has no backward)
+    x = torch.randn(2, 16, 12, 12, requires_grad=True)
+    packed(x).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    double = copy.deepcopy(packed).double()
+    torch.testing.assert_close(double(x.detach().double()), conv.double()(x.detach().double()))
+
+
+@needs_onednn
+def test_packed_copies_survive_copy_and_pickle():
+    fast = prepare_for_inference(trained_looking("mgnet"))
+    x = torch.rand(2, 3, 64, 64)
+    with torch.inference_mode():
+        want = fast(x).logits
+        for other in (copy.deepcopy(fast), pickle.loads(pickle.dumps(fast))):
+            assert count(other.backbone, PackedConv2d) == 20
+            torch.testing.assert_close(other(x).logits, want, atol=0, rtol=0)
+
+
+def test_packing_is_left_out_without_onednn(monkeypatch):
+    model = trained_looking("baseline")
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+    assert pack_convolutions(model.backbone, (1, 3, 64, 64)) == 0
+    assert count(model.backbone, PackedConv2d) == 0
+
+
+@needs_onednn
+def test_packing_is_left_out_where_it_would_change_the_output(monkeypatch):
+    model = trained_looking("baseline")
+    monkeypatch.setattr(PackedConv2d, "forward", lambda self, x: nn.Conv2d.forward(self, x) + 1.0)
+    assert pack_convolutions(model.backbone, (1, 3, 64, 64)) == 0
+    assert count(model.backbone, PackedConv2d) == 0 and count(model.backbone, nn.Conv2d) == 20
+
+
 def test_inference_copy_is_cached_and_follows_weight_changes():
     model = trained_looking()
     photo = (np.random.default_rng(0).random((80, 100, 3)) * 255).astype(np.uint8)
@@ -108,7 +171,9 @@ def test_default_checkpoints_predict_the_same_on_a_val_sample(name):
     with torch.no_grad():
         exact = model(x)
     probs = exact.logits.softmax(-1).numpy()  # [T, B, C]
-    for b, result in enumerate(fast):
+    # batched as evaluate runs it, and one photo at a time as the app does (batch 1 takes other kernels)
+    single = [analyze(model, p) for p in photos[:8]]
+    for b, result in [*enumerate(fast), *enumerate(single)]:
         assert (np.argsort(-result.probs, -1)[:, :5] == np.argsort(-probs[:, b], -1)[:, :5]).all()
         np.testing.assert_allclose(result.probs, probs[:, b], atol=1e-5)
         np.testing.assert_allclose(result.params, exact.glimpses[:, b].numpy(), atol=1e-5)
