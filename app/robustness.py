@@ -95,10 +95,11 @@ class AttackRequest:
 
     def work(self) -> tuple[int, str, int]:
         """(count, unit, analyses per unit) of the work ahead, an upper bound since attacks stop once they
-        fool: a gradient step is a forward and a backward pass (about two analyses), a Square query one."""
+        fool: a gradient step is a forward and a backward pass on the exact model (about three analyses,
+        which run the faster forward-only copy), a Square query one."""
         if self.method == "square":
             return self.queries, "query", 1
-        return self.steps, "step", 2
+        return self.steps, "step", 3
 
     def crafting_model(self, models, entry):
         """The entry of the model the attack is crafted on (the analysed one unless it is a transfer)."""
@@ -777,7 +778,7 @@ def sweep_severity(request: SweepRequest, photo, models, n, progress) -> SweepRe
 
 def sweep_estimate(request: SweepRequest, photo, models, n) -> str:
     """Rough time of a sweep before it starts: each model attacked at every eps of the grid (a step is
-    about two analyses), or analysed on every severity."""
+    about three analyses), or analysed on every severity."""
     per = sum(services.analyze(m, photo, n).seconds for m in models)
     if request.kind == "eps":
         work, unit, per_unit = request.attack.work()

@@ -48,7 +48,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mgnet.model import IMAGENET_MEAN, IMAGENET_STD, glimpse_options
+from mgnet.analysis import inference_model
+from mgnet.model import IMAGENET_MEAN, IMAGENET_STD, MGNet, glimpse_options
 from mgnet.utils import eval_mode
 
 NORMS = ("linf", "l2")
@@ -367,16 +368,18 @@ def _run_square(job: _Job, x, y, opts) -> tuple[torch.Tensor, dict]:
     """Square attack: a gradient-free random search. Start from vertical stripes of +-eps; each query
     moves one random square window (all channels, each +-eps) of images not yet fooled, and keeps the
     change where the margin z_y - max_{i!=y} z_i went down. An image stops once it is fooled. (The paper
-    also redraws a window that would change nothing; here such a query is simply spent.)"""
+    also redraws a window that would change nothing; here such a query is simply spent.) An MGNet is
+    queried through its forward-only copy (``analysis.inference_model``), the one the app analyses with."""
     if job.targeted:
         raise ValueError("Square is untargeted here; use PGD for a targeted attack")
     queries, radius = opts["queries"], job.radius
     gen = torch.Generator().manual_seed(int(job.seed))
     b, c, h, w = x.shape
+    queried = inference_model(job.model) if isinstance(job.model, MGNet) else job.model  # its lock is held
 
     def margin(images, idx):
         with torch.no_grad():
-            return _margin(_final_logits(job.model, images, job.fw), y[idx])
+            return _margin(_final_logits(queried, images, job.fw), y[idx])
 
     signs = torch.randint(0, 2, (b, c, 1, w), generator=gen).to(x) * 2 - 1
     x_adv = (x + radius * signs).clamp(0, 1)
