@@ -7,7 +7,8 @@
 #
 # OUT_DIR gets bench.tar.gz (gpu_parity, latency, app_latency and attack_speed .md/.json), worst_case.json
 # (python -m mgnet.modelcard --stage worst-case: 500 val images, APGD 100 iterations, Square 5,000 queries)
-# and log.txt; the worst case gets what is left of TOTAL_SECONDS (default 540). Copy them into benchmarks/results/ and checkpoints/ by hand after reading them.
+# and log.txt. The worst case gets what is left of TOTAL_SECONDS (default 540). Read them, then copy them
+# into benchmarks/results/ (with a _gpu suffix) and checkpoints/ by hand (benchmarks/results/gpu.md).
 set -u
 out=$1
 val=$2
