@@ -93,16 +93,29 @@ def candidate_selection(model, images_u8, labels, positions: int = 3, batch_size
     Where the label-free selection gains nothing over the best fixed glimpse, the model's confidence does not
     tell helpful glimpses apart on these photos.
 
+    How much of the label's gain is location, and how much the luck of picking among noisy predictions: the
+    label also picks, per photo, the candidate with the highest true-class probability, once on the photo
+    itself (``label_pick_same``) and once on its mirror image, mirrored back (``label_pick_mirrored``). A
+    location that helps on the photo helps on its mirror at the mirrored place; the network's noise on the
+    two differs. So the mirrored pick keeps the location part of the gain and loses part of the luck. The
+    two views' noise is still correlated, so the mirrored pick is an upper estimate of the location part.
+
     Returns accuracies in [0, 1]: own, centred, per-candidate (list, grid order), best_fixed, label_oracle,
-    most_confident; plus the candidates' u values.
+    most_confident, label_pick_same, label_pick_mirrored; plus the candidates' u values.
     """
     from .location import candidate_grid
 
     if model.is_baseline:
         raise ValueError("candidate selection needs an MGNet (a baseline takes no glimpse 2)")
     grid = candidate_grid(positions)
+    mirror = mirrored_candidates(grid)
     device = next(model.parameters()).device
-    own, at_centre, hit, conf = [], [], [], []
+    own, at_centre, hit, conf, true_p, true_p_mirror = [], [], [], [], [], []
+
+    def at_candidates(x):  # class probabilities after glimpse 2 at each candidate: [K, B, C]
+        place = [model.place(u.to(x).expand(len(x), 3))[None] for u in grid]
+        return torch.stack([model(x, n_glimpses=2, glimpse_params=p).logits[1].softmax(-1) for p in place])
+
     with eval_mode(model):
         for i in range(0, len(images_u8), batch_size):
             x = images_u8[i : i + batch_size].to(device)
@@ -113,19 +126,17 @@ def candidate_selection(model, images_u8, labels, positions: int = 3, batch_size
             at_centre.append(
                 model(x, n_glimpses=2, glimpse_params=centred(out.glimpses[1:2])).logits[1].argmax(-1) == y
             )
-            probs = torch.stack(
-                [
-                    model(x, n_glimpses=2, glimpse_params=model.place(u.to(x).expand(len(x), 3))[None])
-                    .logits[1]
-                    .softmax(-1)
-                    for u in grid
-                ]
-            )  # [K, B, C]
+            probs = at_candidates(x)
             hit.append(probs.argmax(-1) == y)
             conf.append(probs.max(-1).values)
+            index = y[None, :, None].expand(len(grid), -1, 1)
+            true_p.append(probs.gather(-1, index)[..., 0])
+            true_p_mirror.append(at_candidates(x.flip(-1)).gather(-1, index)[..., 0])
     hit, conf = torch.cat(hit, 1).cpu().float(), torch.cat(conf, 1).cpu()
+    true_p, true_p_mirror = torch.cat(true_p, 1).cpu(), torch.cat(true_p_mirror, 1).cpu()
     per = hit.mean(1)
-    confident = hit[conf.argmax(0), torch.arange(hit.shape[1])]
+    photos = torch.arange(hit.shape[1])
+    confident = hit[conf.argmax(0), photos]
     return {
         "images": int(hit.shape[1]),
         "own": float(torch.cat(own).float().mean()),
@@ -135,7 +146,20 @@ def candidate_selection(model, images_u8, labels, positions: int = 3, batch_size
         "best_fixed": float(per.max()),
         "label_oracle": float(hit.max(0).values.mean()),
         "most_confident": float(confident.mean()),
+        "label_pick_same": float(hit[true_p.argmax(0), photos].mean()),
+        "label_pick_mirrored": float(hit[mirror[true_p_mirror.argmax(0)], photos].mean()),
     }
+
+
+def mirrored_candidates(grid: torch.Tensor) -> torch.Tensor:
+    """For each candidate u = (s, ux, uy), the index of (s, 1 - ux, uy): the same glimpse on the photo's
+    mirror image (``MGNet.place`` maps ux to tx = 2 (ux - 0.5)(1 - s))."""
+    want = grid.clone()
+    want[:, 1] = 1 - want[:, 1]
+    dist = (want[:, None] - grid[None]).abs().amax(-1)  # [K, K]
+    if not bool((dist.min(1).values < 1e-6).all()):
+        raise ValueError("the candidate grid is not symmetric left to right")
+    return dist.argmin(1)
 
 
 def random_donors(n: int, seed: int = 0) -> torch.Tensor:

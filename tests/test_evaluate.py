@@ -166,6 +166,18 @@ def test_glimpse_statistics_of_known_glimpses():
     assert hist.sum() == 2 and hist[4, 12] == 1 and hist[8, 8] == 1  # row = y (top first), column = x
 
 
+def test_mirrored_candidates_swap_left_and_right():
+    from mgnet.evaluate import mirrored_candidates
+    from mgnet.location import candidate_grid
+
+    grid = candidate_grid(3)
+    mirror = mirrored_candidates(grid)
+    assert torch.allclose(grid[mirror][:, 1], 1 - grid[:, 1]) and torch.equal(grid[mirror][:, ::2], grid[:, ::2])
+    assert torch.equal(mirror[mirror], torch.arange(len(grid)))
+    with pytest.raises(ValueError, match="not symmetric"):
+        mirrored_candidates(torch.tensor([[0.5, 0.2, 0.5], [0.5, 0.5, 0.5]]))
+
+
 def test_candidate_selection_matches_a_direct_computation(tiny_folder, tiny_checkpoint, tmp_path, capsys):
     """Each candidate's accuracy after glimpse 2, the best fixed one, and the per-image selections (with the
     label; most confident without it), recomputed one image and one candidate at a time."""
@@ -180,6 +192,8 @@ def test_candidate_selection_matches_a_direct_computation(tiny_folder, tiny_chec
     _, samples = list_image_folder(tiny_folder)
     hit = torch.zeros(len(grid), len(samples))
     conf = torch.zeros(len(grid), len(samples))
+    truth = torch.zeros(len(grid), len(samples))
+    truth_mirror = torch.zeros(len(grid), len(samples))
     own = centred = 0
     with torch.no_grad():
         for i, (path, label) in enumerate(samples):
@@ -191,7 +205,10 @@ def test_candidate_selection_matches_a_direct_computation(tiny_folder, tiny_chec
             centred += int(model(x, n_glimpses=2, glimpse_params=params[None]).logits[1, 0].argmax() == label)
             for k, u in enumerate(grid):
                 p = model(x, n_glimpses=2, glimpse_params=model.place(u[None])[None]).logits[1, 0].softmax(-1)
-                hit[k, i], conf[k, i] = float(p.argmax() == label), p.max()
+                hit[k, i], conf[k, i], truth[k, i] = float(p.argmax() == label), p.max(), p[label]
+                mirrored = torch.tensor([[u[0], 1 - u[1], u[2]]])
+                flipped = model(x.flip(-1), n_glimpses=2, glimpse_params=model.place(mirrored)[None])
+                truth_mirror[k, i] = flipped.logits[1, 0].softmax(-1)[label]
     n = len(samples)
     assert res["images"] == n and res["candidate_u"] == grid.tolist()
     assert res["own"] == pytest.approx(own / n) and res["centred"] == pytest.approx(centred / n)
@@ -200,6 +217,10 @@ def test_candidate_selection_matches_a_direct_computation(tiny_folder, tiny_chec
     assert res["label_oracle"] == pytest.approx(float(hit.max(0).values.mean()))
     assert res["most_confident"] == pytest.approx(float(hit[conf.argmax(0), torch.arange(n)].mean()))
     assert res["label_oracle"] >= res["best_fixed"] and res["label_oracle"] >= res["most_confident"]
+    # the label's pick by true-class probability, on the photo and on its mirror image (mirrored back)
+    photos = torch.arange(n)
+    assert res["label_pick_same"] == pytest.approx(float(hit[truth.argmax(0), photos].mean()))
+    assert res["label_pick_mirrored"] == pytest.approx(float(hit[truth_mirror.argmax(0), photos].mean()))
     # the command line reports it
     out = tmp_path / "res.json"
     args = ["--checkpoint", str(tiny_checkpoint), "--data", str(tiny_folder), "--candidates", "--json", str(out)]

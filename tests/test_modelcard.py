@@ -239,6 +239,26 @@ def test_candidate_check_says_when_it_was_measured_on_another_checkpoint(tmp_pat
     assert any("Measured on an earlier default MGNet" in line for line in _candidates_section(tmp_path, "other"))
 
 
+def test_candidate_check_reports_the_mirrored_pick_when_measured(tmp_path):
+    import json
+
+    from mgnet.modelcard import CANDIDATES_FILE, _candidates_section
+
+    grid = [[s, x, y] for s in (0.17, 0.5, 1.0) for y in (0.1, 0.5, 0.9) for x in (0.1, 0.5, 0.9)]
+    entry = {"images": 10, "own": 0.8, "centred": 0.8, "candidates": [0.7] * 27, "candidate_u": grid}
+    entry.update(best_fixed=0.8, label_oracle=0.95, most_confident=0.78)
+    doc = {"checkpoint": "m.pt", "sha256": "x", "command": "c", "date": "2026-12-04", "val": entry}
+    doc["off_centre"] = dict(entry)
+    (tmp_path / CANDIDATES_FILE).write_text(json.dumps(doc))
+    assert not any("mirror image" in line for line in _candidates_section(tmp_path))  # not measured: not said
+    doc["val"] = dict(entry, label_pick_same=0.9, label_pick_mirrored=0.82)
+    doc["off_centre"] = dict(entry, label_pick_same=0.9, label_pick_mirrored=0.88)
+    (tmp_path / CANDIDATES_FILE).write_text(json.dumps(doc))
+    text = "\n".join(_candidates_section(tmp_path))
+    assert "+10.0 points over MGNet's own glimpse when it picks on the photo, +2.0 when it picks on the mirror" in text
+    assert "off-centre it gains +10.0 points over MGNet's own glimpse when it picks on the photo, +8.0" in text
+
+
 def test_training_stages_follow_a_weight_average_through_its_first_parent():
     from mgnet.modelcard import _stage_line, training_stages
 
