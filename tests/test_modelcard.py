@@ -257,6 +257,10 @@ def test_candidate_check_reports_the_mirrored_pick_when_measured(tmp_path):
     text = "\n".join(_candidates_section(tmp_path))
     assert "+10.0 points over MGNet's own glimpse when it picks on the photo, +2.0 when it picks on the mirror" in text
     assert "off-centre it gains +10.0 points over MGNet's own glimpse when it picks on the photo, +8.0" in text
+    assert "+2.0 points above centred glimpses" in text and "rules goal 1 out" in text
+    doc["val"]["label_pick_mirrored"] = 0.85
+    (tmp_path / CANDIDATES_FILE).write_text(json.dumps(doc))
+    assert "does not rule goal 1 out" in "\n".join(_candidates_section(tmp_path))
 
 
 def test_training_stages_follow_a_weight_average_through_its_first_parent():
