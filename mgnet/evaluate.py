@@ -103,7 +103,7 @@ def candidate_selection(model, images_u8, labels, positions: int = 3, batch_size
     Returns accuracies in [0, 1]: own, centred, per-candidate (list, grid order), best_fixed, label_oracle,
     most_confident, label_pick_same, label_pick_mirrored; plus the candidates' u values.
     """
-    from .location import candidate_grid
+    from .location import candidate_grid, mirrored_candidates
 
     if model.is_baseline:
         raise ValueError("candidate selection needs an MGNet (a baseline takes no glimpse 2)")
@@ -149,17 +149,6 @@ def candidate_selection(model, images_u8, labels, positions: int = 3, batch_size
         "label_pick_same": float(hit[true_p.argmax(0), photos].mean()),
         "label_pick_mirrored": float(hit[mirror[true_p_mirror.argmax(0)], photos].mean()),
     }
-
-
-def mirrored_candidates(grid: torch.Tensor) -> torch.Tensor:
-    """For each candidate u = (s, ux, uy), the index of (s, 1 - ux, uy): the same glimpse on the photo's
-    mirror image (``MGNet.place`` maps ux to tx = 2 (ux - 0.5)(1 - s))."""
-    want = grid.clone()
-    want[:, 1] = 1 - want[:, 1]
-    dist = (want[:, None] - grid[None]).abs().amax(-1)  # [K, K]
-    if not bool((dist.min(1).values < 1e-6).all()):
-        raise ValueError("the candidate grid is not symmetric left to right")
-    return dist.argmin(1)
 
 
 def random_donors(n: int, seed: int = 0) -> torch.Tensor:

@@ -39,6 +39,17 @@ def candidate_grid(positions: int = 3, scales=CANDIDATE_SCALES) -> torch.Tensor:
     return torch.tensor(rows)
 
 
+def mirrored_candidates(grid: torch.Tensor) -> torch.Tensor:
+    """For each candidate u = (s, ux, uy), the index of (s, 1 - ux, uy): the same glimpse on the photo's
+    mirror image (``MGNet.place`` maps ux to tx = 2 (ux - 0.5)(1 - s))."""
+    want = grid.clone()
+    want[:, 1] = 1 - want[:, 1]
+    dist = (want[:, None] - grid[None]).abs().amax(-1)  # [K, K]
+    if not bool((dist.min(1).values < 1e-6).all()):
+        raise ValueError("the candidate grid is not symmetric left to right")
+    return dist.argmin(1)
+
+
 def off_centre(images: torch.Tensor, seed: int = 0, side=(0.4, 0.6), blur: int = 16):
     """Each photo shrunk to a random share of the side in ``side`` and pasted at a random position on a
     blurred other photo of the batch (``blur`` px, upsampled). Deterministic for a seed.
@@ -102,13 +113,23 @@ def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def candidate_losses(
-    model, x: torch.Tensor, y: torch.Tensor, grid: torch.Tensor, overlap: float = 0.0, chunk: int = 512
+    model,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    grid: torch.Tensor,
+    overlap: float = 0.0,
+    chunk: int = 512,
+    mirror: bool = False,
 ):
     """For each glimpse step t = 2..T, the loss after step t had glimpse t gone to each candidate, with
     glimpses 1..t-1 where the model itself put them. Eval mode, no gradients.
 
     ``overlap`` > 0 adds overlap times the candidate's largest IoU with the model's own glimpses 2..t-1 (the
     first glimpse, the whole photo, does not count), so later glimpses are pushed to look somewhere new.
+
+    ``mirror`` averages each candidate's loss with the mirrored candidate's loss on the mirror image: a place
+    that helps helps in both views, while the network's noise partly differs, so the targets carry less luck
+    (``evaluate.candidate_selection``'s mirrored pick). Costs a second pass.
 
     x: pixels [B, 3, S, S] in [0, 1]; y: labels [B]; grid: candidate u [K, 3].
     Returns cross-entropy (plus the overlap cost) [T - 1, B, K].
@@ -140,7 +161,11 @@ def candidate_losses(
                 seen = own.glimpses[1:t]  # [t - 1, B, 3]
                 ce = ce + overlap * box_iou(seen[:, :, None, :], params[None, None]).amax(0)
             losses.append(ce)
-    return torch.stack(losses)
+    losses = torch.stack(losses)
+    if mirror:
+        from_mirror = candidate_losses(model, x.flip(-1), y, grid, overlap, chunk)
+        losses = (losses + from_mirror[..., mirrored_candidates(grid)]) / 2
+    return losses
 
 
 def location_loss(

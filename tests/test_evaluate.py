@@ -167,7 +167,7 @@ def test_glimpse_statistics_of_known_glimpses():
 
 
 def test_mirrored_candidates_swap_left_and_right():
-    from mgnet.evaluate import mirrored_candidates
+    from mgnet.location import mirrored_candidates
     from mgnet.location import candidate_grid
 
     grid = candidate_grid(3)

@@ -105,6 +105,25 @@ def test_overlap_cost_adds_the_largest_iou_with_earlier_own_glimpses():
     assert float(iou.max()) > 0
 
 
+def test_mirror_averages_with_the_mirrored_candidate_on_the_mirror_image():
+    torch.manual_seed(0)
+    model = build_model("mgnet", num_classes=2, image_size=SIZE, n_glimpses=3, scale=SCALE).eval()
+    x, y, _ = quadrant_batch(3, 2)
+    grid = location.candidate_grid(3)
+    plain = location.candidate_losses(model, x, y, grid, overlap=0.3)
+    both = location.candidate_losses(model, x, y, grid, overlap=0.3, mirror=True)
+    # candidate (s, ux, uy) on the photo is (s, 1 - ux, uy) on its mirror image
+    for k, (s, ux, uy) in enumerate(grid.tolist()):
+        m = next(j for j, u in enumerate(grid.tolist()) if u[::2] == [s, uy] and abs(u[1] - (1 - ux)) < 1e-6)
+        with torch.no_grad():
+            forced = model(
+                x.flip(-1), n_glimpses=2, glimpse_params=model.place(grid[m : m + 1]).expand(1, 3, 3).contiguous()
+            )
+        mirrored = torch.nn.functional.cross_entropy(forced.logits[1], y, reduction="none")
+        assert torch.allclose(both[0, :, k], (plain[0, :, k] + mirrored) / 2, atol=1e-5)
+    assert not torch.allclose(both, plain)  # the mirror image does change the numbers
+
+
 def test_cost_objective_moves_to_the_nearest_good_candidate_and_match_settles_between():
     """Two equally good candidates left and right of a start just left of the middle: matching the soft
     target ends between them, lowering the expected cost ends on the left one."""
