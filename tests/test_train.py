@@ -244,3 +244,14 @@ def test_git_commit_marks_uncommitted_changes(tmp_path):
     (tmp_path / "a.py").write_text("x = 2\n")
     assert git_commit(mark_dirty=True, repo=tmp_path) == head + "-dirty"
     assert git_commit(repo=tmp_path) == head
+
+
+def test_location_options_reach_the_stage():
+    from mgnet.train import build_training_model, parse_args
+
+    argv = ["--data", "d", "--out", "o", "--location-weight", "0.3", "--location-overlap", "0.5"]
+    argv += ["--location-objective", "cost", "--glimpses", "2"]
+    _, stage, _ = build_training_model(parse_args(argv), ["a", "b"], "cpu")
+    assert (stage.weight, stage.overlap, stage.objective, stage.mirror) == (0.3, 0.5, "cost", False)
+    _, stage, _ = build_training_model(parse_args(argv + ["--location-mirror"]), ["a", "b"], "cpu")
+    assert stage.mirror is True
