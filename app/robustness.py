@@ -95,8 +95,7 @@ class AttackRequest:
 
     def work(self) -> tuple[int, str, int]:
         """(count, unit, analyses per unit) of the work ahead, an upper bound since attacks stop once they
-        fool: a gradient step is a forward and a backward pass on the exact model (about three analyses,
-        which run the faster forward-only copy), a Square query one."""
+        fool: a gradient step is a forward and a backward pass (about three analyses), a Square query one."""
         if self.method == "square":
             return self.queries, "query", 1
         return self.steps, "step", 3

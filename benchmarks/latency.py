@@ -51,8 +51,8 @@ baseline there (9.0 against 2.1 ms). Not built yet:
   (glimpse params stay on the device) and no data-dependent control flow. So it can be captured once per
   (model, T, batch) with `torch.cuda.CUDAGraph` on the inference copy, into static input and output
   buffers, and replayed as one launch. `torch.compile(mode="reduce-overhead")` does the same capture and is
-  worth trying first. Gradient paths (attacks, Captum) keep the eager exact model: their hooks and autograd
-  are not graph-safe.
+  worth trying first. Gradient paths (attacks, Captum) stay eager: their hooks and autograd are not
+  graph-safe.
 - **Levers that carried over** (measured in `latency_gpu.md`): BatchNorm folding (11.3 to 9.5 ms after 4
   glimpses) and `inference_mode` (9.0 ms). channels_last gains little in fp32. Thread settings do not carry
   over. A bf16 autocast inference copy is the GPU-only lever left, to be checked against the same parity

@@ -71,7 +71,7 @@ def inference_model(model):
 
     Built on first use and kept while ``model`` lives; rebuilt if ``model``'s weights or settings change.
     Call it with ``model``'s lock held: the copy is run under that lock, like the model itself.
-    Gradients (explanations, attacks) use ``model``, never this copy.
+    Captum's explanations use ``model``; attacks take input gradients through this copy.
     """
     key = _fingerprint(model)
     with _FAST_GUARD:

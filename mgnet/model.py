@@ -337,7 +337,9 @@ class PackedConv2d(nn.Conv2d):
     At batch 1 PyTorch sends convolutions on small feature maps (every one of a 48 px glimpse) to its
     slower native kernel and re-lays out the weight on each call; calling oneDNN with a packed weight
     cuts a glimpse's backbone time by about 40% (``benchmarks/results/latency.md``). Same arithmetic up
-    to float32 rounding. Anything else (gradients, another dtype or device) takes the plain path.
+    to float32 rounding. Gradients with respect to the input (attacks, saliency) also run on oneDNN: the
+    backward pass is a transposed convolution with the same weight, packed on first use. Anything else
+    (weight gradients, another dtype or device) takes the plain path.
     """
 
     @classmethod
@@ -357,7 +359,7 @@ class PackedConv2d(nn.Conv2d):
 
     # oneDNN's packed tensors have no storage to copy or pickle: copies pack their own weight again
     def __getstate__(self):
-        return {k: v for k, v in self.__dict__.items() if k not in ("_packed", "_packed_bias")}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_packed", "_packed_bias", "_packed_t")}
 
     def __setstate__(self, state):
         super().__setstate__(state)
@@ -365,8 +367,15 @@ class PackedConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         usable = x.device.type == "cpu" and x.dtype == torch.float32 and self.weight.dtype == torch.float32
-        if not usable or (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)):
+        if not usable or (torch.is_grad_enabled() and self.weight.requires_grad):
             return super().forward(x)
+        if torch.is_grad_enabled() and x.requires_grad:
+            if not getattr(self, "grad_on_onednn", True):
+                return super().forward(x)
+            return _PackedConvInputGrad.apply(x, self)
+        return self._run(x)
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.mkldnn._convolution_pointwise(
             x,
             self._packed,
@@ -379,6 +388,37 @@ class PackedConv2d(nn.Conv2d):
             [],
             "",
         )
+
+    def input_gradient(self, grad: torch.Tensor, input_shape: torch.Size) -> torch.Tensor:
+        """d(output . grad) / d(input): a transposed convolution of ``grad`` with the packed weight."""
+        # output_padding recovers input sizes that the stride rounded away
+        extra = [
+            size - ((out - 1) * stride - 2 * pad + dil * (k - 1) + 1)
+            for size, out, stride, pad, dil, k in zip(
+                input_shape[2:], grad.shape[2:], self.stride, self.padding, self.dilation, self.kernel_size
+            )
+        ]
+        args = (list(self.padding), extra, list(self.stride), list(self.dilation), self.groups)
+        packed = getattr(self, "_packed_t", None)
+        if packed is None or packed[0] != args:
+            weight = self.weight.detach().contiguous()
+            packed = (args, torch.ops.mkldnn._reorder_convolution_transpose_weight(weight, *args, list(grad.shape)))
+            self._packed_t = packed
+        return torch.ops.mkldnn._convolution_transpose_pointwise(grad, packed[1], None, *args, "none", [], "")
+
+
+class _PackedConvInputGrad(torch.autograd.Function):
+    """A ``PackedConv2d`` with a frozen weight, differentiable with respect to its input only."""
+
+    @staticmethod
+    def forward(ctx, x, conv):
+        ctx.conv, ctx.input_shape = conv, x.shape
+        return conv._run(x)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        return ctx.conv.input_gradient(grad, ctx.input_shape), None
 
 
 def pack_convolutions(backbone: nn.Module, input_shape: tuple) -> int:
@@ -405,6 +445,7 @@ def pack_convolutions(backbone: nn.Module, input_shape: tuple) -> int:
     finally:
         for h in hooks:
             h.remove()
+    expected_grad = _input_gradient(backbone, x)
     swapped = []
     try:
         for parent, name, conv in convs:
@@ -419,7 +460,33 @@ def pack_convolutions(backbone: nn.Module, input_shape: tuple) -> int:
         for parent, name, conv in swapped:
             setattr(parent, name, conv)
         return 0
+    try:
+        grad = _input_gradient(backbone, x)
+        grads_same = torch.allclose(grad, expected_grad, rtol=1e-4, atol=1e-4 * float(expected_grad.abs().max()))
+    except (RuntimeError, AttributeError):
+        grads_same = False
+    if not grads_same:  # keep the packed forward; input gradients take the plain path
+        for parent, name, _ in swapped:
+            getattr(parent, name).grad_on_onednn = False
     return len(swapped)
+
+
+def _input_gradient(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """d(sum of the backbone's output times a fixed random tensor) / dx with the weights frozen (as in
+    the inference copy), for the packing self-check."""
+    frozen = [p for p in backbone.parameters() if p.requires_grad]
+    try:
+        with torch.inference_mode(False), torch.enable_grad():
+            for p in frozen:
+                p.requires_grad_(False)
+            x = x.detach().clone().requires_grad_(True)
+            out = backbone(x)
+            weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+            (grad,) = torch.autograd.grad((out * weights).sum(), x)
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+    return grad
 
 
 def prepare_for_inference(model: MGNet) -> MGNet:
@@ -428,15 +495,17 @@ def prepare_for_inference(model: MGNet) -> MGNet:
     The copy has its BatchNorms folded into the convolutions, weights in channels_last memory format,
     on the CPU its convolutions packed for oneDNN (``PackedConv2d``), and no parameter that requires
     gradients. It runs the same ``MGNet.forward`` and gives the same outputs up to float32 rounding. It
-    must not be trained (folded BatchNorms keep no running statistics); gradients (attacks, Captum)
-    belong on the exact model.
+    must not be trained (folded BatchNorms keep no running statistics). Gradients with respect to its
+    input (attacks) are the model's up to float32 rounding; weight gradients belong on the model.
     """
-    fast = copy.deepcopy(model).eval()
-    fold_batchnorm(fast.backbone)
-    fast = fast.to(memory_format=torch.channels_last)
-    for p in fast.parameters():
-        p.requires_grad_(False)
-    side = fast.image_size if fast.is_baseline else fast.glimpse_size()
-    pack_convolutions(fast.backbone, (1, 3, side, side))
+    # built outside inference mode, so that its weights can take part in input gradients later
+    with torch.inference_mode(False), torch.no_grad():
+        fast = copy.deepcopy(model).eval()
+        fold_batchnorm(fast.backbone)
+        fast = fast.to(memory_format=torch.channels_last)
+        for p in fast.parameters():
+            p.requires_grad_(False)
+        side = fast.image_size if fast.is_baseline else fast.glimpse_size()
+        pack_convolutions(fast.backbone, (1, 3, side, side))
     fast.for_inference = True
     return fast

@@ -274,13 +274,14 @@ def init_weights(model, path, class_ids) -> dict:
     except (CheckpointError, OSError) as exc:
         raise SystemExit(f"error: --init-from: {exc}") from exc
     mine, theirs = model.config(), source.config()
-    # The scale range and s_grad may change between stages: the weights fit any of them.
-    differ = sorted(k for k in mine if mine[k] != theirs.get(k) and k not in ("s_grad", "scale_min", "scale_max"))
+    # The weights fit any input size, glimpse scale, scale range and s_grad, so a stage may change them.
+    free = ("s_grad", "scale_min", "scale_max", "image_size", "scale")
+    differ = sorted(k for k in mine if mine[k] != theirs.get(k) and k not in free)
     if differ:
         raise SystemExit(
             f"error: --init-from {path} was trained with a different configuration ("
             + ", ".join(f"{k}: {theirs.get(k)} here {mine[k]}" for k in differ)
-            + "); pass the same --kind, --scale, --glimpses and --image-size."
+            + "); pass the same --kind, --backbone and --glimpses."
         )
     if list(source.checkpoint_info.get("class_ids") or []) != list(class_ids):
         raise SystemExit(f"error: --init-from {path} has different classes from --data.")

@@ -91,12 +91,46 @@ def test_packed_convolution_gives_the_same_numbers_and_steps_aside_for_gradients
             x = torch.randn(shape).contiguous(memory_format=layout)
             with torch.inference_mode():
                 torch.testing.assert_close(packed(x), conv(x), atol=1e-5, rtol=1e-5)
-    # with gradients or in float64 it is a plain nn.Conv2d (oneDNN's entry point has no backward)
+    # with weight gradients or in float64 it is a plain nn.Conv2d
     x = torch.randn(2, 16, 12, 12, requires_grad=True)
     packed(x).sum().backward()
-    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert x.grad is not None and x.grad.abs().sum() > 0 and packed.weight.grad is not None
     double = copy.deepcopy(packed).double()
     torch.testing.assert_close(double(x.detach().double()), conv.double()(x.detach().double()))
+
+
+@needs_onednn
+@pytest.mark.parametrize(
+    "kernel, stride, padding, side", [(3, 1, 1, 12), (3, 2, 1, 12), (3, 2, 1, 13), (1, 2, 0, 13), (7, 2, 3, 21)]
+)
+def test_packed_convolution_input_gradients_run_on_onednn_and_match(monkeypatch, kernel, stride, padding, side):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 16, kernel, stride=stride, padding=padding).eval().requires_grad_(False)
+    packed = PackedConv2d.from_conv(conv, (1, 8, side, side))
+    calls = []
+    real = PackedConv2d.input_gradient
+    monkeypatch.setattr(PackedConv2d, "input_gradient", lambda self, *a: calls.append(1) or real(self, *a))
+    for layout in (torch.contiguous_format, torch.channels_last):
+        x = torch.randn(2, 8, side, side).contiguous(memory_format=layout).requires_grad_(True)
+        weights = torch.randn(conv(x).shape)
+        (want,) = torch.autograd.grad((conv(x) * weights).sum(), x)
+        (got,) = torch.autograd.grad((packed(x) * weights).sum(), x)
+        assert got.shape == x.shape
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    assert len(calls) == 2  # the backward pass ran the packed transposed convolution
+
+
+@needs_onednn
+def test_packing_keeps_input_gradients_on_the_plain_path_if_they_differ(monkeypatch):
+    model = trained_looking("baseline")
+    monkeypatch.setattr(PackedConv2d, "input_gradient", lambda self, grad, shape: torch.zeros(shape))
+    assert pack_convolutions(model.backbone, (1, 3, 64, 64)) == 20
+    convs = [m for m in model.backbone.modules() if isinstance(m, PackedConv2d)]
+    assert all(not c.grad_on_onednn for c in convs)
+    x = torch.rand(1, 3, 64, 64).requires_grad_(True)
+    model.requires_grad_(False)
+    (grad,) = torch.autograd.grad(model(x).logits.sum(), x)
+    assert grad.abs().sum() > 0  # the plain backward, not the broken one
 
 
 @needs_onednn

@@ -188,7 +188,7 @@ def test_location_only_stage_changes_the_location_network_and_nothing_else(folde
 
 
 @pytest.mark.slow
-def test_init_from_refuses_a_different_configuration(folder, tmp_path):
+def test_init_from_refuses_a_different_configuration_but_allows_another_input_size(folder, tmp_path):
     first = run(TRAIN + train_args(folder, tmp_path / "s1", tmp_path / "s1.pt", kind="baseline", epochs=1))
     assert first.returncode == 0, first.stderr[-2000:]
     res = run(TRAIN + train_args(folder, tmp_path / "s2", tmp_path / "s2.pt", epochs=1, init_from=tmp_path / "s1.pt"))
@@ -196,6 +196,17 @@ def test_init_from_refuses_a_different_configuration(folder, tmp_path):
     assert not (tmp_path / "s2.pt").exists()
     res = run(TRAIN + train_args(folder, tmp_path / "s4", tmp_path / "s4.pt", init_from=tmp_path / "nope.pt"))
     assert res.returncode != 0 and "--init-from" in res.stderr
+    # the weights fit any input size: a stage may change it (with lr 0 the weights stay)
+    res = run(
+        TRAIN
+        + train_args(folder, tmp_path / "s5", tmp_path / "s5.pt", kind="baseline", epochs=1, lr=0.0)
+        + ["--image-size", "40", "--init-from", str(tmp_path / "s1.pt")]
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    parent, child = (load_checkpoint(tmp_path / n, device="cpu") for n in ("s1.pt", "s5.pt"))
+    assert (parent.image_size, child.image_size) == (64, 40)
+    weights = {k: v for k, v in parent.state_dict().items() if "running" not in k and "num_batches" not in k}
+    assert all(torch.equal(child.state_dict()[k], v) for k, v in weights.items())  # BatchNorm statistics aside
 
 
 def test_model_card_training_curves_follow_the_stages(tmp_path):
