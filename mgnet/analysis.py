@@ -67,11 +67,12 @@ def _fingerprint(model) -> tuple:
 
 
 def inference_model(model):
-    """The forward-only copy of ``model`` (``model.prepare_for_inference``) used for analyses.
+    """The fast copy of ``model`` (``model.prepare_for_inference``) used for analyses, attacks and maps.
 
     Built on first use and kept while ``model`` lives; rebuilt if ``model``'s weights or settings change.
     Call it with ``model``'s lock held: the copy is run under that lock, like the model itself.
-    Captum's explanations use ``model``; attacks take input gradients through this copy.
+    Analyses run it forward; attacks and Captum's maps take input gradients through it (the same as
+    ``model``'s up to float32 rounding). Training and weight gradients use ``model``.
     """
     key = _fingerprint(model)
     with _FAST_GUARD:

@@ -22,8 +22,8 @@ Conventions shared by every method:
 * ``source``: craft the attack on another model (a transfer attack); success is measured on ``model``.
 * Gradients of an MGNet (the baseline too) are taken through its fast copy (``analysis.inference_model``:
   BatchNorm folded, convolutions and their input gradients on oneDNN), which has the same outputs and
-  input gradients up to float32 rounding and roughly a quarter less time per step on the CPU; Captum's
-  maps keep the model itself. Square queries the same copy.
+  input gradients up to float32 rounding and takes 40% less time per step on the CPU; Captum's maps
+  use it too. Square queries the same copy.
 * The model is never modified: gradients are taken with ``torch.autograd.grad`` with respect to the
   input only (no parameter ``.grad``, no ``requires_grad`` change, no hooks); the model runs in eval mode
   under its shared lock (``utils.eval_mode``) and every module's training flag is restored afterwards,

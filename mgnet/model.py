@@ -496,7 +496,7 @@ def prepare_for_inference(model: MGNet) -> MGNet:
     on the CPU its convolutions packed for oneDNN (``PackedConv2d``), and no parameter that requires
     gradients. It runs the same ``MGNet.forward`` and gives the same outputs up to float32 rounding. It
     must not be trained (folded BatchNorms keep no running statistics). Gradients with respect to its
-    input (attacks) are the model's up to float32 rounding; weight gradients belong on the model.
+    input (attacks, Captum) are the model's up to float32 rounding; weight gradients belong on the model.
     """
     # built outside inference mode, so that its weights can take part in input gradients later
     with torch.inference_mode(False), torch.no_grad():

@@ -110,14 +110,16 @@ def test_packed_convolution_input_gradients_run_on_onednn_and_match(monkeypatch,
     calls = []
     real = PackedConv2d.input_gradient
     monkeypatch.setattr(PackedConv2d, "input_gradient", lambda self, *a: calls.append(1) or real(self, *a))
-    for layout in (torch.contiguous_format, torch.channels_last):
-        x = torch.randn(2, 8, side, side).contiguous(memory_format=layout).requires_grad_(True)
+    # both layouts, and other batch sizes and sides than the first call's (the packed weight is reused)
+    shapes = [(2, side, torch.contiguous_format), (2, side, torch.channels_last), (16, side, torch.channels_last)]
+    for batch, width, layout in shapes + [(3, side + 7, torch.channels_last)]:
+        x = torch.randn(batch, 8, width, width).contiguous(memory_format=layout).requires_grad_(True)
         weights = torch.randn(conv(x).shape)
         (want,) = torch.autograd.grad((conv(x) * weights).sum(), x)
         (got,) = torch.autograd.grad((packed(x) * weights).sum(), x)
         assert got.shape == x.shape
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
-    assert len(calls) == 2  # the backward pass ran the packed transposed convolution
+    assert len(calls) == 4  # every backward pass ran the packed transposed convolution
 
 
 @needs_onednn

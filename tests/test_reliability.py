@@ -30,6 +30,7 @@ torch.set_num_threads(1)
 from conftest import ROOT, make_image_folder, save_tiny_checkpoints  # noqa: E402
 from mgnet import CheckpointError, build_model, load_checkpoint, load_image, save_checkpoint  # noqa: E402
 from mgnet import attacks  # noqa: E402
+from mgnet.analysis import inference_model  # noqa: E402
 from mgnet import corruptions  # noqa: E402
 from mgnet import explain  # noqa: E402
 from mgnet import metrics as explanation_metrics  # noqa: E402
@@ -216,8 +217,9 @@ def _while_inside(first, second, wait=0.6):
 
 
 def test_attack_and_analysis_while_another_session_holds_guided_backprop_hooks(models):
-    """Guided Backprop puts hooks on every ReLU of the shared model. A session that starts an attack and an
-    input gradient in the middle of it sees the hooks in place, but every attack takes the model's lock
+    """Guided Backprop puts hooks on every ReLU of the shared model's fast copy (the one attacks differentiate
+    too). A session that starts an attack and an input gradient in the middle of it sees the hooks in place,
+    but every attack takes the model's lock
     (``mgnet.attacks`` runs under ``utils.eval_mode``, in the app and in scripts alike), so it waits until the
     explanation has removed them and then follows true gradients: the same result as alone."""
     m = models["mgnet"]
@@ -228,14 +230,14 @@ def test_attack_and_analysis_while_another_session_holds_guided_backprop_hooks(m
     seen_hooks = []
 
     def during():
-        seen_hooks.append(model_state_fingerprint(m)["hooks"])
+        seen_hooks.append(model_state_fingerprint(inference_model(m))["hooks"])
         return (attacks.attack(m, x, 0, steps=2, eps=8, seed=1).images, attacks.input_gradient(m, x, 0, s_grad=1.0))
 
     _, (adv, grad) = _while_inside(lambda p: explain.explain(m, x, "guided_backprop", progress=p), during)
     assert seen_hooks[0] > 0, "the interleaving did not happen: no hooks were registered at that moment"
     torch.testing.assert_close(adv, solo_attack, rtol=0, atol=0)
     torch.testing.assert_close(grad, solo_grad, rtol=0, atol=0)
-    assert model_state_fingerprint(m)["hooks"] == 0
+    assert model_state_fingerprint(m)["hooks"] == 0 and model_state_fingerprint(inference_model(m))["hooks"] == 0
 
 
 def _interleave(first, second, wait=3.0):
