@@ -33,10 +33,11 @@ hooks are removed before ``explain`` returns, also when an error interrupts it.
 Shared models. Models are shared between app sessions. Every function here holds
 ``utils.model_lock(model)`` for its whole computation, switches the model to eval mode and restores
 the mode it found, seeds its own randomness inside ``torch.random.fork_rng`` (and restores NumPy's
-global RNG state), and never writes ``.grad`` on parameters (Captum uses ``torch.autograd.grad``). An MGNet (the baseline
-too) is run through its cached fast copy (``analysis.inference_model``: BatchNorm folded, convolutions
-and their input gradients on oneDNN), whose outputs and input gradients are the model's up to float32
-rounding, under the same lock; Captum's hooks go on that copy and are removed before returning.
+global RNG state), and never writes ``.grad`` on parameters (Captum uses ``torch.autograd.grad``). An
+MGNet (the baseline too) is run through its cached fast copy (``analysis.inference_model``: BatchNorm
+folded, convolutions and their input gradients on oneDNN), whose outputs and input gradients are the
+model's up to float32 rounding, under the same lock; Captum's hooks go on that copy and are removed
+before returning.
 The seeded, noise-based methods (SmoothGrad, GradientSHAP, and the infidelity/sensitivity metrics) also
 hold the process-wide ``utils.RNG_LOCK`` (shared with ``mgnet.corruptions``), because the global
 generators are shared by all models: without it, explanations of two models at once, or an explanation
@@ -455,7 +456,7 @@ def explain(
         steps, target = _steps_and_target(model, x, target, n_glimpses, s_grad)
         total = info.cost(opts, 1, size)
         # An MGNet (the baseline too) runs its fast copy: same outputs and input gradients up to float32
-        # rounding, about a third less time. Captum's hooks go on the copy, under the model's lock.
+        # rounding, in up to a quarter less time. Captum's hooks go on the copy, under the model's lock.
         scored = inference_model(model) if isinstance(model, MGNet) else model
         wrapper = _FinalLogits(scored, n_glimpses, s_grad, progress, total)
         if progress is not None:

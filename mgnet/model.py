@@ -490,7 +490,7 @@ def _input_gradient(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def prepare_for_inference(model: MGNet) -> MGNet:
-    """A forward-only copy of ``model`` for fast analysis; ``model`` itself is left untouched.
+    """A fast copy of ``model`` for analyses, attacks and maps; ``model`` itself is left untouched.
 
     The copy has its BatchNorms folded into the convolutions, weights in channels_last memory format,
     on the CPU its convolutions packed for oneDNN (``PackedConv2d``), and no parameter that requires
