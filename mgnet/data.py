@@ -108,7 +108,7 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
 def image_hash(image: np.ndarray) -> str:
     """Short content hash of a decoded image (shape + pixels)."""
     h = hashlib.sha256(str(image.shape).encode())
-    h.update(np.ascontiguousarray(image).tobytes())
+    h.update(memoryview(np.ascontiguousarray(image)).cast("B"))  # the pixel bytes, without a copy
     return h.hexdigest()[:16]
 
 

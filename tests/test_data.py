@@ -1,3 +1,4 @@
+import hashlib
 import io
 import struct
 import zlib
@@ -124,3 +125,10 @@ def test_image_hash_depends_on_pixels_and_shape():
     b[0, 0, 0] = 1
     assert image_hash(a) != image_hash(b) and image_hash(a) != image_hash(a.reshape(6, 4, 3))
     assert image_hash(a) == image_hash(a.copy())
+    # the definition (shape, then the pixel bytes), also for read-only and non-contiguous views
+    frozen = a.copy()
+    frozen.flags.writeable = False
+    want = hashlib.sha256(str(a.shape).encode() + a.tobytes()).hexdigest()[:16]
+    assert image_hash(frozen) == want == image_hash(np.asfortranarray(a))
+    strided = np.zeros((4, 12, 3), np.uint8)[:, ::2]
+    assert image_hash(strided) == hashlib.sha256(str((4, 6, 3)).encode() + strided.tobytes()).hexdigest()[:16]
