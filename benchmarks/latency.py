@@ -8,7 +8,7 @@ on a busy machine. Reported: the median per call.
 
 Variants (the levers of issue 13), each cumulative over the one before:
   before          the model as loaded before this change (contiguous weights), under torch.no_grad
-  channels_last   weights in channels_last (what load_checkpoint now returns; gradients use this)
+  channels_last   weights in channels_last (what load_checkpoint now returns)
   bn_folded       BatchNorm folded into the convolutions, on a copy
   inference_mode  the same copy under torch.inference_mode
   onednn_packed   its convolutions also pre-packed for oneDNN (mgnet.model.PackedConv2d; CPU only):
