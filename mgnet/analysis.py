@@ -15,7 +15,7 @@ from . import geometry
 from .data import image_hash, to_model_input
 from .flops import gflops
 from .location import centred
-from .model import glimpse_options, prepare_for_inference
+from .model import MGNet, glimpse_options, prepare_for_inference
 from .utils import eval_mode
 
 
@@ -72,8 +72,11 @@ def inference_model(model):
     Built on first use and kept while ``model`` lives; rebuilt if ``model``'s weights or settings change.
     Call it with ``model``'s lock held: the copy is run under that lock, like the model itself.
     Analyses run it forward; attacks and Captum's maps take input gradients through it (the same as
-    ``model``'s up to float32 rounding). Training and weight gradients use ``model``.
+    ``model``'s up to float32 rounding). Training and weight gradients use ``model``. Any other classifier
+    (not an MGNet) is returned as it is.
     """
+    if not isinstance(model, MGNet):
+        return model
     key = _fingerprint(model)
     with _FAST_GUARD:
         found = _FAST.get(model)

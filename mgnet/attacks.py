@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mgnet.analysis import inference_model
-from mgnet.model import IMAGENET_MEAN, IMAGENET_STD, MGNet, glimpse_options
+from mgnet.model import IMAGENET_MEAN, IMAGENET_STD, glimpse_options
 from mgnet.utils import eval_mode
 
 NORMS = ("linf", "l2")
@@ -169,9 +169,7 @@ def _loss_gradient(model, x, y, fw, targeted=False, loss="ce"):
     convolutions and their input gradients on oneDNN), which computes the same function; the caller holds
     the model's lock."""
     x = x.detach().requires_grad_(True)
-    if isinstance(model, MGNet):
-        model = inference_model(model)
-    logits = _final_logits(model, x, fw)
+    logits = _final_logits(inference_model(model), x, fw)
     if loss == "dlr":
         per_image = _dlr_loss(logits, y)
     else:
@@ -379,13 +377,13 @@ def _run_square(job: _Job, x, y, opts) -> tuple[torch.Tensor, dict]:
     moves one random square window (all channels, each +-eps) of images not yet fooled, and keeps the
     change where the margin z_y - max_{i!=y} z_i went down. An image stops once it is fooled. (The paper
     also redraws a window that would change nothing; here such a query is simply spent.) An MGNet is
-    queried through its forward-only copy (``analysis.inference_model``), the one the app analyses with."""
+    queried through its fast copy (``analysis.inference_model``), the one the app analyses with."""
     if job.targeted:
         raise ValueError("Square is untargeted here; use PGD for a targeted attack")
     queries, radius = opts["queries"], job.radius
     gen = torch.Generator().manual_seed(int(job.seed))
     b, c, h, w = x.shape
-    queried = inference_model(job.model) if isinstance(job.model, MGNet) else job.model  # its lock is held
+    queried = inference_model(job.model)  # its lock is held
 
     def margin(images, idx):
         with torch.no_grad():

@@ -457,7 +457,7 @@ def explain(
         total = info.cost(opts, 1, size)
         # An MGNet (the baseline too) runs its fast copy: same outputs and input gradients up to float32
         # rounding, in up to a quarter less time. Captum's hooks go on the copy, under the model's lock.
-        scored = inference_model(model) if isinstance(model, MGNet) else model
+        scored = inference_model(model)
         wrapper = _FinalLogits(scored, n_glimpses, s_grad, progress, total)
         if progress is not None:
             progress(0, total)

@@ -342,6 +342,8 @@ class PackedConv2d(nn.Conv2d):
     (weight gradients, another dtype or device) takes the plain path.
     """
 
+    grad_on_onednn = True  # False where the self-check found oneDNN's input gradient differs
+
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, input_shape: tuple) -> "PackedConv2d":
         packed = cls.__new__(cls)
@@ -370,7 +372,7 @@ class PackedConv2d(nn.Conv2d):
         if not usable or (torch.is_grad_enabled() and self.weight.requires_grad):
             return super().forward(x)
         if torch.is_grad_enabled() and x.requires_grad:
-            if not getattr(self, "grad_on_onednn", True):
+            if not self.grad_on_onednn:
                 return super().forward(x)
             return _PackedConvInputGrad.apply(x, self)
         return self._run(x)
@@ -507,5 +509,4 @@ def prepare_for_inference(model: MGNet) -> MGNet:
             p.requires_grad_(False)
         side = fast.image_size if fast.is_baseline else fast.glimpse_size()
         pack_convolutions(fast.backbone, (1, 3, side, side))
-    fast.for_inference = True
     return fast

@@ -168,6 +168,11 @@ def test_packing_is_left_out_where_it_would_change_the_output(monkeypatch):
     assert count(model.backbone, PackedConv2d) == 0 and count(model.backbone, nn.Conv2d) == 20
 
 
+def test_a_classifier_that_is_not_an_mgnet_is_its_own_fast_copy():
+    plain = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+    assert inference_model(plain) is plain
+
+
 def test_inference_copy_is_cached_and_follows_weight_changes():
     model = trained_looking()
     photo = (np.random.default_rng(0).random((80, 100, 3)) * 255).astype(np.uint8)
