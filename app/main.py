@@ -47,7 +47,8 @@ def sidebar_photo():
             type=UPLOAD_TYPES,
             key="upload",
             help="JPEG, PNG, WebP, BMP, TIFF or GIF (first frame). Any size: it is downscaled for "
-            "the model and shown at full resolution.",
+            f"the model. A large JPEG is decoded at 1/2 to 1/8 scale, keeping at least "
+            f"{services.PHOTO_MIN_SIDE} px on its shorter side: faster, and the same on screen.",
         )
         if up is not None:
             data, name = up.getvalue(), up.name
@@ -134,8 +135,9 @@ def view_settings(photo, entry, n, view) -> dict:
             "name": photo.name,
             "file_sha256": photo.file_sha256,
             "image_hash": photo.key,
-            "width": photo.width,
+            "width": photo.width,  # as decoded; glimpse boxes are in these pixels
             "height": photo.height,
+            "file_size": list(photo.file_size),
         },
         "model": {
             "file": entry.name,
@@ -326,7 +328,7 @@ def main():
         st.stop()
     name, p = a.top(-1, 1)[0]
     st.markdown(
-        f"**{photo.name}** · {photo.width}×{photo.height} px · {entry.short}: **{name}** ({p:.0%}) after "
+        f"**{photo.name}** · {photo.size_text()} · {entry.short}: **{name}** ({p:.0%}) after "
         f"{a.n_glimpses} glimpse{'s' if a.n_glimpses > 1 else ''} · {a.seconds * 1000:.0f} ms on "
         f"{services.device().type.upper()}"
     )

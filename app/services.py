@@ -29,7 +29,7 @@ import torch
 import mgnet
 from mgnet import analysis
 from mgnet.checkpoints import DEFAULT_CHECKPOINTS, CheckpointError, training_recipe
-from mgnet.data import image_hash, load_image, resize_rgb, to_model_input, to_tensor
+from mgnet.data import PHOTO_MIN_SIDE, image_hash, load_photo, resize_rgb, to_model_input, to_tensor
 from mgnet.model import glimpse_options
 from mgnet.utils import device_label, pick_device
 
@@ -39,7 +39,7 @@ CHECKPOINT_SUFFIXES = (".pt", ".ckpt", ".pth")
 RESULT_TTL = 3600  # seconds a cached result lives
 RESULT_ENTRIES = 256  # cached results (analyses, maps, attacks) per process
 FIGURE_ENTRIES = 256  # built plotly figures shared by reruns and sessions (each holds a downscaled photo or none)
-IMAGE_ENTRIES = 8  # decoded photos kept per process (a 12 MP photo is 36 MB; at most 120 MP = 360 MB)
+IMAGE_ENTRIES = 8  # decoded photos kept per process (a 12 MP JPEG decodes to 9 MB; a 120 MP PNG is 360 MB)
 
 
 # -- device and checkpoints ------------------------------------------------------------------------------
@@ -283,12 +283,13 @@ def was_done(kind: str, request) -> bool:
 # -- photos ----------------------------------------------------------------------------------------------
 @dataclass
 class Photo:
-    image: np.ndarray  # RGB uint8, full resolution
+    image: np.ndarray  # RGB uint8; a large JPEG at 1/2 to 1/8 scale (mgnet.data.PHOTO_MIN_SIDE)
     key: str  # content hash of the decoded pixels (mgnet.data.image_hash)
     name: str
     source: str  # "example", "upload" or "camera"
     file_sha256: str
     data: bytes = b""  # the file as given (for the export bundle)
+    file_size: tuple = ()  # (width, height) of the file itself, after EXIF orientation
 
     @property
     def width(self) -> int:
@@ -298,25 +299,32 @@ class Photo:
     def height(self) -> int:
         return int(self.image.shape[0])
 
+    def size_text(self) -> str:
+        """"4000×3000 px", and the scale it was decoded at when that is not full size."""
+        w, h = self.file_size or (self.width, self.height)
+        if (w, h) == (self.width, self.height):
+            return f"{w}×{h} px"
+        return f"{w}×{h} px (decoded at 1/{round(w / self.width)} scale, {self.width}×{self.height})"
+
 
 @st.cache_resource(show_spinner=False, max_entries=IMAGE_ENTRIES, ttl=RESULT_TTL)
-def _decode(file_sha: str, _data: bytes) -> tuple[np.ndarray, str]:
+def _decode(file_sha: str, _data: bytes) -> tuple[np.ndarray, str, tuple]:
     """Decoded once per file content and shared without copying (large photos are hundreds of MB), so the
     array is made read-only. An evicted photo is simply decoded again from the session's bytes."""
-    image = load_image(_data)  # ValueError with a readable message on anything hostile
+    image, size = load_photo(_data, min_side=PHOTO_MIN_SIDE)  # ValueError with a readable message
     image.flags.writeable = False
-    return image, image_hash(image)
+    return image, image_hash(image), size
 
 
 def decode(data: bytes, name: str, source: str) -> Photo:
     """Decode uploaded/example bytes once per content; raises ValueError with load_image's message."""
     sha = hashlib.sha256(data).hexdigest()
-    image, key = _decode(sha, data)
-    return Photo(image, key, name, source, sha, data)
+    image, key, size = _decode(sha, data)
+    return Photo(image, key, name, source, sha, data, size)
 
 
 def picture(photo: Photo, max_side: int = 640):
-    """The photo downscaled and encoded once for figures (a 12 MP photo takes ~100 ms to prepare)."""
+    """The photo downscaled and encoded once for figures (tens of milliseconds for a large photo)."""
     from mgnet import plots
 
     return memo("picture", (photo.key, max_side), lambda: plots.picture(photo.image, max_side))
@@ -339,8 +347,8 @@ def model_input(entry: ModelEntry, photo: Photo) -> torch.Tensor:
 
 
 def model_pixels(entry: ModelEntry, image: np.ndarray, image_key: str) -> np.ndarray:
-    """The uint8 photo resized to the model's input size, once per image and size: from a 12 MP photo the
-    resize takes about 0.06 CPU-s, and a student's cycle asks for it about ten times."""
+    """The uint8 photo resized to the model's input size, once per image and size: from a large photo the
+    resize takes tens of milliseconds, and a student's cycle asks for it about ten times."""
     size = entry.model.image_size
     return memo("pixels", (image_key, size), lambda: resize_rgb(image, size))
 

@@ -21,6 +21,10 @@ MAX_BYTES = 200 * 1024 * 1024
 # PIL's own bomb check (warning above the limit, error above twice it) uses the same bound as ours.
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+# Photos for the app and figures are decoded with their shorter side at least this: the smallest glimpse
+# (0.2 of the side) still fills a 256 px display crop. A JPEG larger than twice this decodes at 1/2, 1/4 or
+# 1/8 scale inside libjpeg, several times faster than a full decode (a 12 MP photo: 17 ms against 92 ms).
+PHOTO_MIN_SIDE = 1280
 
 
 def _read_bytes(source) -> bytes:
@@ -40,13 +44,22 @@ def _read_bytes(source) -> bytes:
     return data
 
 
-def load_image(source, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+def load_image(source, max_pixels: int = MAX_PIXELS, min_side: int | None = None) -> np.ndarray:
     """Decode an image file (path, bytes or file object) to an RGB uint8 array [H, W, 3].
 
     Applies EXIF orientation; converts grayscale, 16-bit, CMYK, palette and alpha images to RGB
     (alpha is composited on white); takes the first frame of animations. Raises ValueError with a
     readable message for anything that is not an image we can decode honestly.
+
+    ``min_side``: a JPEG whose shorter side is at least twice this is decoded at a reduced scale (1/2, 1/4
+    or 1/8, by libjpeg's scaled inverse DCT), the smallest reduction that keeps its shorter side at least
+    ``min_side``. Other formats, and smaller JPEGs, decode at full size.
     """
+    return load_photo(source, max_pixels, min_side)[0]
+
+
+def load_photo(source, max_pixels: int = MAX_PIXELS, min_side: int | None = None) -> tuple[np.ndarray, tuple]:
+    """``load_image`` plus the file's own size (width, height), after EXIF orientation."""
     data = _read_bytes(source)
     if not data:
         raise ValueError("The file is empty.")
@@ -66,9 +79,12 @@ def load_image(source, max_pixels: int = MAX_PIXELS) -> np.ndarray:
                         f"({max_pixels / 1e6:.0f} megapixels, {MAX_SIDE} px per side). Downscale it first."
                     )
                 img.seek(0)
+                if min_side and img.format == "JPEG" and min(width, height) >= 2 * min_side:
+                    img.draft(None, (min_side, min_side))  # PIL picks the largest scale that stays >= this
                 img.load()
+                turned = img.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # EXIF orientations with a quarter turn
                 ImageOps.exif_transpose(img, in_place=True)  # in place: a 12 MP copy costs 30 ms
-                return _to_rgb(img)
+                return _to_rgb(img), ((height, width) if turned else (width, height))
     except ValueError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

@@ -156,6 +156,18 @@ def test_upload_each_format(app, fmt, mime, ext):
     assert not errors(app)
 
 
+def test_a_large_jpeg_is_decoded_at_reduced_scale_and_the_page_says_so(app):
+    rng = np.random.default_rng(1)
+    big = Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)).resize((3000, 2600), Image.BICUBIC)
+    buf = io.BytesIO()
+    big.save(buf, "JPEG", quality=85)
+    app.radio(key="source").set_value("Upload").run()
+    app.file_uploader(key="upload").set_value(("big.jpg", buf.getvalue(), "image/jpeg")).run()
+    assert not app.exception and not errors(app)
+    # 2600 px is at least twice PHOTO_MIN_SIDE (1280): half scale, 1300 px on the shorter side.
+    assert "**big.jpg** · 3000×2600 px (decoded at 1/2 scale, 1500×1300)" in text(app)
+
+
 @pytest.mark.parametrize(
     "name,data,expect",
     [

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from mgnet.data import image_hash, load_image, to_model_input
+from mgnet.data import downscale, image_hash, load_image, load_photo, resize_rgb, to_model_input
 
 
 def encode(img: Image.Image, fmt: str, **kw) -> bytes:
@@ -45,6 +45,41 @@ def test_every_exif_orientation_gives_the_pixels_pillow_shows(orientation):
     data = encode(img, "JPEG", exif=exif)
     expected = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB"))
     assert np.array_equal(load_image(data), expected)
+
+
+def smooth_photo(w=1200, h=900, seed=0):
+    """A photo-like JPEG subject: random colour blobs, smooth at the pixel scale, as a camera's are."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, (h // 30, w // 30, 3), dtype=np.uint8)
+    return np.asarray(Image.fromarray(coarse).resize((w, h), Image.BICUBIC))
+
+
+@pytest.mark.parametrize("orientation", [1, 3, 6, 8])
+def test_a_large_jpeg_decodes_at_reduced_scale_with_the_same_picture_and_its_file_size(orientation):
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = encode(Image.fromarray(smooth_photo()), "JPEG", quality=95, exif=exif)
+    full, full_size = load_photo(data)
+    small, size = load_photo(data, min_side=300)
+    assert size == full_size == (full.shape[1], full.shape[0])
+    assert size == ((900, 1200) if orientation in (6, 8) else (1200, 900))
+    # 1/2 scale: the smallest reduction that keeps the shorter side at or above 300 would be 1/3, which
+    # libjpeg has not; 1/2 is the largest of 1/2, 1/4, 1/8 that keeps it.
+    assert small.shape[:2] == (full.shape[0] // 2, full.shape[1] // 2)
+    # Same picture, same way up: the half-scale decode against the full decode averaged 2x2.
+    halved = downscale(full, max(small.shape[:2]))
+    assert np.abs(small.astype(int) - halved.astype(int)).mean() < 2.0
+    # The model's input from either differs by at most a couple of levels.
+    diff = np.abs(resize_rgb(small, 128).astype(int) - resize_rgb(full, 128).astype(int))
+    assert diff.max() <= 3 and diff.mean() < 0.5
+
+
+def test_reduced_decoding_leaves_small_jpegs_and_other_formats_at_full_size():
+    photo = Image.fromarray(smooth_photo())
+    for fmt, min_side in (("JPEG", 451), ("PNG", 300), ("WEBP", 300)):  # 451: half of 900 would fall below
+        arr, size = load_photo(encode(photo, fmt), min_side=min_side)
+        assert arr.shape == (900, 1200, 3) and size == (1200, 900), fmt
+    assert load_image(encode(photo, "JPEG"), min_side=100).shape == (113, 150, 3)  # 1/8 scale: 113 >= 100
 
 
 def test_grayscale_16bit_cmyk_palette_alpha_animated():

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..checkpoints import CheckpointError, load_checkpoint
-from ..data import IMAGE_EXTENSIONS, load_image
+from ..data import IMAGE_EXTENSIONS, PHOTO_MIN_SIDE, load_image
 from .settings import ROLE_LABELS, ROLES, FigureSettings, UsageError, note
 
 
@@ -55,7 +55,7 @@ def decode_images(items: list[tuple[str, Path]]) -> list[np.ndarray]:
     photos = []
     for shown, path in items:
         try:
-            photos.append(load_image(path))
+            photos.append(load_image(path, min_side=PHOTO_MIN_SIDE))  # as the app decodes it
         except ValueError as exc:
             raise UsageError(f"{shown}: {exc}") from None
     return photos
