@@ -1,0 +1,75 @@
+"""The glimpse-2 read-out probe (mgnet.policy_probe): its scores are the model's own, and its read-outs find a
+location signal when there is one and none when there is not."""
+
+import torch
+
+from mgnet.location import candidate_grid, mirrored_candidates
+from mgnet.model import build_model
+from mgnet.policy_probe import VIEWS, glimpse_two_scores, probe
+
+K = 27
+
+
+def test_scores_equal_the_models_own_forward_pass_at_every_candidate_and_on_the_mirror():
+    torch.manual_seed(0)
+    model = build_model("mgnet", num_classes=3, image_size=64, n_glimpses=3, scale=2.0).eval()
+    images = torch.randint(0, 256, (5, 3, 64, 64), dtype=torch.uint8)
+    labels = torch.tensor([0, 1, 2, 1, 0])
+    s = glimpse_two_scores(model, images, labels, batch_size=3, progress=False)
+    assert s["logp"].shape == s["logp_mirror"].shape == s["hit"].shape == (K, 5)
+    assert set(s["views"]) == set(VIEWS) and all(len(v) == 5 for v in s["views"].values())
+    grid, mirror = candidate_grid(3), mirrored_candidates(candidate_grid(3))
+    x = images.float() / 255
+    with torch.no_grad():
+        for k in (0, 13, 26):
+            out = model(x, n_glimpses=2, glimpse_params=model.place(grid[k].expand(5, 3))[None])
+            logp = out.logits[1].log_softmax(-1)
+            assert torch.allclose(s["logp"][k], logp.gather(1, labels[:, None])[:, 0], atol=1e-5)
+            assert torch.equal(s["hit"][k], logp.argmax(-1) == labels)
+            flipped = model(x.flip(-1), n_glimpses=2, glimpse_params=model.place(grid[mirror[k]].expand(5, 3))[None])
+            want = flipped.logits[1].log_softmax(-1).gather(1, labels[:, None])[:, 0]
+            assert torch.allclose(s["logp_mirror"][k], want, atol=1e-5)
+        own = model(x, n_glimpses=2)
+        assert torch.equal(s["own"], own.logits[1].argmax(-1) == labels)
+        z1 = model(x, n_glimpses=1, return_states=True).states[0]
+        assert torch.allclose(s["views"]["z1"], z1, atol=1e-5)
+
+
+def synthetic_scores(n: int, signal: bool, seed: int = 0) -> dict:
+    """Photos whose helpful candidate is (or is not) written in their features: with ``signal``, candidate
+    k(i) = argmax of a fixed linear map of the features is right and the others mostly wrong."""
+    readable = torch.randn(8, K, generator=torch.Generator().manual_seed(100))  # the same for every seed
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 8, generator=gen)
+    best = (x @ readable).argmax(-1)
+    if not signal:
+        best = best[torch.randperm(n, generator=gen)]  # the same picks, unrelated to the features
+    hit = torch.rand(K, n, generator=gen) < 0.1
+    hit[best, torch.arange(n)] = True
+    logp = torch.where(hit, -0.1, -2.0) + 0.05 * torch.randn(K, n, generator=gen)
+    own = centred = hit[13]
+    return {
+        "views": {"z1": x},
+        "logp": logp,
+        "logp_mirror": logp,
+        "hit": hit,
+        "own": own,
+        "centred": centred,
+    }
+
+
+def test_read_outs_find_a_location_signal_when_there_is_one_and_none_when_there_is_not():
+    with_signal = probe(synthetic_scores(1000, True), hiddens=(0,), epochs=150)
+    row = with_signal["readouts"][0]
+    assert row["accuracy"] > 0.5 and row["vs_centred"][1] > 0.3  # the CI's lower end, far above zero
+    without = probe(synthetic_scores(1000, False), hiddens=(0,), epochs=150)
+    low, high = without["readouts"][0]["vs_best_fixed"][1:]
+    # Held out, a read-out of features that say nothing does about as well as the best single candidate.
+    assert low < 0.01 and high > -0.05 and without["readouts"][0]["accuracy"] < 0.3
+
+
+def test_fitting_on_other_photos_holds_out_every_photo_scored():
+    train, test = synthetic_scores(1000, True, seed=1), synthetic_scores(500, True, seed=2)
+    result = probe(test, fit_on=train, hiddens=(0,), epochs=150)
+    assert result["fitted_on"] == "1000 other photos" and result["images"] == 500
+    assert result["readouts"][0]["accuracy"] > 0.5
