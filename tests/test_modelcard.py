@@ -280,3 +280,46 @@ def test_training_stages_follow_a_weight_average_through_its_first_parent():
     line = _stage_line(3, stages[2])
     assert "weight average of stage 2's weights (0.7)" in line and "`loc_network` kept from stage 2" in line
     assert training_recipe({"provenance": final}) == "location stage"
+
+
+def _probe_doc(val_gains, oc_gains, sha="s"):
+    def part(gains):
+        rows = [
+            {"view": view, "readout": "linear", "accuracy": 0.8, "vs_centred": list(g), "vs_best_fixed": list(g)}
+            for view, g in zip(("z1", "layer3", "layer4", "whole_photo"), gains)
+        ]
+        return {
+            "images": 100,
+            "fitted_on": "cross-fitted, 2 folds",
+            "own": 0.8,
+            "own_vs_centred": [0, -0.01, 0.01],
+            "readouts": rows,
+        }
+
+    return {
+        "sha256": sha,
+        "command": "python -m mgnet.modelcard --stage probe",
+        "date": "2026-12-04",
+        "val": part(val_gains),
+        "off_centre": part(oc_gains),
+    }
+
+
+def test_probe_section_says_whether_any_read_out_finds_a_better_glimpse_on_plain_photos(tmp_path):
+    import json
+
+    from mgnet.modelcard import PROBE_FILE, _probe_section
+
+    assert _probe_section(tmp_path) == []  # not measured: no section
+    none = [(-0.01, -0.02, 0.0), (0.001, -0.01, 0.012), (-0.02, -0.03, -0.01), (0.0, -0.01, 0.01)]
+    found = [(-0.01, -0.02, 0.0), (0.04, 0.02, 0.06), (-0.02, -0.03, -0.01), (0.0, -0.01, 0.01)]
+    off = [(0.08, 0.06, 0.1)] * 4
+    (tmp_path / PROBE_FILE).write_text(json.dumps(_probe_doc(none, off)))
+    text = "\n".join(_probe_section(tmp_path, "s"))
+    assert "no read-out beats centred glimpses with an interval above zero" in text
+    assert "+8.0 points (95% CI +6.0 to +10.0)" in text and "earlier default" not in text
+    assert text.count("| linear |") == 4
+    (tmp_path / PROBE_FILE).write_text(json.dumps(_probe_doc(found, off)))
+    text = "\n".join(_probe_section(tmp_path, "other"))
+    assert "the signal is there for a policy that can read it" in text and "+4.0 points" in text
+    assert "Measured on an earlier default MGNet" in text
