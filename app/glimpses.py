@@ -93,7 +93,7 @@ def show_glimpse(photo, a, t: int):
     s, tx, ty = (float(v) for v in a.params[t])
     st.markdown(
         f"**Glimpse {t + 1} of {a.n_glimpses}** · scale s = `{s:.3f}`, tx = `{tx:+.3f}`, ty = `{ty:+.3f}`  \n"
-        + box_text(box, a.width, a.height)
+        + box_text(*photo.in_file_pixels(box))  # in the file's pixels, also when it was decoded at reduced scale
     )
     spent = float(a.gflops[t])
     st.metric(
@@ -107,9 +107,10 @@ def show_glimpse(photo, a, t: int):
     st.metric(f"Prediction after glimpse {t + 1}", name, f"{p:.1%} confidence", delta_color="off", delta_arrow="off")
 
 
-def box_text(box, width: int, height: int) -> str:
+def box_text(box, size: tuple) -> str:
     """The box's place in the photo. The sampling grid of a glimpse reaches half a sample past the
     pixels it covers, so a whole-photo box reads -1..W+1: it is reported as the part inside the photo."""
+    width, height = size
     x0, y0, x1, y1 = (float(v) for v in box)
     x0, y0, x1, y1 = max(x0, 0.0), max(y0, 0.0), min(x1, float(width)), min(y1, float(height))
     share = geometry.area_share([box], width, height)

@@ -300,11 +300,18 @@ class Photo:
         return int(self.image.shape[0])
 
     def size_text(self) -> str:
-        """"4000×3000 px", and the scale it was decoded at when that is not full size."""
+        """ "4000×3000 px", and the scale it was decoded at when that is not full size."""
         w, h = self.file_size or (self.width, self.height)
         if (w, h) == (self.width, self.height):
             return f"{w}×{h} px"
         return f"{w}×{h} px (decoded at 1/{round(w / self.width)} scale, {self.width}×{self.height})"
+
+    def in_file_pixels(self, box) -> tuple[tuple, tuple]:
+        """A box (x0, y0, x1, y1) in the decoded photo's pixels, in the file's own pixels; and the file's size."""
+        w, h = self.file_size or (self.width, self.height)
+        sx, sy = w / self.width, h / self.height
+        x0, y0, x1, y1 = (float(v) for v in box)
+        return (x0 * sx, y0 * sy, x1 * sx, y1 * sy), (w, h)
 
 
 @st.cache_resource(show_spinner=False, max_entries=IMAGE_ENTRIES, ttl=RESULT_TTL)

@@ -52,7 +52,7 @@ def load_image(source, max_pixels: int = MAX_PIXELS, min_side: int | None = None
     readable message for anything that is not an image we can decode honestly.
 
     ``min_side``: a JPEG whose shorter side is at least twice this is decoded at a reduced scale (1/2, 1/4
-    or 1/8, by libjpeg's scaled inverse DCT), the smallest reduction that keeps its shorter side at least
+    or 1/8, by libjpeg's scaled inverse DCT), the strongest of these that keeps its shorter side at least
     ``min_side``. Other formats, and smaller JPEGs, decode at full size.
     """
     return load_photo(source, max_pixels, min_side)[0]

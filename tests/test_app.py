@@ -156,7 +156,7 @@ def test_upload_each_format(app, fmt, mime, ext):
     assert not errors(app)
 
 
-def test_a_large_jpeg_is_decoded_at_reduced_scale_and_the_page_says_so(app):
+def test_a_large_jpeg_is_decoded_at_reduced_scale_and_the_page_says_so(app, ckpt_dir):
     rng = np.random.default_rng(1)
     big = Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)).resize((3000, 2600), Image.BICUBIC)
     buf = io.BytesIO()
@@ -166,6 +166,21 @@ def test_a_large_jpeg_is_decoded_at_reduced_scale_and_the_page_says_so(app):
     assert not app.exception and not errors(app)
     # 2600 px is at least twice PHOTO_MIN_SIDE (1280): half scale, 1300 px on the shorter side.
     assert "**big.jpg** · 3000×2600 px (decoded at 1/2 scale, 1500×1300)" in text(app)
+    # The glimpse's box is given in the file's own pixels: twice the decoded photo's.
+    from mgnet import load_checkpoint
+    from mgnet.analysis import analyze
+    from mgnet.data import PHOTO_MIN_SIDE, load_image
+
+    model = load_checkpoint(ckpt_dir / "mgnet-tiny.pt", "cpu")
+    boxes = analyze(model, load_image(buf.getvalue(), min_side=PHOTO_MIN_SIDE)).boxes
+    line = next(m for m in text(app).splitlines() if m.startswith("Box in the photo"))
+    x0, x1, y0, y1 = (float(v) for v in re.findall(r"`(\d+)–(\d+)`", line) for v in v)
+    assert any(
+        np.allclose(
+            [x0, y0, x1, y1], [max(b[0], 0) * 2, max(b[1], 0) * 2, min(b[2] * 2, 3000), min(b[3] * 2, 2600)], atol=1.5
+        )
+        for b in boxes[1:]
+    ), (line, boxes)
 
 
 @pytest.mark.parametrize(
