@@ -1089,17 +1089,14 @@ def _location_tables(pair: dict) -> list[str]:
     return lines
 
 
-def measure_candidates(args, out: Path) -> dict:
-    """``evaluate.candidate_selection`` for the default MGNet on val photos as they are and off-centre."""
-    from .evaluate import candidate_selection
-
+def _val_and_off_centre(args, limit: int, measure) -> dict:
+    """``measure(model, images, labels)`` for the default MGNet on ``limit`` val photos (0: all) as they are and
+    off-centre, with what the card needs to say where the numbers came from."""
     model = load_checkpoint(args.mgnet, "cpu")
-    _, images, labels = load_eval_images(
-        args.data, model.image_size, CANDIDATE_IMAGES, _cache_dir(args), progress=False
-    )
+    _, images, labels = load_eval_images(args.data, model.image_size, limit, _cache_dir(args), progress=False)
     folder_classes, _ = list_image_folder(args.data)
     labels = label_map(model, folder_classes)[labels]
-    doc = {
+    return {
         "checkpoint": Path(args.mgnet).name,
         "sha256": model.checkpoint_info.get("sha256"),
         "data": str(args.data),
@@ -1107,9 +1104,16 @@ def measure_candidates(args, out: Path) -> dict:
         "command": command_line(),
         "date": time.strftime("%Y-%m-%d"),
         "git_commit": git_commit(mark_dirty=True),
-        "val": candidate_selection(model, images, labels),
-        "off_centre": candidate_selection(model, off_centre(images, args.seed)[0], labels),
+        "val": measure(model, images, labels),
+        "off_centre": measure(model, off_centre(images, args.seed)[0], labels),
     }
+
+
+def measure_candidates(args, out: Path) -> dict:
+    """``evaluate.candidate_selection`` for the default MGNet on val photos as they are and off-centre."""
+    from .evaluate import candidate_selection
+
+    doc = _val_and_off_centre(args, CANDIDATE_IMAGES, candidate_selection)
     write_json_atomic(doc, out / CANDIDATES_FILE)
     return doc
 
@@ -1118,21 +1122,9 @@ def measure_probe(args, out: Path) -> dict:
     """``policy_probe`` for the default MGNet on all val photos as they are and off-centre (cross-fitted)."""
     from .policy_probe import glimpse_two_scores, probe
 
-    model = load_checkpoint(args.mgnet, "cpu")
-    _, images, labels = load_eval_images(args.data, model.image_size, 0, _cache_dir(args), progress=False)
-    folder_classes, _ = list_image_folder(args.data)
-    labels = label_map(model, folder_classes)[labels]
-    doc = {
-        "checkpoint": Path(args.mgnet).name,
-        "sha256": model.checkpoint_info.get("sha256"),
-        "data": str(args.data),
-        "seed": args.seed,
-        "command": command_line(),
-        "date": time.strftime("%Y-%m-%d"),
-        "git_commit": git_commit(mark_dirty=True),
-    }
-    for key, batch in (("val", images), ("off_centre", off_centre(images, args.seed)[0])):
-        doc[key] = probe(glimpse_two_scores(model, batch, labels), seed=args.seed)
+    doc = _val_and_off_centre(
+        args, 0, lambda model, images, labels: probe(glimpse_two_scores(model, images, labels), seed=args.seed)
+    )
     write_json_atomic(doc, out / PROBE_FILE)
     return doc
 
@@ -1181,9 +1173,10 @@ def _probe_section(out_dir: Path, default_sha: str | None = None) -> list[str]:
         + (
             f"On val as it is no read-out beats centred glimpses with an interval above zero (best "
             f"{_points(best_v['vs_centred'])}, from {PROBE_VIEWS.get(best_v['view'], best_v['view'])}), not even "
-            "from the whole photo. On these photos, with this many examples, nothing in what the model sees predicts "
-            "which glimpse the label will reward: a larger location network would not meet goal 1 either, and "
-            "the label's headroom above looks like per-photo noise that the mirror image does not remove."
+            "from the whole photo. On these photos, with this many examples, neither what the model sees nor the "
+            "whole photo predicts which glimpse the label will reward: a larger location layer reading these views "
+            "would not meet goal 1 either, and most of the label's headroom above looks like per-photo noise that "
+            "the mirror image does not remove."
             if not found_v
             else f"On val as it is a read-out beats centred glimpses (best {_points(best_v['vs_centred'])}, from "
             f"{PROBE_VIEWS.get(best_v['view'], best_v['view'])}): the signal is there for a policy that can read it."

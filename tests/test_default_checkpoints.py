@@ -57,6 +57,7 @@ def test_model_card_text_is_generated_from_its_measurements(tmp_path):
         "ood.json",
         "worst_case.json",
         "location_candidates.json",
+        "policy_probe.json",
     ):
         shutil.copy(ROOT / "checkpoints" / name, tmp_path / name)
     write_readme(json.loads(CARD.read_text()), tmp_path)

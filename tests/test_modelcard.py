@@ -316,7 +316,7 @@ def test_probe_section_says_whether_any_read_out_finds_a_better_glimpse_on_plain
     off = [(0.08, 0.06, 0.1)] * 4
     (tmp_path / PROBE_FILE).write_text(json.dumps(_probe_doc(none, off)))
     text = "\n".join(_probe_section(tmp_path, "s"))
-    assert "no read-out beats centred glimpses with an interval above zero" in text
+    assert "no read-out beats centred glimpses with an interval above zero" in text and "larger location layer" in text
     assert "+8.0 points (95% CI +6.0 to +10.0)" in text and "earlier default" not in text
     assert text.count("| linear |") == 4
     (tmp_path / PROBE_FILE).write_text(json.dumps(_probe_doc(found, off)))
