@@ -236,7 +236,7 @@ def location_check(
 
 
 def display_crop(image: np.ndarray, box, size: int = 256) -> np.ndarray:
-    """The glimpse region of the full-resolution photo, resampled to size x size for display."""
+    """The glimpse region of the photo (as decoded), resampled to size x size for display."""
     x0, y0, x1, y1 = box
     interp = cv2.INTER_AREA if (x1 - x0) > size else cv2.INTER_LINEAR
     if interp == cv2.INTER_AREA:  # downscale: cut the region first, then area-average
