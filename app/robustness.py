@@ -623,7 +623,8 @@ def attack_show(result: AttackResult, request: AttackRequest, photo, entry, mode
             ),
         )
         ui.figure(fig, "glimpse movement", key="fig-atk-move")
-        shift = geometry.centre_shift(a0.boxes, moved, photo.width, photo.height)
+        file_boxes = [[photo.in_file_pixels(b)[0] for b in boxes] for boxes in (a0.boxes, moved)]
+        shift = geometry.centre_shift(*file_boxes, *(photo.file_size or (photo.width, photo.height)))
         st.caption(
             "Centre moved: "
             + "; ".join(

@@ -306,12 +306,17 @@ class Photo:
             return f"{w}×{h} px"
         return f"{w}×{h} px (decoded at 1/{round(w / self.width)} scale, {self.width}×{self.height})"
 
+    @property
+    def pixel_scale(self) -> tuple[float, float]:
+        """File pixels per decoded pixel (x, y): 1 unless a large JPEG was decoded at reduced scale."""
+        w, h = self.file_size or (self.width, self.height)
+        return w / self.width, h / self.height
+
     def in_file_pixels(self, box) -> tuple[tuple, tuple]:
         """A box (x0, y0, x1, y1) in the decoded photo's pixels, in the file's own pixels; and the file's size."""
-        w, h = self.file_size or (self.width, self.height)
-        sx, sy = w / self.width, h / self.height
+        sx, sy = self.pixel_scale
         x0, y0, x1, y1 = (float(v) for v in box)
-        return (x0 * sx, y0 * sy, x1 * sx, y1 * sy), (w, h)
+        return (x0 * sx, y0 * sy, x1 * sx, y1 * sy), self.file_size or (self.width, self.height)
 
 
 @st.cache_resource(show_spinner=False, max_entries=IMAGE_ENTRIES, ttl=RESULT_TTL)
@@ -334,7 +339,10 @@ def picture(photo: Photo, max_side: int = 640):
     """The photo downscaled and encoded once for figures (tens of milliseconds for a large photo)."""
     from mgnet import plots
 
-    return memo("picture", (photo.key, max_side), lambda: plots.picture(photo.image, max_side))
+    scale = photo.pixel_scale  # labels in figures give pixel distances in the file's pixels
+    return memo(
+        "picture", (photo.key, max_side, scale), lambda: plots.picture(photo.image, max_side, pixel_scale=scale)
+    )
 
 
 def examples() -> list[Path]:

@@ -79,12 +79,12 @@ def load_photo(source, max_pixels: int = MAX_PIXELS, min_side: int | None = None
                         f"({max_pixels / 1e6:.0f} megapixels, {MAX_SIDE} px per side). Downscale it first."
                     )
                 img.seek(0)
-                if min_side and img.format == "JPEG" and min(width, height) >= 2 * min_side:
+                if min_side and img.format in ("JPEG", "MPO") and min(width, height) >= 2 * min_side:
                     img.draft(None, (min_side, min_side))  # PIL picks the largest scale that stays >= this
                 img.load()
-                turned = img.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # EXIF orientations with a quarter turn
+                size = _oriented_size(img, (width, height))
                 ImageOps.exif_transpose(img, in_place=True)  # in place: a 12 MP copy costs 30 ms
-                return _to_rgb(img), ((height, width) if turned else (width, height))
+                return _to_rgb(img), size
     except ValueError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -95,6 +95,17 @@ def load_photo(source, max_pixels: int = MAX_PIXELS, min_side: int | None = None
         raise ValueError(f"The image file is damaged or truncated and cannot be decoded ({exc}).") from exc
     except MemoryError as exc:
         raise ValueError("The image is too large to decode in memory. Downscale it first.") from exc
+
+
+def _oriented_size(img: Image.Image, size: tuple[int, int]) -> tuple[int, int]:
+    """The file's (width, height) ``size`` as shown: EXIF orientations 5-8 turn the image a quarter."""
+    return (size[1], size[0]) if img.getexif().get(0x0112, 1) in (5, 6, 7, 8) else (size[0], size[1])
+
+
+def file_size(source) -> tuple[int, int]:
+    """(width, height) of an image file as shown (after EXIF orientation), from its header alone."""
+    with Image.open(io.BytesIO(_read_bytes(source))) as img:
+        return _oriented_size(img, img.size)
 
 
 def _to_rgb(img: Image.Image) -> np.ndarray:

@@ -1167,22 +1167,32 @@ def _probe_section(out_dir: Path, default_sha: str | None = None) -> list[str]:
     best_v = max(v["readouts"], key=lambda r: r["vs_centred"][0])
     best_o = max(o["readouts"], key=lambda r: r["vs_centred"][0])
     found_v = any(r["vs_centred"][1] > 0 for r in v["readouts"])
-    rows.append(
-        f"\nOff-centre, the read-outs find where to look (best {_points(best_o['vs_centred'])}), so the probe can "
-        "detect a location signal when one is there. "
-        + (
-            f"On val as it is no read-out beats centred glimpses with an interval above zero (best "
-            f"{_points(best_v['vs_centred'])}, from {PROBE_VIEWS.get(best_v['view'], best_v['view'])}), not even "
-            "from the whole photo. On these photos, with this many examples, neither what the model sees nor the "
-            "whole photo predicts which glimpse the label will reward: a larger location layer reading these views "
-            "would not meet goal 1 either, and most of the label's headroom above looks like per-photo noise that "
-            "the mirror image does not remove."
-            if not found_v
-            else f"On val as it is a read-out beats centred glimpses (best {_points(best_v['vs_centred'])}, from "
-            f"{PROBE_VIEWS.get(best_v['view'], best_v['view'])}): the signal is there for a policy that can read it."
+    found_o = any(r["vs_centred"][1] > 0 for r in o["readouts"])
+    where_v = f"{_points(best_v['vs_centred'])}, from {PROBE_VIEWS.get(best_v['view'], best_v['view'])}"
+    if not found_o:
+        verdict = (
+            f"Off-centre, no read-out beats centred glimpses with an interval above zero (best "
+            f"{_points(best_o['vs_centred'])}): the probe fails its own check, so nothing it finds or misses on val "
+            "as it is can be read as evidence."
         )
-        + "\n"
-    )
+    elif found_v:
+        verdict = (
+            f"Off-centre, the read-outs find where to look (best {_points(best_o['vs_centred'])}). On val as it is "
+            f"a read-out beats centred glimpses too (best {where_v}): the signal is there for a policy that can "
+            "read it."
+        )
+    else:
+        verdict = (
+            f"Off-centre, the read-outs find where to look (best {_points(best_o['vs_centred'])}), so the probe can "
+            f"detect a location signal when one is there. On val as it is no read-out beats centred glimpses with an "
+            f"interval above zero (best {where_v}), not even from the whole photo. So these read-outs, some larger "
+            "than the location layer, find no better glimpse 2 on these photos. Goal 1 asks for a gain after "
+            "glimpse 2 as well as after the last, so this is evidence that goal 1 is out of reach here, and that "
+            "most of the label's headroom above is per-photo noise the mirror image does not remove. It is not "
+            "proof: the read-outs see fixed features, fitted on about a thousand photos per fold with settings "
+            "that were not varied."
+        )
+    rows.append("\n" + verdict + "\n")
     return rows
 
 

@@ -76,23 +76,35 @@ def png_bytes(image: np.ndarray) -> bytes:
 
 @dataclass(frozen=True)
 class Picture:
-    """A photo prepared for figures: an encoded thumbnail plus the full-resolution size its axes use.
+    """A photo prepared for figures: an encoded thumbnail plus the photo's size, which its axes use.
 
     Every builder taking a photo accepts either an RGB uint8 array or a Picture; pass a Picture made once
     with :func:`picture` when drawing the same (large) photo many times, to skip downscaling and encoding.
+    ``pixel_scale``: file pixels per photo pixel (x, y), for a photo decoded at reduced scale; pixel
+    distances in labels and hover text are given in the file's pixels.
     """
 
     uri: str
-    width: int  # of the full-resolution photo
+    width: int  # of the photo as given (axes and boxes are in its pixels)
     height: int
     thumb_width: int
     thumb_height: int
+    pixel_scale: tuple = (1.0, 1.0)
 
 
-def picture(image: np.ndarray, max_side: int | None = MAX_SIDE, fmt: str = "jpeg") -> Picture:
+def picture(
+    image: np.ndarray, max_side: int | None = MAX_SIDE, fmt: str = "jpeg", pixel_scale: tuple = (1.0, 1.0)
+) -> Picture:
     h, w = image.shape[:2]
     small = downscale(image, max_side)
-    return Picture(data_uri(small, fmt), int(w), int(h), int(small.shape[1]), int(small.shape[0]))
+    scale = (float(pixel_scale[0]), float(pixel_scale[1]))
+    return Picture(data_uri(small, fmt), int(w), int(h), int(small.shape[1]), int(small.shape[0]), scale)
+
+
+def _in_file_pixels(boxes, scale: tuple) -> np.ndarray:
+    """Boxes [..., 4] in a photo's pixels, in its file's pixels (``Picture.pixel_scale``)."""
+    sx, sy = scale
+    return np.asarray(boxes, dtype=np.float64) * np.array([sx, sy, sx, sy])
 
 
 def _picture(image, max_side: int | None, fmt: str = "jpeg") -> Picture:
@@ -179,7 +191,9 @@ def _number_chip(fig: go.Figure, box, text: str, chips: list, chip: float, style
     fig.add_annotation(text=text, x=cx, y=cy, xanchor=xa, yanchor=ya, showarrow=False, **style)
 
 
-def _glimpse_boxes(fig: go.Figure, boxes, shown: int, current: int | None, w: int, h: int, chip: float):
+def _glimpse_boxes(
+    fig: go.Figure, boxes, shown: int, current: int | None, w: int, h: int, chip: float, scale=(1.0, 1.0)
+):
     """Boxes 1..``shown`` in their glimpse colours, each numbered in a chip of its colour at a corner no
     other chip uses (the figure tool's strip language); ``current`` is drawn bold, the others thinner."""
     side = max(w, h)
@@ -187,6 +201,7 @@ def _glimpse_boxes(fig: go.Figure, boxes, shown: int, current: int | None, w: in
     chips: list = []
     for t, b in enumerate(drawn):
         x0, y0, x1, y1 = [float(v) for v in b]
+        fx0, fy0, fx1, fy1 = _in_file_pixels(b, scale)
         bold = current is None or t == current
         fig.add_trace(
             _rectangle_trace(
@@ -195,7 +210,7 @@ def _glimpse_boxes(fig: go.Figure, boxes, shown: int, current: int | None, w: in
                 opacity=1.0 if bold else 0.8,
                 showlegend=False,
                 name=f"glimpse {t + 1}",
-                hovertemplate=f"glimpse {t + 1}<br>x {x0:.0f}–{x1:.0f} px<br>y {y0:.0f}–{y1:.0f} px<extra></extra>",
+                hovertemplate=f"glimpse {t + 1}<br>x {fx0:.0f}–{fx1:.0f} px<br>y {fy0:.0f}–{fy1:.0f} px<extra></extra>",
             )
         )
         _number_chip(
@@ -230,7 +245,7 @@ def glimpse_figure(
     w, h = pic.width, pic.height
     step = int(np.clip(step, 0, len(boxes) - 1))
     fig = go.Figure([_image_trace(pic)])
-    _glimpse_boxes(fig, boxes, step + 1, step, w, h, chip=0.055 * max(w, h))
+    _glimpse_boxes(fig, boxes, step + 1, step, w, h, chip=0.055 * max(w, h), scale=pic.pixel_scale)
     _photo_axes(fig, w, h)
     return _layout(fig, title, height)
 
@@ -434,7 +449,7 @@ def heatmap_figure(
     w, h = pic.width, pic.height
     fig = go.Figure([_image_trace(pic), _heat_trace(heat, w, h, showscale)])
     if boxes is not None:
-        _glimpse_boxes(fig, boxes, len(boxes), None, w, h, chip=0.055 * max(w, h))
+        _glimpse_boxes(fig, boxes, len(boxes), None, w, h, chip=0.055 * max(w, h), scale=pic.pixel_scale)
     _photo_axes(fig, w, h)
     return _layout(fig, title, height)
 
@@ -572,13 +587,14 @@ def movement_figure(
         for t, box in enumerate(boxes[1:], 1):
             color = glimpse_color(t)
             x0, y0, x1, y1 = [float(v) for v in box]
+            fx0, fy0, fx1, fy1 = _in_file_pixels(box, pic.pixel_scale)
             fig.add_trace(
                 _rectangle_trace(
                     box,
                     line=dict(color=color, width=3, dash=dash),
                     showlegend=False,
                     name=f"{labels[run]}, glimpse {t + 1}",
-                    hovertemplate=f"{labels[run]}, glimpse {t + 1}<br>x {x0:.0f}–{x1:.0f}, y {y0:.0f}–{y1:.0f}"
+                    hovertemplate=f"{labels[run]}, glimpse {t + 1}<br>x {fx0:.0f}–{fx1:.0f}, y {fy0:.0f}–{fy1:.0f}"
                     "<extra></extra>",
                 )
             )
@@ -596,10 +612,11 @@ def movement_figure(
                     font=dict(FONT, size=13, color="white" if run == 0 else color),
                 ),
             )
-    shift = centre_shift(a, b, w, h)
+    sx, sy = pic.pixel_scale
+    shift = centre_shift(_in_file_pixels(a, pic.pixel_scale), _in_file_pixels(b, pic.pixel_scale), w * sx, h * sy)
     for t in range(1, len(shift)):
         ca, cb = (a[t, :2] + a[t, 2:]) / 2, (b[t, :2] + b[t, 2:]) / 2
-        moved = shift[t, 0] > 1e-3 * max(w, h)
+        moved = shift[t, 1] > 1e-3
         fig.add_annotation(
             x=cb[0],
             y=cb[1],

@@ -24,6 +24,7 @@ import argparse
 import copy
 import sys
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -164,12 +165,21 @@ class _Standardise(nn.Module):
         return (x - self.mean) / self.std
 
 
-def probe(scores: dict, hiddens=(0, 256), folds: int = 2, seed: int = 0, fit_on: dict | None = None, **options) -> dict:
+def probe(
+    scores: dict,
+    hiddens=(0, 256),
+    folds: int = 2,
+    seed: int = 0,
+    fit_on: dict | None = None,
+    keep_picks: bool = False,
+    **options,
+) -> dict:
     """Accuracy after glimpse 2 for every view and read-out, against own, centred and the best fixed glimpse.
 
     Without ``fit_on``, read-outs and the best fixed candidate are cross-fitted over the photos of ``scores``
     (each photo scored by what was fitted on the other folds). With ``fit_on`` (scores of other photos, such
-    as the training folder), both are fitted there once and every photo of ``scores`` is held out."""
+    as the training folder), both are fitted there once and every photo of ``scores`` is held out.
+    ``keep_picks`` adds each read-out's picked candidate per photo to its row."""
     hit = scores["hit"].float()  # [K, N]
     n = hit.shape[1]
     photos = torch.arange(n)
@@ -207,6 +217,7 @@ def probe(scores: dict, hiddens=(0, 256), folds: int = 2, seed: int = 0, fit_on:
                     "vs_centred": paired_difference(picked, at_centre),
                     "vs_best_fixed": paired_difference(picked, fixed),
                     "distinct_picks": int(picks.unique().numel()),
+                    **({"picks": picks.tolist()} if keep_picks else {}),
                 }
             )
     return {
@@ -267,22 +278,38 @@ def parse_args(argv=None):
 
 
 def scored(path, data, args, model_box: list) -> dict:
-    """The scores of ``data`` (cached at ``path`` when given), loading the model only when needed."""
-    if path:
-        try:
-            return torch.load(path, weights_only=True)
-        except FileNotFoundError:
-            pass
+    """The scores of ``data`` (cached at ``path`` when given), loading the model only when needed. A cache made
+    with another checkpoint, folder, limit or off-centre setting is refused, not reused."""
+    from .checkpoints import file_sha256
+
+    if not Path(args.checkpoint).is_file():
+        raise ValueError(f"no checkpoint at {args.checkpoint}")
+    limit = args.limit if data == args.data else 0
+    made_with = {
+        "checkpoint_sha256": file_sha256(args.checkpoint),
+        "data": str(Path(data).resolve()),
+        "limit": int(limit),
+        "off_centre": bool(args.off_centre),
+    }
+    if path and Path(path).exists():
+        cached = torch.load(path, weights_only=True)
+        if cached.get("made_with") != made_with:
+            raise ValueError(
+                f"{path} holds scores made with {cached.get('made_with')}, not {made_with}; "
+                "delete it or pass another --scores/--fit-scores path"
+            )
+        return cached
     if not model_box:
         model_box.append(load_checkpoint(args.checkpoint, device="cpu"))
     model = model_box[0]
     if model.is_baseline:
         raise ValueError("the probe needs an MGNet checkpoint (a baseline takes no glimpse 2)")
-    classes, images, labels = load_eval_images(data, model.image_size, args.limit if data == args.data else 0)
+    classes, images, labels = load_eval_images(data, model.image_size, limit)
     labels = label_map(model, classes)[labels]
     if args.off_centre:
         images = make_off_centre(images, seed=0)[0]
     result = glimpse_two_scores(model, images, labels)
+    result["made_with"] = made_with
     if path:
         atomic_save(result, path)
     return result

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from mgnet.data import downscale, image_hash, load_image, load_photo, resize_rgb, to_model_input
+from mgnet.data import downscale, file_size, image_hash, load_image, load_photo, resize_rgb, to_model_input
 
 
 def encode(img: Image.Image, fmt: str, **kw) -> bytes:
@@ -63,6 +63,7 @@ def test_a_large_jpeg_decodes_at_reduced_scale_with_the_same_picture_and_its_fil
     small, size = load_photo(data, min_side=300)
     assert size == full_size == (full.shape[1], full.shape[0])
     assert size == ((900, 1200) if orientation in (6, 8) else (1200, 900))
+    assert file_size(data) == size  # from the header alone
     # 1/2 scale: the smallest reduction that keeps the shorter side at or above 300 would be 1/3, which
     # libjpeg has not; 1/2 is the largest of 1/2, 1/4, 1/8 that keeps it.
     assert small.shape[:2] == (full.shape[0] // 2, full.shape[1] // 2)
@@ -72,6 +73,15 @@ def test_a_large_jpeg_decodes_at_reduced_scale_with_the_same_picture_and_its_fil
     # The model's input from either differs by at most a couple of levels.
     diff = np.abs(resize_rgb(small, 128).astype(int) - resize_rgb(full, 128).astype(int))
     assert diff.max() <= 3 and diff.mean() < 0.5
+
+
+def test_a_phone_jpeg_with_an_embedded_second_image_also_decodes_at_reduced_scale():
+    # Ultra HDR and many cameras' JPEGs carry a second image; Pillow opens them as MPO.
+    photo = Image.fromarray(smooth_photo())
+    data = encode(photo, "MPO", save_all=True, append_images=[photo.resize((120, 90))])
+    assert Image.open(io.BytesIO(data)).format == "MPO"
+    arr, size = load_photo(data, min_side=300)
+    assert arr.shape == (450, 600, 3) and size == (1200, 900)
 
 
 def test_reduced_decoding_leaves_small_jpegs_and_other_formats_at_full_size():

@@ -316,10 +316,14 @@ def test_probe_section_says_whether_any_read_out_finds_a_better_glimpse_on_plain
     off = [(0.08, 0.06, 0.1)] * 4
     (tmp_path / PROBE_FILE).write_text(json.dumps(_probe_doc(none, off)))
     text = "\n".join(_probe_section(tmp_path, "s"))
-    assert "no read-out beats centred glimpses with an interval above zero" in text and "larger location layer" in text
+    assert "no read-out beats centred glimpses with an interval above zero" in text and "evidence that goal 1" in text
     assert "+8.0 points (95% CI +6.0 to +10.0)" in text and "earlier default" not in text
     assert text.count("| linear |") == 4
     (tmp_path / PROBE_FILE).write_text(json.dumps(_probe_doc(found, off)))
     text = "\n".join(_probe_section(tmp_path, "other"))
     assert "the signal is there for a policy that can read it" in text and "+4.0 points" in text
     assert "Measured on an earlier default MGNet" in text
+    failed = [(0.01, -0.01, 0.03)] * 4  # off-centre, where a signal is known to be, the probe finds none
+    (tmp_path / PROBE_FILE).write_text(json.dumps(_probe_doc(none, failed)))
+    text = "\n".join(_probe_section(tmp_path, "s"))
+    assert "fails its own check" in text and "evidence that goal 1" not in text

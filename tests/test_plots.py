@@ -128,6 +128,23 @@ def test_moved_glimpses_plot_tells_runs_apart_and_says_how_far():
     assert notes == [f"{shift[1, 0]:.0f} px", "did not move"]
 
 
+def test_pixel_distances_in_labels_are_in_the_files_pixels_for_a_photo_decoded_at_reduced_scale():
+    """A photo decoded at half scale: axes and boxes stay in its own pixels, while hover text and the distance
+    labels give the file's pixels (twice as many)."""
+    clean = np.array([[0, 0, 224, 224], [20, 20, 120, 120]], dtype=float)
+    attacked = np.array([[0, 0, 224, 224], [50, 60, 150, 160]], dtype=float)
+    half = plots.picture(PHOTO, pixel_scale=(2.0, 2.0))
+    notes = [a.text for a in plots.movement_figure(half, clean, attacked).layout.annotations if "px" in a.text]
+    assert notes == ["100 px"]  # 50 px in the decoded photo
+    fig = plots.glimpse_figure(half, clean, step=1)
+    box = next(t for t in fig.data if isinstance(t, go.Scatter) and t.name == "glimpse 2")
+    x0, y0, x1, y1 = plots.drawn_boxes(clean, 224, 224, inset=0.006 * 224)[1] * 2
+    assert f"x {x0:.0f}–{x1:.0f} px<br>y {y0:.0f}–{y1:.0f} px" in box.hovertemplate and max(box.x) < 125
+    same = plots.glimpse_figure(PHOTO, clean, step=1)
+    plain = next(t for t in same.data if isinstance(t, go.Scatter) and t.name == "glimpse 2")
+    assert list(plain.x) == list(box.x) and plain.hovertemplate != box.hovertemplate
+
+
 def test_fooled_models_new_class_is_in_the_bar_chart():
     rows = [
         dict(model="mgnet", before=0.9, after=0.2, before_label="parachute", after_label="golf ball", after_new=0.7),

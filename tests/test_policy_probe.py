@@ -1,6 +1,7 @@
 """The glimpse-2 read-out probe (mgnet.policy_probe): its scores are the model's own, and its read-outs find a
 location signal when there is one and none when there is not."""
 
+import pytest
 import torch
 
 from mgnet.location import candidate_grid, mirrored_candidates
@@ -68,8 +69,51 @@ def test_read_outs_find_a_location_signal_when_there_is_one_and_none_when_there_
     assert low < 0.01 and high > -0.05 and without["readouts"][0]["accuracy"] < 0.3
 
 
-def test_fitting_on_other_photos_holds_out_every_photo_scored():
+def test_read_outs_fitted_on_other_photos_carry_over_to_new_ones():
     train, test = synthetic_scores(1000, True, seed=1), synthetic_scores(500, True, seed=2)
     result = probe(test, fit_on=train, hiddens=(0,), epochs=150)
     assert result["fitted_on"] == "1000 other photos" and result["images"] == 500
     assert result["readouts"][0]["accuracy"] > 0.5
+
+
+def scrambled(scores: dict, photos: torch.Tensor, seed: int = 9) -> dict:
+    """The same scores with the targets (true-class log-probabilities) of ``photos`` replaced by noise."""
+    out = dict(scores)
+    for key in ("logp", "logp_mirror"):
+        noisy = scores[key].clone()
+        noisy[:, photos] = torch.randn(noisy.shape[0], len(photos), generator=torch.Generator().manual_seed(seed))
+        out[key] = noisy
+    return out
+
+
+def test_no_photo_influences_the_read_out_that_picks_for_it():
+    scores = synthetic_scores(400, True)
+    everyone = torch.arange(400)
+    # Fitted on other photos: the scored photos' own targets change nothing.
+    train = synthetic_scores(600, True, seed=1)
+    a = probe(scores, fit_on=train, hiddens=(0,), epochs=60, keep_picks=True)["readouts"][0]["picks"]
+    b = probe(scrambled(scores, everyone), fit_on=train, hiddens=(0,), epochs=60, keep_picks=True)
+    assert b["readouts"][0]["picks"] == a
+    # Cross-fitted: noise in one fold's targets leaves that fold's picks as they were (and changes the others').
+    fold = torch.randperm(400, generator=torch.Generator().manual_seed(0)).chunk(2)[0]
+    c = probe(scores, hiddens=(0,), epochs=60, keep_picks=True)["readouts"][0]["picks"]
+    d = probe(scrambled(scores, fold), hiddens=(0,), epochs=60, keep_picks=True)["readouts"][0]["picks"]
+    assert [d[i] for i in fold.tolist()] == [c[i] for i in fold.tolist()]
+    others = sorted(set(range(400)) - set(fold.tolist()))
+    assert [d[i] for i in others] != [c[i] for i in others]
+
+
+def test_a_score_cache_made_with_other_settings_is_refused(tmp_path):
+    import argparse
+
+    from mgnet.checkpoints import save_checkpoint
+    from mgnet.policy_probe import scored
+
+    torch.manual_seed(0)
+    ckpt = tmp_path / "m.pt"
+    save_checkpoint(build_model("mgnet", num_classes=3, image_size=32, n_glimpses=2, scale=2.0), ckpt)
+    cache = tmp_path / "scores.pt"
+    torch.save({"made_with": {"checkpoint_sha256": "another", "data": "x", "limit": 0, "off_centre": False}}, cache)
+    args = argparse.Namespace(checkpoint=str(ckpt), data=str(tmp_path), limit=0, off_centre=False)
+    with pytest.raises(ValueError, match="scores made with"):
+        scored(str(cache), str(tmp_path), args, [])

@@ -19,7 +19,7 @@ from .. import corruptions, explain, geometry, metrics, plots
 from ..analysis import analyze_batch, focus_map
 from ..attacks import METHODS, attack
 from ..checkpoints import file_sha256
-from ..data import image_hash, to_model_input, to_uint8
+from ..data import file_size, image_hash, to_model_input, to_uint8
 from ..model import glimpse_options
 from .inputs import resolve_target, safe_name, true_labels
 from .settings import ROLE_LABELS, Attack, FigureSettings, UsageError
@@ -86,8 +86,9 @@ class FigureRun:
                 "path": shown,
                 "file_sha256": file_sha256(path),
                 "image_hash": image_hash(photo),
-                "width": int(photo.shape[1]),
+                "width": int(photo.shape[1]),  # as decoded: boxes are in these pixels
                 "height": int(photo.shape[0]),
+                "file_size": list(file_size(path)),  # a large JPEG decodes at 1/2 to 1/8 of it (PHOTO_MIN_SIDE)
                 "label": label,
             }
             for (shown, path), photo, label in zip(self.items, self.photos, self.labels)
