@@ -300,7 +300,7 @@ class Photo:
         return int(self.image.shape[0])
 
     def size_text(self) -> str:
-        """ "4000×3000 px", and the scale it was decoded at when that is not full size."""
+        """The size as the page shows it: "4000×3000 px", and the scale it was decoded at if not full size."""
         w, h = self.file_size or (self.width, self.height)
         if (w, h) == (self.width, self.height):
             return f"{w}×{h} px"
