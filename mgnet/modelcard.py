@@ -1189,8 +1189,8 @@ def _probe_section(out_dir: Path, default_sha: str | None = None) -> list[str]:
             "than the location layer, find no better glimpse 2 on these photos. Goal 1 asks for a gain after "
             "glimpse 2 as well as after the last, so this is evidence that goal 1 is out of reach here, and that "
             "most of the label's headroom above is per-photo noise the mirror image does not remove. It is not "
-            "proof: the read-outs see fixed features, fitted on about a thousand photos per fold with settings "
-            "that were not varied."
+            "proof: the read-outs see fixed features, fitted on about a thousand photos per fold "
+            "(`docs/location-stage.md` also fits them on the training folder and with other settings)."
         )
     rows.append("\n" + verdict + "\n")
     return rows
