@@ -93,7 +93,7 @@ def show_glimpse(photo, a, t: int):
     s, tx, ty = (float(v) for v in a.params[t])
     st.markdown(
         f"**Glimpse {t + 1} of {a.n_glimpses}** · scale s = `{s:.3f}`, tx = `{tx:+.3f}`, ty = `{ty:+.3f}`  \n"
-        + box_text(*photo.in_file_pixels(box))  # in the file's pixels, also when it was decoded at reduced scale
+        + box_text(photo.in_file_pixels(box), photo.file_size)  # also when decoded at reduced scale
     )
     spent = float(a.gflops[t])
     st.metric(

@@ -623,8 +623,7 @@ def attack_show(result: AttackResult, request: AttackRequest, photo, entry, mode
             ),
         )
         ui.figure(fig, "glimpse movement", key="fig-atk-move")
-        file_boxes = [[photo.in_file_pixels(b)[0] for b in boxes] for boxes in (a0.boxes, moved)]
-        shift = geometry.centre_shift(*file_boxes, *(photo.file_size or (photo.width, photo.height)))
+        shift = geometry.centre_shift(photo.in_file_pixels(a0.boxes), photo.in_file_pixels(moved), *photo.file_size)
         st.caption(
             "Centre moved: "
             + "; ".join(

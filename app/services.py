@@ -27,7 +27,7 @@ import streamlit as st
 import torch
 
 import mgnet
-from mgnet import analysis
+from mgnet import analysis, geometry
 from mgnet.checkpoints import DEFAULT_CHECKPOINTS, CheckpointError, training_recipe
 from mgnet.data import PHOTO_MIN_SIDE, image_hash, load_photo, resize_rgb, to_model_input, to_tensor
 from mgnet.model import glimpse_options
@@ -288,8 +288,8 @@ class Photo:
     name: str
     source: str  # "example", "upload" or "camera"
     file_sha256: str
+    file_size: tuple  # (width, height) of the file itself, after EXIF orientation
     data: bytes = b""  # the file as given (for the export bundle)
-    file_size: tuple = ()  # (width, height) of the file itself, after EXIF orientation
 
     @property
     def width(self) -> int:
@@ -301,7 +301,7 @@ class Photo:
 
     def size_text(self) -> str:
         """The size as the page shows it: "4000×3000 px", and the scale it was decoded at if not full size."""
-        w, h = self.file_size or (self.width, self.height)
+        w, h = self.file_size
         if (w, h) == (self.width, self.height):
             return f"{w}×{h} px"
         return f"{w}×{h} px (decoded at 1/{round(w / self.width)} scale, {self.width}×{self.height})"
@@ -309,14 +309,12 @@ class Photo:
     @property
     def pixel_scale(self) -> tuple[float, float]:
         """File pixels per decoded pixel (x, y): 1 unless a large JPEG was decoded at reduced scale."""
-        w, h = self.file_size or (self.width, self.height)
+        w, h = self.file_size
         return w / self.width, h / self.height
 
-    def in_file_pixels(self, box) -> tuple[tuple, tuple]:
-        """A box (x0, y0, x1, y1) in the decoded photo's pixels, in the file's own pixels; and the file's size."""
-        sx, sy = self.pixel_scale
-        x0, y0, x1, y1 = (float(v) for v in box)
-        return (x0 * sx, y0 * sy, x1 * sx, y1 * sy), self.file_size or (self.width, self.height)
+    def in_file_pixels(self, boxes) -> np.ndarray:
+        """Boxes [..., 4] in the decoded photo's pixels, in the file's own pixels."""
+        return geometry.rescale(boxes, *self.pixel_scale)
 
 
 @st.cache_resource(show_spinner=False, max_entries=IMAGE_ENTRIES, ttl=RESULT_TTL)
@@ -332,7 +330,7 @@ def decode(data: bytes, name: str, source: str) -> Photo:
     """Decode uploaded/example bytes once per content; raises ValueError with load_image's message."""
     sha = hashlib.sha256(data).hexdigest()
     image, key, size = _decode(sha, data)
-    return Photo(image, key, name, source, sha, data, size)
+    return Photo(image, key, name, source, sha, size, data)
 
 
 def picture(photo: Photo, max_side: int = 640):

@@ -30,11 +30,14 @@ def glimpse_boxes(params, image_size: int, glimpse_size: int) -> np.ndarray:
     return np.stack([x0, y0, x1, y1], axis=-1)
 
 
+def rescale(boxes, sx: float, sy: float) -> np.ndarray:
+    """Boxes [..., 4] (x0, y0, x1, y1) with x scaled by ``sx`` and y by ``sy``."""
+    return np.asarray(boxes, dtype=np.float64) * np.array([sx, sy, sx, sy])
+
+
 def to_original(boxes, model_size: int, width: int, height: int) -> np.ndarray:
     """Model-input boxes -> boxes in the original photo (the model input is the whole photo resized)."""
-    b = np.asarray(boxes, dtype=np.float64)
-    factor = np.array([width / model_size, height / model_size, width / model_size, height / model_size])
-    return b * factor
+    return rescale(boxes, width / model_size, height / model_size)
 
 
 def crop(image: np.ndarray, box, out_w: int, out_h: int | None = None, interpolation=cv2.INTER_LINEAR) -> np.ndarray:

@@ -26,6 +26,7 @@ from PIL import Image
 from plotly.subplots import make_subplots
 
 from .data import downscale
+from .geometry import centre_shift, rescale
 
 GLIMPSE_COLORS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45")
 SERIES_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
@@ -99,12 +100,6 @@ def picture(
     small = downscale(image, max_side)
     scale = (float(pixel_scale[0]), float(pixel_scale[1]))
     return Picture(data_uri(small, fmt), int(w), int(h), int(small.shape[1]), int(small.shape[0]), scale)
-
-
-def _in_file_pixels(boxes, scale: tuple) -> np.ndarray:
-    """Boxes [..., 4] in a photo's pixels, in its file's pixels (``Picture.pixel_scale``)."""
-    sx, sy = scale
-    return np.asarray(boxes, dtype=np.float64) * np.array([sx, sy, sx, sy])
 
 
 def _picture(image, max_side: int | None, fmt: str = "jpeg") -> Picture:
@@ -201,7 +196,7 @@ def _glimpse_boxes(
     chips: list = []
     for t, b in enumerate(drawn):
         x0, y0, x1, y1 = [float(v) for v in b]
-        fx0, fy0, fx1, fy1 = _in_file_pixels(b, scale)
+        fx0, fy0, fx1, fy1 = rescale(b, *scale)
         bold = current is None or t == current
         fig.add_trace(
             _rectangle_trace(
@@ -571,8 +566,6 @@ def movement_figure(
     with a filled number chip for run a and dashed with an outlined chip (number and a prime) for run b,
     an arrow from each a-centre to its b-centre labelled with the distance moved. The legend shows the two
     line styles in a neutral colour (the colours are the glimpses', as everywhere)."""
-    from .geometry import centre_shift
-
     pic = _picture(image, max_side)
     w, h = pic.width, pic.height
     a, b = (np.asarray(x, dtype=np.float64).reshape(-1, 4) for x in (boxes_a, boxes_b))
@@ -587,7 +580,7 @@ def movement_figure(
         for t, box in enumerate(boxes[1:], 1):
             color = glimpse_color(t)
             x0, y0, x1, y1 = [float(v) for v in box]
-            fx0, fy0, fx1, fy1 = _in_file_pixels(box, pic.pixel_scale)
+            fx0, fy0, fx1, fy1 = rescale(box, *pic.pixel_scale)
             fig.add_trace(
                 _rectangle_trace(
                     box,
@@ -613,7 +606,7 @@ def movement_figure(
                 ),
             )
     sx, sy = pic.pixel_scale
-    shift = centre_shift(_in_file_pixels(a, pic.pixel_scale), _in_file_pixels(b, pic.pixel_scale), w * sx, h * sy)
+    shift = centre_shift(rescale(a, sx, sy), rescale(b, sx, sy), w * sx, h * sy)
     for t in range(1, len(shift)):
         ca, cb = (a[t, :2] + a[t, 2:]) / 2, (b[t, :2] + b[t, 2:]) / 2
         moved = shift[t, 1] > 1e-3

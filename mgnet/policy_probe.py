@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoints import atomic_save, load_checkpoint
+from .checkpoints import atomic_save, file_sha256, load_checkpoint
 from .evaluate import label_map, load_eval_images, paired_difference, write_json_atomic
 from .location import candidate_grid, centred, mirrored_candidates
 from .location import off_centre as make_off_centre
@@ -58,9 +58,9 @@ def glimpse_two_scores(model, images_u8, labels, batch_size: int = 50, progress:
     ]
     out = {k: [] for k in ("logp", "logp_mirror", "hit", "own", "centred", *VIEWS)}
 
-    def first_look(xn):
-        f = model.backbone(model.sample(xn, xn.new_tensor([1.0, 0.0, 0.0]).expand(len(xn), 3), size))
-        token = torch.cat([f, xn.new_tensor([1.0, 0.0, 0.0]).expand(len(xn), 3)], 1)
+    def first_look(xn):  # glimpse 1 (the whole image) as MGNet.forward takes it: its token and layer maps
+        whole = xn.new_tensor([1.0, 0.0, 0.0]).expand(len(xn), 3)
+        token = torch.cat([model.backbone(model.sample(xn, whole, size)), whole], 1)
         return token, dict(maps)
 
     def at_candidates(xn, token, y):  # [K, B] true-class log-probability and hit after glimpse 2
@@ -280,8 +280,6 @@ def parse_args(argv=None):
 def scored(path, data, args, model_box: list) -> dict:
     """The scores of ``data`` (cached at ``path`` when given), loading the model only when needed. A cache made
     with another checkpoint, folder, limit or off-centre setting is refused, not reused."""
-    from .checkpoints import file_sha256
-
     if not Path(args.checkpoint).is_file():
         raise ValueError(f"no checkpoint at {args.checkpoint}")
     limit = args.limit if data == args.data else 0
