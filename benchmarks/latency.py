@@ -11,7 +11,10 @@ Variants (the levers of issue 13), each cumulative over the one before:
   channels_last   weights in channels_last (what load_checkpoint now returns)
   bn_folded       BatchNorm folded into the convolutions, on a copy
   inference_mode  the same copy under torch.inference_mode
-  onednn_packed   its convolutions also pre-packed for oneDNN (mgnet.model.PackedConv2d; CPU only):
+  onednn_packed   its convolutions also pre-packed for oneDNN (mgnet.model.PackedConv2d; CPU only)
+  backbone_fused  the backbone also run as a flat list of oneDNN calls, each convolution with its ReLU
+                  and residual sum (mgnet.model.FusedResNet; CPU only)
+  fusion_folded   the fusion's four attention projections also folded into two (mgnet.model.FoldedFusion):
                   what mgnet.analysis runs (mgnet.model.prepare_for_inference + torch.inference_mode)
 The headline table is the last variant at `--threads`; the lever table repeats the variants at each
 of `--lever-threads`. Writes benchmarks/results/latency.md and latency.json.
@@ -32,13 +35,21 @@ sys.path.insert(0, str(ROOT))
 
 from common import busy_processes  # noqa: E402
 from mgnet import load_checkpoint  # noqa: E402
-from mgnet.model import fold_batchnorm, prepare_for_inference  # noqa: E402
+from mgnet.model import fold_batchnorm, fuse_backbone, pack_convolutions, prepare_for_inference  # noqa: E402
 from mgnet.utils import hardware  # noqa: E402
 
 # Issue 13's measurements before this work (2 cores, median of 30) and the authors' implementation.
 ISSUE_MS = {"baseline": 12.4, "mgnet 1": 7.0, "mgnet 2": 14.2, "mgnet 4": 27.1}
 AUTHORS_RATIO = {"mgnet 4": 3.1}
-VARIANTS = ("before", "channels_last", "bn_folded", "inference_mode", "onednn_packed")
+VARIANTS = (
+    "before",
+    "channels_last",
+    "bn_folded",
+    "inference_mode",
+    "onednn_packed",
+    "backbone_fused",
+    "fusion_folded",
+)
 GPU_PLAN = """## GPU
 
 Measured on an NVIDIA H200 with `benchmarks/gpu_checks.sh` (2026-12-04; `gpu.md`, `latency_gpu.md`):
@@ -69,13 +80,22 @@ def variant_models(mg, base):
         f = copy.deepcopy(m)
         fold_batchnorm(f.backbone)
         folded[n] = f.to(memory_format=torch.channels_last)
+    packed, fused = {}, {}
+    for n, m in folded.items():
+        side = m.image_size if m.is_baseline else m.glimpse_size()
+        packed[n] = copy.deepcopy(m).requires_grad_(False)
+        pack_convolutions(packed[n].backbone, (1, 3, side, side))
+        fused[n] = copy.deepcopy(packed[n])
+        fuse_backbone(fused[n].backbone, (1, 3, side, side))
     fast = {"mg": prepare_for_inference(mg), "base": prepare_for_inference(base)}
     return {
         "before": (before, torch.no_grad),
         "channels_last": (cl, torch.no_grad),
         "bn_folded": (folded, torch.no_grad),
         "inference_mode": (folded, torch.inference_mode),
-        "onednn_packed": (fast, torch.inference_mode),
+        "onednn_packed": (packed, torch.inference_mode),
+        "backbone_fused": (fused, torch.inference_mode),
+        "fusion_folded": (fast, torch.inference_mode),
     }
 
 
@@ -131,7 +151,11 @@ def measure(device, repeats, threads_list):
                 row: {"median_ms": round(ms, 2), "vs_baseline": round(ms / rows["baseline"], 3)}
                 for row, ms in rows.items()
             }
-    return {"table": table, "fusion_ms": fusion_ms(variants[VARIANTS[-1]][0]["mg"], device, repeats)}
+    return {
+        "table": table,
+        "fusion_ms": fusion_ms(variants["onednn_packed"][0]["mg"], device, repeats),
+        "folded_fusion_ms": fusion_ms(variants[VARIANTS[-1]][0]["mg"], device, repeats),
+    }
 
 
 def render(results, threads):
@@ -182,8 +206,10 @@ def render(results, threads):
             lines.append(f"| {th} | {name} | " + " | ".join(cells) + " |")
         lines += [
             "",
-            "Fusion (attention over the t tokens so far + LayerNorm, inference copy), ms per step: "
-            + ", ".join(f"t={t}: {ms}" for t, ms in res["fusion_ms"].items()),
+            "Fusion (attention over the t tokens so far + LayerNorm), ms per step, weights warm in cache: "
+            + ", ".join(f"t={t}: {ms}" for t, ms in res["fusion_ms"].items())
+            + "; folded (`FoldedFusion`): "
+            + ", ".join(f"t={t}: {ms}" for t, ms in res.get("folded_fusion_ms", {}).items()),
             "",
         ]
     return "\n".join(lines)

@@ -13,8 +13,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules import module as _nn_module
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torchvision.models import resnet18, resnet34, resnet50
+from torchvision.models.resnet import BasicBlock, ResNet
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -77,6 +79,52 @@ class FeatureFusion(nn.Module):
         # the last query, so we compute just that one.
         out, _ = self.mha(tokens[-1:], tokens, tokens, need_weights=False)
         return F.relu(self.norm(out[0]))
+
+
+class FoldedFusion(nn.Module):
+    """``FeatureFusion`` with its four attention projections folded into two, for the inference copy.
+
+    With one head and the output read at the last token only, the score of token i is
+    (W_q x_t + b_q) . (W_k x_i + b_k) / sqrt(d) and the output is W_o (W_v sum_i a_i x_i + b_v) + b_o.
+    Terms that do not depend on i drop out of the softmax, so the scores need one matrix A = W_q^T W_k / sqrt(d)
+    and the output one matrix W_o W_v (both folded in float64). Each step then reads 2 of the
+    4 MB of projection weights and projects no earlier token again. Same function up to float32 rounding,
+    differentiable with respect to the tokens.
+    """
+
+    def __init__(self, fusion: FeatureFusion):
+        super().__init__()
+        mha, d = fusion.mha, fusion.mha.embed_dim
+        w, b = mha.in_proj_weight.detach().double(), mha.in_proj_bias.detach().double()
+        w_q, w_k, w_v = w[:d], w[d : 2 * d], w[2 * d :]
+        w_o, b_o = mha.out_proj.weight.detach().double(), mha.out_proj.bias.detach().double()
+        dtype = mha.in_proj_weight.dtype
+        self.register_buffer("score_weight", (w_q.t() @ w_k / math.sqrt(d)).to(dtype))
+        self.register_buffer("score_bias", (b[:d] @ w_k / math.sqrt(d)).to(dtype))
+        self.register_buffer("value_weight", (w_o @ w_v).t().contiguous().to(dtype))
+        self.register_buffer("value_bias", (w_o @ b[2 * d :] + b_o).to(dtype))
+        self.norm = fusion.norm
+
+    @staticmethod
+    def applies(fusion: nn.Module) -> bool:
+        """Whether ``fusion`` is the paper's fusion (one head, no extra keys, no dropout) that this folds."""
+        mha = getattr(fusion, "mha", None)
+        return (
+            type(fusion) is FeatureFusion
+            and mha.num_heads == 1
+            and mha._qkv_same_embed_dim
+            and mha.in_proj_bias is not None
+            and mha.bias_k is None
+            and not mha.add_zero_attn
+            and not mha.batch_first
+            and mha.dropout == 0
+        )
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        query = torch.addmm(self.score_bias, tokens[-1], self.score_weight)  # [B, d]
+        weights = torch.softmax(torch.einsum("tbd,bd->bt", tokens, query), dim=1)
+        mixed = torch.einsum("bt,tbd->bd", weights, tokens)
+        return F.relu(self.norm(torch.addmm(self.value_bias, mixed, self.value_weight)))
 
 
 class _Head(nn.Module):
@@ -377,19 +425,20 @@ class PackedConv2d(nn.Conv2d):
             return _PackedConvInputGrad.apply(x, self)
         return self._run(x)
 
-    def _run(self, x: torch.Tensor) -> torch.Tensor:
+    def _run(self, x: torch.Tensor, then: str = "none") -> torch.Tensor:
+        """The convolution on oneDNN, followed in the same call by ``then`` ("none" or "relu")."""
         return torch.ops.mkldnn._convolution_pointwise(
-            x,
-            self._packed,
-            self._packed_bias,
-            list(self.padding),
-            list(self.stride),
-            list(self.dilation),
-            self.groups,
-            "none",
-            [],
-            "",
+            x, self._packed, self._packed_bias, *self._geometry(), then, [], ""
         )
+
+    def run_add_relu(self, x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+        """relu(conv(x) + other) in one oneDNN call: the end of a residual block. No gradients."""
+        return torch.ops.mkldnn._convolution_pointwise.binary(
+            x, other, self._packed, self._packed_bias, *self._geometry(), "add", None, "relu", [], ""
+        )
+
+    def _geometry(self) -> tuple:
+        return list(self.padding), list(self.stride), list(self.dilation), self.groups
 
     def input_gradient(self, grad: torch.Tensor, input_shape: torch.Size) -> torch.Tensor:
         """d(output . grad) / d(input): a transposed convolution of ``grad`` with the packed weight."""
@@ -473,6 +522,82 @@ def pack_convolutions(backbone: nn.Module, input_shape: tuple) -> int:
     return len(swapped)
 
 
+class FusedResNet(ResNet):
+    """The torchvision ResNet-18/34 backbone of the inference copy, run without gradients as a flat list of
+    oneDNN calls: the stem convolution with its ReLU, then per residual block conv1 with its ReLU, the
+    downsampling convolution if any, and conv2 with the residual sum and the final ReLU in one call. The
+    same operations in the same order as ``ResNet.forward`` on the folded, packed model, without the module
+    calls between them: at batch 1 that saves about a tenth of a 48 px glimpse (``benchmarks/latency.py``).
+    With gradients (attacks, saliency), with hooks on any of its modules (Grad-CAM, feature probes), or for
+    another dtype or device it runs ``ResNet.forward``. Made by ``fuse_backbone``, which checks it first."""
+
+    plan: tuple = ()  # (conv1, conv2, downsampling conv or None) per residual block
+    parts: tuple = ()  # its modules, whose hooks must fire
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        plain = (
+            torch.is_grad_enabled()
+            or x.device.type != "cpu"
+            or x.dtype != torch.float32
+            or _nn_module._global_forward_hooks
+            or _nn_module._global_forward_pre_hooks
+            or any(m._forward_hooks or m._forward_pre_hooks for m in self.parts)
+        )
+        if plain:
+            return super().forward(x)
+        x = self.maxpool(self.conv1._run(x, "relu"))
+        for conv1, conv2, down in self.plan:
+            x = conv2.run_add_relu(conv1._run(x, "relu"), x if down is None else down._run(x))
+        return x.mean((2, 3))
+
+
+def fuse_backbone(backbone: nn.Module, input_shape: tuple) -> bool:
+    """Turn a packed, BatchNorm-folded ResNet-18/34 backbone (``fc`` removed) into a ``FusedResNet``, in
+    place, if it then gives the same output on a random input of ``input_shape``; else change nothing."""
+
+    def packed(m) -> bool:
+        return isinstance(m, PackedConv2d)
+
+    def fusable(block) -> bool:
+        down = block.downsample
+        return (
+            type(block) is BasicBlock
+            and packed(block.conv1)
+            and packed(block.conv2)
+            and isinstance(block.bn1, nn.Identity)
+            and isinstance(block.bn2, nn.Identity)
+            and (down is None or (len(down) == 2 and packed(down[0]) and isinstance(down[1], nn.Identity)))
+        )
+
+    if type(backbone) is not ResNet:
+        return False
+    blocks = [b for layer in (backbone.layer1, backbone.layer2, backbone.layer3, backbone.layer4) for b in layer]
+    pool = backbone.avgpool
+    if not (
+        packed(backbone.conv1)
+        and isinstance(backbone.bn1, nn.Identity)
+        and isinstance(pool, nn.AdaptiveAvgPool2d)
+        and pool.output_size in (1, (1, 1))
+        and isinstance(backbone.fc, nn.Identity)
+        and all(fusable(b) for b in blocks)
+    ):
+        return False
+    x = torch.rand(input_shape, generator=torch.Generator().manual_seed(0)).to(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        expected = backbone(x)
+        backbone.__class__ = FusedResNet
+        backbone.plan = tuple((b.conv1, b.conv2, None if b.downsample is None else b.downsample[0]) for b in blocks)
+        backbone.parts = tuple(backbone.modules())[1:]
+        try:
+            same = torch.allclose(backbone(x), expected, rtol=1e-4, atol=1e-5)
+        except (RuntimeError, AttributeError):  # a torch without oneDNN's fused convolutions
+            same = False
+    if not same:
+        backbone.__class__ = ResNet
+        del backbone.plan, backbone.parts
+    return same
+
+
 def _input_gradient(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """d(sum of the backbone's output times a fixed random tensor) / dx with the weights frozen (as in
     the inference copy), for the packing self-check."""
@@ -495,8 +620,9 @@ def prepare_for_inference(model: MGNet) -> MGNet:
     """A fast copy of ``model`` for analyses, attacks and maps; ``model`` itself is left untouched.
 
     The copy has its BatchNorms folded into the convolutions, weights in channels_last memory format,
-    on the CPU its convolutions packed for oneDNN (``PackedConv2d``), and no parameter that requires
-    gradients. It runs the same ``MGNet.forward`` and gives the same outputs up to float32 rounding. It
+    on the CPU its convolutions packed for oneDNN (``PackedConv2d``) and its backbone run as fused
+    oneDNN calls (``FusedResNet``), its fusion's projections folded (``FoldedFusion``), and no parameter that
+    requires gradients. It runs the same ``MGNet.forward`` and gives the same outputs up to float32 rounding. It
     must not be trained (folded BatchNorms keep no running statistics). Gradients with respect to its
     input (attacks, Captum) are the model's up to float32 rounding; weight gradients belong on the model.
     """
@@ -508,5 +634,12 @@ def prepare_for_inference(model: MGNet) -> MGNet:
         for p in fast.parameters():
             p.requires_grad_(False)
         side = fast.image_size if fast.is_baseline else fast.glimpse_size()
-        pack_convolutions(fast.backbone, (1, 3, side, side))
+        if pack_convolutions(fast.backbone, (1, 3, side, side)):
+            fuse_backbone(fast.backbone, (1, 3, side, side))
+        if FoldedFusion.applies(fast.feat_fusion):
+            folded = FoldedFusion(fast.feat_fusion)
+            tokens = torch.randn(3, 2, folded.score_weight.shape[0], generator=torch.Generator().manual_seed(0))
+            tokens = tokens.to(folded.score_weight)
+            if torch.allclose(folded(tokens), fast.feat_fusion(tokens), rtol=1e-4, atol=1e-5):
+                fast.feat_fusion = folded
     return fast

@@ -11,7 +11,17 @@ from torch import nn
 from mgnet import load_checkpoint
 from mgnet.analysis import analyze, analyze_batch, inference_model, location_check
 from mgnet.data import list_image_folder, load_image, to_model_input
-from mgnet.model import PackedConv2d, build_model, fold_batchnorm, pack_convolutions, prepare_for_inference
+from mgnet.model import (
+    FeatureFusion,
+    FoldedFusion,
+    FusedResNet,
+    PackedConv2d,
+    build_model,
+    fold_batchnorm,
+    fuse_backbone,
+    pack_convolutions,
+    prepare_for_inference,
+)
 from conftest import DATA, ROOT
 
 
@@ -166,6 +176,95 @@ def test_packing_is_left_out_where_it_would_change_the_output(monkeypatch):
     monkeypatch.setattr(PackedConv2d, "forward", lambda self, x: nn.Conv2d.forward(self, x) + 1.0)
     assert pack_convolutions(model.backbone, (1, 3, 64, 64)) == 0
     assert count(model.backbone, PackedConv2d) == 0 and count(model.backbone, nn.Conv2d) == 20
+
+
+def random_fusion(dim=19, seed=0) -> FeatureFusion:
+    torch.manual_seed(seed)
+    fusion = FeatureFusion(dim).eval()
+    with torch.no_grad():
+        for p in fusion.parameters():
+            p.normal_(0, 0.5)  # biases too: the folded terms must carry them
+    return fusion
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4])
+def test_folded_fusion_is_the_attention_it_replaces(steps):
+    fusion = random_fusion()
+    folded = FoldedFusion(fusion)
+    tokens = torch.randn(steps, 3, 19) * 2
+    torch.testing.assert_close(folded(tokens), fusion(tokens), atol=1e-5, rtol=1e-5)
+    # input gradients (attacks and saliency take them through the inference copy)
+    weights = torch.randn(3, 19)
+    grads = []
+    for module in (fusion, folded):
+        x = tokens.clone().requires_grad_(True)
+        (module(x) * weights).sum().backward()
+        grads.append(x.grad)
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-5, rtol=1e-4)
+    assert grads[0].abs().sum() > 0
+
+
+def test_only_the_papers_fusion_is_folded():
+    assert FoldedFusion.applies(random_fusion())
+    two_heads = random_fusion(dim=20)
+    two_heads.mha = nn.MultiheadAttention(20, 2)
+    assert not FoldedFusion.applies(two_heads)
+    assert isinstance(prepare_for_inference(trained_looking("mgnet")).feat_fusion, FoldedFusion)
+
+
+@needs_onednn
+@pytest.mark.parametrize("kind", ["mgnet", "baseline"])
+def test_fused_backbone_runs_fused_onednn_calls_with_the_same_numbers(monkeypatch, kind):
+    model = trained_looking(kind)
+    fast = prepare_for_inference(model)
+    assert type(fast.backbone) is FusedResNet and type(model.backbone) is not FusedResNet
+    calls = []
+    original = PackedConv2d.run_add_relu
+    monkeypatch.setattr(PackedConv2d, "run_add_relu", lambda self, x, o: calls.append(1) or original(self, x, o))
+    x = torch.rand(2, 3, 64, 64)
+    steps = 3 if kind == "mgnet" else 1
+    with torch.inference_mode():
+        quick = fast(x, n_glimpses=steps)
+    with torch.no_grad():
+        exact = model(x, n_glimpses=steps)
+    assert len(calls) == steps * 8  # every residual block of every glimpse took the fused path
+    torch.testing.assert_close(quick.logits, exact.logits, atol=1e-4, rtol=1e-4)
+
+
+@needs_onednn
+def test_fused_backbone_steps_aside_for_hooks_and_gradients():
+    fast = prepare_for_inference(trained_looking("baseline"))
+    backbone = fast.backbone
+    x = torch.randn(1, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        fused = backbone(x)
+        seen = []
+        handle = backbone.layer4.register_forward_hook(lambda m, a, out: seen.append(out))  # as Grad-CAM does
+        hooked = backbone(x)
+        handle.remove()
+    assert len(seen) == 1 and seen[0].shape[1:] == (512, 2, 2)  # a hook on a part still fires
+    torch.testing.assert_close(hooked, fused, atol=1e-5, rtol=1e-5)
+    grads = []
+    for cls in (FusedResNet, type(backbone).__mro__[1]):
+        backbone.__class__ = cls
+        z = x.clone().requires_grad_(True)
+        backbone(z).square().sum().backward()
+        grads.append(z.grad)
+    backbone.__class__ = FusedResNet
+    torch.testing.assert_close(grads[0], grads[1])
+    assert grads[0].abs().sum() > 0
+
+
+@needs_onednn
+def test_fusing_is_left_out_where_it_would_change_the_output(monkeypatch):
+    model = trained_looking("baseline")
+    fold_batchnorm(model.backbone)
+    assert pack_convolutions(model.backbone, (1, 3, 64, 64)) == 20
+    monkeypatch.setattr(PackedConv2d, "run_add_relu", lambda self, x, other: self._run(x) + other)  # no ReLU
+    assert not fuse_backbone(model.backbone, (1, 3, 64, 64))
+    assert type(model.backbone) is not FusedResNet and not hasattr(model.backbone, "plan")
+    resnet50 = trained_looking("baseline", backbone="resnet50")
+    assert not fuse_backbone(resnet50.backbone, (1, 3, 64, 64))  # bottleneck blocks are not fused
 
 
 def test_a_classifier_that_is_not_an_mgnet_is_its_own_fast_copy():
