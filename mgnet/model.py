@@ -63,7 +63,9 @@ class _ScaleGrad(torch.autograd.Function):
 
 
 def scale_grad(x: torch.Tensor, factor: float) -> torch.Tensor:
-    return x if factor == 1.0 else _ScaleGrad.apply(x, factor)
+    if factor == 1.0 or not (x.requires_grad and torch.is_grad_enabled()):
+        return x  # nothing flows back: skip the autograd node
+    return _ScaleGrad.apply(x, factor)
 
 
 class FeatureFusion(nn.Module):
@@ -121,9 +123,12 @@ class FoldedFusion(nn.Module):
         )
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        query = torch.addmm(self.score_bias, tokens[-1], self.score_weight)  # [B, d]
-        weights = torch.softmax(torch.einsum("tbd,bd->bt", tokens, query), dim=1)
-        mixed = torch.einsum("bt,tbd->bd", weights, tokens)
+        if len(tokens) == 1:
+            mixed = tokens[0]  # one token: its softmax weight is exactly 1
+        else:
+            query = torch.addmm(self.score_bias, tokens[-1], self.score_weight)  # [B, d]
+            weights = torch.softmax(torch.einsum("tbd,bd->bt", tokens, query), dim=1)
+            mixed = torch.einsum("bt,tbd->bd", weights, tokens)
         return F.relu(self.norm(torch.addmm(self.value_bias, mixed, self.value_weight)))
 
 
@@ -532,7 +537,7 @@ class FusedResNet(ResNet):
     another dtype or device it runs ``ResNet.forward``. Made by ``fuse_backbone``, which checks it first."""
 
     plan: tuple = ()  # (conv1, conv2, downsampling conv or None) per residual block
-    parts: tuple = ()  # its modules, whose hooks must fire
+    hooks: tuple = ()  # the forward (pre-)hook dicts of its modules: any hook there must fire
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         plain = (
@@ -541,7 +546,7 @@ class FusedResNet(ResNet):
             or x.dtype != torch.float32
             or _nn_module._global_forward_hooks
             or _nn_module._global_forward_pre_hooks
-            or any(m._forward_hooks or m._forward_pre_hooks for m in self.parts)
+            or any(self.hooks)
         )
         if plain:
             return super().forward(x)
@@ -587,14 +592,15 @@ def fuse_backbone(backbone: nn.Module, input_shape: tuple) -> bool:
         expected = backbone(x)
         backbone.__class__ = FusedResNet
         backbone.plan = tuple((b.conv1, b.conv2, None if b.downsample is None else b.downsample[0]) for b in blocks)
-        backbone.parts = tuple(backbone.modules())[1:]
+        parts = tuple(backbone.modules())[1:]
+        backbone.hooks = tuple(m._forward_hooks for m in parts) + tuple(m._forward_pre_hooks for m in parts)
         try:
             same = torch.allclose(backbone(x), expected, rtol=1e-4, atol=1e-5)
         except (RuntimeError, AttributeError):  # a torch without oneDNN's fused convolutions
             same = False
     if not same:
         backbone.__class__ = ResNet
-        del backbone.plan, backbone.parts
+        del backbone.plan, backbone.hooks
     return same
 
 

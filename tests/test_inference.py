@@ -348,3 +348,23 @@ def test_precomputed_input_and_key_give_the_same_analysis():
         analyze(model, photo, model_input=x[:, :, :32])
     with pytest.raises(ValueError, match="one entry per image"):
         analyze_batch(model, [photo, photo], keys=["a"])
+
+
+@needs_onednn
+def test_fused_backbone_copies_still_see_new_hooks():
+    """The fused path checks its modules' hook dicts; a deep copy or a pickle must check its own."""
+    import pickle
+
+    fast = prepare_for_inference(trained_looking("baseline"))
+    x = torch.rand(1, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    for twin in (copy.deepcopy(fast), pickle.loads(pickle.dumps(fast))):
+        seen = []
+        handle = twin.backbone.layer3[1].conv2.register_forward_pre_hook(
+            lambda m, a, seen=seen: seen.append(a[0].shape)
+        )
+        with torch.inference_mode():
+            out = twin.backbone(x)
+        handle.remove()
+        assert seen == [(1, 256, 4, 4)]
+        with torch.inference_mode():
+            torch.testing.assert_close(out, fast.backbone(x), atol=1e-5, rtol=1e-5)
