@@ -11,6 +11,13 @@ FROM python:3.11-slim
 # cpu: https://download.pytorch.org/whl/cpu (no CUDA libraries); cu130 (or any other) installs PyPI's default
 # torch wheel, which on Linux carries CUDA, for a GPU host (run with --gpus all / compose's GPU reservation).
 ARG TORCH_INDEX=cpu
+# Optional package mirror, for networks without PyPI or the PyTorch index (pip reads these; unset by default), e.g.
+#   docker build --build-arg TORCH_INDEX=pypi --build-arg PIP_EXTRA_INDEX_URL=http://mirror/simple \
+#                --build-arg PIP_TRUSTED_HOST=mirror -t mgnet-explorer:cpu .
+ARG PIP_INDEX_URL
+ARG PIP_EXTRA_INDEX_URL
+ARG PIP_FIND_LINKS
+ARG PIP_TRUSTED_HOST
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 
 # OpenCV (ImageNet-C corruptions) needs libGL and GLib at import time.

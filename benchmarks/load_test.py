@@ -42,7 +42,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks"), str(ROOT / "deploy")]
 from common import busy_processes, checkpoint_folder, describe, tiny_checkpoints  # noqa: E402
-from local import LocalCluster  # noqa: E402
+from local import LocalCluster, wait_healthy  # noqa: E402
 from st_client import StepError, StudentSession  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -278,8 +278,9 @@ async def failover_run(cluster: LocalCluster, students: int, rounds: int, timeou
         await first_done.wait()
         await asyncio.sleep(0.5)
         victim = cluster.by_upstream(sessions[0].upstream)
-        killed["replica"] = f"127.0.0.1:{victim.port}"
+        killed["replica"] = victim.address
         await asyncio.to_thread(victim.kill)  # returns once the process is gone
+        killed["victim"] = victim
         killed_done.set()
 
     # Open sessions until each replica has at least one student (the route cookie is random; bounded).
@@ -307,8 +308,26 @@ async def failover_run(cluster: LocalCluster, students: int, rounds: int, timeou
         "reconnected_to_healthy": sum(1 for r in moved if r.get("replica_after") not in (None, killed["replica"])),
         "view_restored_from_url": sum(1 for r in moved if r.get("restored_view")),
         "upload_kept": sum(1 for r in moved if r.get("kept_upload")),
+        # compose restarts a crashed container (restart: unless-stopped); local processes stay down
+        "killed_replica_restarted": await _restarted(killed["victim"]),
         "records": records,
     }
+
+
+async def _restarted(replica, wait_s: float = 120) -> bool | None:
+    """Whether a killed replica came back healthy within ``wait_s`` (None where nothing restarts it)."""
+    if not hasattr(replica, "restarts"):
+        return None
+    deadline = time.perf_counter() + wait_s
+    while time.perf_counter() < deadline:
+        if replica.restarts() > 0 and replica.alive():
+            try:
+                await asyncio.to_thread(wait_healthy, replica.url, 5, None, None)
+                return True
+            except RuntimeError:
+                pass
+        await asyncio.sleep(1)
+    return False
 
 
 def write_report(runs: list[dict], out: Path) -> None:
@@ -330,6 +349,11 @@ def write_report(runs: list[dict], out: Path) -> None:
         lines.append(
             f"- {run['date']} UTC, commit `{run['commit'][:12]}`; {run['machine']}; {run['checkpoints']}; "
             f"{run['replicas']} replica(s){' behind nginx' if run['proxy'] else ''}, OMP_NUM_THREADS={run['threads']}"
+            + (
+                "; **Docker**: compose.yaml's app containers and nginx container (CPU from their cgroups)"
+                if run.get("compose")
+                else ""
+            )
         )
         lines.append(f"- load average before / after: {run['load_before']} / {run['load_after']}")
         lines.append(f"- other busy processes: {'; '.join(run['busy']) or 'none seen'}")
@@ -376,6 +400,9 @@ def write_report(runs: list[dict], out: Path) -> None:
                 "(lost: the photo, shown again only after a new upload, and every result computed for it, which the "
                 "new replica computes again; widget values that are not in the URL)",
             ]
+            if f.get("killed_replica_restarted") is not None:
+                back = "yes" if f["killed_replica_restarted"] else "no (not within 2 minutes)"
+                lines.append(f"- the killed container restarted by its restart policy and healthy again: {back}")
         lines.append("")
     (out / "load_test.md").write_text("\n".join(lines) + "\n")
 
@@ -400,6 +427,18 @@ def main(argv=None) -> int:
         default=0,
         help="kill a replica while STUDENTS work (needs --replicas 2 or more)",
     )
+    ap.add_argument(
+        "--compose",
+        action="store_true",
+        help="run compose.yaml's containers (app replicas behind the nginx container) instead of local processes; "
+        "needs Docker and the image built first (docker build -t mgnet-explorer:cpu .)",
+    )
+    ap.add_argument("--compose-port", type=int, default=8090, help="nginx's host port for --compose (default 8090)")
+    ap.add_argument(
+        "--compose-tag",
+        default="cpu",
+        help="image tag for --compose, i.e. MGNET_TORCH_INDEX (default cpu: mgnet-explorer:cpu)",
+    )
     ap.add_argument("--label", help="name of this run in the results (default from the options)")
     ap.add_argument("--out", default=str(RESULTS), help="results folder (default benchmarks/results)")
     args = ap.parse_args(argv)
@@ -410,14 +449,19 @@ def main(argv=None) -> int:
     import tempfile
 
     work = Path(tempfile.mkdtemp(prefix="mgnet-load-"))
-    if args.tiny:
+    if args.compose:
+        if args.tiny or args.checkpoints or args.threads != 1:
+            ap.error("--compose runs the image as compose.yaml sets it up: no --tiny, --checkpoints or --threads")
+        ckpts, ckpt_text = None, f"the image's checkpoints (mgnet-explorer:{args.compose_tag})"
+    elif args.tiny:
         ckpts, ckpt_text = tiny_checkpoints(work), "tiny random-weight checkpoints"
     else:
         ckpts = checkpoint_folder(args.checkpoints)
         if ckpts is None:
             return 2
         ckpt_text = "checkpoints " + ", ".join(sorted(p.name for p in ckpts.iterdir() if p.suffix == ".pt"))
-    label = args.label or f"{args.replicas} replica(s), {args.threads or 'default'} thread(s) each"
+    kind = "container(s) of compose.yaml" if args.compose else "replica(s)"
+    label = args.label or f"{args.replicas} {kind}, {args.threads or 'default'} thread(s) each"
     run = {
         "label": label,
         "command": "python benchmarks/load_test.py " + " ".join(sys.argv[1:] if argv is None else argv),
@@ -425,7 +469,8 @@ def main(argv=None) -> int:
         "machine": describe(),
         "checkpoints": ckpt_text,
         "replicas": args.replicas,
-        "proxy": args.replicas > 1,
+        "proxy": args.replicas > 1 or args.compose,
+        "compose": args.compose,
         "threads": args.threads or "default",
         "p95_limit": args.p95,
         "load_before": load_average(),
@@ -434,7 +479,13 @@ def main(argv=None) -> int:
     from mgnet.utils import git_commit
 
     run["commit"] = os.environ.get("MGNET_COMMIT") or git_commit()
-    with LocalCluster(args.replicas, proxy=args.replicas > 1, checkpoints=ckpts, threads=args.threads) as cluster:
+    if args.compose:
+        from compose_cluster import ComposeCluster
+
+        cluster_cm = ComposeCluster(args.replicas, port=args.compose_port, image_tag=args.compose_tag)
+    else:
+        cluster_cm = LocalCluster(args.replicas, proxy=args.replicas > 1, checkpoints=ckpts, threads=args.threads)
+    with cluster_cm as cluster:
         cluster.wait_ready()
         for replica in cluster.replicas:  # every replica loads its models before the clock starts
             asyncio.run(cycle(replica.url, photos(1, seed=99)[0], "warmup.jpg", args.timeout))

@@ -113,6 +113,7 @@ class Replica:
     def __init__(self, port: int, work: Path, env: dict):
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
+        self.address = f"127.0.0.1:{port}"  # as nginx names it in X-Upstream
         self.log_path = work / f"replica-{port}.log"
         cmd = [str(Path(sys.executable).with_name("streamlit")), "run", "app/main.py", "--server.port", str(port)]
         cmd += ["--server.address", "127.0.0.1", "--server.headless", "true"]

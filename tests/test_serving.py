@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT / "deploy")]
 
 from common import tiny_checkpoints  # noqa: E402  (benchmarks/common.py)
+from compose_cluster import upstream_reporting_conf  # noqa: E402
 from load_test import cycle, failover_run, photos  # noqa: E402
 from local import LocalCluster  # noqa: E402
 
@@ -55,9 +56,14 @@ def test_compose_runs_replicas_behind_nginx_with_health_checks():
         assert f"!checkpoints/{needed}" in ignored and f"checkpoints/{needed}" in docker
 
 
-def test_nginx_accepts_the_compose_configuration(tmp_path):
-    """compose.conf as nginx in the compose set-up reads it, with the replicas' name replaced by an address."""
+@pytest.mark.parametrize("reporting", [False, True])
+def test_nginx_accepts_the_compose_configuration(tmp_path, reporting):
+    """compose.conf as nginx in the compose set-up reads it, with the replicas' name replaced by an address;
+    also the variant the compose load test mounts, which names the answering replica in X-Upstream."""
     conf = (NGINX_DIR / "compose.conf").read_text()
+    if reporting:
+        conf = upstream_reporting_conf(conf)
+        assert "default $upstream_addr;" in conf
     conf = (
         conf.replace("/etc/nginx/mgnet/", f"{NGINX_DIR}/")
         .replace("app:8501", "127.0.0.1:9")
