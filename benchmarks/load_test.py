@@ -305,7 +305,9 @@ async def failover_run(cluster: LocalCluster, students: int, rounds: int, timeou
         },
         "errors_on_other_replicas": sum(len(r["errors"]) for r in others),
         "killed_replica_students": len(moved),
-        "reconnected_to_healthy": sum(1 for r in moved if r.get("replica_after") not in (None, killed["replica"])),
+        # a reopened page means a healthy replica served it: another one, or (compose) the killed one restarted
+        "reconnected_to_healthy": sum(1 for r in moved if r.get("replica_after") is not None),
+        "moved_to_other_replica": sum(1 for r in moved if r.get("replica_after") not in (None, killed["replica"])),
         "view_restored_from_url": sum(1 for r in moved if r.get("restored_view")),
         "upload_kept": sum(1 for r in moved if r.get("kept_upload")),
         # compose restarts a crashed container (restart: unless-stopped); local processes stay down
@@ -395,7 +397,8 @@ def write_report(runs: list[dict], out: Path) -> None:
                 f"attack {f['rounds']} times; replica {f['killed']} was killed (SIGKILL) after their first attack.",
                 f"- students on the other replicas: {f['errors_on_other_replicas']} errors",
                 f"- students on the killed replica: {f['killed_replica_students']}; reopened the same URL with the same "
-                f"cookies and reached a healthy replica: {f['reconnected_to_healthy']}; view (tab, sub-tab, photo source) "
+                f"cookies and reached a healthy replica: {f['reconnected_to_healthy']} (another replica: "
+                f"{f.get('moved_to_other_replica', f['reconnected_to_healthy'])}); view (tab, sub-tab, photo source) "
                 f"restored from the URL: {f['view_restored_from_url']}; uploaded photo kept: {f['upload_kept']} "
                 "(lost: the photo, shown again only after a new upload, and every result computed for it, which the "
                 "new replica computes again; widget values that are not in the URL)",

@@ -56,6 +56,18 @@ def test_compose_runs_replicas_behind_nginx_with_health_checks():
         assert f"!checkpoints/{needed}" in ignored and f"checkpoints/{needed}" in docker
 
 
+def test_compose_upstream_does_not_hash_replicas_by_a_shared_name():
+    """In compose one server name (app:8501) stands for every replica. nginx's consistent hashing places
+    servers by name, so the replicas would share their points and one browser's requests would be split
+    between them; the compose load test saw uploads refused that way. Plain `hash` keeps them apart."""
+    conf = (NGINX_DIR / "compose.conf").read_text()
+    block = conf[conf.index("upstream mgnet_app {") :].split("}", 1)[0]
+    lines = [line.split("#")[0].strip() for line in block.splitlines()]
+    servers = [line for line in lines if line.startswith("server ")]
+    assert servers == ["server app:8501 max_fails=1 fail_timeout=10s;"]
+    assert "hash $mgnet_route;" in lines and not any("consistent" in line for line in lines)
+
+
 @pytest.mark.parametrize("reporting", [False, True])
 def test_nginx_accepts_the_compose_configuration(tmp_path, reporting):
     """compose.conf as nginx in the compose set-up reads it, with the replicas' name replaced by an address;
@@ -82,7 +94,7 @@ def test_nginx_accepts_the_compose_configuration(tmp_path, reporting):
     locations = (NGINX_DIR / "locations.conf").read_text()
     for needed in ("proxy_set_header Upgrade $http_upgrade", "proxy_set_header Connection $connection_upgrade"):
         assert needed in locations  # Streamlit's WebSocket
-    assert "hash $mgnet_route consistent" in conf
+    assert "hash $mgnet_route;" in conf  # not consistent: see the test above
 
 
 @pytest.mark.slow
