@@ -128,3 +128,27 @@ def test_killing_a_replica_moves_its_students_and_spares_the_others(ckpts):
         assert r["restored_view"] and r["restored_source"], r  # Robustness > Attack and Upload, from the URL
         assert "view=Robustness" in r["url_after"] and "rob_view=Attack" in r["url_after"]
         assert not r["kept_upload"], r  # what they lose: the uploaded photo lived in the killed replica
+
+
+def test_kubernetes_manifest_is_valid_and_keeps_a_browser_on_one_pod():
+    """The manifest passes strict validation against the Kubernetes schema (kubernetes-validate), and carries
+    what the compose set-up has: health probes, one torch thread, cookie affinity, the upload limit."""
+    import kubernetes_validate
+
+    docs = list(yaml.safe_load_all((ROOT / "deploy" / "kubernetes" / "mgnet-explorer.yaml").read_text()))
+    assert [d["kind"] for d in docs] == ["Deployment", "Service", "Ingress"]
+    for doc in docs:
+        kubernetes_validate.validate(doc, "1.37.0", strict=True)  # raises on any schema error or unknown field
+    deployment, _, ingress = docs
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert {e["name"]: e["value"] for e in container["env"]}["OMP_NUM_THREADS"] == "1"
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"]["path"] == "/_stcore/health"
+    notes = ingress["metadata"]["annotations"]
+    assert notes["nginx.ingress.kubernetes.io/affinity"] == "cookie"
+    limit = int(notes["nginx.ingress.kubernetes.io/proxy-body-size"].removesuffix("m"))
+    config = (ROOT / ".streamlit" / "config.toml").read_text()
+    assert f"maxUploadSize = {limit}" in config
+    broken = dict(deployment, spec=dict(deployment["spec"], replica=2))  # a misspelt field must be caught
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, "1.37.0", strict=True)
