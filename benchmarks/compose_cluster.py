@@ -14,12 +14,15 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "deploy"))
+from local import replica_by_upstream, wait_healthy  # noqa: E402
+
 CGROUP = Path("/sys/fs/cgroup")
 
 
@@ -146,23 +149,16 @@ class ComposeCluster:
         return out.stdout
 
     def wait_ready(self, timeout: float = 300) -> None:
+        """Every app container healthy by its own health check, then nginx answering."""
         deadline = time.time() + timeout
-        while time.time() < deadline:
-            states = [inspect(r.id).get("State", {}).get("Health", {}).get("Status") for r in self.replicas]
-            if all(s == "healthy" for s in states):
-                try:
-                    if urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=2).read() == b"ok":
-                        return
-                except OSError:
-                    pass
+        while any(inspect(r.id).get("State", {}).get("Health", {}).get("Status") != "healthy" for r in self.replicas):
+            if time.time() > deadline:
+                raise RuntimeError(f"the app containers did not become healthy within {timeout:.0f} s")
             time.sleep(1)
-        raise RuntimeError(f"the compose set-up did not become healthy within {timeout:.0f} s")
+        wait_healthy(self.url, max(5.0, deadline - time.time()))
 
     def by_upstream(self, upstream: str | None) -> ComposeReplica | None:
-        if not upstream:
-            return self.replicas[0] if len(self.replicas) == 1 else None
-        last = upstream.replace(" : ", ",").split(",")[-1].strip()
-        return next((r for r in self.replicas if r.address == last), None)
+        return replica_by_upstream(self.replicas, upstream)
 
     def cpu_s(self) -> dict[str, float]:
         out = {f"replica {r.name}": r.cpu_s() for r in self.replicas}

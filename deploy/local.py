@@ -107,6 +107,14 @@ def wait_healthy(url: str, timeout: float, proc: subprocess.Popen | None = None,
     raise RuntimeError(f"{url} did not become healthy within {timeout:.0f} s")
 
 
+def replica_by_upstream(replicas: list, upstream: str | None):
+    """The replica whose ``address`` nginx reported in X-Upstream (the last one tried, when it tried several)."""
+    if not upstream:
+        return replicas[0] if len(replicas) == 1 else None
+    last = upstream.replace(" : ", ",").split(",")[-1].strip()
+    return next((r for r in replicas if r.address == last), None)
+
+
 class Replica:
     """One `streamlit run app/main.py` in its own process group."""
 
@@ -222,11 +230,7 @@ class LocalCluster:
             wait_healthy(self.url, 30, self.nginx, self.work / "error.log")
 
     def by_upstream(self, upstream: str | None) -> Replica | None:
-        """The replica whose address nginx reported (the last one tried, when it tried several)."""
-        if not upstream:
-            return self.replicas[0] if len(self.replicas) == 1 else None
-        last = upstream.replace(" : ", ",").split(",")[-1].strip()
-        return next((r for r in self.replicas if r.url.endswith(last)), None)
+        return replica_by_upstream(self.replicas, upstream)
 
     def cpu_s(self) -> dict[str, float]:
         out = {f"replica {r.port}": group_cpu_s(r.pgid) for r in self.replicas}
