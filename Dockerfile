@@ -13,7 +13,7 @@ FROM python:3.11-slim
 ARG TORCH_INDEX=cpu
 # Optional package mirror, for networks without PyPI or the PyTorch index (pip reads these; unset by default), e.g.
 #   docker build --build-arg TORCH_INDEX=pypi --build-arg PIP_EXTRA_INDEX_URL=http://mirror/simple \
-#                --build-arg PIP_TRUSTED_HOST=mirror -t mgnet-explorer:cpu .
+#                --build-arg PIP_TRUSTED_HOST=mirror -t mgnet-explorer:pypi .
 ARG PIP_INDEX_URL
 ARG PIP_EXTRA_INDEX_URL
 ARG PIP_FIND_LINKS

@@ -3,6 +3,8 @@
 # apt mirror and a PyPI mirror are not (how it was built and load-tested on the project's test machine).
 #
 #   sudo deploy/offline/build.sh [PIP_EXTRA_INDEX_URL] [PIP_TRUSTED_HOST]
+#   (several trusted hosts in one quoted argument, e.g. "mirror pypi.org files.pythonhosted.org" behind a
+#   proxy whose certificate the image does not know)
 #
 # 1. Stand-ins for the two base images, from Debian bookworm (debootstrap): python:3.11-slim (Debian's Python 3.11
 #    in a virtual environment at /usr/local) and nginx:1.27-alpine (Debian's nginx-light). Same roles, not the
