@@ -411,6 +411,7 @@ class PackedConv2d(nn.Conv2d):
             weight, list(self.padding), list(self.stride), list(self.dilation), self.groups, list(self._pack_shape)
         )
         self._packed_bias = None if self.bias is None else self.bias.detach().contiguous()
+        self._geometry = (list(self.padding), list(self.stride), list(self.dilation), self.groups)
 
     # oneDNN's packed tensors have no storage to copy or pickle: copies pack their own weight again
     def __getstate__(self):
@@ -433,17 +434,14 @@ class PackedConv2d(nn.Conv2d):
     def _run(self, x: torch.Tensor, then: str = "none") -> torch.Tensor:
         """The convolution on oneDNN, followed in the same call by ``then`` ("none" or "relu")."""
         return torch.ops.mkldnn._convolution_pointwise(
-            x, self._packed, self._packed_bias, *self._geometry(), then, [], ""
+            x, self._packed, self._packed_bias, *self._geometry, then, [], ""
         )
 
     def run_add_relu(self, x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
         """relu(conv(x) + other) in one oneDNN call: the end of a residual block. No gradients."""
         return torch.ops.mkldnn._convolution_pointwise.binary(
-            x, other, self._packed, self._packed_bias, *self._geometry(), "add", None, "relu", [], ""
+            x, other, self._packed, self._packed_bias, *self._geometry, "add", None, "relu", [], ""
         )
-
-    def _geometry(self) -> tuple:
-        return list(self.padding), list(self.stride), list(self.dilation), self.groups
 
     def input_gradient(self, grad: torch.Tensor, input_shape: torch.Size) -> torch.Tensor:
         """d(output . grad) / d(input): a transposed convolution of ``grad`` with the packed weight."""
@@ -604,6 +602,21 @@ def fuse_backbone(backbone: nn.Module, input_shape: tuple) -> bool:
     return same
 
 
+def fold_fusion(model: MGNet) -> bool:
+    """Replace ``model.feat_fusion`` by its ``FoldedFusion``, in place, if it is the paper's fusion and the fold
+    gives the same output on random tokens; else change nothing."""
+    if not FoldedFusion.applies(model.feat_fusion):
+        return False
+    with torch.no_grad():
+        folded = FoldedFusion(model.feat_fusion)
+        tokens = torch.randn(3, 2, folded.score_weight.shape[0], generator=torch.Generator().manual_seed(0))
+        tokens = tokens.to(folded.score_weight)
+        same = torch.allclose(folded(tokens), model.feat_fusion(tokens), rtol=1e-4, atol=1e-5)
+    if same:
+        model.feat_fusion = folded
+    return same
+
+
 def _input_gradient(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """d(sum of the backbone's output times a fixed random tensor) / dx with the weights frozen (as in
     the inference copy), for the packing self-check."""
@@ -642,10 +655,5 @@ def prepare_for_inference(model: MGNet) -> MGNet:
         side = fast.image_size if fast.is_baseline else fast.glimpse_size()
         if pack_convolutions(fast.backbone, (1, 3, side, side)):
             fuse_backbone(fast.backbone, (1, 3, side, side))
-        if FoldedFusion.applies(fast.feat_fusion):
-            folded = FoldedFusion(fast.feat_fusion)
-            tokens = torch.randn(3, 2, folded.score_weight.shape[0], generator=torch.Generator().manual_seed(0))
-            tokens = tokens.to(folded.score_weight)
-            if torch.allclose(folded(tokens), fast.feat_fusion(tokens), rtol=1e-4, atol=1e-5):
-                fast.feat_fusion = folded
+        fold_fusion(fast)
     return fast

