@@ -363,6 +363,7 @@ def _run_apgd_dlr(job, x, y, opts):
 
 # -- Square (Andriushchenko et al. 2020), L-infinity -----------------------------------------------------------
 SQUARE_SCHEDULE = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)  # on a 10,000-query scale
+SQUARE_REDRAWS = 100  # new signs for a window that would change nothing; some draw always changes it
 
 
 def square_fraction(p_init: float, query: int, queries: int) -> float:
@@ -375,9 +376,10 @@ def square_fraction(p_init: float, query: int, queries: int) -> float:
 def _run_square(job: _Job, x, y, opts) -> tuple[torch.Tensor, dict]:
     """Square attack: a gradient-free random search. Start from vertical stripes of +-eps; each query
     moves one random square window (all channels, each +-eps) of images not yet fooled, and keeps the
-    change where the margin z_y - max_{i!=y} z_i went down. An image stops once it is fooled. (The paper
-    also redraws a window that would change nothing; here such a query is simply spent.) An MGNet is
-    queried through its fast copy (``analysis.inference_model``), the one the app analyses with."""
+    change where the margin z_y - max_{i!=y} z_i went down. An image stops once it is fooled. As in the
+    paper, a window whose new signs would leave the image as it is gets new signs before it is queried,
+    so no query is spent on an unchanged image. An MGNet is queried through its fast copy
+    (``analysis.inference_model``), the one the app analyses with."""
     if job.targeted:
         raise ValueError("Square is untargeted here; use PGD for a targeted attack")
     queries, radius = opts["queries"], job.radius
@@ -409,9 +411,15 @@ def _run_square(job: _Job, x, y, opts) -> tuple[torch.Tensor, dict]:
         in_rows = (rows >= top[:, None]) & (rows < top[:, None] + side)
         in_cols = (cols >= left[:, None]) & (cols < left[:, None] + side)
         window = (in_rows[:, :, None] & in_cols[:, None, :])[:, None]  # [n, 1, h, w]
-        value = (torch.randint(0, 2, (n, c, 1, 1), generator=gen).to(x) * 2 - 1) * radius
-        delta = x_adv[alive] - x[alive]
-        candidate = (x[alive] + torch.where(window, value, delta)).clamp(0, 1)
+        current = x_adv[alive]
+        delta, candidate = current - x[alive], current.clone()
+        redraw = torch.ones(n, dtype=torch.bool, device=x.device)
+        for _ in range(SQUARE_REDRAWS):
+            value = (torch.randint(0, 2, (int(redraw.sum()), c, 1, 1), generator=gen).to(x) * 2 - 1) * radius
+            candidate[redraw] = (x[alive[redraw]] + torch.where(window[redraw], value, delta[redraw])).clamp(0, 1)
+            redraw = (candidate - current).abs().flatten(1).amax(1) < 1e-7
+            if not redraw.any():
+                break
         new = margin(candidate, alive)
         used[alive.cpu()] += 1
         take = new < best[alive]

@@ -395,6 +395,29 @@ def test_square_nears_the_linear_optimum_without_gradients():
     assert not hopeless.success.any() and hopeless.details["queries"] == [300] * 4
 
 
+class Recorder(nn.Module):
+    """A 2-class model that is never fooled and never helped (constant logits); keeps every image queried."""
+
+    def __init__(self):
+        super().__init__()
+        self.queried = []
+
+    def forward(self, x):
+        self.queried.append(x.detach().clone())
+        return torch.tensor([[1.0, 0.0]]).expand(len(x), -1)
+
+
+def test_square_spends_no_query_on_an_unchanged_image():
+    # Nothing is ever accepted, so every query must differ from the starting stripes. On a 4x4 photo the
+    # late windows are single pixels, where a fresh draw repeats the current signs one time in eight.
+    model = Recorder()
+    x = torch.full((2, 3, 4, 4), 0.5)
+    result = attack(model, x, torch.zeros(2, dtype=torch.long), "square", eps=8.0, queries=300, seed=0)
+    assert len(model.queried) == 301 and result.details["queries"] == [300, 300]  # and the final check
+    start, *later = model.queried[:300]
+    assert all(((q - start).abs().flatten(1).amax(1) > 1e-7).all() for q in later)
+
+
 def test_square_breaks_a_model_that_hides_its_gradient_and_pgd_does_not():
     model, x, y, _ = linear_case(0.5, rounding=True)
     assert input_gradient(model, x, y).abs().max() == 0  # the rounding hides the gradient
