@@ -1,4 +1,4 @@
-"""The GPU parity check's arithmetic, on the CPU (the check itself needs CUDA)."""
+"""The benchmarks' own logic, on the CPU: the GPU parity check's arithmetic and the cold-weights probe's calls."""
 
 import sys
 from pathlib import Path
@@ -8,7 +8,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
+import cold_weights  # noqa: E402
 import gpu_parity  # noqa: E402
+
+from mgnet import build_model  # noqa: E402
+from mgnet.model import prepare_for_inference  # noqa: E402
 
 
 def test_compare_counts_agreement_per_glimpse():
@@ -30,3 +34,15 @@ def test_gpu_parity_says_it_needs_cuda(capsys):
     with pytest.raises(SystemExit) as stop:
         gpu_parity.main(["--data", "nowhere"])
     assert stop.value.code == 2 and "needs a CUDA device" in capsys.readouterr().err
+
+
+def test_cold_weights_times_every_call_of_the_fused_backbone():
+    # "compute only" sums the fused calls one by one: they must be exactly the calls the backbone makes
+    fast = prepare_for_inference(build_model("mgnet", num_classes=3, image_size=64).eval())
+    backbone = fast.backbone
+    assert hasattr(backbone, "plan"), "this torch has oneDNN, so the inference copy's backbone is fused"
+    x = torch.rand(1, 3, 48, 48).contiguous(memory_format=torch.channels_last)
+    calls = cold_weights.fused_calls(backbone, x)
+    assert len(calls) == 1 + 2 * 8 + 3  # stem, two convolutions per block, three downsampling convolutions
+    with torch.inference_mode():
+        assert torch.equal(calls[-1]().mean((2, 3)), backbone(x))
