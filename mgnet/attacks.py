@@ -411,15 +411,16 @@ def _run_square(job: _Job, x, y, opts) -> tuple[torch.Tensor, dict]:
         in_rows = (rows >= top[:, None]) & (rows < top[:, None] + side)
         in_cols = (cols >= left[:, None]) & (cols < left[:, None] + side)
         window = (in_rows[:, :, None] & in_cols[:, None, :])[:, None]  # [n, 1, h, w]
-        current = x_adv[alive]
-        delta, candidate = current - x[alive], current.clone()
-        redraw = torch.ones(n, dtype=torch.bool, device=x.device)
+        origin, current = x[alive], x_adv[alive]
+        delta = current - origin
+        value = (torch.randint(0, 2, (n, c, 1, 1), generator=gen).to(x) * 2 - 1) * radius
+        candidate = (origin + torch.where(window, value, delta)).clamp(0, 1)
         for _ in range(SQUARE_REDRAWS):
-            value = (torch.randint(0, 2, (int(redraw.sum()), c, 1, 1), generator=gen).to(x) * 2 - 1) * radius
-            candidate[redraw] = (x[alive[redraw]] + torch.where(window[redraw], value, delta[redraw])).clamp(0, 1)
             redraw = (candidate - current).abs().flatten(1).amax(1) < 1e-7
             if not redraw.any():
                 break
+            value = (torch.randint(0, 2, (int(redraw.sum()), c, 1, 1), generator=gen).to(x) * 2 - 1) * radius
+            candidate[redraw] = (origin[redraw] + torch.where(window[redraw], value, delta[redraw])).clamp(0, 1)
         new = margin(candidate, alive)
         used[alive.cpu()] += 1
         take = new < best[alive]
