@@ -74,9 +74,10 @@ def measure(repeats: int, threads_list) -> dict:
         raise SystemExit("the inference copy's backbone is not fused here (no oneDNN?): nothing to measure")
     weights_mb = sum(p.numel() * p.element_size() for p in backbone.parameters()) / 2**20
     evict = torch.ones(64 * 2**20)  # 256 MB
-    rows = []
+    rows, bandwidth = [], {}
     for threads in threads_list:
         torch.set_num_threads(threads)
+        bandwidth[threads] = round(evict.numel() * 4 / 1e9 / (_median_ms(evict.sum, 9) / 1000), 1)
         for label, size in SIZES.items():
             x = torch.rand(1, 3, size, size).contiguous(memory_format=torch.channels_last)
             calls = fused_calls(backbone, x)
@@ -96,7 +97,7 @@ def measure(repeats: int, threads_list) -> dict:
                     "cold_ms": round(statistics.median(cold), 3),
                 }
             )
-    return {"weights_mib": round(weights_mb, 1), "rows": rows}
+    return {"weights_mib": round(weights_mb, 1), "read_gb_per_s": bandwidth, "rows": rows}
 
 
 def render(result: dict, args, busy) -> str:
@@ -109,6 +110,13 @@ def render(result: dict, args, busy) -> str:
         f"The backbone holds {result['weights_mib']} MiB of weights. Compute only: each fused call timed alone and "
         "repeated (its weights stay in cache), summed. Repeated: the whole backbone called in a loop. Cold: a "
         "256 MB buffer read before each call, as each glimpse finds the weights inside MGNet. Median ms.",
+        "",
+        "Reading that buffer from memory: "
+        + ", ".join(f"{gbs} GB/s at {t} thread(s)" for t, gbs in result["read_gb_per_s"].items())
+        + f" (so {result['weights_mib']} MiB take at least "
+        + ", ".join(f"{result['weights_mib'] * 2**20 / 1e6 / gbs:.1f} ms" for gbs in result["read_gb_per_s"].values())
+        + "). On a shared host this varies with the neighbours' traffic, and MGNet, which reads the weights once "
+        "per glimpse, feels it more than the baseline.",
         "",
     ]
     if busy:
