@@ -463,13 +463,13 @@ def attack_form(photo, entry, models, a) -> tuple[AttackRequest, bool]:
         random_start = c4.checkbox(
             "Random start", value=True, key="atk_random", **QP, disabled="random_start" not in takes
         )
-        c1, c2, c3 = st.columns([1, 2, 1])
+        c1, c2, c3 = st.columns([1, 1.6, 1.6])
         targeted = c1.checkbox("Targeted", value=False, key="atk_targeted", **QP, disabled=not info.targeted)
         target = c2.selectbox(
             "Target class (targeted only)", a.classes, index=0, key="atk_target", **QP, disabled=not info.targeted
         )
         compare = c3.checkbox(
-            "Compare with PGD and APGD-CE",
+            "Also run PGD, APGD-CE",
             value=True,
             key="atk_compare",
             **QP,
