@@ -185,10 +185,6 @@ def estimate(request: CompareRequest, photo, entry, cat, n_glimpses) -> tuple[in
     return total, seconds
 
 
-def duration(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
-
-
 def compute(request: CompareRequest, photo, entry, a, cat, n_glimpses, progress=None) -> CompareResult:
     """Every model x method map, its agreement with the focus map, and the table rows; a failed cell is
     recorded and the others go on. ``progress(fraction, text)``."""
@@ -338,7 +334,7 @@ def render(photo, entry, a, cat, settings: dict):
             st.warning("Nothing to compute: choose at least one method and one model.")
             return
         passes, seconds = estimate(request, photo, entry, cat, settings.get("n_glimpses"))
-        about = f"{n_cells} map{'s' if n_cells > 1 else ''}, {passes} forward passes: about {duration(seconds)}"
+        about = f"{n_cells} map{'s' if n_cells > 1 else ''}, {passes} forward passes: {ui.rough_time(seconds)}"
         bar = st.progress(0.0, text=f"computing saliency maps ({about})…")
         result = compute(
             request,

@@ -652,7 +652,7 @@ def render_attack(photo, entry, models, a, settings):
         return
     work, unit, per_unit = request.work()
     source = request.crafting_model(models, entry)
-    about = f"at most about {per_unit * work * services.analyze(source, photo, n).seconds:.0f} s"
+    about = ui.rough_time(per_unit * work * services.analyze(source, photo, n).seconds, at_most=True)
     bar = st.progress(0.0, text=f"attacking: up to {work} {unit}{'s' if work > 1 else ''}, {about}…")
     result = attack_compute(
         request,
@@ -784,9 +784,9 @@ def sweep_estimate(request: SweepRequest, photo, models, n) -> str:
         runs = sum(1 for e in EPS_GRID if 0 < e <= request.max_eps)
         unit = "queries" if unit == "query" else f"{unit}s"
         return (
-            f"{runs * len(models)} attacks of up to {work} {unit}: at most about {per_unit * runs * work * per:.0f} s"
+            f"{runs * len(models)} attacks of up to {work} {unit}: {ui.rough_time(per_unit * runs * work * per, True)}"
         )
-    return f"{len(SEVERITIES)} severities: about {len(SEVERITIES) * per:.0f} s plus corrupting"
+    return f"{len(SEVERITIES)} severities: {ui.rough_time(len(SEVERITIES) * per)} plus corrupting"
 
 
 def render_sweep(photo, entry, models, a, settings):

@@ -166,3 +166,11 @@ def inline_uri(img: np.ndarray) -> str:
 
 def pct(v: float) -> str:
     return f"{100 * v:.1f}%"
+
+
+def rough_time(seconds: float, at_most: bool = False) -> str:
+    """A time estimate in words: "under a second", "about 6 s", "at most about 3 min"."""
+    if seconds < 1:
+        return "under a second"
+    value = f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+    return f"{'at most about' if at_most else 'about'} {value}"
