@@ -277,7 +277,7 @@ def belief_figure(
     step: int | None = None,
     k: int = 5,
     title: str | None = "Belief across glimpses",
-    height: int | None = 300,
+    height: int | None = 360,
 ) -> go.Figure:
     """Confidence of the ``k`` classes that were ever most believed, after each glimpse."""
     probs = np.asarray(probs, dtype=np.float64)
@@ -305,7 +305,7 @@ def belief_figure(
 
 
 def location_check_figure(
-    check, class_name: str, title: str | None = "Does the location matter here?", height: int | None = 300
+    check, class_name: str, title: str | None = "Does the location matter here?", height: int | None = 360
 ) -> go.Figure:
     """P(class) after each glimpse with MGNet's own glimpses, centred ones and randomly placed ones."""
     n = len(check.own)
@@ -350,17 +350,16 @@ def location_check_figure(
 def _per_glimpse_chart(fig: go.Figure, n: int, ytitle: str, title: str | None, height: int | None) -> go.Figure:
     """Axes and layout of a probability-per-glimpse chart (glimpses 1..n on x, 0-100% on y)."""
     xs = list(range(1, n + 1))
-    fig.update_xaxes(
-        tickvals=xs, ticktext=[f"glimpse {x}" if n <= 4 else str(x) for x in xs], range=[0.8, n + 0.2], gridcolor="#eee"
-    )
+    # plain numbers under an axis title, as the compute chart: "glimpse 1" labels tilt and clip in a narrow column
+    fig.update_xaxes(title="after glimpse", tickvals=xs, range=[0.8, n + 0.2], gridcolor="#eee")
     fig.update_yaxes(title=ytitle, range=[0, 1.02], tickformat=".0%", gridcolor="#eee")
     return _layout(
         fig,
         title,
         height,
         chart=True,
-        legend=dict(orientation="h", y=-0.15, x=0, yanchor="top"),
-        margin=dict(l=60, r=20, t=45 if title else 15, b=100),
+        legend=dict(orientation="h", y=-0.42, x=0, yanchor="top"),  # below the axis title
+        margin=dict(l=60, r=20, t=45 if title else 15, b=150),
     )
 
 

@@ -158,3 +158,16 @@ def test_fooled_models_new_class_is_in_the_bar_chart():
     assert list(new.y) == [0.7, 0.0] and list(new.text) == ["now: golf ball", ""]
     calm = plots.prediction_compare_figure([{**rows[1]}])
     assert len(calm.data) == 2  # nobody fooled: no third bar
+
+
+def test_per_glimpse_charts_label_the_x_axis_once_with_short_ticks():
+    # in the app these charts sit in a third of the page, where "glimpse 1".."glimpse 4" tilted and clipped
+    from types import SimpleNamespace
+
+    probs = np.full((4, 5), 0.2)
+    check = SimpleNamespace(own=[0.3, 0.4, 0.5, 0.6], centre=[0.3, 0.3, 0.2, 0.1], moved=[[0.3, 0.2, 0.1, 0.1]])
+    for fig in (plots.belief_figure(probs, list("abcde")), plots.location_check_figure(check, "a")):
+        axis = fig.layout.xaxis
+        assert axis.title.text == "after glimpse" and list(axis.tickvals) == [1, 2, 3, 4]
+        assert axis.ticktext is None or all(len(t) <= 2 for t in axis.ticktext)
+        assert fig.layout.legend.y < -0.3  # the legend sits below the axis title, not on it
