@@ -270,13 +270,14 @@ def show(result: CompareResult, photo, a, key: tuple):
                 help="Share of the map's mass inside MGNet's glimpse boxes 2..T",
             ),
             "chance (boxes' share of the photo)": st.column_config.ProgressColumn(
+                "chance",
                 format="percent",
                 min_value=0.0,
                 max_value=1.0,
-                help="What 'in glimpse boxes' would be for a map spread evenly over the photo",
+                help="The boxes' share of the photo: what 'in glimpse boxes' would be for a map spread evenly",
             ),
             "IoU with focus map": st.column_config.NumberColumn(
-                format="%.2f", help="IoU of the top-20% pixels of the map and of MGNet's focus map"
+                "IoU", format="%.2f", help="IoU of the top-20% pixels of the map and of MGNet's focus map"
             ),
             "seconds": st.column_config.NumberColumn(format="%.2f"),
         },
