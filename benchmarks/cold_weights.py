@@ -4,11 +4,11 @@
 
 Times the inference copy's ResNet-18 backbone (`mgnet.analysis.inference_model`: BatchNorm folded, packed
 oneDNN convolutions, fused calls) at batch 1 on a 48 px glimpse and on the baseline's 128 px image, three ways:
-- compute only: each fused convolution call timed on its own, repeated, so its weights (at most 9 MB) stay
+- compute only: each fused convolution call timed on its own, repeated, so its weights (at most 9 MiB) stay
   in the last-level cache; the sum over the calls;
 - repeated: the whole backbone called again and again, as a benchmark loop would;
 - cold: a 256 MB buffer read before each timed call, which evicts the weights, as a glimpse finds them inside
-  MGNet (each glimpse streams all 45 MB, more than this CPU's 32 MB last-level cache).
+  MGNet (each glimpse streams all 42.6 MiB, more than this CPU's 32 MiB last-level cache).
 Cold minus compute-only is the time spent waiting for weights, which no change to the computation removes.
 Writes benchmarks/results/cold_weights.md and .json.
 """
