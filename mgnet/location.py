@@ -21,6 +21,7 @@ from .utils import eval_mode
 # Candidate grid in the location network's output space u = sigmoid(W z + b) in [0, 1]^3:
 # u_s picks the scale within [scale_min, scale_max]; u_x, u_y place it (0 = left/top edge, 1 = right/bottom).
 CANDIDATE_SCALES = (0.1, 0.5, 0.95)
+REWARDS = ("log-prob", "prob")  # how candidate_losses scores a candidate
 
 
 def centred(params: torch.Tensor) -> torch.Tensor:
@@ -120,6 +121,7 @@ def candidate_losses(
     overlap: float = 0.0,
     chunk: int = 512,
     mirror: bool = False,
+    reward: str = "log-prob",
 ):
     """For each glimpse step t = 2..T, the loss after step t had glimpse t gone to each candidate, with
     glimpses 1..t-1 where the model itself put them. Eval mode, no gradients.
@@ -131,9 +133,16 @@ def candidate_losses(
     that helps helps in both views, while the network's noise partly differs, so the targets carry less luck
     (``evaluate.candidate_selection``'s mirrored pick). Costs a second pass.
 
+    ``reward="prob"`` scores a candidate by minus the true class's probability instead of its cross-entropy
+    (minus its log-probability). That is GFNet's reward, the gain in the true class's probability, less the
+    probability before the step, which is the same for every candidate. Photos the model gets right, or
+    wrong, wherever it looks then weigh little, and those where the place decides weigh most.
+
     x: pixels [B, 3, S, S] in [0, 1]; y: labels [B]; grid: candidate u [K, 3].
-    Returns cross-entropy (plus the overlap cost) [T - 1, B, K].
+    Returns cross-entropy or minus the probability (plus the overlap cost) [T - 1, B, K].
     """
+    if reward not in REWARDS:
+        raise ValueError(f"unknown reward {reward!r}: use one of {', '.join(REWARDS)}")
     with eval_mode(model):
         own = model(x, return_states=True)
         steps, batch = own.logits.shape[0], x.shape[0]
@@ -157,13 +166,15 @@ def candidate_losses(
             z = model.feat_fusion(seq.reshape(t + 1, k * batch, -1))
             logits = model.global_fc(z).view(k, batch, -1)
             ce = F.cross_entropy(logits.reshape(k * batch, -1), y.repeat(k), reduction="none").view(k, batch).T
+            if reward == "prob":
+                ce = -torch.exp(-ce)
             if overlap > 0 and t >= 2:
                 seen = own.glimpses[1:t]  # [t - 1, B, 3]
                 ce = ce + overlap * box_iou(seen[:, :, None, :], params[None, None]).amax(0)
             losses.append(ce)
     losses = torch.stack(losses)
     if mirror:
-        from_mirror = candidate_losses(model, x.flip(-1), y, grid, overlap, chunk)
+        from_mirror = candidate_losses(model, x.flip(-1), y, grid, overlap, chunk, reward=reward)
         losses = (losses + from_mirror[..., mirrored_candidates(grid)]) / 2
     return losses
 

@@ -123,6 +123,13 @@ def parse_args(argv=None):
         help="average each candidate's loss with its mirror image's (less luck in the targets; twice the cost)",
     )
     g.add_argument(
+        "--location-reward",
+        choices=list(location.REWARDS),
+        default="log-prob",
+        help="how a candidate is scored: log-prob = its cross-entropy; prob = minus the true class's probability "
+        "(GFNet's reward; with --location-objective cost, the exact policy gradient over the candidates)",
+    )
+    g.add_argument(
         "--location-only",
         action="store_true",
         help="train only the location network: every other weight and the BatchNorm statistics stay frozen, so "
@@ -196,6 +203,7 @@ class LocationStage:
     overlap: float = 0.0
     objective: str = "match"
     mirror: bool = False
+    reward: str = "log-prob"
 
     def __post_init__(self):
         self.grid = location.candidate_grid(self.positions)
@@ -205,7 +213,11 @@ def training_loss(model, net, x, y, criterion, stage: LocationStage | None = Non
     """The paper's loss on batch (x, y): (1 - alpha) mean_t CE(global) + alpha mean_t CE(glimpse head), with
     ``criterion`` as CE; plus ``stage.weight`` times the location-target loss when a stage is given.
     Returns (loss, location loss or None). ``net`` is the model or its DDP wrapper."""
-    targets = location.candidate_losses(model, x, y, stage.grid, stage.overlap, mirror=stage.mirror) if stage else None
+    targets = (
+        location.candidate_losses(model, x, y, stage.grid, stage.overlap, mirror=stage.mirror, reward=stage.reward)
+        if stage
+        else None
+    )
     out = net(x, return_states=stage is not None)
     loss = model.loss(out, y, criterion)
     if stage is None:
@@ -335,6 +347,7 @@ def build_training_model(args, classes, device):
             args.location_overlap,
             args.location_objective,
             getattr(args, "location_mirror", False),
+            getattr(args, "location_reward", "log-prob"),
         )
         if model.n_glimpses < 2:
             raise SystemExit("error: --location-weight needs MGNet with at least 2 glimpses.")

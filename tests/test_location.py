@@ -124,6 +124,25 @@ def test_mirror_averages_with_the_mirrored_candidate_on_the_mirror_image():
     assert not torch.allclose(both, plain)  # the mirror image does change the numbers
 
 
+def test_prob_reward_scores_a_candidate_by_minus_the_true_class_probability():
+    torch.manual_seed(0)
+    model = build_model("mgnet", num_classes=2, image_size=SIZE, n_glimpses=3, scale=SCALE).eval()
+    x, y, _ = quadrant_batch(3, 2)
+    grid = location.candidate_grid(2)
+    k = 1
+    with torch.no_grad():
+        forced = model(x, n_glimpses=2, glimpse_params=model.place(grid[k : k + 1]).expand(1, 3, 3).contiguous())
+    p_true = forced.logits[1].softmax(-1).gather(1, y[:, None])[:, 0]
+    prob = location.candidate_losses(model, x, y, grid, overlap=0.4, reward="prob")
+    assert torch.allclose(prob[0, :, k], -p_true, atol=1e-6)
+    # the overlap cost is added to either score alike
+    ce = location.candidate_losses(model, x, y, grid, overlap=0.4)
+    plain = location.candidate_losses(model, x, y, grid)
+    assert torch.allclose(prob[1] + torch.exp(-plain[1]), ce[1] - plain[1], atol=1e-5)
+    with pytest.raises(ValueError, match="unknown reward"):
+        location.candidate_losses(model, x, y, grid, reward="gain")
+
+
 def test_cost_objective_moves_to_the_nearest_good_candidate_and_match_settles_between():
     """Two equally good candidates left and right of a start just left of the middle: matching the soft
     target ends between them, lowering the expected cost ends on the left one."""
@@ -207,7 +226,14 @@ def test_location_report_gives_gains_with_intervals(pretrained):
     assert set(report["gain_ci95"]) == {"centre@2", "shuffled@2"}
     for mean, low, high in report["gain_ci95"].values():
         assert low <= mean <= high
-    assert 0 <= report["glimpse2_offset"] <= 0.5
+    # the mean distance of glimpse 2's centre from the image centre, as a share of the side (at most
+    # half the diagonal), from the model's own glimpses
+    images = (x * 255).round().to(torch.uint8).float() / 255
+    with torch.no_grad():
+        own = fresh(pretrained).eval()(images).glimpses[1]  # [B, 3]: s, tx, ty in [-1, 1] units
+    expected = float((own[:, 1] ** 2 + own[:, 2] ** 2).sqrt().mean() / 2)
+    assert report["glimpse2_offset"] == pytest.approx(expected, abs=1e-3)
+    assert 0 <= report["glimpse2_offset"] <= 2**0.5 / 2
 
 
 # --- A toy where only the location decides: the class shows only in a small glimpse on the object. ---
