@@ -124,7 +124,7 @@ def fit_readout(
     lr: float = 1e-2,
 ) -> nn.Module:
     """A read-out from features x [N, D] to K candidate scores, fitted to the soft target softmax(target / T)
-    (target [N, K]: true-class log-probabilities) with full-batch Adam. Features are standardised inside.
+    (target [N, K]: a score per candidate, such as the true class's log-probability) with full-batch Adam. Features are standardised inside.
     A ``held_out`` share of the photos picks the step to stop at (by the target at the read-out's pick), so
     nothing outside x chooses it."""
     gen = torch.Generator().manual_seed(seed)
@@ -172,6 +172,7 @@ def probe(
     seed: int = 0,
     fit_on: dict | None = None,
     keep_picks: bool = False,
+    target: str = "log-prob",
     **options,
 ) -> dict:
     """Accuracy after glimpse 2 for every view and read-out, against own, centred and the best fixed glimpse.
@@ -179,12 +180,19 @@ def probe(
     Without ``fit_on``, read-outs and the best fixed candidate are cross-fitted over the photos of ``scores``
     (each photo scored by what was fitted on the other folds). With ``fit_on`` (scores of other photos, such
     as the training folder), both are fitted there once and every photo of ``scores`` is held out.
-    ``keep_picks`` adds each read-out's picked candidate per photo to its row."""
+    ``keep_picks`` adds each read-out's picked candidate per photo to its row. ``target`` is what the
+    read-outs are fitted to, per candidate, averaged over the photo and its mirror: the true class's
+    log-probability, or its probability ("prob", GFNet's reward: photos right or wrong wherever the glimpse
+    goes weigh little)."""
+    if target not in ("log-prob", "prob"):
+        raise ValueError(f"unknown target {target!r}: use 'log-prob' or 'prob'")
     hit = scores["hit"].float()  # [K, N]
     n = hit.shape[1]
     photos = torch.arange(n)
 
-    def targets(s):  # [N, K]: the true class's log-probability, averaged over the photo and its mirror
+    def targets(s):  # [N, K]: the true class's log-probability or probability, averaged over photo and mirror
+        if target == "prob":
+            return ((s["logp"].exp() + s["logp_mirror"].exp()) / 2).T
         return ((s["logp"] + s["logp_mirror"]) / 2).T
 
     own, at_centre = scores["own"], scores["centred"]
@@ -229,7 +237,7 @@ def probe(
         "label_pick_mirrored": round(float(mirrored_label.float().mean()), 4),
         "own_vs_centred": paired_difference(own, at_centre),
         "readouts": rows,
-        "options": {"folds": folds, "seed": seed, **options},
+        "options": {"folds": folds, "seed": seed, "target": target, **options},
     }
 
 
@@ -265,6 +273,12 @@ def parse_args(argv=None):
     p.add_argument("--data", required=True, help="ImageFolder directory (e.g. Imagenette val)")
     p.add_argument("--limit", type=int, default=0, help="photos spread over the folder (0: all)")
     p.add_argument("--folds", type=int, default=2)
+    p.add_argument(
+        "--target",
+        choices=["log-prob", "prob"],
+        default="log-prob",
+        help="fit the read-outs to the true class's log-probability or probability at each candidate",
+    )
     p.add_argument("--temperature", type=float, default=0.5, help="of the soft target over candidates")
     p.add_argument("--weight-decay", type=float, default=1e-3)
     p.add_argument("--epochs", type=int, default=300, help="full-batch steps per read-out (the best is kept)")
@@ -329,6 +343,7 @@ def main(argv=None) -> int:
         scores,
         folds=args.folds,
         fit_on=fit_on,
+        target=args.target,
         temperature=args.temperature,
         weight_decay=args.weight_decay,
         epochs=args.epochs,

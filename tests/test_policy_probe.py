@@ -6,7 +6,8 @@ import torch
 
 from mgnet.location import candidate_grid, mirrored_candidates
 from mgnet.model import build_model
-from mgnet.policy_probe import VIEWS, glimpse_two_scores, probe
+from mgnet import policy_probe
+from mgnet.policy_probe import VIEWS, _others, glimpse_two_scores, probe
 
 K = 27
 
@@ -67,6 +68,29 @@ def test_read_outs_find_a_location_signal_when_there_is_one_and_none_when_there_
     low, high = without["readouts"][0]["vs_best_fixed"][1:]
     # Held out, a read-out of features that say nothing does about as well as the best single candidate.
     assert low < 0.01 and high > -0.05 and without["readouts"][0]["accuracy"] < 0.3
+
+
+def test_probability_targets_are_the_true_class_probability_averaged_over_photo_and_mirror(monkeypatch):
+    scores = synthetic_scores(1000, True)
+    scores["logp_mirror"] = scores["logp"] - 0.3 * torch.rand(
+        scores["logp"].shape, generator=torch.Generator().manual_seed(4)
+    )
+    seen = []
+    real_fit = policy_probe.fit_readout
+
+    def recording_fit(x, target, **kwargs):
+        seen.append(target)
+        return real_fit(x, target, **kwargs)
+
+    monkeypatch.setattr(policy_probe, "fit_readout", recording_fit)
+    result = probe(scores, hiddens=(0,), epochs=150, target="prob", temperature=0.1)
+    rest = _others(1000, torch.randperm(1000, generator=torch.Generator().manual_seed(0)).chunk(2)[0])
+    want = ((scores["logp"].exp() + scores["logp_mirror"].exp()) / 2).T[rest]
+    assert torch.allclose(seen[0], want)
+    assert result["options"]["target"] == "prob"
+    assert result["readouts"][0]["accuracy"] > 0.5  # the signal is found with these targets too
+    with pytest.raises(ValueError, match="unknown target"):
+        probe(scores, hiddens=(0,), epochs=10, target="hit")
 
 
 def test_read_outs_fitted_on_other_photos_carry_over_to_new_ones():
