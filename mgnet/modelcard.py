@@ -1190,7 +1190,8 @@ def _probe_section(out_dir: Path, default_sha: str | None = None) -> list[str]:
             "glimpse 2 as well as after the last, so this is evidence that goal 1 is out of reach here, and that "
             "most of the label's headroom above is per-photo noise the mirror image does not remove. It is not "
             "proof: the read-outs see fixed features, fitted on about a thousand photos per fold "
-            "(`docs/location-stage.md` also fits them on the training folder and with other settings)."
+            "(`docs/location-stage.md` also fits them on the training folder, with other settings, and to the "
+            "true class's probability, GFNet's reward)."
         )
     rows.append("\n" + verdict + "\n")
     return rows
