@@ -46,3 +46,13 @@ def test_cold_weights_times_every_call_of_the_fused_backbone():
     assert len(calls) == 1 + 2 * 8 + 3  # stem, two convolutions per block, three downsampling convolutions
     with torch.inference_mode():
         assert torch.equal(calls[-1]().mean((2, 3)), backbone(x))
+
+
+def test_cold_weights_evicts_with_a_buffer_twice_the_last_level_cache(monkeypatch):
+    monkeypatch.setattr(cold_weights, "last_level_cache_bytes", lambda: 300 * 2**20)
+    assert cold_weights.eviction_floats() * 4 == 600 * 2**20
+    monkeypatch.setattr(cold_weights, "last_level_cache_bytes", lambda: 32 * 2**20)
+    assert cold_weights.eviction_floats() * 4 == 256 * 2**20  # never under 256 MB
+    monkeypatch.undo()
+    found = cold_weights.last_level_cache_bytes()
+    assert found >= 0 and cold_weights.eviction_floats() * 4 >= 2 * found
