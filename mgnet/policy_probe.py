@@ -124,9 +124,9 @@ def fit_readout(
     lr: float = 1e-2,
 ) -> nn.Module:
     """A read-out from features x [N, D] to K candidate scores, fitted to the soft target softmax(target / T)
-    (target [N, K]: a score per candidate, such as the true class's log-probability) with full-batch Adam. Features are standardised inside.
-    A ``held_out`` share of the photos picks the step to stop at (by the target at the read-out's pick), so
-    nothing outside x chooses it."""
+    (target [N, K]: a score per candidate, such as the true class's log-probability) with full-batch Adam.
+    Features are standardised inside. A ``held_out`` share of the photos picks the step to stop at (by the
+    target at the read-out's pick), so nothing outside x chooses it."""
     gen = torch.Generator().manual_seed(seed)
     inner = torch.rand(len(x), generator=gen) < held_out
     fit_x, fit_t, stop_x, stop_t = x[~inner], target[~inner], x[inner], target[inner]

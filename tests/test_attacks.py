@@ -290,7 +290,7 @@ def test_linf_pgd_matches_captum(models, data):
     assert torch.allclose(ours, theirs, atol=1e-9)
     assert (ours - x64).abs().max() > 3.9 / 255  # the attack moved the pixels
 
-    model = models["mgnet"]
+    model = models["mgnet"]  # forward() reads this name: float32 again for FGSM
 
     fgsm = FGSM(forward, loss, lower_bound=0.0, upper_bound=1.0)
     fgsm.zero_thresh = 0.0
