@@ -391,8 +391,10 @@ def _run_square(job: _Job, x, y, opts) -> tuple[torch.Tensor, dict]:
         with torch.no_grad():
             return _margin(_final_logits(queried, images, job.fw), y[idx])
 
-    signs = torch.randint(0, 2, (b, c, 1, w), generator=gen).to(x) * 2 - 1
-    x_adv = (x + radius * signs).clamp(0, 1)
+    def signs(*shape):  # +-1, drawn from the attack's seeded generator
+        return torch.randint(0, 2, shape, generator=gen).to(x) * 2 - 1
+
+    x_adv = (x + radius * signs(b, c, 1, w)).clamp(0, 1)
     all_idx = torch.arange(b, device=x.device)
     best = margin(x_adv, all_idx)
     used = torch.ones(b, dtype=torch.long)
@@ -413,13 +415,12 @@ def _run_square(job: _Job, x, y, opts) -> tuple[torch.Tensor, dict]:
         window = (in_rows[:, :, None] & in_cols[:, None, :])[:, None]  # [n, 1, h, w]
         origin, current = x[alive], x_adv[alive]
         delta = current - origin
-        value = (torch.randint(0, 2, (n, c, 1, 1), generator=gen).to(x) * 2 - 1) * radius
-        candidate = (origin + torch.where(window, value, delta)).clamp(0, 1)
+        candidate = (origin + torch.where(window, signs(n, c, 1, 1) * radius, delta)).clamp(0, 1)
         for _ in range(SQUARE_REDRAWS):
             redraw = (candidate - current).abs().flatten(1).amax(1) < 1e-7
             if not redraw.any():
                 break
-            value = (torch.randint(0, 2, (int(redraw.sum()), c, 1, 1), generator=gen).to(x) * 2 - 1) * radius
+            value = signs(int(redraw.sum()), c, 1, 1) * radius
             candidate[redraw] = (origin[redraw] + torch.where(window[redraw], value, delta[redraw])).clamp(0, 1)
         new = margin(candidate, alive)
         used[alive.cpu()] += 1

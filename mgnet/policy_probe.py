@@ -31,7 +31,7 @@ from torch import nn
 
 from .checkpoints import atomic_save, file_sha256, load_checkpoint
 from .evaluate import label_map, load_eval_images, paired_difference, write_json_atomic
-from .location import candidate_grid, centred, mirrored_candidates
+from .location import REWARDS, candidate_grid, centred, mirrored_candidates
 from .location import off_centre as make_off_centre
 from .utils import eval_mode
 
@@ -184,8 +184,8 @@ def probe(
     read-outs are fitted to, per candidate, averaged over the photo and its mirror: the true class's
     log-probability, or its probability ("prob", GFNet's reward: photos right or wrong wherever the glimpse
     goes weigh little)."""
-    if target not in ("log-prob", "prob"):
-        raise ValueError(f"unknown target {target!r}: use 'log-prob' or 'prob'")
+    if target not in REWARDS:
+        raise ValueError(f"unknown target {target!r}: use one of {', '.join(REWARDS)}")
     hit = scores["hit"].float()  # [K, N]
     n = hit.shape[1]
     photos = torch.arange(n)
@@ -275,7 +275,7 @@ def parse_args(argv=None):
     p.add_argument("--folds", type=int, default=2)
     p.add_argument(
         "--target",
-        choices=["log-prob", "prob"],
+        choices=list(REWARDS),
         default="log-prob",
         help="fit the read-outs to the true class's log-probability or probability at each candidate",
     )
